@@ -1,0 +1,366 @@
+//! Command-line interface: argument definitions and the glue from arguments to operations.
+
+use clap::{Args, Parser, Subcommand};
+use darkroom::core::delta::DeltaDepth;
+use darkroom::core::geometry::{Extent, Target};
+use darkroom::io::decode::DecodeLimits;
+use darkroom::io::external::UpscaleMethod;
+use darkroom::ops::{self, OpError};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+The proxy round trip:
+  darkroom split photo.jpg 1024 1024            # photo_proxy.png + photo_proxy_metadata.txt
+  (run photo_proxy.png through your model -> photo_processed.png)
+  darkroom delta photo.jpg photo_processed.png 1024 1024 --refine
+  darkroom merge photo.jpg photo_proxy_delta.png \\
+      --refined-delta-image photo_proxy_delta_refined.png --output-image photo_final.png
+
+Exit codes: 0 ok, 1 failure, 2 bad arguments, 65 bad input data, 66 input missing or
+unreadable, 73 output cannot be written (or disk full).";
+
+/// darkroom: take high-resolution images through resolution-limited AI models and back.
+#[derive(Debug, Parser)]
+#[command(name = "darkroom", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// More log detail (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Limits on what an input file may cost to decode.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Refuse images with more pixels than this (megapixels), before decoding.
+    #[arg(long, global = true, default_value_t = 268.0, value_name = "MP")]
+    pub max_megapixels: f64,
+    /// Refuse files larger than this (MiB) without reading them.
+    #[arg(long, global = true, default_value_t = 1024, value_name = "MiB")]
+    pub max_file_mib: u64,
+    /// Cap on the decoder's allocations (MiB).
+    #[arg(long, global = true, default_value_t = 4096, value_name = "MiB")]
+    pub max_alloc_mib: u64,
+}
+
+impl LimitArgs {
+    pub fn resolve(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_file_bytes: self.max_file_mib << 20,
+            max_pixels: (self.max_megapixels * 1e6) as u64,
+            max_alloc_bytes: self.max_alloc_mib << 20,
+            ..DecodeLimits::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Downscale an original into a model-sized proxy.
+    ///
+    /// The upright image (EXIF orientation applied) is scaled by min(WIDTH/w, HEIGHT/h)
+    /// with an anti-aliased Lanczos3 filter and centre-padded with black to exactly
+    /// WIDTHxHEIGHT (percent targets are not padded). Writes {stem}_proxy.png (8-bit, with
+    /// the original's ICC profile and the metadata embedded) and {stem}_proxy_metadata.txt.
+    ///
+    /// Example: darkroom split photo.jpg 1024 1024
+    #[command(
+        after_help = "Examples:\n  darkroom split photo.jpg 1024 1024\n  darkroom split photo.jpg 25% 25%"
+    )]
+    Split {
+        /// The high-resolution original (PNG, JPEG, TIFF or WebP; the content decides).
+        input: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
+        /// Write outputs here instead of beside the input.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+    },
+    /// Compute the delta between the proxy and the model's processed proxy.
+    ///
+    /// The proxy is rebuilt from the original (or read with --proxy), then
+    /// delta = clip(processed - proxy + 127, 0, 255) is written as {stem}_proxy_delta.png.
+    /// --refine also writes {stem}_proxy_delta_refined.png, which carries what the 8-bit
+    /// delta clipped. --delta-depth 16 writes a 16-bit delta (32768 + 128 x change) that
+    /// never clips.
+    #[command(
+        visible_alias = "delta",
+        after_help = "Example:\n  darkroom delta photo.jpg photo_processed.png 1024 1024 --refine"
+    )]
+    SplitWithProcessed {
+        /// The high-resolution original the proxy was made from.
+        original: PathBuf,
+        /// The model's output for the proxy (same size as the proxy).
+        processed: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
+        /// Also write the refined delta.
+        #[arg(long)]
+        refine: bool,
+        /// Path of the main delta (the refined one gets a _refined suffix beside it).
+        #[arg(long = "delta-image", alias = "delta_image", value_name = "PATH")]
+        delta_image: Option<PathBuf>,
+        /// Bits per sample of the delta: 8 (imgproxyproc format) or 16 (never clips).
+        #[arg(long = "delta-depth", alias = "delta_depth", default_value_t = 8, value_parser = parse_depth)]
+        delta_depth: u8,
+        /// Use this proxy file instead of rebuilding the proxy from the original.
+        #[arg(long, value_name = "PATH")]
+        proxy: Option<PathBuf>,
+    },
+    /// Apply delta(s) to the full-resolution original.
+    ///
+    /// The delta's unpadded area is cut out before resizing, resized to the original's size
+    /// (float Lanczos3, or an external upscaler with cmd(...)), and added in the original's
+    /// own encoding and bit depth (one 8-bit step is 257 at 16 bits). Alpha and the ICC
+    /// profile of the original are kept. The output format follows --output-image's
+    /// extension: .png (default), .tif, .webp (lossless), .jpg (quality 95).
+    #[command(
+        after_help = "Examples:\n  darkroom merge photo.jpg photo_proxy_delta.png\n  darkroom merge photo.jpg photo_proxy_delta.png --refined-delta-image photo_proxy_delta_refined.png --output-image out.tif\n  darkroom merge photo.jpg photo_proxy_delta.png --upscale-method 'cmd(realesrgan -i %i -o %o -s 4)'"
+    )]
+    Merge {
+        /// The high-resolution original.
+        original: PathBuf,
+        /// The delta written by `darkroom delta` (or imgproxyproc).
+        delta: PathBuf,
+        /// A refined delta to apply after the main one.
+        #[arg(
+            long = "refined-delta-image",
+            alias = "refined_delta_image",
+            value_name = "PATH"
+        )]
+        refined_delta_image: Option<PathBuf>,
+        /// basic (float Lanczos3) or cmd(program ... %i ... %o ...).
+        #[arg(
+            long = "upscale-method",
+            alias = "upscale_method",
+            default_value = "basic",
+            value_name = "METHOD"
+        )]
+        upscale_method: UpscaleMethod,
+        /// Method for the refined delta (default: --upscale-method).
+        #[arg(
+            long = "refined-upscale-method",
+            alias = "refined_upscale_method",
+            value_name = "METHOD"
+        )]
+        refined_upscale_method: Option<UpscaleMethod>,
+        /// Output path (default {stem}_merged.png beside the original).
+        #[arg(
+            long = "output-image",
+            alias = "output_image",
+            short = 'o',
+            value_name = "PATH"
+        )]
+        output_image: Option<PathBuf>,
+        /// Seconds an external upscaler may run before it is killed.
+        #[arg(
+            long = "cmd-timeout",
+            alias = "cmd_timeout",
+            default_value_t = 600,
+            value_name = "SECONDS"
+        )]
+        cmd_timeout: u64,
+        /// Merge even if the metadata says the original file differs from the one split.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Split every image a glob matches, in parallel on all cores.
+    ///
+    /// Quote the pattern so darkroom, not the shell, expands it. darkroom's own outputs
+    /// (*_proxy*, *_merged*) are skipped. A summary lists every failure; the exit code is
+    /// non-zero if any file failed, but one bad file never stops the batch.
+    #[command(after_help = "Example:\n  darkroom batch-split \"shoot/*.jpg\" 1024 1024")]
+    BatchSplit {
+        /// Glob pattern, e.g. "photos/*.jpg" or "**/*.png".
+        pattern: String,
+        #[command(flatten)]
+        size: SizeArgs,
+        /// Write outputs here instead of beside each input.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Parallel jobs (default: one per core).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+    },
+}
+
+/// WIDTH and HEIGHT of a proxy.
+#[derive(Debug, Args)]
+pub struct SizeArgs {
+    /// Proxy width: pixels (512) or percent of the original (25%).
+    #[arg(value_name = "WIDTH")]
+    pub width: Extent,
+    /// Proxy height: pixels (512) or percent of the original (25%).
+    #[arg(value_name = "HEIGHT")]
+    pub height: Extent,
+}
+
+impl SizeArgs {
+    fn target(&self) -> Target {
+        Target {
+            width: self.width,
+            height: self.height,
+        }
+    }
+}
+
+fn parse_depth(text: &str) -> Result<u8, String> {
+    match text {
+        "8" => Ok(8),
+        "16" => Ok(16),
+        _ => Err("the delta depth is 8 or 16".into()),
+    }
+}
+
+fn row_progress(total: u64, label: &str) -> ProgressBar {
+    // Large images only, as imgproxyproc does; hidden automatically when not a terminal.
+    if total < 2000 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {percent}% {elapsed_precise}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), OpError> {
+    let limits = cli.limits.resolve();
+    match cli.command {
+        Command::Split {
+            input,
+            size,
+            output_dir,
+        } => {
+            let out = ops::split::split(&input, size.target(), output_dir.as_deref(), &limits)?;
+            println!("{}", out.proxy_path.display());
+            println!("{}", out.metadata_path.display());
+        }
+        Command::SplitWithProcessed {
+            original,
+            processed,
+            size,
+            refine,
+            delta_image,
+            delta_depth,
+            proxy,
+        } => {
+            let options = ops::delta::DeltaOptions {
+                refine,
+                delta_path: delta_image,
+                depth: DeltaDepth::from_bits(delta_depth).expect("parser allows 8 or 16"),
+                proxy_path: proxy,
+            };
+            let out = ops::delta::split_with_processed(
+                &original,
+                &processed,
+                size.target(),
+                &options,
+                &limits,
+            )?;
+            println!("{}", out.delta_path.display());
+            if let Some(refined) = out.refined_path {
+                println!("{}", refined.display());
+            }
+        }
+        Command::Merge {
+            original,
+            delta,
+            refined_delta_image,
+            upscale_method,
+            refined_upscale_method,
+            output_image,
+            cmd_timeout,
+            force,
+        } => {
+            let options = ops::merge::MergeOptions {
+                refined_delta: refined_delta_image,
+                upscale_method,
+                refined_upscale_method,
+                output: output_image,
+                command_timeout: Duration::from_secs(cmd_timeout),
+                force,
+            };
+            let header = image::ImageReader::open(&original)
+                .ok()
+                .and_then(|r| r.with_guessed_format().ok())
+                .and_then(|r| r.into_dimensions().ok())
+                .unwrap_or((0, 0));
+            // Rows are counted in the upright frame, whichever side that is.
+            let bar = row_progress(u64::from(header.0.max(header.1)), "merging");
+            let result = ops::merge::merge(&original, &delta, &options, &limits, &|rows, total| {
+                bar.set_length(total);
+                bar.inc(rows);
+            });
+            bar.finish_and_clear();
+            println!("{}", result?.output_path.display());
+        }
+        Command::BatchSplit {
+            pattern,
+            size,
+            output_dir,
+            jobs,
+        } => {
+            let files = ops::batch::expand(&pattern)?;
+            if files.is_empty() {
+                return Err(OpError::Usage(format!("no files match '{pattern}'")));
+            }
+            let bar = ProgressBar::new(files.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message("splitting");
+            let run_batch = || {
+                ops::batch::batch_split(
+                    &files,
+                    size.target(),
+                    output_dir.as_deref(),
+                    &limits,
+                    &|_, _| bar.inc(1),
+                )
+            };
+            let report = match jobs {
+                Some(n) => rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .build()
+                    .map_err(|e| OpError::Internal(e.to_string()))?
+                    .install(run_batch),
+                None => run_batch(),
+            };
+            bar.finish_and_clear();
+            let failed: Vec<_> = report.failures().collect();
+            eprintln!(
+                "batch-split: {} succeeded, {} failed, {} total",
+                report.succeeded(),
+                failed.len(),
+                report.results.len()
+            );
+            for (_, error) in &failed {
+                eprintln!("  failed: {error}");
+            }
+            if !failed.is_empty() {
+                return Err(OpError::External {
+                    path: pattern,
+                    reason: format!("{} of {} files failed", failed.len(), report.results.len()),
+                });
+            }
+        }
+    }
+    Ok(())
+}

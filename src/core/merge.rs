@@ -1,0 +1,404 @@
+//! Applying delta(s) to the full-resolution original.
+//!
+//! Each delta layer is cropped to the proxy's unpadded area *before* resizing (padding never
+//! bleeds into the edges), upsampled to the original's size with a float Lanczos3, and added
+//! to the original's colour samples in its own encoding (8 or 16 bits; one 8-bit delta step is
+//! 257 at 16 bits). Layers apply in order with clipping after each, mirroring how the refined
+//! delta was computed. Alpha is never touched. The work runs in row bands, in place, so the
+//! only large buffer besides the original is one horizontally-resampled copy of each delta.
+
+use super::delta::{NEUTRAL_16, NEUTRAL_8, UNITS_PER_LEVEL_16};
+use super::resample::Taps;
+use image::DynamicImage;
+use rayon::prelude::*;
+
+/// A rectangle inside a delta image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One delta to apply: an 8/16-bit gray or RGB delta image and the area of it that maps
+/// onto the whole original.
+#[derive(Debug, Clone)]
+pub struct DeltaLayer {
+    pub image: DynamicImage,
+    pub area: Rect,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MergeError {
+    #[error("the delta's area {area:?} lies outside the {width}x{height} delta image")]
+    AreaOutsideDelta { area: Rect, width: u32, height: u32 },
+    #[error("a colour delta cannot apply to a gray original; promote the original to RGB first")]
+    ColourDeltaOnGray,
+    #[error("unsupported delta layout {0:?}: expected 8/16-bit gray or RGB")]
+    DeltaLayout(image::ColorType),
+    #[error("unsupported original layout {0:?}")]
+    OriginalLayout(image::ColorType),
+}
+
+impl DeltaLayer {
+    fn channels(&self) -> usize {
+        usize::from(self.image.color().channel_count())
+    }
+
+    /// Decodes row `y` of the layer's area into signed changes (8-bit units).
+    fn decode_row(&self, y: u32, out: &mut [f32]) {
+        let c = self.channels();
+        let stride = self.image.width() as usize * c;
+        let start = (self.area.y + y) as usize * stride + self.area.x as usize * c;
+        let len = self.area.width as usize * c;
+        match &self.image {
+            DynamicImage::ImageLuma8(b) => decode8(&b.as_raw()[start..start + len], out),
+            DynamicImage::ImageRgb8(b) => decode8(&b.as_raw()[start..start + len], out),
+            DynamicImage::ImageLuma16(b) => decode16(&b.as_raw()[start..start + len], out),
+            DynamicImage::ImageRgb16(b) => decode16(&b.as_raw()[start..start + len], out),
+            _ => unreachable!("layout checked in prepare"),
+        }
+    }
+}
+
+fn decode8(src: &[u8], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f32::from(v) - NEUTRAL_8;
+    }
+}
+
+fn decode16(src: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = (f32::from(v) - NEUTRAL_16) / UNITS_PER_LEVEL_16;
+    }
+}
+
+/// A layer ready to produce full-width delta rows for any output row.
+enum Prepared<'a> {
+    /// The layer's area already has the original's size: rows are read directly.
+    Direct(&'a DeltaLayer),
+    /// Horizontally resampled rows (area height x out width x channels) and vertical taps.
+    Resampled {
+        rows: Vec<f32>,
+        row_len: usize,
+        vertical: Taps,
+    },
+}
+
+impl Prepared<'_> {
+    fn row(&self, y: usize, out: &mut [f32]) {
+        match self {
+            Prepared::Direct(layer) => layer.decode_row(y as u32, out),
+            Prepared::Resampled {
+                rows,
+                row_len,
+                vertical,
+            } => {
+                let (start, weights) = vertical.get(y);
+                out.fill(0.0);
+                for (k, &w) in weights.iter().enumerate() {
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let src = &rows[(start + k) * row_len..(start + k + 1) * row_len];
+                    for (o, s) in out.iter_mut().zip(src) {
+                        *o += w * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn prepare(layer: &DeltaLayer, out_w: u32, out_h: u32) -> Result<Prepared<'_>, MergeError> {
+    use image::ColorType as C;
+    if !matches!(layer.image.color(), C::L8 | C::Rgb8 | C::L16 | C::Rgb16) {
+        return Err(MergeError::DeltaLayout(layer.image.color()));
+    }
+    let a = layer.area;
+    if a.width == 0
+        || a.height == 0
+        || a.x + a.width > layer.image.width()
+        || a.y + a.height > layer.image.height()
+    {
+        return Err(MergeError::AreaOutsideDelta {
+            area: a,
+            width: layer.image.width(),
+            height: layer.image.height(),
+        });
+    }
+    if a.width == out_w && a.height == out_h {
+        return Ok(Prepared::Direct(layer));
+    }
+    let c = layer.channels();
+    let horizontal = Taps::lanczos3(a.width, out_w);
+    let row_len = out_w as usize * c;
+    let mut rows = vec![0f32; a.height as usize * row_len];
+    rows.par_chunks_mut(row_len).enumerate().for_each_init(
+        || vec![0f32; a.width as usize * c],
+        |src, (y, out)| {
+            layer.decode_row(y as u32, src);
+            for x in 0..out_w as usize {
+                let (start, weights) = horizontal.get(x);
+                for ch in 0..c {
+                    let mut acc = 0.0f32;
+                    for (k, &w) in weights.iter().enumerate() {
+                        if let Some(s) = src.get((start + k) * c + ch) {
+                            acc += w * s;
+                        }
+                    }
+                    out[x * c + ch] = acc;
+                }
+            }
+        },
+    );
+    Ok(Prepared::Resampled {
+        rows,
+        row_len,
+        vertical: Taps::lanczos3(a.height, out_h),
+    })
+}
+
+/// A sample type of the original (8 or 16 bits).
+trait Sample: Copy + Send + Sync {
+    const MAX: f32;
+    /// How many of this sample's units one 8-bit delta level is.
+    const UNIT: f32;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Sample for u8 {
+    const MAX: f32 = 255.0;
+    const UNIT: f32 = 1.0;
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        v.round() as u8
+    }
+}
+
+impl Sample for u16 {
+    const MAX: f32 = 65535.0;
+    const UNIT: f32 = 257.0;
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        v.round() as u16
+    }
+}
+
+/// Rows per parallel work item: large enough to amortise, small enough to balance.
+const BAND_ROWS: usize = 16;
+
+fn apply_typed<S: Sample>(
+    pixels: &mut [S],
+    width: usize,
+    total_channels: usize,
+    colour_channels: usize,
+    layers: &[(Prepared<'_>, usize)],
+    progress: &(dyn Fn(u64) + Sync),
+) {
+    let row_samples = width * total_channels;
+    pixels
+        .par_chunks_mut(row_samples * BAND_ROWS)
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; width * 3], vec![0f32; width * colour_channels]),
+            |(delta_row, current), (band, chunk)| {
+                for (i, row) in chunk.chunks_exact_mut(row_samples).enumerate() {
+                    let y = band * BAND_ROWS + i;
+                    for x in 0..width {
+                        for ch in 0..colour_channels {
+                            current[x * colour_channels + ch] =
+                                row[x * total_channels + ch].to_f32();
+                        }
+                    }
+                    for (layer, dc) in layers {
+                        let d = &mut delta_row[..width * dc];
+                        layer.row(y, d);
+                        for x in 0..width {
+                            for ch in 0..colour_channels {
+                                let change = d[x * dc + ch.min(dc - 1)] * S::UNIT;
+                                let v = &mut current[x * colour_channels + ch];
+                                *v = (*v + change).clamp(0.0, S::MAX);
+                            }
+                        }
+                    }
+                    for x in 0..width {
+                        for ch in 0..colour_channels {
+                            row[x * total_channels + ch] =
+                                S::from_f32(current[x * colour_channels + ch]);
+                        }
+                    }
+                }
+                progress((chunk.len() / row_samples) as u64);
+            },
+        );
+}
+
+/// Applies `layers` in order to `original` in place. `progress` is called with the number
+/// of rows finished, from worker threads.
+pub fn apply_layers(
+    original: &mut DynamicImage,
+    layers: &[DeltaLayer],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), MergeError> {
+    let (w, h) = (original.width(), original.height());
+    let colour = original.color().has_color();
+    let mut prepared = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let dc = layer.channels();
+        if dc == 3 && !colour {
+            return Err(MergeError::ColourDeltaOnGray);
+        }
+        prepared.push((prepare(layer, w, h)?, dc));
+    }
+    let total = usize::from(original.color().channel_count());
+    let cc = if colour { 3 } else { 1 };
+    let width = w as usize;
+    match original {
+        DynamicImage::ImageLuma8(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageLumaA8(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageRgb8(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageRgba8(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageLuma16(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageLumaA16(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageRgb16(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageRgba16(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        other => return Err(MergeError::OriginalLayout(other.color())),
+    }
+    Ok(())
+}
+
+/// Promotes a gray original to RGB(A) when a colour delta is to be applied to it (a model
+/// that colourised a gray proxy); other originals are returned unchanged.
+#[must_use]
+pub fn promote_for_colour(original: DynamicImage, layers: &[DeltaLayer]) -> DynamicImage {
+    let needs_colour = layers.iter().any(|l| l.image.color().has_color());
+    if !needs_colour || original.color().has_color() {
+        return original;
+    }
+    let sixteen = original.color().bytes_per_pixel() / original.color().channel_count() == 2;
+    match (original.color().has_alpha(), sixteen) {
+        (false, false) => DynamicImage::ImageRgb8(original.to_rgb8()),
+        (true, false) => DynamicImage::ImageRgba8(original.to_rgba8()),
+        (false, true) => DynamicImage::ImageRgb16(original.to_rgb16()),
+        (true, true) => DynamicImage::ImageRgba16(original.to_rgba16()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::ImageBuffer;
+
+    fn neutral(w: u32, h: u32) -> DeltaLayer {
+        DeltaLayer {
+            image: DynamicImage::ImageRgb8(ImageBuffer::from_pixel(
+                w,
+                h,
+                image::Rgb([127, 127, 127]),
+            )),
+            area: Rect {
+                x: 0,
+                y: 0,
+                width: w,
+                height: h,
+            },
+        }
+    }
+
+    #[test]
+    fn neutral_delta_leaves_every_sample_unchanged() {
+        let mut original = DynamicImage::ImageRgba16(ImageBuffer::from_fn(37, 23, |x, y| {
+            image::Rgba([(x * 1700) as u16, (y * 2800) as u16, 65535, (x * y) as u16])
+        }));
+        let before = original.clone();
+        apply_layers(&mut original, &[neutral(9, 6)], &|_| {}).unwrap();
+        assert_eq!(original, before);
+    }
+
+    #[test]
+    fn a_uniform_change_is_applied_everywhere_and_clipped() {
+        let mut original = DynamicImage::ImageRgb8(ImageBuffer::from_fn(20, 20, |x, _| {
+            image::Rgb([x as u8 * 12, 250, 3])
+        }));
+        let layer = DeltaLayer {
+            image: DynamicImage::ImageRgb8(ImageBuffer::from_pixel(
+                5,
+                5,
+                image::Rgb([137, 137, 117]),
+            )),
+            area: Rect {
+                x: 0,
+                y: 0,
+                width: 5,
+                height: 5,
+            },
+        };
+        apply_layers(&mut original, &[layer], &|_| {}).unwrap();
+        let out = original.to_rgb8();
+        for (x, _, p) in out.enumerate_pixels() {
+            assert_eq!(p.0, [x as u8 * 12 + 10, 255, 0]);
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_original_moves_257_per_delta_level() {
+        let mut original =
+            DynamicImage::ImageLuma16(ImageBuffer::from_pixel(4, 4, image::Luma([1000u16])));
+        let layer = DeltaLayer {
+            image: DynamicImage::ImageLuma8(ImageBuffer::from_pixel(2, 2, image::Luma([128u8]))),
+            area: Rect {
+                x: 0,
+                y: 0,
+                width: 2,
+                height: 2,
+            },
+        };
+        apply_layers(&mut original, &[layer], &|_| {}).unwrap();
+        assert!(original.to_luma16().iter().all(|&v| v == 1257));
+    }
+
+    #[test]
+    fn padding_outside_the_area_never_reaches_the_output() {
+        // A delta whose padding holds a huge change; only the central area is neutral.
+        let mut img = ImageBuffer::from_pixel(8, 8, image::Rgb([255u8, 0, 255]));
+        for y in 2..6 {
+            for x in 0..8 {
+                img.put_pixel(x, y, image::Rgb([127, 127, 127]));
+            }
+        }
+        let layer = DeltaLayer {
+            image: DynamicImage::ImageRgb8(img),
+            area: Rect {
+                x: 0,
+                y: 2,
+                width: 8,
+                height: 4,
+            },
+        };
+        let mut original =
+            DynamicImage::ImageRgb8(ImageBuffer::from_pixel(32, 16, image::Rgb([90, 90, 90])));
+        let before = original.clone();
+        apply_layers(&mut original, &[layer], &|_| {}).unwrap();
+        assert_eq!(original, before);
+    }
+
+    #[test]
+    fn colour_delta_on_gray_is_refused_until_promoted() {
+        let mut gray = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(4, 4, image::Luma([9u8])));
+        let layers = [neutral(2, 2)];
+        assert_eq!(
+            apply_layers(&mut gray, &layers, &|_| {}),
+            Err(MergeError::ColourDeltaOnGray)
+        );
+        let mut promoted = promote_for_colour(gray, &layers);
+        apply_layers(&mut promoted, &layers, &|_| {}).unwrap();
+        assert_eq!(promoted.color(), image::ColorType::Rgb8);
+    }
+}

@@ -1,0 +1,9 @@
+//! The pure pixel core: no file system, no processes, no clocks. Everything here takes
+//! in-memory images and options and returns owned results, so the CLI, the daemon and the
+//! benchmarks all call the same code.
+
+pub mod delta;
+pub mod geometry;
+pub mod merge;
+pub mod proxy;
+pub mod resample;

@@ -1,0 +1,308 @@
+//! Bounded decoding of untrusted image files.
+//!
+//! The format is sniffed from the content (an extension is never trusted), the declared size
+//! is checked against the limits before any pixel buffer is allocated, allocation is capped
+//! through `image::Limits`, a JPEG without its end-of-image marker is refused instead of
+//! being passed on with the decoder's grey fill, and a decoder panic is turned into an error
+//! for that file. EXIF orientation is applied so callers always see the upright image.
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use sha2::{Digest, Sha256};
+use std::io::{Cursor, Read};
+use std::path::Path;
+
+/// Limits on what a decode may cost. Every field documents its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest file read, in bytes. Default 1 GiB.
+    pub max_file_bytes: u64,
+    /// Largest width or height. Default 65,535 px.
+    pub max_side: u32,
+    /// Largest pixel count. Default 268 MP (16,384 x 16,384).
+    pub max_pixels: u64,
+    /// Largest total allocation the decoder may make. Default 4 GiB.
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_file_bytes: 1 << 30,
+            max_side: 65_535,
+            max_pixels: 16_384 * 16_384,
+            max_alloc_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Why a file could not be decoded. Each message names the reason; callers add the path.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the file is empty (0 bytes)")]
+    Empty,
+    #[error("the file is {size} bytes, over the {limit}-byte limit")]
+    FileTooLarge { size: u64, limit: u64 },
+    #[error(
+        "not an image: the content matches no known image format (the extension is not trusted)"
+    )]
+    NotAnImage,
+    #[error("{0:?} images are not supported; use PNG, JPEG, TIFF or WebP")]
+    UnsupportedFormat(ImageFormat),
+    #[error("declares {width}x{height} pixels, over the limit of {limit} (max side {max_side}); refused before decoding")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        limit: u64,
+        max_side: u32,
+    },
+    #[error("truncated or corrupt {format:?} data: {reason}")]
+    Corrupt { format: ImageFormat, reason: String },
+    #[error("truncated JPEG: the end-of-image marker is missing")]
+    TruncatedJpeg,
+    #[error("the decoder crashed on this file ({0}); treated as corrupt")]
+    DecoderPanic(String),
+}
+
+impl DecodeError {
+    /// True when retrying later cannot help (the file itself is bad).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, DecodeError::Io(_))
+    }
+}
+
+/// A decoded, upright image with what the file said about it.
+#[derive(Debug, Clone)]
+pub struct LoadedImage {
+    pub image: DynamicImage,
+    pub format: ImageFormat,
+    pub icc_profile: Option<Vec<u8>>,
+    /// EXIF orientation that was applied (1 = none), as the EXIF number.
+    pub exif_orientation: u8,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    pub file_bytes: u64,
+}
+
+/// Reads at most `limit` bytes of `path`, refusing empty and oversized files before reading.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, DecodeError> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    if size == 0 {
+        return Err(DecodeError::Empty);
+    }
+    if size > limit {
+        return Err(DecodeError::FileTooLarge { size, limit });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(DecodeError::FileTooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(bytes)
+}
+
+/// Hex SHA-256 of a byte slice.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sniffs the format of `bytes`, accepting only the formats darkroom reads.
+pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
+    let format = image::guess_format(bytes).map_err(|_| DecodeError::NotAnImage)?;
+    match format {
+        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Tiff | ImageFormat::WebP => Ok(format),
+        other => Err(DecodeError::UnsupportedFormat(other)),
+    }
+}
+
+/// Reads, checks and decodes the image at `path`.
+pub fn load(path: &Path, limits: &DecodeLimits) -> Result<LoadedImage, DecodeError> {
+    let bytes = read_bounded(path, limits.max_file_bytes)?;
+    decode_bytes(&bytes, limits)
+}
+
+/// Decodes an in-memory file.
+pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, DecodeError> {
+    let format = sniff(bytes)?;
+    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err(DecodeError::TruncatedJpeg);
+    }
+    let decoded =
+        std::panic::catch_unwind(|| decode_sniffed(bytes, format, limits)).map_err(|panic| {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            DecodeError::DecoderPanic(text)
+        })??;
+    let (image, icc_profile, exif_orientation) = decoded;
+    Ok(LoadedImage {
+        image,
+        format,
+        icc_profile,
+        exif_orientation,
+        sha256: sha256_hex(bytes),
+        file_bytes: bytes.len() as u64,
+    })
+}
+
+type Decoded = (DynamicImage, Option<Vec<u8>>, u8);
+
+fn decode_sniffed(
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<Decoded, DecodeError> {
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
+        format,
+        reason: e.to_string(),
+    };
+    let mut reader = ImageReader::new(Cursor::new(bytes));
+    reader.set_format(format);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    if width > limits.max_side || height > limits.max_side || pixels > limits.max_pixels {
+        return Err(DecodeError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+            max_side: limits.max_side,
+        });
+    }
+    let mut icc = decoder.icc_profile().ok().flatten();
+    if icc.is_none() && format == ImageFormat::Tiff {
+        // image's TIFF decoder does not hand back the ICC tag; read it directly.
+        icc = tiff::decoder::Decoder::new(Cursor::new(bytes))
+            .and_then(|mut d| d.get_tag_u8_vec(tiff::tags::Tag::IccProfile))
+            .ok();
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(limits.max_side);
+    image_limits.max_image_height = Some(limits.max_side);
+    image_limits.max_alloc = Some(limits.max_alloc_bytes);
+    decoder.set_limits(image_limits).map_err(corrupt)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    image.apply_orientation(orientation);
+    let image = match image {
+        DynamicImage::ImageRgb32F(_) => DynamicImage::ImageRgb16(image.to_rgb16()),
+        DynamicImage::ImageRgba32F(_) => DynamicImage::ImageRgba16(image.to_rgba16()),
+        other => other,
+    };
+    Ok((image, icc, orientation_to_exif(orientation)))
+}
+
+fn orientation_to_exif(o: image::metadata::Orientation) -> u8 {
+    use image::metadata::Orientation as O;
+    match o {
+        O::NoTransforms => 1,
+        O::FlipHorizontal => 2,
+        O::Rotate180 => 3,
+        O::FlipVertical => 4,
+        O::Rotate90FlipH => 5,
+        O::Rotate90 => 6,
+        O::Rotate270FlipH => 7,
+        O::Rotate270 => 8,
+    }
+}
+
+/// Walks the JPEG marker structure and reports whether the end-of-image marker is reached.
+///
+/// Segments are skipped by their length (so an EXIF thumbnail's own EOI does not count),
+/// entropy-coded data is scanned for the next real marker (skipping stuffed `FF 00`, fill
+/// bytes and restart markers). A file cut anywhere before EOI returns false.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != 0xD8 {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // Find the next marker, skipping fill bytes.
+        while i < bytes.len() && bytes[i] != 0xFF {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return false;
+        };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                if i + 2 > bytes.len() {
+                    return false;
+                }
+                let len = usize::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+                if len < 2 || i + len > bytes.len() {
+                    return false;
+                }
+                i += len;
+                if marker == 0xDA {
+                    // Entropy-coded data follows until a marker that is not RST or stuffing.
+                    loop {
+                        while i < bytes.len() && bytes[i] != 0xFF {
+                            i += 1;
+                        }
+                        if i + 1 >= bytes.len() {
+                            return false;
+                        }
+                        let next = bytes[i + 1];
+                        if next == 0x00 || (0xD0..=0xD7).contains(&next) || next == 0xFF {
+                            i += if next == 0xFF { 1 } else { 2 };
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_marker_stream_is_complete_and_its_prefixes_are_not() {
+        // SOI, a 4-byte APP0, SOS with 2-byte header + data containing stuffing and RST, EOI.
+        let jpeg = [
+            0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0xAA, 0xBB, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF,
+            0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xD9,
+        ];
+        assert!(jpeg_is_complete(&jpeg));
+        for cut in 0..jpeg.len() - 1 {
+            assert!(!jpeg_is_complete(&jpeg[..cut]), "prefix of {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn an_eoi_inside_a_segment_does_not_count() {
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0x00, 0x00];
+        assert!(!jpeg_is_complete(&jpeg));
+    }
+
+    #[test]
+    fn text_is_not_an_image() {
+        assert!(matches!(
+            sniff(b"hello, this is text"),
+            Err(DecodeError::NotAnImage)
+        ));
+    }
+}

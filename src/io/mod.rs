@@ -1,0 +1,10 @@
+//! The IO shell: decoding untrusted files, encoding outputs, durable writes, external
+//! programs and what the machine has to spare. The pure core never calls into here.
+
+pub mod atomic;
+pub mod decode;
+pub mod encode;
+pub mod external;
+pub mod metadata;
+pub mod png_encode;
+pub mod system;

@@ -1,0 +1,46 @@
+//! What the machine has to spare: free disk under a folder and available memory.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Bytes available to this user on the file system holding `dir`.
+pub fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
+    let c_path = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and stat a properly sized out-struct.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// `MemAvailable` from /proc/meminfo, when the kernel reports it.
+pub fn available_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Formats bytes as megabytes with one decimal, as the disk-space error shows them.
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_some_free_space_for_the_temp_dir() {
+        assert!(free_disk_bytes(&std::env::temp_dir()).unwrap() > 0);
+    }
+
+    #[test]
+    fn megabytes_are_decimal() {
+        assert_eq!(megabytes(150_300_000), "150.3 MB");
+    }
+}

@@ -1,0 +1,28 @@
+//! The `darkroom` binary: parse arguments, set up logging, run, map errors to exit codes.
+
+mod cli;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let default_level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact()
+        .init();
+    if let Err(error) = cli::run(cli) {
+        eprintln!("darkroom: error: {error}");
+        std::process::exit(error.exit_kind() as i32);
+    }
+}

@@ -1,0 +1,310 @@
+//! `merge`: apply delta(s) to the full-resolution original.
+//!
+//! The geometry comes from the metadata embedded in the delta PNG, else from a
+//! `_proxy_metadata.txt` beside the delta or the original, else it is inferred from the
+//! sizes. A delta made for another original (other size, or other content when metadata
+//! says so) is refused with the reason.
+
+use super::{ensure_free_disk, sibling_path, warn_if_memory_heavy, OpError};
+use crate::core::delta::normalise_delta_layout;
+use crate::core::geometry::ProxyGeometry;
+use crate::core::merge::{apply_layers, promote_for_colour, DeltaLayer, Rect};
+use crate::io::atomic;
+use crate::io::decode::{self, DecodeLimits, LoadedImage};
+use crate::io::encode::{self, estimated_size, OutputFormat};
+use crate::io::external::UpscaleMethod;
+use crate::io::metadata::{self, ProxyMetadata};
+use image::DynamicImage;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Options of a merge. Every field documents its default.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// A refined delta to apply after the main one. Default none.
+    pub refined_delta: Option<PathBuf>,
+    /// How the main delta is upscaled. Default `basic` (float Lanczos3).
+    pub upscale_method: UpscaleMethod,
+    /// How the refined delta is upscaled. Default: the main method.
+    pub refined_upscale_method: Option<UpscaleMethod>,
+    /// Output path; its extension picks the format. Default `{stem}_merged.png` beside the original.
+    pub output: Option<PathBuf>,
+    /// Time limit of one external upscaler run. Default 600 s.
+    pub command_timeout: Duration,
+    /// Merge even when the metadata says the original file differs. Default off.
+    pub force: bool,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        MergeOptions {
+            refined_delta: None,
+            upscale_method: UpscaleMethod::Basic,
+            refined_upscale_method: None,
+            output: None,
+            command_timeout: Duration::from_secs(600),
+            force: false,
+        }
+    }
+}
+
+/// What a merge wrote.
+#[derive(Debug, Clone)]
+pub struct MergeOutput {
+    pub output_path: PathBuf,
+    pub geometry: ProxyGeometry,
+    /// Where the geometry came from: "embedded", a sidecar path, or "inferred".
+    pub geometry_source: String,
+}
+
+/// A delta file read for merging.
+struct LoadedDelta {
+    image: DynamicImage,
+    embedded: Option<ProxyMetadata>,
+}
+
+fn load_delta(path: &Path, limits: &DecodeLimits) -> Result<LoadedDelta, OpError> {
+    let bytes =
+        decode::read_bounded(path, limits.max_file_bytes).map_err(|e| OpError::decode(path, e))?;
+    let loaded = decode::decode_bytes(&bytes, limits).map_err(|e| OpError::decode(path, e))?;
+    Ok(LoadedDelta {
+        image: normalise_delta_layout(&loaded.image),
+        embedded: metadata::read_embedded(&bytes),
+    })
+}
+
+/// Sidecar metadata files that may belong to this delta, most specific first.
+fn sidecar_candidates(original: &Path, delta: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(stem) = delta.file_stem().map(|s| s.to_string_lossy().into_owned()) {
+        for suffix in ["_delta_refined", "_delta"] {
+            if let Some(base) = stem.strip_suffix(suffix) {
+                out.push(atomic::parent_dir(delta).join(format!("{base}_metadata.txt")));
+                break;
+            }
+        }
+    }
+    out.push(sibling_path(original, None, "_proxy_metadata.txt"));
+    out
+}
+
+/// Finds the geometry for `delta` and checks it fits `original`.
+fn resolve_geometry(
+    original_path: &Path,
+    original: &LoadedImage,
+    delta_path: &Path,
+    delta: &LoadedDelta,
+    force: bool,
+) -> Result<(ProxyGeometry, String), OpError> {
+    let (w, h) = (original.image.width(), original.image.height());
+    let (dw, dh) = (delta.image.width(), delta.image.height());
+    let mut found: Option<(ProxyMetadata, String)> =
+        delta.embedded.clone().map(|m| (m, "embedded".to_string()));
+    if found.is_none() {
+        for candidate in sidecar_candidates(original_path, delta_path) {
+            if candidate.is_file() {
+                let meta = ProxyMetadata::read(&candidate)
+                    .map_err(|e| OpError::mismatch(&candidate, e))?;
+                found = Some((meta, candidate.display().to_string()));
+                break;
+            }
+        }
+    }
+    let Some((meta, source)) = found else {
+        tracing::info!(delta = %delta_path.display(), "no proxy metadata found; geometry inferred from the sizes");
+        return Ok((ProxyGeometry::infer(w, h, dw, dh), "inferred".into()));
+    };
+    let g = meta.geometry;
+    if (g.original_width, g.original_height) != (w, h) {
+        return Err(OpError::mismatch(
+            original_path,
+            format!(
+                "the delta was made for a {}x{} original ({}), but this image is {w}x{h}",
+                g.original_width, g.original_height, meta.original.path
+            ),
+        ));
+    }
+    if meta.original.sha256 != original.sha256 {
+        if force {
+            tracing::warn!(expected = %meta.original.sha256, actual = %original.sha256, "original differs from the one the delta was made from; merging anyway (--force)");
+        } else {
+            return Err(OpError::mismatch(
+                original_path,
+                format!(
+                    "this is not the file the delta was made from ({} had sha256 {}…, this one {}…); pass --force if it was only re-saved",
+                    meta.original.path,
+                    &meta.original.sha256[..12.min(meta.original.sha256.len())],
+                    &original.sha256[..12]
+                ),
+            ));
+        }
+    }
+    if (g.canvas_width, g.canvas_height) != (dw, dh) {
+        return Err(OpError::mismatch(
+            delta_path,
+            format!(
+                "the delta is {dw}x{dh} but its proxy was {}x{}",
+                g.canvas_width, g.canvas_height
+            ),
+        ));
+    }
+    Ok((g, source))
+}
+
+/// Turns one delta into a merge layer, running an external upscaler if asked.
+fn layer_for(
+    delta: LoadedDelta,
+    delta_path: &Path,
+    geometry: &ProxyGeometry,
+    method: &UpscaleMethod,
+    options: &MergeOptions,
+    limits: &DecodeLimits,
+) -> Result<DeltaLayer, OpError> {
+    let area = Rect {
+        x: geometry.pad_left,
+        y: geometry.pad_top,
+        width: geometry.scaled_width,
+        height: geometry.scaled_height,
+    };
+    match method {
+        UpscaleMethod::Basic => Ok(DeltaLayer {
+            image: delta.image,
+            area,
+        }),
+        UpscaleMethod::Command(template) => {
+            // Crop first, so padding never reaches the upscaler or the edges.
+            let cropped = delta
+                .image
+                .crop_imm(area.x, area.y, area.width, area.height);
+            let sent_16 = cropped.color().bytes_per_pixel() / cropped.color().channel_count() == 2;
+            let target = (geometry.original_width, geometry.original_height);
+            let returned = template
+                .run(&cropped, target, options.command_timeout, limits)
+                .map_err(|e| OpError::External {
+                    path: delta_path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let mut returned = normalise_delta_layout(&returned);
+            let got_16 = returned.color().bytes_per_pixel() / returned.color().channel_count() == 2;
+            if sent_16 != got_16 {
+                tracing::warn!("the external upscaler changed the delta's bit depth; converting back (expect about one level of error)");
+                returned = match (sent_16, returned.color().has_color()) {
+                    (true, true) => DynamicImage::ImageRgb16(returned.to_rgb16()),
+                    (true, false) => DynamicImage::ImageLuma16(returned.to_luma16()),
+                    (false, true) => DynamicImage::ImageRgb8(returned.to_rgb8()),
+                    (false, false) => DynamicImage::ImageLuma8(returned.to_luma8()),
+                };
+            }
+            if (returned.width(), returned.height()) != target {
+                tracing::info!(
+                    returned = %format!("{}x{}", returned.width(), returned.height()),
+                    target = %format!("{}x{}", target.0, target.1),
+                    "resampling the external upscaler's output to the original's size"
+                );
+            }
+            let (rw, rh) = (returned.width(), returned.height());
+            Ok(DeltaLayer {
+                image: returned,
+                area: Rect {
+                    x: 0,
+                    y: 0,
+                    width: rw,
+                    height: rh,
+                },
+            })
+        }
+    }
+}
+
+/// Merges the delta(s) into `original_path` and writes the result. `progress` receives
+/// (rows just finished, total rows) from worker threads.
+pub fn merge(
+    original_path: &Path,
+    delta_path: &Path,
+    options: &MergeOptions,
+    limits: &DecodeLimits,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<MergeOutput, OpError> {
+    let output_path = options
+        .output
+        .clone()
+        .unwrap_or_else(|| sibling_path(original_path, None, "_merged.png"));
+    let format =
+        OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
+    let original =
+        decode::load(original_path, limits).map_err(|e| OpError::decode(original_path, e))?;
+    let delta = load_delta(delta_path, limits)?;
+    let (geometry, geometry_source) =
+        resolve_geometry(original_path, &original, delta_path, &delta, options.force)?;
+
+    let mut layers = vec![layer_for(
+        delta,
+        delta_path,
+        &geometry,
+        &options.upscale_method,
+        options,
+        limits,
+    )?];
+    if let Some(refined_path) = &options.refined_delta {
+        let refined = load_delta(refined_path, limits)?;
+        if (refined.image.width(), refined.image.height())
+            != (geometry.canvas_width, geometry.canvas_height)
+        {
+            return Err(OpError::mismatch(
+                refined_path,
+                format!(
+                    "the refined delta is {}x{} but the main delta is {}x{}",
+                    refined.image.width(),
+                    refined.image.height(),
+                    geometry.canvas_width,
+                    geometry.canvas_height
+                ),
+            ));
+        }
+        let method = options
+            .refined_upscale_method
+            .as_ref()
+            .unwrap_or(&options.upscale_method);
+        layers.push(layer_for(
+            refined,
+            refined_path,
+            &geometry,
+            method,
+            options,
+            limits,
+        )?);
+    }
+
+    let LoadedImage {
+        image, icc_profile, ..
+    } = original;
+    let mut image = promote_for_colour(image, &layers);
+    let (w, h) = (image.width(), image.height());
+    let bpp = u64::from(image.color().bytes_per_pixel());
+    warn_if_memory_heavy(
+        "this merge",
+        estimated_size(w, h, bpp) * 2
+            + u64::from(geometry.scaled_height) * u64::from(w) * 12 * layers.len() as u64,
+    );
+    ensure_free_disk(&atomic::parent_dir(&output_path), estimated_size(w, h, bpp))?;
+    if let Some(loss) = format.loss_for(&image) {
+        tracing::warn!(output = %output_path.display(), "{loss}");
+    }
+    apply_layers(&mut image, &layers, &|rows| progress(rows, u64::from(h)))
+        .map_err(|e| OpError::mismatch(delta_path, e))?;
+    drop(layers);
+    encode::save(&image, &output_path, icc_profile.as_deref(), &[])
+        .map_err(|e| OpError::write(&output_path, e))?;
+    tracing::info!(
+        original = %original_path.display(),
+        delta = %delta_path.display(),
+        output = %output_path.display(),
+        geometry = %geometry_source,
+        "merged"
+    );
+    Ok(MergeOutput {
+        output_path,
+        geometry,
+        geometry_source,
+    })
+}

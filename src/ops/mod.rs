@@ -1,0 +1,142 @@
+//! Operations on files: what `darkroom split`, `delta`, `merge` and `batch-split` do, and what
+//! the daemon's recipes call. Each joins the pure core to the IO shell and reports failures
+//! as [`OpError`], which names the file and says whether trying again can help.
+
+pub mod batch;
+pub mod delta;
+pub mod merge;
+pub mod split;
+
+use crate::io::decode::DecodeError;
+use crate::io::system;
+use std::path::{Path, PathBuf};
+
+/// A failed operation, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{path}: {source}")]
+    Decode { path: String, source: DecodeError },
+    #[error("{path}: cannot write: {reason}")]
+    Write { path: String, reason: String },
+    #[error("not enough free disk in {dir}: need {need}, have {have}")]
+    DiskFull {
+        dir: String,
+        need: String,
+        have: String,
+    },
+    #[error("{path}: {reason}")]
+    Mismatch { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    External { path: String, reason: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How the CLI should exit for an error (sysexits.h numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// 65: the input data is bad.
+    DataError = 65,
+    /// 66: an input file is missing or unreadable.
+    NoInput = 66,
+    /// 73: an output could not be created.
+    CantCreate = 73,
+    /// 64: the command line is wrong.
+    Usage = 64,
+    /// 1: anything else.
+    Failure = 1,
+}
+
+impl OpError {
+    pub fn decode(path: &Path, source: DecodeError) -> Self {
+        OpError::Decode {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    pub fn write(path: &Path, reason: impl ToString) -> Self {
+        OpError::Write {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn mismatch(path: &Path, reason: impl ToString) -> Self {
+        OpError::Mismatch {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// True when retrying cannot help: the input itself is wrong.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            OpError::Decode { source, .. } => source.is_permanent(),
+            OpError::Mismatch { .. } | OpError::Usage(_) => true,
+            OpError::Write { .. }
+            | OpError::DiskFull { .. }
+            | OpError::External { .. }
+            | OpError::Internal(_) => false,
+        }
+    }
+
+    pub fn exit_kind(&self) -> ExitKind {
+        match self {
+            OpError::Decode {
+                source: DecodeError::Io(_),
+                ..
+            } => ExitKind::NoInput,
+            OpError::Decode { .. } | OpError::Mismatch { .. } => ExitKind::DataError,
+            OpError::Write { .. } | OpError::DiskFull { .. } => ExitKind::CantCreate,
+            OpError::Usage(_) => ExitKind::Usage,
+            OpError::External { .. } | OpError::Internal(_) => ExitKind::Failure,
+        }
+    }
+}
+
+/// Refuses to start when the folder's file system has less than `need` bytes free.
+pub fn ensure_free_disk(dir: &Path, need: u64) -> Result<(), OpError> {
+    let have = system::free_disk_bytes(dir).map_err(|e| OpError::write(dir, e))?;
+    if have < need {
+        return Err(OpError::DiskFull {
+            dir: dir.display().to_string(),
+            need: system::megabytes(need),
+            have: system::megabytes(have),
+        });
+    }
+    Ok(())
+}
+
+/// Warns when an operation is estimated to need more than half the available memory.
+pub fn warn_if_memory_heavy(what: &str, estimated_bytes: u64) {
+    if let Some(available) = system::available_memory_bytes() {
+        if estimated_bytes > available / 2 {
+            tracing::warn!(
+                estimated = %system::megabytes(estimated_bytes),
+                available = %system::megabytes(available),
+                "{what} needs a large share of the available memory"
+            );
+        }
+    }
+}
+
+/// `{dir}/{stem}{suffix}`, with `dir` defaulting to the input's own folder.
+pub fn sibling_path(input: &Path, out_dir: Option<&Path>, suffix: &str) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let name = format!("{stem}{suffix}");
+    match out_dir {
+        Some(dir) => dir.join(name),
+        None => input.with_file_name(name),
+    }
+}
+
+/// A short name for a pixel layout, as stored in metadata ("Rgb8", "La16", ...).
+pub fn layout_name(image: &image::DynamicImage) -> String {
+    format!("{:?}", image.color())
+}

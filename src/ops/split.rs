@@ -1,0 +1,96 @@
+//! `split`: make the model-sized proxy of an original, with its metadata.
+
+use super::{ensure_free_disk, layout_name, sibling_path, OpError};
+use crate::core::geometry::{ProxyGeometry, Target};
+use crate::core::proxy::make_proxy;
+use crate::io::decode::{self, DecodeLimits, LoadedImage};
+use crate::io::encode::estimated_size;
+use crate::io::metadata::{OriginalInfo, ProxyMetadata, PNG_KEYWORD};
+use crate::io::{atomic, png_encode};
+use image::DynamicImage;
+use std::path::{Path, PathBuf};
+
+/// What a split wrote.
+#[derive(Debug, Clone)]
+pub struct SplitOutput {
+    pub proxy_path: PathBuf,
+    pub metadata_path: PathBuf,
+    pub metadata: ProxyMetadata,
+}
+
+/// A proxy built in memory, with its metadata.
+#[derive(Debug, Clone)]
+pub struct BuiltProxy {
+    pub proxy: DynamicImage,
+    pub metadata: ProxyMetadata,
+}
+
+/// Builds the proxy of a loaded original (pure apart from naming the path in metadata).
+pub fn build_proxy(
+    path: &Path,
+    original: &LoadedImage,
+    target: Target,
+) -> Result<BuiltProxy, OpError> {
+    let image = &original.image;
+    let geometry = ProxyGeometry::plan(image.width(), image.height(), target);
+    let proxy = make_proxy(image, &geometry).map_err(|e| OpError::Internal(e.to_string()))?;
+    let info = OriginalInfo {
+        path: path.display().to_string(),
+        sha256: original.sha256.clone(),
+        width: image.width(),
+        height: image.height(),
+        exif_orientation: original.exif_orientation,
+        color: layout_name(image),
+        has_icc_profile: original.icc_profile.is_some(),
+    };
+    let metadata = ProxyMetadata::new(info, target, geometry, layout_name(&proxy));
+    Ok(BuiltProxy { proxy, metadata })
+}
+
+/// Where `split` writes for `input`: `{stem}_proxy.png` and `{stem}_proxy_metadata.txt`.
+pub fn output_paths(input: &Path, out_dir: Option<&Path>) -> (PathBuf, PathBuf) {
+    (
+        sibling_path(input, out_dir, "_proxy.png"),
+        sibling_path(input, out_dir, "_proxy_metadata.txt"),
+    )
+}
+
+/// Splits `input` into a proxy for `target`, writing beside it (or into `out_dir`).
+pub fn split(
+    input: &Path,
+    target: Target,
+    out_dir: Option<&Path>,
+    limits: &DecodeLimits,
+) -> Result<SplitOutput, OpError> {
+    let original = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
+    let built = build_proxy(input, &original, target)?;
+    let (proxy_path, metadata_path) = output_paths(input, out_dir);
+    let g = &built.metadata.geometry;
+    let need = estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024;
+    ensure_free_disk(&atomic::parent_dir(&proxy_path), need)?;
+
+    let texts = [(PNG_KEYWORD.to_string(), built.metadata.to_compact_json())];
+    let bytes = png_encode::encode(
+        &built.proxy,
+        original.icc_profile.as_deref(),
+        &texts,
+        &Default::default(),
+    )
+    .map_err(|e| OpError::write(&proxy_path, e))?;
+    atomic::write_atomic(&proxy_path, &bytes).map_err(|e| OpError::write(&proxy_path, e))?;
+    atomic::write_atomic(&metadata_path, built.metadata.to_pretty_json().as_bytes())
+        .map_err(|e| OpError::write(&metadata_path, e))?;
+    tracing::info!(
+        input = %input.display(),
+        proxy = %proxy_path.display(),
+        original = %format!("{}x{}", g.original_width, g.original_height),
+        scaled = %format!("{}x{}", g.scaled_width, g.scaled_height),
+        canvas = %format!("{}x{}", g.canvas_width, g.canvas_height),
+        "proxy written"
+    );
+    Ok(SplitOutput {
+        proxy_path,
+        metadata_path,
+        metadata: built.metadata,
+    })
+}

@@ -1,0 +1,101 @@
+//! Shared helpers for the integration tests: where the shared test data lives, running the
+//! real `darkroom` binary, and comparing images.
+#![allow(dead_code)]
+
+use darkroom::io::decode::{self, LoadedImage};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `../shared` beside the checkout, or `$DARKROOM_SHARED`.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("DARKROOM_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+/// A file of the shared test corpus; fails loudly when the corpus is missing.
+pub fn testdata(name: &str) -> PathBuf {
+    let path = shared_dir().join("testdata").join(name);
+    assert!(
+        path.is_file(),
+        "test data {} is missing: the tests need ../shared/testdata beside the checkout (or DARKROOM_SHARED)",
+        path.display()
+    );
+    path
+}
+
+/// Copies a test file into `dir` (tests never write beside the read-only corpus).
+pub fn stage(dir: &Path, name: &str) -> PathBuf {
+    let target = dir.join(name);
+    std::fs::copy(testdata(name), &target).unwrap();
+    let mut perms = std::fs::metadata(&target).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&target, perms).unwrap();
+    target
+}
+
+pub fn darkroom() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_darkroom"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs darkroom with `args` in `dir` and asserts success.
+pub fn run_ok(dir: &Path, args: &[&str]) -> Output {
+    let out = darkroom().current_dir(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "darkroom {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs darkroom with `args` in `dir` and asserts failure; returns (exit code, stderr).
+pub fn run_err(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = darkroom().current_dir(dir).args(args).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "darkroom {args:?} should have failed"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn load(path: &Path) -> LoadedImage {
+    decode::load(path, &Default::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// PSNR in dB over all samples of two same-layout images, in 8-bit units.
+pub fn psnr(a: &image::DynamicImage, b: &image::DynamicImage) -> f64 {
+    assert_eq!((a.width(), a.height()), (b.width(), b.height()));
+    let (a, b) = (a.to_rgb32f(), b.to_rgb32f());
+    let mse: f64 = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| {
+            let d = f64::from(x - y) * 255.0;
+            d * d
+        })
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// Names of the files in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
