@@ -12,9 +12,8 @@ pub fn grade(img: &RgbImage) -> RgbImage {
     let curve: Vec<f32> = (0..256)
         .map(|v| {
             let x = v as f32 / 255.0;
-            let s = x + 0.12 * (2.0 * std::f32::consts::PI * x).sin()
-                / (2.0 * std::f32::consts::PI)
-                * -1.0;
+            // An S curve: darker shadows, brighter highlights.
+            let s = x - 0.12 * (std::f32::consts::TAU * x).sin() / std::f32::consts::TAU;
             (s.clamp(0.0, 1.0) * 255.0).clamp(0.0, 255.0)
         })
         .collect();

@@ -351,3 +351,31 @@ fn help_teaches_with_examples() {
         );
     }
 }
+
+#[test]
+fn dct_reduced_proxy_stays_within_48_db_of_a_full_resolution_lanczos_proxy() {
+    use darkroom::core::geometry::{ProxyGeometry, Target};
+    use darkroom::core::proxy::make_proxy;
+    let path = testdata("photo_bus_4032x3024_p3.jpg");
+    let target = Target::pixels(512, 512);
+    let full = load(&path);
+    let g = ProxyGeometry::plan(full.image.width(), full.image.height(), target);
+    let reference = make_proxy(&full.image, &g).unwrap();
+    let needed = |w: u32, h: u32| {
+        let g = ProxyGeometry::plan(w, h, target);
+        (g.scaled_width, g.scaled_height)
+    };
+    let source = darkroom::io::decode::load_for_proxy(&path, &Default::default(), &needed).unwrap();
+    assert!(
+        source.loaded.image.width() < full.image.width(),
+        "the JPEG was reduced in the DCT domain"
+    );
+    assert_eq!((source.full_width, source.full_height), (4032, 3024));
+    assert_eq!(source.loaded.icc_profile, full.icc_profile);
+    let reduced = make_proxy(&source.loaded.image, &g).unwrap();
+    let p = psnr(&reduced, &reference);
+    assert!(
+        p > 48.0,
+        "reduced proxy only {p:.2} dB from the full-resolution one"
+    );
+}

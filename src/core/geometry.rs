@@ -40,7 +40,7 @@ impl FromStr for Extent {
                 .trim()
                 .parse()
                 .map_err(|_| ExtentError::Unparsable(text.to_string()))?;
-            if !(percent > 0.0 && percent <= 1000.0) || !percent.is_finite() {
+            if !(percent > 0.0 && percent <= 1000.0 && percent.is_finite()) {
                 return Err(ExtentError::PercentOutOfRange(text.to_string()));
             }
             return Ok(Extent::Percent(percent));

@@ -98,9 +98,6 @@ impl Prepared<'_> {
                 let (start, weights) = vertical.get(y);
                 out.fill(0.0);
                 for (k, &w) in weights.iter().enumerate() {
-                    if w == 0.0 {
-                        continue;
-                    }
                     let src = &rows[(start + k) * row_len..(start + k + 1) * row_len];
                     for (o, s) in out.iter_mut().zip(src) {
                         *o += w * s;
@@ -139,17 +136,9 @@ fn prepare(layer: &DeltaLayer, out_w: u32, out_h: u32) -> Result<Prepared<'_>, M
         || vec![0f32; a.width as usize * c],
         |src, (y, out)| {
             layer.decode_row(y as u32, src);
-            for x in 0..out_w as usize {
-                let (start, weights) = horizontal.get(x);
-                for ch in 0..c {
-                    let mut acc = 0.0f32;
-                    for (k, &w) in weights.iter().enumerate() {
-                        if let Some(s) = src.get((start + k) * c + ch) {
-                            acc += w * s;
-                        }
-                    }
-                    out[x * c + ch] = acc;
-                }
+            match c {
+                1 => resample_row::<1>(src, out, &horizontal),
+                _ => resample_row::<3>(src, out, &horizontal),
             }
         },
     );
@@ -158,6 +147,21 @@ fn prepare(layer: &DeltaLayer, out_w: u32, out_h: u32) -> Result<Prepared<'_>, M
         row_len,
         vertical: Taps::lanczos3(a.height, out_h),
     })
+}
+
+/// One row through 1-D taps, with `C` interleaved channels.
+fn resample_row<const C: usize>(src: &[f32], out: &mut [f32], taps: &Taps) {
+    for (x, px) in out.chunks_exact_mut(C).enumerate() {
+        let (start, weights) = taps.get(x);
+        let window = &src[start * C..(start + weights.len()) * C];
+        let mut acc = [0f32; C];
+        for (w, s) in weights.iter().zip(window.chunks_exact(C)) {
+            for ch in 0..C {
+                acc[ch] += w * s[ch];
+            }
+        }
+        px.copy_from_slice(&acc);
+    }
 }
 
 /// A sample type of the original (8 or 16 bits).
@@ -175,8 +179,9 @@ impl Sample for u8 {
     fn to_f32(self) -> f32 {
         f32::from(self)
     }
+    /// `v` is already clamped to 0..=MAX; `floor(v + 0.5)` rounds without a libm call.
     fn from_f32(v: f32) -> Self {
-        v.round() as u8
+        (v + 0.5) as u8
     }
 }
 
@@ -187,7 +192,7 @@ impl Sample for u16 {
         f32::from(self)
     }
     fn from_f32(v: f32) -> Self {
-        v.round() as u16
+        (v + 0.5) as u16
     }
 }
 
@@ -203,41 +208,84 @@ fn apply_typed<S: Sample>(
     progress: &(dyn Fn(u64) + Sync),
 ) {
     let row_samples = width * total_channels;
+    let colour_samples = width * colour_channels;
     pixels
         .par_chunks_mut(row_samples * BAND_ROWS)
         .enumerate()
         .for_each_init(
-            || (vec![0f32; width * 3], vec![0f32; width * colour_channels]),
-            |(delta_row, current), (band, chunk)| {
+            || {
+                (
+                    vec![0f32; width * 3],
+                    vec![0f32; colour_samples],
+                    vec![0f32; colour_samples],
+                )
+            },
+            |(raw, change, current), (band, chunk)| {
                 for (i, row) in chunk.chunks_exact_mut(row_samples).enumerate() {
                     let y = band * BAND_ROWS + i;
-                    for x in 0..width {
-                        for ch in 0..colour_channels {
-                            current[x * colour_channels + ch] =
-                                row[x * total_channels + ch].to_f32();
-                        }
+                    let single = layers.len() == 1;
+                    if !single {
+                        gather(row, current, total_channels, colour_channels);
                     }
-                    for (layer, dc) in layers {
-                        let d = &mut delta_row[..width * dc];
-                        layer.row(y, d);
-                        for x in 0..width {
-                            for ch in 0..colour_channels {
-                                let change = d[x * dc + ch.min(dc - 1)] * S::UNIT;
-                                let v = &mut current[x * colour_channels + ch];
-                                *v = (*v + change).clamp(0.0, S::MAX);
+                    for (index, (layer, dc)) in layers.iter().enumerate() {
+                        layer.row(y, &mut raw[..width * dc]);
+                        // Changes laid out like the original's colour samples, in its units.
+                        if *dc == colour_channels {
+                            for (c, r) in change.iter_mut().zip(raw.iter()) {
+                                *c = r * S::UNIT;
+                            }
+                        } else {
+                            for (px, r) in change.chunks_exact_mut(colour_channels).zip(raw.iter())
+                            {
+                                px.fill(r * S::UNIT);
                             }
                         }
-                    }
-                    for x in 0..width {
-                        for ch in 0..colour_channels {
-                            row[x * total_channels + ch] =
-                                S::from_f32(current[x * colour_channels + ch]);
+                        if single {
+                            apply_in_place(row, change, total_channels, colour_channels);
+                        } else {
+                            for (v, c) in current.iter_mut().zip(change.iter()) {
+                                *v = (*v + c).clamp(0.0, S::MAX);
+                            }
+                            if index + 1 == layers.len() {
+                                scatter(current, row, total_channels, colour_channels);
+                            }
                         }
                     }
                 }
                 progress((chunk.len() / row_samples) as u64);
             },
         );
+}
+
+/// `row += change` on the colour samples, clamped and rounded; alpha untouched.
+fn apply_in_place<S: Sample>(row: &mut [S], change: &[f32], total: usize, colour: usize) {
+    if total == colour {
+        for (p, c) in row.iter_mut().zip(change) {
+            *p = S::from_f32((p.to_f32() + c).clamp(0.0, S::MAX));
+        }
+    } else {
+        for (px, ch) in row.chunks_exact_mut(total).zip(change.chunks_exact(colour)) {
+            for (p, c) in px[..colour].iter_mut().zip(ch) {
+                *p = S::from_f32((p.to_f32() + c).clamp(0.0, S::MAX));
+            }
+        }
+    }
+}
+
+fn gather<S: Sample>(row: &[S], out: &mut [f32], total: usize, colour: usize) {
+    for (px, o) in row.chunks_exact(total).zip(out.chunks_exact_mut(colour)) {
+        for (v, p) in o.iter_mut().zip(px) {
+            *v = p.to_f32();
+        }
+    }
+}
+
+fn scatter<S: Sample>(values: &[f32], row: &mut [S], total: usize, colour: usize) {
+    for (px, v) in row.chunks_exact_mut(total).zip(values.chunks_exact(colour)) {
+        for (p, x) in px.iter_mut().zip(v) {
+            *p = S::from_f32(*x);
+        }
+    }
 }
 
 /// Applies `layers` in order to `original` in place. `progress` is called with the number

@@ -9,12 +9,11 @@ use super::resample::{blank_like, resize_lanczos3, ResampleError};
 use image::{DynamicImage, GenericImage};
 
 /// Makes the proxy canvas for `original` (already upright) as planned by `geometry`.
+/// `original` may be a reduced decode of the original (same aspect, at least the scaled size).
 pub fn make_proxy(
     original: &DynamicImage,
     geometry: &ProxyGeometry,
 ) -> Result<DynamicImage, ResampleError> {
-    debug_assert_eq!(original.width(), geometry.original_width);
-    debug_assert_eq!(original.height(), geometry.original_height);
     let scaled = resize_lanczos3(original, geometry.scaled_width, geometry.scaled_height)?;
     let scaled = to_8bit(scaled);
     if !geometry.is_padded() {

@@ -79,6 +79,8 @@ fn lanczos3(x: f64) -> f64 {
 pub struct Taps {
     /// First source index read for each destination sample.
     pub start: Vec<u32>,
+    /// Number of real taps for each destination sample (all inside the source).
+    pub len: Vec<u32>,
     /// Weights, `width` per destination sample (zero-filled past the real taps).
     pub weights: Vec<f32>,
     /// Number of weights stored per destination sample.
@@ -94,6 +96,7 @@ impl Taps {
         let support = 3.0 * filter_scale;
         let width = (support.ceil() as usize) * 2 + 1;
         let mut start = Vec::with_capacity(dst as usize);
+        let mut len = Vec::with_capacity(dst as usize);
         let mut weights = vec![0f32; dst as usize * width];
         let mut scratch = Vec::with_capacity(width);
         for i in 0..dst as usize {
@@ -118,6 +121,7 @@ impl Taps {
             }
             let taps = &scratch[first..last.min(first + width)];
             start.push((left as usize + first) as u32);
+            len.push(taps.len() as u32);
             let row = &mut weights[i * width..i * width + taps.len()];
             for (slot, w) in row.iter_mut().zip(taps) {
                 *slot = (*w / sum) as f32;
@@ -125,17 +129,20 @@ impl Taps {
         }
         Taps {
             start,
+            len,
             weights,
             width,
         }
     }
 
-    /// Source start index and weights for destination sample `i`.
+    /// Source start index and the real weights for destination sample `i`; every
+    /// `start + k` for `k < weights.len()` lies inside the source.
     #[inline]
     pub fn get(&self, i: usize) -> (usize, &[f32]) {
+        let from = i * self.width;
         (
             self.start[i] as usize,
-            &self.weights[i * self.width..(i + 1) * self.width],
+            &self.weights[from..from + self.len[i] as usize],
         )
     }
 }
@@ -159,8 +166,7 @@ mod tests {
                 let (start, w) = taps.get(i);
                 let sum: f32 = w.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-4, "{src}->{dst} at {i}: {sum}");
-                let used = w.iter().rposition(|&x| x != 0.0).map_or(0, |p| p + 1);
-                assert!(start + used <= src as usize);
+                assert!(start + w.len() <= src as usize);
             }
         }
     }

@@ -219,6 +219,116 @@ fn orientation_to_exif(o: image::metadata::Orientation) -> u8 {
     }
 }
 
+/// An image decoded for making a proxy: possibly reduced in the DCT domain (JPEG only), with
+/// the full upright size the geometry must be planned on.
+#[derive(Debug, Clone)]
+pub struct ProxySource {
+    pub loaded: LoadedImage,
+    pub full_width: u32,
+    pub full_height: u32,
+}
+
+/// Decodes `path` for a proxy. `needed(full_w, full_h)` gives the upright size the proxy
+/// will be resampled to; a JPEG is then decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+/// (as libjpeg's and Pillow's draft mode do) when the reduced image still has at least that
+/// many pixels on both sides, so most of the IDCT and colour work is skipped. Anything
+/// unusual (CMYK, arithmetic coding, a decoder error) falls back to the full decode, which
+/// reports errors the usual way.
+pub fn load_for_proxy(
+    path: &Path,
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+) -> Result<ProxySource, DecodeError> {
+    let bytes = read_bounded(path, limits.max_file_bytes)?;
+    if sniff(&bytes)? == ImageFormat::Jpeg && jpeg_is_complete(&bytes) {
+        if let Some(source) = reduced_jpeg(&bytes, limits, needed) {
+            return Ok(source);
+        }
+    }
+    let loaded = decode_bytes(&bytes, limits)?;
+    Ok(ProxySource {
+        full_width: loaded.image.width(),
+        full_height: loaded.image.height(),
+        loaded,
+    })
+}
+
+fn reduced_jpeg(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+) -> Option<ProxySource> {
+    use image::metadata::Orientation;
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (stored_w, stored_h) = (u32::from(info.width), u32::from(info.height));
+    if stored_w > limits.max_side
+        || stored_h > limits.max_side
+        || u64::from(stored_w) * u64::from(stored_h) > limits.max_pixels
+    {
+        return None; // the full path reports the limit
+    }
+    let orientation = decoder
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let swapped = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let (full_w, full_h) = if swapped {
+        (stored_h, stored_w)
+    } else {
+        (stored_w, stored_h)
+    };
+    let (need_w, need_h) = needed(full_w, full_h);
+    // Keep a reducing gap of 2, as Pillow's thumbnail does: the DCT reduction stops at twice
+    // the final size and the Lanczos filter does the last step, so the proxy stays within a
+    // hair of a full-resolution Lanczos downscale (README: "split and DCT-domain reduction").
+    let (need_w, need_h) = (need_w * REDUCING_GAP, need_h * REDUCING_GAP);
+    if need_w > full_w || need_h > full_h {
+        return None;
+    }
+    let (req_w, req_h) = if swapped {
+        (need_h, need_w)
+    } else {
+        (need_w, need_h)
+    };
+    let (w, h) = decoder.scale(req_w as u16, req_h as u16).ok()?;
+    let icc = decoder.icc_profile();
+    let pixels = decoder.decode().ok()?;
+    let (w, h) = (u32::from(w), u32::from(h));
+    let mut image = match decoder.info()?.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, pixels)?)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, pixels)?)
+        }
+        _ => return None,
+    };
+    image.apply_orientation(orientation);
+    Some(ProxySource {
+        loaded: LoadedImage {
+            image,
+            format: ImageFormat::Jpeg,
+            icc_profile: icc,
+            exif_orientation: orientation_to_exif(orientation),
+            sha256: sha256_hex(bytes),
+            file_bytes: bytes.len() as u64,
+        },
+        full_width: full_w,
+        full_height: full_h,
+    })
+}
+
+/// How much larger than the proxy a DCT-reduced decode must stay (Pillow's default is 2).
+const REDUCING_GAP: u32 = 2;
+
 /// Walks the JPEG marker structure and reports whether the end-of-image marker is reached.
 ///
 /// Segments are skipped by their length (so an EXIF thumbnail's own EOI does not count),

@@ -7,18 +7,53 @@
 //! standard PNG reader decodes the result. iCCP (the original's colour profile) and iTXt
 //! chunks (darkroom's metadata) are written before the pixel data.
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::Compression;
 use image::DynamicImage;
 use rayon::prelude::*;
 use std::io::Write;
 
-/// Encoder settings. Defaults: level 2, bands of about 1 MiB of raw rows.
+/// How each row's PNG filter is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterChoice {
+    /// Try all five filters per row, keep the smallest sum of absolute residuals.
+    Adaptive,
+    /// Paeth on every row (one pass instead of five).
+    Paeth,
+}
+
+/// Encoder settings. Defaults: level 2, adaptive filters, RLE matching, bands of about 1 MiB.
 #[derive(Debug, Clone, Copy)]
 pub struct PngOptions {
     /// zlib level 1 (fastest) to 9 (smallest). Default 2: see the README's size/time table.
     pub level: u32,
     /// Raw bytes per parallel band (rounded to whole rows). Default 1 MiB.
     pub band_bytes: usize,
+    /// Row filter selection. Default adaptive.
+    pub filter: FilterChoice,
+    /// Match finding. Default: run-length matches only, which on filtered photographic rows
+    /// comes within about 2% of zlib's full LZ77 at a fraction of the time (README, PNG table).
+    pub strategy: Strategy,
+}
+
+/// deflate strategy for the pixel data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// zlib's default: LZ77 matches plus Huffman coding.
+    Default,
+    /// Only Huffman-code the filtered bytes.
+    HuffmanOnly,
+    /// Run-length matches only (distance 1), then Huffman coding.
+    Rle,
+}
+
+impl Strategy {
+    fn to_zlib(self) -> zlib_rs::Strategy {
+        match self {
+            Strategy::Default => zlib_rs::Strategy::Default,
+            Strategy::HuffmanOnly => zlib_rs::Strategy::HuffmanOnly,
+            Strategy::Rle => zlib_rs::Strategy::Rle,
+        }
+    }
 }
 
 impl Default for PngOptions {
@@ -26,6 +61,8 @@ impl Default for PngOptions {
         PngOptions {
             level: 2,
             band_bytes: 1 << 20,
+            filter: FilterChoice::Adaptive,
+            strategy: Strategy::Rle,
         }
     }
 }
@@ -39,6 +76,9 @@ pub enum PngEncodeError {
     #[error("text chunk keyword '{0}' must be 1-79 Latin-1 characters")]
     Keyword(String),
 }
+
+/// One compressed band: deflate bytes, Adler-32 of its filtered data, filtered length.
+type Band = (Vec<u8>, u32, usize);
 
 /// Encodes `image` as PNG with an optional ICC profile and UTF-8 text chunks.
 pub fn encode(
@@ -105,38 +145,50 @@ pub fn encode(
         .map(|start| (start, (start + rows_per_band).min(height as usize)))
         .collect();
     let last = bands.len() - 1;
-    let compressed: Vec<Result<(Vec<u8>, u32, usize), PngEncodeError>> = bands
+    let compressed: Vec<Result<Band, PngEncodeError>> = bands
         .par_iter()
         .enumerate()
-        .map(|(index, &(start, end))| {
-            let filtered = filter_rows(&raw, row_bytes, bpp, start, end);
+        .map_init(Vec::new, |filtered, (index, &(start, end))| {
+            filter_rows(&raw, row_bytes, bpp, start, end, options.filter, filtered);
             let adler = simd_adler32::adler32(&filtered.as_slice());
-            let deflated = deflate_raw(&filtered, options.level, index == last)?;
+            let deflated = deflate_raw(
+                filtered,
+                options.level,
+                options.strategy.to_zlib(),
+                index == last,
+            )?;
             Ok((deflated, adler, filtered.len()))
         })
         .collect();
-    let mut stream = vec![0x78, 0x01];
+    // One IDAT per band: the zlib header rides in the first, the Adler-32 in the last.
     let mut adler = 1u32;
-    for part in compressed {
+    for (index, part) in compressed.into_iter().enumerate() {
         let (bytes, part_adler, len) = part?;
-        stream.extend_from_slice(&bytes);
         adler = adler32_combine(adler, part_adler, len as u64);
-    }
-    stream.extend_from_slice(&adler.to_be_bytes());
-    for piece in stream.chunks(1 << 20) {
-        write_chunk(&mut out, b"IDAT", piece);
+        let head: &[u8] = if index == 0 { &[0x78, 0x01] } else { &[] };
+        let trailer = adler.to_be_bytes();
+        let tail: &[u8] = if index == last { &trailer } else { &[] };
+        write_chunk_parts(&mut out, b"IDAT", &[head, &bytes, tail]);
     }
     write_chunk(&mut out, b"IEND", &[]);
     Ok(out)
 }
 
 fn write_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    write_chunk_parts(out, kind, &[data]);
+}
+
+/// Writes one chunk whose data is the concatenation of `parts`.
+fn write_chunk_parts(out: &mut Vec<u8>, kind: &[u8; 4], parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(&(len as u32).to_be_bytes());
     out.extend_from_slice(kind);
-    out.extend_from_slice(data);
     let mut crc = crc32fast::Hasher::new();
     crc.update(kind);
-    crc.update(data);
+    for part in parts {
+        out.extend_from_slice(part);
+        crc.update(part);
+    }
     out.write_all(&crc.finalize().to_be_bytes())
         .expect("Vec write");
 }
@@ -150,40 +202,56 @@ fn zlib(data: &[u8], level: u32) -> Result<Vec<u8>, PngEncodeError> {
 }
 
 /// Raw deflate of one band; non-final bands end byte-aligned (sync flush) so bands concatenate.
-fn deflate_raw(data: &[u8], level: u32, is_last: bool) -> Result<Vec<u8>, PngEncodeError> {
-    let mut compressor = Compress::new(Compression::new(level), false);
-    let mut out = Vec::with_capacity(data.len() / 2 + 64);
-    let flush = if is_last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
+fn deflate_raw(
+    data: &[u8],
+    level: u32,
+    strategy: zlib_rs::Strategy,
+    is_last: bool,
+) -> Result<Vec<u8>, PngEncodeError> {
+    let config = zlib_rs::DeflateConfig {
+        level: level as i32,
+        method: zlib_rs::Method::Deflated,
+        window_bits: -15,
+        mem_level: 8,
+        strategy,
     };
-    loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(4096));
-        }
-        let consumed = compressor.total_in() as usize;
-        let status = compressor
-            .compress_vec(&data[consumed..], &mut out, flush)
-            .map_err(|e| PngEncodeError::Deflate(e.to_string()))?;
-        let done_input = compressor.total_in() as usize == data.len();
-        match status {
-            Status::StreamEnd => break,
-            Status::Ok | Status::BufError
-                if done_input && !is_last && out.capacity() > out.len() =>
-            {
-                // A sync flush is complete once it no longer fills the output buffer.
-                break;
-            }
-            _ => {}
-        }
+    let mut compressor = zlib_rs::Deflate::new_with_config(config);
+    let flush = if is_last {
+        zlib_rs::DeflateFlush::Finish
+    } else {
+        zlib_rs::DeflateFlush::SyncFlush
+    };
+    // Enough for incompressible input plus block and flush overhead.
+    let mut out: Vec<u8> = Vec::with_capacity(zlib_rs::compress_bound(data.len()) + 64);
+    let status = compressor
+        .compress_uninit(data, out.spare_capacity_mut(), flush)
+        .map_err(|e| PngEncodeError::Deflate(e.as_str().to_string()))?;
+    let complete = compressor.total_in() as usize == data.len()
+        && (matches!(status, zlib_rs::Status::StreamEnd) || !is_last);
+    if !complete {
+        return Err(PngEncodeError::Deflate(format!(
+            "deflate stopped early ({status:?})"
+        )));
     }
+    let written = compressor.total_out() as usize;
+    assert!(written <= out.capacity());
+    // SAFETY: deflate initialised exactly the first `total_out` bytes of the spare capacity.
+    unsafe { out.set_len(written) };
     Ok(out)
 }
 
 /// Filters rows `start..end`, each prefixed by its filter-type byte.
-fn filter_rows(raw: &[u8], row_bytes: usize, bpp: usize, start: usize, end: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity((end - start) * (row_bytes + 1));
+fn filter_rows(
+    raw: &[u8],
+    row_bytes: usize,
+    bpp: usize,
+    start: usize,
+    end: usize,
+    choice: FilterChoice,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.reserve((end - start) * (row_bytes + 1));
     let zero = vec![0u8; row_bytes];
     let mut candidates = [
         vec![0u8; row_bytes],
@@ -199,13 +267,21 @@ fn filter_rows(raw: &[u8], row_bytes: usize, bpp: usize, start: usize, end: usiz
         } else {
             &raw[(y - 1) * row_bytes..y * row_bytes]
         };
+        if choice == FilterChoice::Paeth {
+            out.push(4);
+            let from = out.len();
+            out.resize(from + row_bytes, 0);
+            apply_filter(4, row, prev, bpp, &mut out[from..]);
+            continue;
+        }
         let mut best = (u64::MAX, 0usize);
         for (kind, candidate) in candidates.iter_mut().enumerate() {
             apply_filter(kind, row, prev, bpp, candidate);
             let cost: u64 = candidate
                 .iter()
-                .map(|&b| u64::from((b as i8).unsigned_abs()))
-                .sum();
+                .map(|&b| u32::from((b as i8).unsigned_abs()))
+                .sum::<u32>()
+                .into();
             if cost < best.0 {
                 best = (cost, kind);
             }
@@ -213,54 +289,66 @@ fn filter_rows(raw: &[u8], row_bytes: usize, bpp: usize, start: usize, end: usiz
         out.push(best.1 as u8);
         out.extend_from_slice(&candidates[best.1]);
     }
-    out
 }
 
 fn apply_filter(kind: usize, row: &[u8], prev: &[u8], bpp: usize, out: &mut [u8]) {
+    let n = row.len();
+    // Each arm reads only the raw rows, never `out`, so every loop vectorises.
     match kind {
         0 => out.copy_from_slice(row),
         1 => {
             out[..bpp].copy_from_slice(&row[..bpp]);
-            for i in bpp..row.len() {
-                out[i] = row[i].wrapping_sub(row[i - bpp]);
+            for ((o, &x), &a) in out[bpp..].iter_mut().zip(&row[bpp..]).zip(&row[..n - bpp]) {
+                *o = x.wrapping_sub(a);
             }
         }
         2 => {
-            for i in 0..row.len() {
-                out[i] = row[i].wrapping_sub(prev[i]);
+            for ((o, &x), &b) in out.iter_mut().zip(row).zip(prev) {
+                *o = x.wrapping_sub(b);
             }
         }
         3 => {
             for i in 0..bpp {
                 out[i] = row[i].wrapping_sub(prev[i] >> 1);
             }
-            for i in bpp..row.len() {
-                let avg = ((u16::from(row[i - bpp]) + u16::from(prev[i])) >> 1) as u8;
-                out[i] = row[i].wrapping_sub(avg);
+            for (((o, &x), &a), &b) in out[bpp..]
+                .iter_mut()
+                .zip(&row[bpp..])
+                .zip(&row[..n - bpp])
+                .zip(&prev[bpp..])
+            {
+                *o = x.wrapping_sub(((u16::from(a) + u16::from(b)) >> 1) as u8);
             }
         }
         _ => {
             for i in 0..bpp {
                 out[i] = row[i].wrapping_sub(prev[i]);
             }
-            for i in bpp..row.len() {
-                out[i] = row[i].wrapping_sub(paeth(row[i - bpp], prev[i], prev[i - bpp]));
+            let lanes = out[bpp..]
+                .iter_mut()
+                .zip(&row[bpp..])
+                .zip(&row[..n - bpp])
+                .zip(&prev[bpp..])
+                .zip(&prev[..n - bpp]);
+            for ((((o, &x), &a), &b), &c) in lanes {
+                *o = x.wrapping_sub(paeth(a, b, c));
             }
         }
     }
 }
 
-#[inline]
+/// The Paeth predictor, written without branches so it vectorises.
+#[inline(always)]
 fn paeth(a: u8, b: u8, c: u8) -> u8 {
     let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
-    let p = ia + ib - ic;
-    let (pa, pb, pc) = ((p - ia).abs(), (p - ib).abs(), (p - ic).abs());
+    let pa = (ib - ic).abs();
+    let pb = (ia - ic).abs();
+    let pc = (ia + ib - 2 * ic).abs();
+    let b_or_c = if pb <= pc { b } else { c };
     if pa <= pb && pa <= pc {
         a
-    } else if pb <= pc {
-        b
     } else {
-        c
+        b_or_c
     }
 }
 
@@ -313,6 +401,7 @@ mod tests {
             let options = PngOptions {
                 level: 2,
                 band_bytes: 4096,
+                ..PngOptions::default()
             };
             let bytes = encode(
                 &img,

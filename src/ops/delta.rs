@@ -1,7 +1,7 @@
 //! `split-with-processed` (alias `delta`): the delta(s) between the proxy and what the model
 //! made of it.
 
-use super::split::build_proxy;
+use super::split::{build_proxy, load_source};
 use super::{ensure_free_disk, sibling_path, OpError};
 use crate::core::delta::{self, DeltaDepth, Deltas};
 use crate::core::geometry::Target;
@@ -49,9 +49,9 @@ pub fn split_with_processed(
     options: &DeltaOptions,
     limits: &DecodeLimits,
 ) -> Result<DeltaOutput, OpError> {
-    let original =
-        decode::load(original_path, limits).map_err(|e| OpError::decode(original_path, e))?;
-    let built = build_proxy(original_path, &original, target)?;
+    let source = load_source(original_path, target, limits)?;
+    let built = build_proxy(original_path, &source, target)?;
+    drop(source);
     let proxy = match &options.proxy_path {
         None => built.proxy,
         Some(path) => {
@@ -74,7 +74,6 @@ pub fn split_with_processed(
             loaded.image
         }
     };
-    drop(original);
     let processed =
         decode::load(processed_path, limits).map_err(|e| OpError::decode(processed_path, e))?;
     let Deltas { main, refined } =

@@ -231,8 +231,10 @@ pub fn merge(
         .unwrap_or_else(|| sibling_path(original_path, None, "_merged.png"));
     let format =
         OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
+    let started = std::time::Instant::now();
     let original =
         decode::load(original_path, limits).map_err(|e| OpError::decode(original_path, e))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "original decoded");
     let delta = load_delta(delta_path, limits)?;
     let (geometry, geometry_source) =
         resolve_geometry(original_path, &original, delta_path, &delta, options.force)?;
@@ -290,11 +292,17 @@ pub fn merge(
     if let Some(loss) = format.loss_for(&image) {
         tracing::warn!(output = %output_path.display(), "{loss}");
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "deltas prepared");
     apply_layers(&mut image, &layers, &|rows| progress(rows, u64::from(h)))
         .map_err(|e| OpError::mismatch(delta_path, e))?;
     drop(layers);
-    encode::save(&image, &output_path, icc_profile.as_deref(), &[])
+    tracing::debug!(elapsed = ?started.elapsed(), "deltas applied");
+    let bytes = encode::encode(&image, format, icc_profile.as_deref(), &[])
         .map_err(|e| OpError::write(&output_path, e))?;
+    drop(image);
+    tracing::debug!(elapsed = ?started.elapsed(), bytes = bytes.len(), "encoded");
+    atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
+    tracing::debug!(elapsed = ?started.elapsed(), "written and synced");
     tracing::info!(
         original = %original_path.display(),
         delta = %delta_path.display(),

@@ -3,7 +3,7 @@
 use super::{ensure_free_disk, layout_name, sibling_path, OpError};
 use crate::core::geometry::{ProxyGeometry, Target};
 use crate::core::proxy::make_proxy;
-use crate::io::decode::{self, DecodeLimits, LoadedImage};
+use crate::io::decode::{self, DecodeLimits, ProxySource};
 use crate::io::encode::estimated_size;
 use crate::io::metadata::{OriginalInfo, ProxyMetadata, PNG_KEYWORD};
 use crate::io::{atomic, png_encode};
@@ -25,20 +25,34 @@ pub struct BuiltProxy {
     pub metadata: ProxyMetadata,
 }
 
-/// Builds the proxy of a loaded original (pure apart from naming the path in metadata).
+/// Decodes an original for its proxy (a JPEG possibly reduced in the DCT domain).
+pub fn load_source(
+    path: &Path,
+    target: Target,
+    limits: &DecodeLimits,
+) -> Result<ProxySource, OpError> {
+    let needed = |w: u32, h: u32| {
+        let g = ProxyGeometry::plan(w, h, target);
+        (g.scaled_width, g.scaled_height)
+    };
+    decode::load_for_proxy(path, limits, &needed).map_err(|e| OpError::decode(path, e))
+}
+
+/// Builds the proxy of a decoded original (pure apart from naming the path in metadata).
 pub fn build_proxy(
     path: &Path,
-    original: &LoadedImage,
+    source: &ProxySource,
     target: Target,
 ) -> Result<BuiltProxy, OpError> {
+    let original = &source.loaded;
     let image = &original.image;
-    let geometry = ProxyGeometry::plan(image.width(), image.height(), target);
+    let geometry = ProxyGeometry::plan(source.full_width, source.full_height, target);
     let proxy = make_proxy(image, &geometry).map_err(|e| OpError::Internal(e.to_string()))?;
     let info = OriginalInfo {
         path: path.display().to_string(),
         sha256: original.sha256.clone(),
-        width: image.width(),
-        height: image.height(),
+        width: source.full_width,
+        height: source.full_height,
         exif_orientation: original.exif_orientation,
         color: layout_name(image),
         has_icc_profile: original.icc_profile.is_some(),
@@ -62,8 +76,9 @@ pub fn split(
     out_dir: Option<&Path>,
     limits: &DecodeLimits,
 ) -> Result<SplitOutput, OpError> {
-    let original = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
-    let built = build_proxy(input, &original, target)?;
+    let source = load_source(input, target, limits)?;
+    let built = build_proxy(input, &source, target)?;
+    let original = source.loaded;
     let (proxy_path, metadata_path) = output_paths(input, out_dir);
     let g = &built.metadata.geometry;
     let need = estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024;
