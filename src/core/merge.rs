@@ -199,58 +199,102 @@ impl Sample for u16 {
 /// Rows per parallel work item: large enough to amortise, small enough to balance.
 const BAND_ROWS: usize = 16;
 
-fn apply_typed<S: Sample>(
-    pixels: &mut [S],
+/// Everything needed to merge rows of one original: the prepared layers and the original's
+/// layout. Rows can be merged in any order and from any thread.
+pub struct MergePlan<'a> {
+    layers: Vec<(Prepared<'a>, usize)>,
     width: usize,
-    total_channels: usize,
-    colour_channels: usize,
-    layers: &[(Prepared<'_>, usize)],
-    progress: &(dyn Fn(u64) + Sync),
-) {
-    let row_samples = width * total_channels;
-    let colour_samples = width * colour_channels;
+    total: usize,
+    colour: usize,
+}
+
+/// Per-thread buffers for [`MergePlan`].
+pub struct RowScratch {
+    raw: Vec<f32>,
+    change: Vec<f32>,
+    current: Vec<f32>,
+}
+
+impl<'a> MergePlan<'a> {
+    /// Prepares `layers` (upsampling them horizontally) for an original laid out like `original`.
+    pub fn new(original: &DynamicImage, layers: &'a [DeltaLayer]) -> Result<Self, MergeError> {
+        use image::ColorType as C;
+        let (w, h) = (original.width(), original.height());
+        if !matches!(
+            original.color(),
+            C::L8 | C::La8 | C::Rgb8 | C::Rgba8 | C::L16 | C::La16 | C::Rgb16 | C::Rgba16
+        ) {
+            return Err(MergeError::OriginalLayout(original.color()));
+        }
+        let colour = original.color().has_color();
+        let mut prepared = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let dc = layer.channels();
+            if dc == 3 && !colour {
+                return Err(MergeError::ColourDeltaOnGray);
+            }
+            prepared.push((prepare(layer, w, h)?, dc));
+        }
+        Ok(MergePlan {
+            layers: prepared,
+            width: w as usize,
+            total: usize::from(original.color().channel_count()),
+            colour: if colour { 3 } else { 1 },
+        })
+    }
+
+    pub fn scratch(&self) -> RowScratch {
+        let colour_samples = self.width * self.colour;
+        RowScratch {
+            raw: vec![0f32; self.width * 3],
+            change: vec![0f32; colour_samples],
+            current: vec![0f32; colour_samples],
+        }
+    }
+
+    /// Applies every layer to row `y` (given in `row`) in place.
+    fn apply_row<S: Sample>(&self, y: usize, row: &mut [S], s: &mut RowScratch) {
+        let (total, colour) = (self.total, self.colour);
+        let single = self.layers.len() == 1;
+        if !single {
+            gather(row, &mut s.current, total, colour);
+        }
+        for (index, (layer, dc)) in self.layers.iter().enumerate() {
+            layer.row(y, &mut s.raw[..self.width * dc]);
+            // Changes laid out like the original's colour samples, in its units.
+            if *dc == colour {
+                for (c, r) in s.change.iter_mut().zip(s.raw.iter()) {
+                    *c = r * S::UNIT;
+                }
+            } else {
+                for (px, r) in s.change.chunks_exact_mut(colour).zip(s.raw.iter()) {
+                    px.fill(r * S::UNIT);
+                }
+            }
+            if single {
+                apply_in_place(row, &s.change, total, colour);
+            } else {
+                for (v, c) in s.current.iter_mut().zip(s.change.iter()) {
+                    *v = (*v + c).clamp(0.0, S::MAX);
+                }
+                if index + 1 == self.layers.len() {
+                    scatter(&s.current, row, total, colour);
+                }
+            }
+        }
+    }
+}
+
+fn apply_typed<S: Sample>(pixels: &mut [S], plan: &MergePlan<'_>, progress: &(dyn Fn(u64) + Sync)) {
+    let row_samples = plan.width * plan.total;
     pixels
         .par_chunks_mut(row_samples * BAND_ROWS)
         .enumerate()
         .for_each_init(
-            || {
-                (
-                    vec![0f32; width * 3],
-                    vec![0f32; colour_samples],
-                    vec![0f32; colour_samples],
-                )
-            },
-            |(raw, change, current), (band, chunk)| {
+            || plan.scratch(),
+            |scratch, (band, chunk)| {
                 for (i, row) in chunk.chunks_exact_mut(row_samples).enumerate() {
-                    let y = band * BAND_ROWS + i;
-                    let single = layers.len() == 1;
-                    if !single {
-                        gather(row, current, total_channels, colour_channels);
-                    }
-                    for (index, (layer, dc)) in layers.iter().enumerate() {
-                        layer.row(y, &mut raw[..width * dc]);
-                        // Changes laid out like the original's colour samples, in its units.
-                        if *dc == colour_channels {
-                            for (c, r) in change.iter_mut().zip(raw.iter()) {
-                                *c = r * S::UNIT;
-                            }
-                        } else {
-                            for (px, r) in change.chunks_exact_mut(colour_channels).zip(raw.iter())
-                            {
-                                px.fill(r * S::UNIT);
-                            }
-                        }
-                        if single {
-                            apply_in_place(row, change, total_channels, colour_channels);
-                        } else {
-                            for (v, c) in current.iter_mut().zip(change.iter()) {
-                                *v = (*v + c).clamp(0.0, S::MAX);
-                            }
-                            if index + 1 == layers.len() {
-                                scatter(current, row, total_channels, colour_channels);
-                            }
-                        }
-                    }
+                    plan.apply_row(band * BAND_ROWS + i, row, scratch);
                 }
                 progress((chunk.len() / row_samples) as u64);
             },
@@ -295,28 +339,16 @@ pub fn apply_layers(
     layers: &[DeltaLayer],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), MergeError> {
-    let (w, h) = (original.width(), original.height());
-    let colour = original.color().has_color();
-    let mut prepared = Vec::with_capacity(layers.len());
-    for layer in layers {
-        let dc = layer.channels();
-        if dc == 3 && !colour {
-            return Err(MergeError::ColourDeltaOnGray);
-        }
-        prepared.push((prepare(layer, w, h)?, dc));
-    }
-    let total = usize::from(original.color().channel_count());
-    let cc = if colour { 3 } else { 1 };
-    let width = w as usize;
+    let plan = MergePlan::new(original, layers)?;
     match original {
-        DynamicImage::ImageLuma8(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageLumaA8(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageRgb8(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageRgba8(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageLuma16(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageLumaA16(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageRgb16(b) => apply_typed(b, width, total, cc, &prepared, progress),
-        DynamicImage::ImageRgba16(b) => apply_typed(b, width, total, cc, &prepared, progress),
+        DynamicImage::ImageLuma8(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageLumaA8(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageRgb8(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageRgba8(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageLuma16(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageLumaA16(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageRgb16(b) => apply_typed(b, &plan, progress),
+        DynamicImage::ImageRgba16(b) => apply_typed(b, &plan, progress),
         other => return Err(MergeError::OriginalLayout(other.color())),
     }
     Ok(())

@@ -80,6 +80,18 @@ pub enum PngEncodeError {
 /// One compressed band: deflate bytes, Adler-32 of its filtered data, filtered length.
 type Band = (Vec<u8>, u32, usize);
 
+/// Produces raw PNG rows: `rows(start, end, out)` clears `out` and writes rows `start..end`
+/// as PNG stores them (8-bit samples as bytes, 16-bit big-endian), from any thread.
+pub type RowSource<'a> = dyn Fn(usize, usize, &mut Vec<u8>) + Sync + 'a;
+
+/// Where the encoder reads raw rows from.
+pub enum Rows<'a> {
+    /// All rows, already in PNG's byte order (8-bit images): read in place.
+    InPlace(&'a [u8]),
+    /// Rows made on demand, band by band.
+    Generated(&'a RowSource<'a>),
+}
+
 /// Encodes `image` as PNG with an optional ICC profile and UTF-8 text chunks.
 pub fn encode(
     image: &DynamicImage,
@@ -87,8 +99,58 @@ pub fn encode(
     texts: &[(String, String)],
     options: &PngOptions,
 ) -> Result<Vec<u8>, PngEncodeError> {
+    let samples16: Option<&[u16]> = match image {
+        DynamicImage::ImageLuma16(b) => Some(b.as_raw()),
+        DynamicImage::ImageLumaA16(b) => Some(b.as_raw()),
+        DynamicImage::ImageRgb16(b) => Some(b.as_raw()),
+        DynamicImage::ImageRgba16(b) => Some(b.as_raw()),
+        _ => None,
+    };
+    let (w, h, color) = (image.width(), image.height(), image.color());
+    let Some(samples) = samples16 else {
+        return encode_rows(
+            w,
+            h,
+            color,
+            Rows::InPlace(image.as_bytes()),
+            icc_profile,
+            texts,
+            options,
+        );
+    };
+    let row_samples = w as usize * usize::from(color.channel_count());
+    // PNG stores samples big-endian.
+    let source = |start: usize, end: usize, out: &mut Vec<u8>| {
+        out.clear();
+        out.extend(
+            samples[start * row_samples..end * row_samples]
+                .iter()
+                .flat_map(|s| s.to_be_bytes()),
+        );
+    };
+    encode_rows(
+        w,
+        h,
+        color,
+        Rows::Generated(&source),
+        icc_profile,
+        texts,
+        options,
+    )
+}
+
+/// Encodes `rows` band by band in parallel.
+pub fn encode_rows(
+    width: u32,
+    height: u32,
+    color: image::ColorType,
+    rows: Rows<'_>,
+    icc_profile: Option<&[u8]>,
+    texts: &[(String, String)],
+    options: &PngOptions,
+) -> Result<Vec<u8>, PngEncodeError> {
     use image::ColorType as C;
-    let (colour_type, bit_depth) = match image.color() {
+    let (colour_type, bit_depth) = match color {
         C::L8 => (0u8, 8u8),
         C::La8 => (4, 8),
         C::Rgb8 => (2, 8),
@@ -99,24 +161,10 @@ pub fn encode(
         C::Rgba16 => (6, 16),
         other => return Err(PngEncodeError::Layout(other)),
     };
-    let bpp = usize::from(image.color().bytes_per_pixel());
-    let (width, height) = (image.width(), image.height());
+    let bpp = usize::from(color.bytes_per_pixel());
     let row_bytes = width as usize * bpp;
-    let raw: std::borrow::Cow<'_, [u8]> = if bit_depth == 16 {
-        // PNG stores samples big-endian.
-        let samples: &[u16] = match image {
-            DynamicImage::ImageLuma16(b) => b.as_raw(),
-            DynamicImage::ImageLumaA16(b) => b.as_raw(),
-            DynamicImage::ImageRgb16(b) => b.as_raw(),
-            DynamicImage::ImageRgba16(b) => b.as_raw(),
-            _ => unreachable!(),
-        };
-        std::borrow::Cow::Owned(samples.iter().flat_map(|s| s.to_be_bytes()).collect())
-    } else {
-        std::borrow::Cow::Borrowed(image.as_bytes())
-    };
 
-    let mut out = Vec::with_capacity(raw.len() / 2 + 1024);
+    let mut out = Vec::with_capacity(row_bytes * height as usize / 2 + 1024);
     out.extend_from_slice(b"\x89PNG\r\n\x1a\n");
     let mut ihdr = Vec::with_capacity(13);
     ihdr.extend_from_slice(&width.to_be_bytes());
@@ -148,17 +196,33 @@ pub fn encode(
     let compressed: Vec<Result<Band, PngEncodeError>> = bands
         .par_iter()
         .enumerate()
-        .map_init(Vec::new, |filtered, (index, &(start, end))| {
-            filter_rows(&raw, row_bytes, bpp, start, end, options.filter, filtered);
-            let adler = simd_adler32::adler32(&filtered.as_slice());
-            let deflated = deflate_raw(
-                filtered,
-                options.level,
-                options.strategy.to_zlib(),
-                index == last,
-            )?;
-            Ok((deflated, adler, filtered.len()))
-        })
+        .map_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(raw, filtered, deflate_scratch), (index, &(start, end))| {
+                match &rows {
+                    Rows::InPlace(all) => {
+                        filter_rows(all, row_bytes, bpp, start, end, options.filter, filtered)
+                    }
+                    Rows::Generated(source) => {
+                        // The row above the band is needed to filter its first row.
+                        let first = start.saturating_sub(1);
+                        source(first, end, raw);
+                        let skip = start - first;
+                        let rows = skip + end - start;
+                        filter_rows(raw, row_bytes, bpp, skip, rows, options.filter, filtered);
+                    }
+                }
+                let adler = simd_adler32::adler32(&filtered.as_slice());
+                let deflated = deflate_raw(
+                    filtered,
+                    options.level,
+                    options.strategy.to_zlib(),
+                    index == last,
+                    deflate_scratch,
+                )?;
+                Ok((deflated, adler, filtered.len()))
+            },
+        )
         .collect();
     // One IDAT per band: the zlib header rides in the first, the Adler-32 in the last.
     let mut adler = 1u32;
@@ -201,12 +265,15 @@ fn zlib(data: &[u8], level: u32) -> Result<Vec<u8>, PngEncodeError> {
         .map_err(|e| PngEncodeError::Deflate(e.to_string()))
 }
 
-/// Raw deflate of one band; non-final bands end byte-aligned (sync flush) so bands concatenate.
+/// Raw deflate of one band into `scratch`; non-final bands end byte-aligned (sync flush)
+/// so bands concatenate. Returns an exactly-sized copy, so the bands waiting to be written
+/// hold no slack (the scratch buffer is reused by the thread's next band).
 fn deflate_raw(
     data: &[u8],
     level: u32,
     strategy: zlib_rs::Strategy,
     is_last: bool,
+    scratch: &mut Vec<u8>,
 ) -> Result<Vec<u8>, PngEncodeError> {
     let config = zlib_rs::DeflateConfig {
         level: level as i32,
@@ -222,9 +289,10 @@ fn deflate_raw(
         zlib_rs::DeflateFlush::SyncFlush
     };
     // Enough for incompressible input plus block and flush overhead.
-    let mut out: Vec<u8> = Vec::with_capacity(zlib_rs::compress_bound(data.len()) + 64);
+    scratch.clear();
+    scratch.reserve(zlib_rs::compress_bound(data.len()) + 64);
     let status = compressor
-        .compress_uninit(data, out.spare_capacity_mut(), flush)
+        .compress_uninit(data, scratch.spare_capacity_mut(), flush)
         .map_err(|e| PngEncodeError::Deflate(e.as_str().to_string()))?;
     let complete = compressor.total_in() as usize == data.len()
         && (matches!(status, zlib_rs::Status::StreamEnd) || !is_last);
@@ -234,10 +302,10 @@ fn deflate_raw(
         )));
     }
     let written = compressor.total_out() as usize;
-    assert!(written <= out.capacity());
+    assert!(written <= scratch.capacity());
     // SAFETY: deflate initialised exactly the first `total_out` bytes of the spare capacity.
-    unsafe { out.set_len(written) };
-    Ok(out)
+    unsafe { scratch.set_len(written) };
+    Ok(scratch.clone())
 }
 
 /// Filters rows `start..end`, each prefixed by its filter-type byte.

@@ -292,11 +292,12 @@ pub fn merge(
     if let Some(loss) = format.loss_for(&image) {
         tracing::warn!(output = %output_path.display(), "{loss}");
     }
-    tracing::debug!(elapsed = ?started.elapsed(), "deltas prepared");
+    tracing::debug!(elapsed = ?started.elapsed(), "deltas loaded");
     apply_layers(&mut image, &layers, &|rows| progress(rows, u64::from(h)))
         .map_err(|e| OpError::mismatch(delta_path, e))?;
-    drop(layers);
     tracing::debug!(elapsed = ?started.elapsed(), "deltas applied");
+    // The upsampled deltas go before encoding: peak memory is the original plus the output.
+    drop(layers);
     let bytes = encode::encode(&image, format, icc_profile.as_deref(), &[])
         .map_err(|e| OpError::write(&output_path, e))?;
     drop(image);
