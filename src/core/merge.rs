@@ -74,32 +74,74 @@ fn decode16(src: &[u16], out: &mut [f32]) {
     }
 }
 
-/// A layer ready to produce full-width delta rows for any output row.
+/// A layer ready to produce full-width delta rows.
 enum Prepared<'a> {
     /// The layer's area already has the original's size: rows are read directly.
     Direct(&'a DeltaLayer),
-    /// Horizontally resampled rows (area height x out width x channels) and vertical taps.
+    /// Resampled band by band: a band of output rows resamples, horizontally, only the source
+    /// rows its vertical taps reach, so no image-sized float buffer is ever held.
     Resampled {
-        rows: Vec<f32>,
-        row_len: usize,
+        layer: &'a DeltaLayer,
+        horizontal: Taps,
         vertical: Taps,
+        row_len: usize,
     },
 }
 
+/// Horizontally resampled source rows `first..first + count` of one layer, for one band.
+#[derive(Default)]
+struct BandRows {
+    first: usize,
+    count: usize,
+    values: Vec<f32>,
+    source: Vec<f32>,
+}
+
 impl Prepared<'_> {
-    fn row(&self, y: usize, out: &mut [f32]) {
+    /// Makes `band` hold the horizontally resampled source rows that output rows `y0..y1` read.
+    fn load_band(&self, y0: usize, y1: usize, band: &mut BandRows) {
+        let Prepared::Resampled {
+            layer,
+            horizontal,
+            vertical,
+            row_len,
+        } = self
+        else {
+            return;
+        };
+        // Vertical taps move forward with y, so the span is from y0's first tap to y1-1's last.
+        let first = vertical.get(y0).0;
+        let (last_start, last_weights) = vertical.get(y1 - 1);
+        let end = last_start + last_weights.len();
+        if band.first == first && band.count == end - first && !band.values.is_empty() {
+            return;
+        }
+        let c = layer.channels();
+        band.first = first;
+        band.count = end - first;
+        band.values.resize(band.count * row_len, 0.0);
+        band.source.resize(layer.area.width as usize * c, 0.0);
+        for (i, out) in band.values.chunks_exact_mut(*row_len).enumerate() {
+            layer.decode_row((first + i) as u32, &mut band.source);
+            match c {
+                1 => resample_row::<1>(&band.source, out, horizontal),
+                _ => resample_row::<3>(&band.source, out, horizontal),
+            }
+        }
+    }
+
+    /// Delta row `y` (full width, the layer's channels), from `band` when resampled.
+    fn row(&self, y: usize, band: &BandRows, out: &mut [f32]) {
         match self {
             Prepared::Direct(layer) => layer.decode_row(y as u32, out),
             Prepared::Resampled {
-                rows,
-                row_len,
-                vertical,
+                row_len, vertical, ..
             } => {
                 let (start, weights) = vertical.get(y);
                 out.fill(0.0);
                 for (k, &w) in weights.iter().enumerate() {
-                    let src = &rows[(start + k) * row_len..(start + k + 1) * row_len];
-                    for (o, s) in out.iter_mut().zip(src) {
+                    let at = (start + k - band.first) * row_len;
+                    for (o, s) in out.iter_mut().zip(&band.values[at..at + row_len]) {
                         *o += w * s;
                     }
                 }
@@ -128,24 +170,11 @@ fn prepare(layer: &DeltaLayer, out_w: u32, out_h: u32) -> Result<Prepared<'_>, M
     if a.width == out_w && a.height == out_h {
         return Ok(Prepared::Direct(layer));
     }
-    let c = layer.channels();
-    let horizontal = Taps::lanczos3(a.width, out_w);
-    let row_len = out_w as usize * c;
-    let mut rows = vec![0f32; a.height as usize * row_len];
-    rows.par_chunks_mut(row_len).enumerate().for_each_init(
-        || vec![0f32; a.width as usize * c],
-        |src, (y, out)| {
-            layer.decode_row(y as u32, src);
-            match c {
-                1 => resample_row::<1>(src, out, &horizontal),
-                _ => resample_row::<3>(src, out, &horizontal),
-            }
-        },
-    );
     Ok(Prepared::Resampled {
-        rows,
-        row_len,
+        layer,
+        horizontal: Taps::lanczos3(a.width, out_w),
         vertical: Taps::lanczos3(a.height, out_h),
+        row_len: out_w as usize * layer.channels(),
     })
 }
 
@@ -196,8 +225,9 @@ impl Sample for u16 {
     }
 }
 
-/// Rows per parallel work item: large enough to amortise, small enough to balance.
-const BAND_ROWS: usize = 16;
+/// Rows per parallel work item: large enough that re-resampling the few source rows shared
+/// with the next band costs little, small enough to balance the cores.
+const BAND_ROWS: usize = 64;
 
 /// Everything needed to merge rows of one original: the prepared layers and the original's
 /// layout. Rows can be merged in any order and from any thread.
@@ -213,10 +243,13 @@ pub struct RowScratch {
     raw: Vec<f32>,
     change: Vec<f32>,
     current: Vec<f32>,
+    /// One band of resampled source rows per layer.
+    bands: Vec<BandRows>,
+    row16: Vec<u16>,
 }
 
 impl<'a> MergePlan<'a> {
-    /// Prepares `layers` (upsampling them horizontally) for an original laid out like `original`.
+    /// Plans `layers` (their resampling taps) for an original laid out like `original`.
     pub fn new(original: &DynamicImage, layers: &'a [DeltaLayer]) -> Result<Self, MergeError> {
         use image::ColorType as C;
         let (w, h) = (original.width(), original.height());
@@ -249,6 +282,58 @@ impl<'a> MergePlan<'a> {
             raw: vec![0f32; self.width * 3],
             change: vec![0f32; colour_samples],
             current: vec![0f32; colour_samples],
+            bands: self.layers.iter().map(|_| BandRows::default()).collect(),
+            row16: Vec::new(),
+        }
+    }
+
+    /// Applies every layer to the consecutive rows in `rows`, the first being row `y0`.
+    fn apply_rows<S: Sample>(&self, y0: usize, rows: &mut [S], s: &mut RowScratch) {
+        let row_samples = self.width * self.total;
+        let n = rows.len() / row_samples;
+        for ((layer, _), band) in self.layers.iter().zip(s.bands.iter_mut()) {
+            layer.load_band(y0, y0 + n, band);
+        }
+        for (i, row) in rows.chunks_exact_mut(row_samples).enumerate() {
+            self.apply_row(y0 + i, row, s);
+        }
+    }
+
+    /// Merged rows `start..end` of `original`, serialised big-endian (the sample order of PNG
+    /// and TIFF; 8-bit samples are plain bytes) into `out`, which is cleared first. The
+    /// original is only read, so bands can be rendered in parallel and compressed at once.
+    pub fn render_rows_big_endian(
+        &self,
+        original: &DynamicImage,
+        start: usize,
+        end: usize,
+        out: &mut Vec<u8>,
+        s: &mut RowScratch,
+    ) {
+        out.clear();
+        let samples = self.width * self.total;
+        let rows8 = |buf: &[u8], out: &mut Vec<u8>, s: &mut RowScratch| {
+            out.extend_from_slice(&buf[start * samples..end * samples]);
+            self.apply_rows(start, out, s);
+        };
+        let rows16 = |buf: &[u16], out: &mut Vec<u8>, s: &mut RowScratch| {
+            let mut rows = std::mem::take(&mut s.row16);
+            rows.clear();
+            rows.extend_from_slice(&buf[start * samples..end * samples]);
+            self.apply_rows(start, &mut rows, s);
+            out.extend(rows.iter().flat_map(|v| v.to_be_bytes()));
+            s.row16 = rows;
+        };
+        match original {
+            DynamicImage::ImageLuma8(b) => rows8(b, out, s),
+            DynamicImage::ImageLumaA8(b) => rows8(b, out, s),
+            DynamicImage::ImageRgb8(b) => rows8(b, out, s),
+            DynamicImage::ImageRgba8(b) => rows8(b, out, s),
+            DynamicImage::ImageLuma16(b) => rows16(b, out, s),
+            DynamicImage::ImageLumaA16(b) => rows16(b, out, s),
+            DynamicImage::ImageRgb16(b) => rows16(b, out, s),
+            DynamicImage::ImageRgba16(b) => rows16(b, out, s),
+            _ => unreachable!("layout checked in MergePlan::new"),
         }
     }
 
@@ -260,7 +345,7 @@ impl<'a> MergePlan<'a> {
             gather(row, &mut s.current, total, colour);
         }
         for (index, (layer, dc)) in self.layers.iter().enumerate() {
-            layer.row(y, &mut s.raw[..self.width * dc]);
+            layer.row(y, &s.bands[index], &mut s.raw[..self.width * dc]);
             // Changes laid out like the original's colour samples, in its units.
             if *dc == colour {
                 for (c, r) in s.change.iter_mut().zip(s.raw.iter()) {
@@ -293,9 +378,7 @@ fn apply_typed<S: Sample>(pixels: &mut [S], plan: &MergePlan<'_>, progress: &(dy
         .for_each_init(
             || plan.scratch(),
             |scratch, (band, chunk)| {
-                for (i, row) in chunk.chunks_exact_mut(row_samples).enumerate() {
-                    plan.apply_row(band * BAND_ROWS + i, row, scratch);
-                }
+                plan.apply_rows(band * BAND_ROWS, chunk, scratch);
                 progress((chunk.len() / row_samples) as u64);
             },
         );
@@ -389,6 +472,50 @@ mod tests {
                 width: w,
                 height: h,
             },
+        }
+    }
+
+    #[test]
+    fn rendered_rows_equal_the_in_place_merge_for_8_and_16_bits() {
+        for original in [
+            DynamicImage::ImageRgba8(ImageBuffer::from_fn(29, 170, |x, y| {
+                image::Rgba([(x * 9) as u8, y as u8, 200, (x + y) as u8])
+            })),
+            DynamicImage::ImageRgb16(ImageBuffer::from_fn(29, 170, |x, y| {
+                image::Rgb([(x * 2000) as u16, (y * 300) as u16, 40000])
+            })),
+        ] {
+            let layers = [
+                DeltaLayer {
+                    image: DynamicImage::ImageRgb8(ImageBuffer::from_fn(7, 40, |x, y| {
+                        image::Rgb([(100 + x * 9) as u8, (150 - y) as u8, 127])
+                    })),
+                    area: Rect {
+                        x: 0,
+                        y: 0,
+                        width: 7,
+                        height: 40,
+                    },
+                },
+                neutral(3, 3),
+            ];
+            let mut in_place = original.clone();
+            apply_layers(&mut in_place, &layers, &|_| {}).unwrap();
+            let plan = MergePlan::new(&original, &layers).unwrap();
+            let mut scratch = plan.scratch();
+            let mut bytes = Vec::new();
+            let mut all = Vec::new();
+            for (start, end) in [(0, 5), (5, 6), (6, 100), (99, 170)] {
+                plan.render_rows_big_endian(&original, start, end, &mut bytes, &mut scratch);
+                let skip = if start == 99 { 1 } else { 0 };
+                let row_bytes = bytes.len() / (end - start);
+                all.extend_from_slice(&bytes[skip * row_bytes..]);
+            }
+            let expected: Vec<u8> = match &in_place {
+                DynamicImage::ImageRgb16(b) => b.iter().flat_map(|v| v.to_be_bytes()).collect(),
+                other => other.as_bytes().to_vec(),
+            };
+            assert_eq!(all, expected, "{:?}", original.color());
         }
     }
 

@@ -8,12 +8,12 @@
 use super::{ensure_free_disk, sibling_path, warn_if_memory_heavy, OpError};
 use crate::core::delta::normalise_delta_layout;
 use crate::core::geometry::ProxyGeometry;
-use crate::core::merge::{apply_layers, promote_for_colour, DeltaLayer, Rect};
-use crate::io::atomic;
+use crate::core::merge::{apply_layers, promote_for_colour, DeltaLayer, MergePlan, Rect};
 use crate::io::decode::{self, DecodeLimits, LoadedImage};
 use crate::io::encode::{self, estimated_size, OutputFormat};
 use crate::io::external::UpscaleMethod;
 use crate::io::metadata::{self, ProxyMetadata};
+use crate::io::{atomic, png_encode};
 use image::DynamicImage;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -292,14 +292,33 @@ pub fn merge(
     if let Some(loss) = format.loss_for(&image) {
         tracing::warn!(output = %output_path.display(), "{loss}");
     }
-    tracing::debug!(elapsed = ?started.elapsed(), "deltas loaded");
-    apply_layers(&mut image, &layers, &|rows| progress(rows, u64::from(h)))
-        .map_err(|e| OpError::mismatch(delta_path, e))?;
-    tracing::debug!(elapsed = ?started.elapsed(), "deltas applied");
-    // The upsampled deltas go before encoding: peak memory is the original plus the output.
+    let plan = MergePlan::new(&image, &layers).map_err(|e| OpError::mismatch(delta_path, e))?;
+    let bytes = if format == OutputFormat::Png {
+        // Apply, filter and deflate each band in one pass, while it is in cache.
+        let rows = |start: usize, end: usize, out: &mut Vec<u8>| {
+            // A few row buffers per ~1 MiB band: cheap, and never stale across merges.
+            let mut scratch = plan.scratch();
+            plan.render_rows_big_endian(&image, start, end, out, &mut scratch);
+            progress((end - start) as u64, u64::from(h));
+        };
+        png_encode::encode_rows(
+            w,
+            h,
+            image.color(),
+            png_encode::Rows::Generated(&rows),
+            icc_profile.as_deref(),
+            &[],
+            &Default::default(),
+        )
+        .map_err(|e| OpError::write(&output_path, e))?
+    } else {
+        drop(plan);
+        apply_layers(&mut image, &layers, &|rows| progress(rows, u64::from(h)))
+            .map_err(|e| OpError::mismatch(delta_path, e))?;
+        encode::encode(&image, format, icc_profile.as_deref(), &[])
+            .map_err(|e| OpError::write(&output_path, e))?
+    };
     drop(layers);
-    let bytes = encode::encode(&image, format, icc_profile.as_deref(), &[])
-        .map_err(|e| OpError::write(&output_path, e))?;
     drop(image);
     tracing::debug!(elapsed = ?started.elapsed(), bytes = bytes.len(), "encoded");
     atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
