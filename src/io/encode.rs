@@ -87,34 +87,13 @@ pub fn encode(
         }
         OutputFormat::Tiff => {
             let mut cursor = std::io::Cursor::new(&mut out);
-            let mut encoder = TiffEncoder::new(&mut cursor);
-            if let Some(icc) = icc_profile {
-                let _ = encoder.set_icc_profile(icc.to_vec());
-            }
-            encoder
-                .write_image(
-                    image.as_bytes(),
-                    image.width(),
-                    image.height(),
-                    image.color().into(),
-                )
-                .map_err(|e| codec(e.to_string()))?;
+            write_with(TiffEncoder::new(&mut cursor), image, icc_profile)
         }
-        OutputFormat::WebP => {
-            let eight = eight_bit(image);
-            let mut encoder = WebPEncoder::new_lossless(&mut out);
-            if let Some(icc) = icc_profile {
-                let _ = encoder.set_icc_profile(icc.to_vec());
-            }
-            encoder
-                .write_image(
-                    eight.as_bytes(),
-                    eight.width(),
-                    eight.height(),
-                    eight.color().into(),
-                )
-                .map_err(|e| codec(e.to_string()))?;
-        }
+        OutputFormat::WebP => write_with(
+            WebPEncoder::new_lossless(&mut out),
+            &eight_bit(image),
+            icc_profile,
+        ),
         OutputFormat::Jpeg => {
             let eight = eight_bit(image);
             let flat = if eight.color().has_color() {
@@ -122,21 +101,34 @@ pub fn encode(
             } else {
                 DynamicImage::ImageLuma8(eight.to_luma8())
             };
-            let mut encoder = JpegEncoder::new_with_quality(&mut out, 95);
-            if let Some(icc) = icc_profile {
-                let _ = encoder.set_icc_profile(icc.to_vec());
-            }
-            encoder
-                .write_image(
-                    flat.as_bytes(),
-                    flat.width(),
-                    flat.height(),
-                    flat.color().into(),
-                )
-                .map_err(|e| codec(e.to_string()))?;
+            write_with(
+                JpegEncoder::new_with_quality(&mut out, 95),
+                &flat,
+                icc_profile,
+            )
         }
     }
+    .map_err(|e| codec(e.to_string()))?;
     Ok(out)
+}
+
+/// Embeds the ICC profile (all four codecs support it) and writes the pixels.
+fn write_with(
+    mut encoder: impl ImageEncoder,
+    image: &DynamicImage,
+    icc_profile: Option<&[u8]>,
+) -> image::ImageResult<()> {
+    if let Some(icc) = icc_profile {
+        encoder
+            .set_icc_profile(icc.to_vec())
+            .map_err(image::ImageError::Unsupported)?;
+    }
+    encoder.write_image(
+        image.as_bytes(),
+        image.width(),
+        image.height(),
+        image.color().into(),
+    )
 }
 
 fn eight_bit(image: &DynamicImage) -> std::borrow::Cow<'_, DynamicImage> {

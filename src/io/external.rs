@@ -253,39 +253,36 @@ mod tests {
         ));
     }
 
+    /// Runs a `cmd(...)` template on a small delta with the given timeout.
+    fn run_template(template: &str, timeout: Duration) -> Result<DynamicImage, ExternalError> {
+        let UpscaleMethod::Command(t) = template.parse().unwrap() else {
+            unreachable!("a cmd(...) template")
+        };
+        t.run(
+            &DynamicImage::new_rgb8(4, 4),
+            (8, 8),
+            timeout,
+            &Default::default(),
+        )
+    }
+
     #[test]
     fn a_failing_command_reports_its_stderr() {
-        let m: UpscaleMethod = "cmd(sh -c 'echo broken model >&2; exit 3' %i %o)"
-            .parse()
-            .unwrap();
-        let UpscaleMethod::Command(t) = m else {
-            unreachable!()
-        };
-        let err = t
-            .run(
-                &DynamicImage::new_rgb8(4, 4),
-                (8, 8),
-                Duration::from_secs(20),
-                &Default::default(),
-            )
-            .unwrap_err();
+        let err = run_template(
+            "cmd(sh -c 'echo broken model >&2; exit 3' %i %o)",
+            Duration::from_secs(20),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("broken model"), "{err}");
     }
 
     #[test]
     fn a_hanging_command_is_killed_at_the_timeout() {
-        let m: UpscaleMethod = "cmd(sh -c 'sleep 30; true' %i %o)".parse().unwrap();
-        let UpscaleMethod::Command(t) = m else {
-            unreachable!()
-        };
-        let err = t
-            .run(
-                &DynamicImage::new_rgb8(4, 4),
-                (8, 8),
-                Duration::from_millis(300),
-                &Default::default(),
-            )
-            .unwrap_err();
+        let err = run_template(
+            "cmd(sh -c 'sleep 30; true' %i %o)",
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
         assert!(matches!(err, ExternalError::TimedOut { .. }), "{err}");
     }
 }
