@@ -5,7 +5,7 @@
 //! A 16-bit original is filtered at 16 bits and rounded to 8 only at the end.
 
 use super::geometry::ProxyGeometry;
-use super::resample::{blank_like, resize_lanczos3, ResampleError};
+use super::resample::{blank_like, resize_lanczos3, resize_lanczos3_owned, ResampleError};
 use image::{DynamicImage, GenericImage};
 
 /// Makes the proxy canvas for `original` (already upright) as planned by `geometry`.
@@ -15,7 +15,23 @@ pub fn make_proxy(
     geometry: &ProxyGeometry,
 ) -> Result<DynamicImage, ResampleError> {
     let scaled = resize_lanczos3(original, geometry.scaled_width, geometry.scaled_height)?;
-    let scaled = to_8bit(scaled);
+    pad_to_canvas(to_8bit(scaled), geometry)
+}
+
+/// [`make_proxy`] for an original the caller no longer needs: alpha is premultiplied in
+/// place rather than in a copy, so a large RGBA original costs no second buffer.
+pub fn make_proxy_owned(
+    original: DynamicImage,
+    geometry: &ProxyGeometry,
+) -> Result<DynamicImage, ResampleError> {
+    let scaled = resize_lanczos3_owned(original, geometry.scaled_width, geometry.scaled_height)?;
+    pad_to_canvas(to_8bit(scaled), geometry)
+}
+
+fn pad_to_canvas(
+    scaled: DynamicImage,
+    geometry: &ProxyGeometry,
+) -> Result<DynamicImage, ResampleError> {
     if !geometry.is_padded() {
         return Ok(scaled);
     }

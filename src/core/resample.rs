@@ -37,6 +37,36 @@ pub fn resize_lanczos3(
     Ok(dst)
 }
 
+/// Lanczos3 resize that consumes its input: an image with alpha is premultiplied in place
+/// (instead of in a full-size copy, which for a 52-MP RGBA original is 208 MB), resized,
+/// and the small result un-premultiplied. Same result as [`resize_lanczos3`].
+pub fn resize_lanczos3_owned(
+    mut image: DynamicImage,
+    width: u32,
+    height: u32,
+) -> Result<DynamicImage, ResampleError> {
+    if !image.color().has_alpha() || (image.width(), image.height()) == (width, height) {
+        return resize_lanczos3(&image, width, height);
+    }
+    let fail = |e: &dyn std::fmt::Display| ResampleError::Resize(e.to_string());
+    let mul_div = fast_image_resize::MulDiv::default();
+    mul_div
+        .multiply_alpha_inplace(&mut image)
+        .map_err(|e| fail(&e))?;
+    let mut dst = blank_like(&image, width, height)?;
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(false);
+    Resizer::new()
+        .resize(&image, &mut dst, &options)
+        .map_err(|e| fail(&e))?;
+    drop(image);
+    mul_div
+        .divide_alpha_inplace(&mut dst)
+        .map_err(|e| fail(&e))?;
+    Ok(dst)
+}
+
 /// A black (and, where there is alpha, fully transparent) image of the same type.
 pub fn blank_like(
     image: &DynamicImage,
@@ -169,6 +199,16 @@ mod tests {
                 assert!(start + w.len() <= src as usize);
             }
         }
+    }
+
+    #[test]
+    fn owned_resize_premultiplies_in_place_with_the_same_result() {
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(61, 37, |x, y| {
+            image::Rgba([(x * 4) as u8, (y * 6) as u8, 99, ((x * y) % 256) as u8])
+        }));
+        let borrowed = resize_lanczos3(&img, 20, 11).unwrap();
+        let owned = resize_lanczos3_owned(img, 20, 11).unwrap();
+        assert_eq!(owned, borrowed);
     }
 
     #[test]

@@ -49,9 +49,11 @@ pub fn split_with_processed(
     options: &DeltaOptions,
     limits: &DecodeLimits,
 ) -> Result<DeltaOutput, OpError> {
-    let source = load_source(original_path, target, limits)?;
-    let built = build_proxy(original_path, &source, target)?;
-    drop(source);
+    let built = build_proxy(
+        original_path,
+        load_source(original_path, target, limits)?,
+        target,
+    )?;
     let proxy = match &options.proxy_path {
         None => built.proxy,
         Some(path) => {

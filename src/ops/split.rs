@@ -2,7 +2,7 @@
 
 use super::{ensure_free_disk, layout_name, sibling_path, OpError};
 use crate::core::geometry::{ProxyGeometry, Target};
-use crate::core::proxy::make_proxy;
+use crate::core::proxy::make_proxy_owned;
 use crate::io::decode::{self, DecodeLimits, ProxySource};
 use crate::io::encode::estimated_size;
 use crate::io::metadata::{OriginalInfo, ProxyMetadata, PNG_KEYWORD};
@@ -18,11 +18,12 @@ pub struct SplitOutput {
     pub metadata: ProxyMetadata,
 }
 
-/// A proxy built in memory, with its metadata.
+/// A proxy built in memory, with its metadata and the original's ICC profile.
 #[derive(Debug, Clone)]
 pub struct BuiltProxy {
     pub proxy: DynamicImage,
     pub metadata: ProxyMetadata,
+    pub icc_profile: Option<Vec<u8>>,
 }
 
 /// Decodes an original for its proxy (a JPEG possibly reduced in the DCT domain).
@@ -38,27 +39,36 @@ pub fn load_source(
     decode::load_for_proxy(path, limits, &needed).map_err(|e| OpError::decode(path, e))
 }
 
-/// Builds the proxy of a decoded original (pure apart from naming the path in metadata).
+/// Builds the proxy of a decoded original, consuming it (its alpha is premultiplied in place
+/// rather than in a copy). Pure apart from naming the path in metadata.
 pub fn build_proxy(
     path: &Path,
-    source: &ProxySource,
+    source: ProxySource,
     target: Target,
 ) -> Result<BuiltProxy, OpError> {
-    let original = &source.loaded;
-    let image = &original.image;
-    let geometry = ProxyGeometry::plan(source.full_width, source.full_height, target);
-    let proxy = make_proxy(image, &geometry).map_err(|e| OpError::Internal(e.to_string()))?;
+    let ProxySource {
+        loaded,
+        full_width,
+        full_height,
+    } = source;
+    let geometry = ProxyGeometry::plan(full_width, full_height, target);
     let info = OriginalInfo {
         path: path.display().to_string(),
-        sha256: original.sha256.clone(),
-        width: source.full_width,
-        height: source.full_height,
-        exif_orientation: original.exif_orientation,
-        color: layout_name(image),
-        has_icc_profile: original.icc_profile.is_some(),
+        sha256: loaded.sha256,
+        width: full_width,
+        height: full_height,
+        exif_orientation: loaded.exif_orientation,
+        color: layout_name(&loaded.image),
+        has_icc_profile: loaded.icc_profile.is_some(),
     };
+    let proxy =
+        make_proxy_owned(loaded.image, &geometry).map_err(|e| OpError::Internal(e.to_string()))?;
     let metadata = ProxyMetadata::new(info, target, geometry, layout_name(&proxy));
-    Ok(BuiltProxy { proxy, metadata })
+    Ok(BuiltProxy {
+        proxy,
+        metadata,
+        icc_profile: loaded.icc_profile,
+    })
 }
 
 /// Where `split` writes for `input`: `{stem}_proxy.png` and `{stem}_proxy_metadata.txt`.
@@ -76,9 +86,7 @@ pub fn split(
     out_dir: Option<&Path>,
     limits: &DecodeLimits,
 ) -> Result<SplitOutput, OpError> {
-    let source = load_source(input, target, limits)?;
-    let built = build_proxy(input, &source, target)?;
-    let original = source.loaded;
+    let built = build_proxy(input, load_source(input, target, limits)?, target)?;
     let (proxy_path, metadata_path) = output_paths(input, out_dir);
     let g = &built.metadata.geometry;
     let need = estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024;
@@ -87,7 +95,7 @@ pub fn split(
     let texts = [(PNG_KEYWORD.to_string(), built.metadata.to_compact_json())];
     let bytes = png_encode::encode(
         &built.proxy,
-        original.icc_profile.as_deref(),
+        built.icc_profile.as_deref(),
         &texts,
         &Default::default(),
     )
