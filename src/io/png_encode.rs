@@ -7,7 +7,6 @@
 //! standard PNG reader decodes the result. iCCP (the original's colour profile) and iTXt
 //! chunks (darkroom's metadata) are written before the pixel data.
 
-use flate2::Compression;
 use image::DynamicImage;
 use rayon::prelude::*;
 use std::io::Write;
@@ -257,12 +256,20 @@ fn write_chunk_parts(out: &mut Vec<u8>, kind: &[u8; 4], parts: &[&[u8]]) {
         .expect("Vec write");
 }
 
+/// A complete zlib stream (header, deflate, Adler-32) of `data`, for the iCCP chunk.
 fn zlib(data: &[u8], level: u32) -> Result<Vec<u8>, PngEncodeError> {
-    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), Compression::new(level));
-    encoder
-        .write_all(data)
-        .and_then(|_| encoder.finish())
-        .map_err(|e| PngEncodeError::Deflate(e.to_string()))
+    let config = zlib_rs::DeflateConfig {
+        level: level as i32,
+        ..zlib_rs::DeflateConfig::default()
+    };
+    let mut out = vec![0u8; zlib_rs::compress_bound(data.len())];
+    let (written, code) = zlib_rs::compress_slice(&mut out, data, config);
+    if code != zlib_rs::ReturnCode::Ok {
+        return Err(PngEncodeError::Deflate(format!("{code:?}")));
+    }
+    let len = written.len();
+    out.truncate(len);
+    Ok(out)
 }
 
 /// Raw deflate of one band into `scratch`; non-final bands end byte-aligned (sync flush)
