@@ -287,6 +287,31 @@ impl<'a> MergePlan<'a> {
         }
     }
 
+    /// Applies every layer to `original` in place, in parallel bands. `original` must have the
+    /// layout the plan was made for. `progress` gets the rows finished, from worker threads.
+    pub fn apply_in_place(
+        &self,
+        original: &mut DynamicImage,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), MergeError> {
+        let layout = original.width() as usize * usize::from(original.color().channel_count());
+        if layout != self.width * self.total {
+            return Err(MergeError::OriginalLayout(original.color()));
+        }
+        match original {
+            DynamicImage::ImageLuma8(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageLumaA8(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageRgb8(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageRgba8(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageLuma16(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageLumaA16(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageRgb16(b) => apply_typed(b, self, progress),
+            DynamicImage::ImageRgba16(b) => apply_typed(b, self, progress),
+            other => return Err(MergeError::OriginalLayout(other.color())),
+        }
+        Ok(())
+    }
+
     /// Applies every layer to the consecutive rows in `rows`, the first being row `y0`.
     fn apply_rows<S: Sample>(&self, y0: usize, rows: &mut [S], s: &mut RowScratch) {
         let row_samples = self.width * self.total;
@@ -422,19 +447,7 @@ pub fn apply_layers(
     layers: &[DeltaLayer],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), MergeError> {
-    let plan = MergePlan::new(original, layers)?;
-    match original {
-        DynamicImage::ImageLuma8(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageLumaA8(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageRgb8(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageRgba8(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageLuma16(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageLumaA16(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageRgb16(b) => apply_typed(b, &plan, progress),
-        DynamicImage::ImageRgba16(b) => apply_typed(b, &plan, progress),
-        other => return Err(MergeError::OriginalLayout(other.color())),
-    }
-    Ok(())
+    MergePlan::new(original, layers)?.apply_in_place(original, progress)
 }
 
 /// Promotes a gray original to RGB(A) when a colour delta is to be applied to it (a model

@@ -1,8 +1,7 @@
 //! Writing images: the output format follows the file extension (png by default, tiff,
-//! webp lossless, jpg at quality 95), the original's ICC profile is embedded, and every
-//! output goes through the durable atomic writer.
+//! webp lossless, jpg at quality 95), and the original's ICC profile is embedded. Callers
+//! write the bytes with [`super::atomic::write_atomic`].
 
-use super::atomic::write_atomic;
 use super::png_encode::{self, PngOptions};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::tiff::TiffEncoder;
@@ -138,19 +137,6 @@ fn eight_bit(image: &DynamicImage) -> std::borrow::Cow<'_, DynamicImage> {
     } else {
         std::borrow::Cow::Borrowed(image)
     }
-}
-
-/// Encodes and writes `image` to `path` durably, in the format its extension names.
-pub fn save(
-    image: &DynamicImage,
-    path: &Path,
-    icc_profile: Option<&[u8]>,
-    texts: &[(String, String)],
-) -> Result<(), EncodeError> {
-    let format = OutputFormat::from_path(path)?;
-    let bytes = encode(image, format, icc_profile, texts)?;
-    write_atomic(path, &bytes)?;
-    Ok(())
 }
 
 /// Upper bound of the bytes an encoded image takes, for the free-disk check.

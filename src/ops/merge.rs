@@ -8,7 +8,7 @@
 use super::{ensure_free_disk, sibling_path, warn_if_memory_heavy, OpError};
 use crate::core::delta::normalise_delta_layout;
 use crate::core::geometry::ProxyGeometry;
-use crate::core::merge::{apply_layers, promote_for_colour, DeltaLayer, MergePlan, Rect};
+use crate::core::merge::{promote_for_colour, DeltaLayer, MergePlan, Rect};
 use crate::io::decode::{self, DecodeLimits, LoadedImage};
 use crate::io::encode::{self, estimated_size, OutputFormat};
 use crate::io::external::UpscaleMethod;
@@ -312,8 +312,7 @@ pub fn merge(
         )
         .map_err(|e| OpError::write(&output_path, e))?
     } else {
-        drop(plan);
-        apply_layers(&mut image, &layers, &|rows| progress(rows, u64::from(h)))
+        plan.apply_in_place(&mut image, &|rows| progress(rows, u64::from(h)))
             .map_err(|e| OpError::mismatch(delta_path, e))?;
         encode::encode(&image, format, icc_profile.as_deref(), &[])
             .map_err(|e| OpError::write(&output_path, e))?
