@@ -18,6 +18,11 @@ The proxy round trip:
   darkroom merge photo.jpg photo_proxy_delta.png \\
       --refined-delta-image photo_proxy_delta_refined.png --output-image photo_final.png
 
+The watch-folder daemon (the same round trip, hands-off):
+  darkroom serve --config config/darkroom.toml  # drop images into var/inbox/photos/
+  darkroom check-config config/darkroom.toml    # every config problem at once
+  darkroom status --config config/darkroom.toml # queue, waiting proxies, failures
+
 Exit codes: 0 ok, 1 failure, 2 bad arguments, 65 bad input data, 66 input missing or
 unreadable, 73 output cannot be written (or disk full).";
 
@@ -190,6 +195,48 @@ pub enum Command {
         #[arg(long, short = 'j')]
         jobs: Option<usize>,
     },
+    /// Run the watch-folder daemon in the foreground (what the systemd unit runs).
+    ///
+    /// Watches every rule's inbox, claims files once they are whole, runs their recipe and
+    /// files the results under the config's root (processed/, metadata/, failed/). Logs go
+    /// to stderr (journald-friendly) and to daily files in the log folder. SIGHUP reloads the
+    /// config (a bad one is rejected and the old one kept); SIGTERM or SIGINT finishes
+    /// running jobs (up to shutdown_timeout) and exits.
+    #[command(
+        after_help = "Examples:\n  darkroom serve                                  # config/darkroom.toml\n  darkroom serve --config /etc/darkroom/darkroom.toml\n\nExit codes: 0 stopped cleanly, 78 the config is invalid, 1 anything else."
+    )]
+    Serve {
+        /// The TOML config (relative paths in it are relative to its folder).
+        #[arg(
+            long,
+            short,
+            default_value = "config/darkroom.toml",
+            value_name = "PATH"
+        )]
+        config: PathBuf,
+    },
+    /// Check a config file and report every problem at once, with keys and lines.
+    #[command(
+        after_help = "Example:\n  darkroom check-config config/darkroom.toml\n\nExit codes: 0 valid, 78 invalid."
+    )]
+    CheckConfig {
+        /// The TOML config to check.
+        #[arg(value_name = "PATH", default_value = "config/darkroom.toml")]
+        config: PathBuf,
+    },
+    /// Show the daemon's queue from its journal: jobs by state, proxies awaiting their
+    /// return and for how long, held returns and recent failures. Works while it runs.
+    #[command(after_help = "Example:\n  darkroom status --config /etc/darkroom/darkroom.toml")]
+    Status {
+        /// The daemon's TOML config (it says where the journal is).
+        #[arg(
+            long,
+            short,
+            default_value = "config/darkroom.toml",
+            value_name = "PATH"
+        )]
+        config: PathBuf,
+    },
 }
 
 /// WIDTH and HEIGHT of a proxy.
@@ -235,10 +282,87 @@ fn row_progress(total: u64, label: &str) -> ProgressBar {
     bar
 }
 
+/// The sysexits code of an invalid configuration.
+pub const EX_CONFIG: i32 = 78;
+
+/// Runs the daemon commands (serve, check-config, status); `None` for the one-shot ones.
+/// Returns the exit code.
+pub fn run_daemon_command(command: &Command) -> Option<i32> {
+    use darkroom::daemon::{config::Config, logging, service, status};
+    let load = |path: &std::path::Path| {
+        Config::load(path).map_err(|errors| {
+            eprint!("darkroom: {errors}");
+            EX_CONFIG
+        })
+    };
+    Some(match command {
+        Command::CheckConfig { config } => match load(config) {
+            Err(code) => code,
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} rule{}, root {})",
+                    config.path.display(),
+                    config.rules.len(),
+                    if config.rules.len() == 1 { "" } else { "s" },
+                    config.daemon.root.display()
+                );
+                for rule in &config.rules {
+                    println!(
+                        "  {}: {} watching {}",
+                        rule.name,
+                        rule.recipe.name(),
+                        rule.watch.display()
+                    );
+                }
+                0
+            }
+        },
+        Command::Status { config } => match load(config) {
+            Err(code) => code,
+            Ok(config) => match status::report(&config) {
+                Ok(text) => {
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("darkroom: {e:#}");
+                    1
+                }
+            },
+        },
+        Command::Serve { config } => match load(config) {
+            Err(code) => code,
+            Ok(config) => {
+                let _guard = match logging::init(&config.daemon) {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        eprintln!(
+                            "darkroom: cannot write logs to {}: {e}",
+                            config.daemon.log_dir.display()
+                        );
+                        return Some(73);
+                    }
+                };
+                match service::serve(config) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "darkroom stopped on an error");
+                        1
+                    }
+                }
+            }
+        },
+        _ => return None,
+    })
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), OpError> {
     let limits = cli.limits.resolve();
     match cli.command {
+        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Status { .. } => {
+            unreachable!("daemon commands run through run_daemon_command")
+        }
         Command::Split {
             input,
             size,

@@ -6,5 +6,6 @@
 //! daemon share.
 
 pub mod core;
+pub mod daemon;
 pub mod io;
 pub mod ops;

@@ -7,6 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = cli::Cli::parse();
+    if let Some(code) = cli::run_daemon_command(&cli.command) {
+        std::process::exit(code);
+    }
     let default_level = match (cli.quiet, cli.verbose) {
         (true, _) => "warn",
         (false, 0) => "info",

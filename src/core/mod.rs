@@ -7,3 +7,4 @@ pub mod geometry;
 pub mod merge;
 pub mod proxy;
 pub mod resample;
+pub mod signature;

@@ -2,6 +2,8 @@
 //! real `darkroom` binary, and comparing images.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use darkroom::io::decode::{self, LoadedImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,963 @@
+//! The daemon's TOML configuration: raw serde structs that refuse unknown keys, resolved into
+//! a checked [`Config`]. Every problem is collected and reported at once, each with its key
+//! and, where known, its line.
+//!
+//! Relative paths are resolved against the folder that holds the config file, so a config
+//! works the same whatever directory the daemon is started from.
+
+use crate::core::delta::DeltaDepth;
+use crate::core::geometry::Target;
+use crate::io::decode::DecodeLimits;
+use crate::io::external::UpscaleMethod;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// File name patterns a rule takes when it names none: the image formats darkroom decodes.
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.PNG", "*.JPG", "*.JPEG", "*.TIF",
+    "*.TIFF", "*.WEBP",
+];
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub daemon: DaemonSettings,
+    pub rules: Vec<Rule>,
+}
+
+/// The `[daemon]` table, resolved.
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// Root of the `processed/`, `metadata/` and `failed/` trees.
+    pub root: PathBuf,
+    /// Where the journal lives.
+    pub state_dir: PathBuf,
+    /// Rolling log files.
+    pub log_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug` or `trace` (or any `RUST_LOG` directive).
+    pub log_level: String,
+    /// Jobs run at once.
+    pub workers: usize,
+    /// How long size, mtime and inode must stay the same before a file is claimed.
+    pub stability_window: Duration,
+    /// How long SIGTERM waits for running jobs before leaving them to the next start.
+    pub shutdown_timeout: Duration,
+    /// Attempts of a job that keeps failing transiently before it is given up.
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled each further attempt.
+    pub retry_backoff: Duration,
+    pub limits: DecodeLimits,
+}
+
+/// One `[[rule]]`: a watched folder and what to do with what lands in it.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub watch: PathBuf,
+    pub patterns: Vec<glob::Pattern>,
+    pub originals: OriginalsPolicy,
+    pub recipe: Recipe,
+}
+
+/// What happens to an original once its outputs are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginalsPolicy {
+    /// Moved to `processed/<rule>/originals/`.
+    Move,
+    /// Left where it was dropped (the journal remembers it, so it is not processed twice).
+    Keep,
+}
+
+/// The recipes. Each carries its own checked options; the watcher and the journal only see
+/// the rule name.
+#[derive(Debug, Clone)]
+pub enum Recipe {
+    SplitToProxy(SplitToProxy),
+}
+
+impl Recipe {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Recipe::SplitToProxy(_) => "split-to-proxy",
+        }
+    }
+}
+
+/// Options of `split-to-proxy` and its merge-when-processed-appears step.
+#[derive(Debug, Clone)]
+pub struct SplitToProxy {
+    pub size: Target,
+    pub exchange_out: PathBuf,
+    pub exchange_in: PathBuf,
+    pub return_timeout: Duration,
+    pub return_grace: Duration,
+    pub refine: bool,
+    pub delta_depth: DeltaDepth,
+    pub upscale_method: UpscaleMethod,
+    pub command_timeout: Duration,
+    /// Lowest correlation of a content match (0..1).
+    pub match_threshold: f64,
+    /// The best content match must beat the second best by this much, or the return is held.
+    pub match_margin: f64,
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, like `rule[1].size` or `daemon.workers`.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} problem{}:",
+            self.path.display(),
+            self.errors.len(),
+            if self.errors.len() == 1 { "" } else { "s" }
+        )?;
+        for error in &self.errors {
+            writeln!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocument {
+    daemon: Option<toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    rule: Vec<toml::Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+    log_level: Option<String>,
+    workers: Option<usize>,
+    stability_window: Option<toml::Value>,
+    shutdown_timeout: Option<toml::Value>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<toml::Value>,
+    limits: Option<RawLimits>,
+}
+
+const DAEMON_KEYS: &[&str] = &[
+    "root",
+    "state_dir",
+    "log_dir",
+    "log_level",
+    "workers",
+    "stability_window",
+    "shutdown_timeout",
+    "max_attempts",
+    "retry_backoff",
+    "limits",
+];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_megapixels: Option<u64>,
+    max_file_mib: Option<u64>,
+    max_alloc_mib: Option<u64>,
+    max_side: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuleCommon {
+    name: String,
+    recipe: String,
+    watch: Option<PathBuf>,
+    patterns: Option<Vec<String>>,
+    originals: Option<OriginalsPolicy>,
+}
+
+const COMMON_KEYS: &[&str] = &["name", "recipe", "watch", "patterns", "originals"];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSplitToProxy {
+    size: Option<String>,
+    exchange_out: Option<PathBuf>,
+    exchange_in: Option<PathBuf>,
+    return_timeout: Option<toml::Value>,
+    return_grace: Option<toml::Value>,
+    refine: Option<bool>,
+    delta_depth: Option<u8>,
+    upscale_method: Option<String>,
+    command_timeout: Option<toml::Value>,
+    match_threshold: Option<f64>,
+    match_margin: Option<f64>,
+}
+
+const SPLIT_TO_PROXY_KEYS: &[&str] = &[
+    "size",
+    "exchange_out",
+    "exchange_in",
+    "return_timeout",
+    "return_grace",
+    "refine",
+    "delta_depth",
+    "upscale_method",
+    "command_timeout",
+    "match_threshold",
+    "match_margin",
+];
+
+const RECIPES: &[&str] = &["split-to-proxy"];
+
+/// Collects problems while a config is resolved.
+struct Problems {
+    source: String,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, line: Option<usize>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.source[..offset.min(self.source.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            path: path.to_path_buf(),
+            errors: vec![ConfigError {
+                key: "(file)".into(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::parse(
+            &text,
+            &std::path::absolute(path).unwrap_or(path.to_path_buf()),
+        )
+    }
+
+    /// Checks config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let mut problems = Problems {
+            source: text.to_string(),
+            errors: Vec::new(),
+        };
+        let fail = |problems: Problems| ConfigErrors {
+            path: path.to_path_buf(),
+            errors: problems.errors,
+        };
+        let document: RawDocument = match toml::from_str(text) {
+            Ok(document) => document,
+            Err(error) => {
+                let line = error.span().map(|s| problems.line_of(s.start));
+                problems.push("(toml)", line, error.message().trim().to_string());
+                return Err(fail(problems));
+            }
+        };
+
+        let daemon = resolve_daemon(document.daemon, &base, &mut problems);
+        let mut rules = Vec::new();
+        for (index, table) in document.rule.into_iter().enumerate() {
+            if let Some(rule) = resolve_rule(index, table, &daemon.root, &base, &mut problems) {
+                rules.push(rule);
+            }
+        }
+        if rules.is_empty() && problems.errors.is_empty() {
+            problems.push(
+                "rule",
+                None,
+                "no [[rule]] tables: add at least one, e.g. name = \"photos\", recipe = \"split-to-proxy\"",
+            );
+        }
+        check_rules_together(&rules, &daemon, &mut problems);
+        if problems.errors.is_empty() {
+            Ok(Config {
+                path: path.to_path_buf(),
+                daemon,
+                rules,
+            })
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Every folder the daemon writes into (for `ReadWritePaths=` and for creating them).
+    pub fn writable_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![
+            self.daemon.root.clone(),
+            self.daemon.state_dir.clone(),
+            self.daemon.log_dir.clone(),
+        ];
+        for rule in &self.rules {
+            dirs.push(rule.watch.clone());
+            match &rule.recipe {
+                Recipe::SplitToProxy(options) => {
+                    dirs.push(options.exchange_out.clone());
+                    dirs.push(options.exchange_in.clone());
+                }
+            }
+        }
+        dirs
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+}
+
+fn resolve_path(base: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    normalise_lexically(&joined)
+}
+
+/// Removes `.` and `..` components without touching the file system (folders may not exist yet).
+fn normalise_lexically(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Reports keys of `table` that are not in `known`, with a suggestion, and removes them so the
+/// remaining keys can still be checked.
+fn reject_unknown_keys(
+    table: &mut toml::Table,
+    known: &[&str],
+    prefix: &str,
+    line: usize,
+    problems: &mut Problems,
+) {
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    for key in unknown {
+        table.remove(&key);
+        let hint = closest(&key, known)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        problems.push(
+            format!("{prefix}.{key}"),
+            Some(line),
+            format!("unknown key{hint}; known keys: {}", known.join(", ")),
+        );
+    }
+}
+
+fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min()
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(previous + cost);
+            previous = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Parses `"2s"`, `"500ms"`, `"10m"`, `"24h"`, `"1.5s"` or a bare number of seconds.
+pub fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
+    let seconds = match value {
+        toml::Value::Integer(n) => *n as f64,
+        toml::Value::Float(x) => *x,
+        toml::Value::String(text) => {
+            let text = text.trim();
+            let split = text
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(text.len());
+            let (number, unit) = text.split_at(split);
+            let number: f64 = number.parse().map_err(|_| {
+                format!(
+                    "'{text}' is not a duration; write e.g. \"2s\", \"500ms\", \"10m\", \"24h\""
+                )
+            })?;
+            let scale = match unit.trim() {
+                "ms" => 0.001,
+                "" | "s" | "sec" => 1.0,
+                "m" | "min" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                other => {
+                    return Err(format!(
+                        "unknown unit '{other}' in '{text}': use ms, s, m, h or d"
+                    ))
+                }
+            };
+            number * scale
+        }
+        other => {
+            return Err(format!(
+                "expected a duration like \"2s\", found {}",
+                other.type_str()
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err("a duration must be zero or more".into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn duration_or(
+    value: Option<toml::Value>,
+    default: Duration,
+    key: String,
+    line: usize,
+    problems: &mut Problems,
+) -> Duration {
+    match value {
+        None => default,
+        Some(value) => parse_duration(&value).unwrap_or_else(|message| {
+            problems.push(key, Some(line), message);
+            default
+        }),
+    }
+}
+
+fn resolve_daemon(
+    table: Option<toml::Spanned<toml::Table>>,
+    base: &Path,
+    problems: &mut Problems,
+) -> DaemonSettings {
+    let (raw, line) = match table {
+        None => (RawDaemon::default(), 1),
+        Some(spanned) => {
+            let line = problems.line_of(spanned.span().start);
+            let mut table = spanned.into_inner();
+            reject_unknown_keys(&mut table, DAEMON_KEYS, "daemon", line, problems);
+            match toml::Value::Table(table).try_into::<RawDaemon>() {
+                Ok(raw) => (raw, line),
+                Err(e) => {
+                    problems.push("daemon", Some(line), e.message().trim().to_string());
+                    (RawDaemon::default(), line)
+                }
+            }
+        }
+    };
+    let root = resolve_path(base, raw.root.as_deref().unwrap_or(Path::new("var")));
+    let state_dir = raw
+        .state_dir
+        .map(|p| resolve_path(base, &p))
+        .unwrap_or_else(|| root.join("state"));
+    let log_dir = raw
+        .log_dir
+        .map(|p| resolve_path(base, &p))
+        .unwrap_or_else(|| root.join("metadata").join("logs"));
+    let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        problems.push(
+            "daemon.log_level",
+            Some(line),
+            format!("'{log_level}' is not a log level: use error, warn, info, debug or trace"),
+        );
+    }
+    let workers = raw.workers.unwrap_or(1);
+    if workers == 0 || workers > 64 {
+        problems.push("daemon.workers", Some(line), "must be between 1 and 64");
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(5);
+    if max_attempts == 0 {
+        problems.push("daemon.max_attempts", Some(line), "must be at least 1");
+    }
+    let stability_window = duration_or(
+        raw.stability_window,
+        Duration::from_secs(2),
+        "daemon.stability_window".into(),
+        line,
+        problems,
+    );
+    let shutdown_timeout = duration_or(
+        raw.shutdown_timeout,
+        Duration::from_secs(30),
+        "daemon.shutdown_timeout".into(),
+        line,
+        problems,
+    );
+    let retry_backoff = duration_or(
+        raw.retry_backoff,
+        Duration::from_secs(5),
+        "daemon.retry_backoff".into(),
+        line,
+        problems,
+    );
+    let mut limits = DecodeLimits::default();
+    if let Some(raw_limits) = raw.limits {
+        if let Some(mp) = raw_limits.max_megapixels {
+            limits.max_pixels = mp.saturating_mul(1_000_000);
+        }
+        if let Some(mib) = raw_limits.max_file_mib {
+            limits.max_file_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(mib) = raw_limits.max_alloc_mib {
+            limits.max_alloc_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(side) = raw_limits.max_side {
+            limits.max_side = side;
+        }
+        if limits.max_pixels == 0 || limits.max_file_bytes == 0 || limits.max_alloc_bytes == 0 {
+            problems.push("daemon.limits", Some(line), "limits must be above zero");
+        }
+    }
+    DaemonSettings {
+        root,
+        state_dir,
+        log_dir,
+        log_level,
+        workers: workers.clamp(1, 64),
+        stability_window,
+        shutdown_timeout,
+        max_attempts: max_attempts.max(1),
+        retry_backoff,
+        limits,
+    }
+}
+
+fn resolve_rule(
+    index: usize,
+    spanned: toml::Spanned<toml::Table>,
+    root: &Path,
+    base: &Path,
+    problems: &mut Problems,
+) -> Option<Rule> {
+    let line = problems.line_of(spanned.span().start);
+    let mut table = spanned.into_inner();
+    let label = match table.get("name").and_then(|v| v.as_str()) {
+        Some(name) => format!("rule[{index}] '{name}'"),
+        None => format!("rule[{index}]"),
+    };
+    let recipe_name = table
+        .get("recipe")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let recipe_keys: &[&str] = match recipe_name.as_deref() {
+        Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS,
+        Some(other) => {
+            let hint = closest(other, RECIPES)
+                .map(|k| format!(" (did you mean `{k}`?)"))
+                .unwrap_or_default();
+            problems.push(
+                format!("{label}.recipe"),
+                Some(line),
+                format!(
+                    "unknown recipe '{other}'{hint}; recipes: {}",
+                    RECIPES.join(", ")
+                ),
+            );
+            return None;
+        }
+        None => {
+            problems.push(
+                format!("{label}.recipe"),
+                Some(line),
+                format!("missing; one of: {}", RECIPES.join(", ")),
+            );
+            return None;
+        }
+    };
+    let known: Vec<&str> = COMMON_KEYS.iter().chain(recipe_keys).copied().collect();
+    reject_unknown_keys(&mut table, &known, &label, line, problems);
+
+    let mut common_table = toml::Table::new();
+    for key in COMMON_KEYS {
+        if let Some(value) = table.remove(*key) {
+            common_table.insert(key.to_string(), value);
+        }
+    }
+    let common: RawRuleCommon = match toml::Value::Table(common_table).try_into() {
+        Ok(common) => common,
+        Err(e) => {
+            problems.push(label, Some(line), e.message().trim().to_string());
+            return None;
+        }
+    };
+    if common.name.is_empty()
+        || !common
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        problems.push(
+            format!("{label}.name"),
+            Some(line),
+            "must be non-empty and use only letters, digits, '-' and '_' (it names folders)",
+        );
+    }
+    let watch = common
+        .watch
+        .map(|p| resolve_path(base, &p))
+        .unwrap_or_else(|| root.join("inbox").join(&common.name));
+    let mut patterns = Vec::new();
+    let texts: Vec<String> = common
+        .patterns
+        .unwrap_or_else(|| DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect());
+    for text in texts {
+        match glob::Pattern::new(&text) {
+            Ok(p) => patterns.push(p),
+            Err(e) => problems.push(
+                format!("{label}.patterns"),
+                Some(line),
+                format!("'{text}' is not a glob pattern: {e}"),
+            ),
+        }
+    }
+    let recipe = match common.recipe.as_str() {
+        "split-to-proxy" => {
+            let raw: RawSplitToProxy = match toml::Value::Table(table).try_into() {
+                Ok(raw) => raw,
+                Err(e) => {
+                    problems.push(label.clone(), Some(line), e.message().trim().to_string());
+                    RawSplitToProxy::default()
+                }
+            };
+            Recipe::SplitToProxy(resolve_split_to_proxy(
+                raw,
+                &common.name,
+                &label,
+                line,
+                root,
+                base,
+                problems,
+            ))
+        }
+        _ => unreachable!("recipe names are checked above"),
+    };
+    Some(Rule {
+        name: common.name,
+        watch,
+        patterns,
+        originals: common.originals.unwrap_or(OriginalsPolicy::Move),
+        recipe,
+    })
+}
+
+fn resolve_split_to_proxy(
+    raw: RawSplitToProxy,
+    name: &str,
+    label: &str,
+    line: usize,
+    root: &Path,
+    base: &Path,
+    problems: &mut Problems,
+) -> SplitToProxy {
+    let size_text = raw.size.unwrap_or_else(|| "1024x1024".into());
+    let size = parse_size(&size_text).unwrap_or_else(|message| {
+        problems.push(format!("{label}.size"), Some(line), message);
+        Target::pixels(1024, 1024)
+    });
+    let delta_depth = match raw.delta_depth.unwrap_or(8) {
+        8 => DeltaDepth::Eight,
+        16 => DeltaDepth::Sixteen,
+        other => {
+            problems.push(
+                format!("{label}.delta_depth"),
+                Some(line),
+                format!("{other} bits: use 8 (imgproxyproc-compatible) or 16"),
+            );
+            DeltaDepth::Eight
+        }
+    };
+    let upscale_method = match raw
+        .upscale_method
+        .as_deref()
+        .unwrap_or("basic")
+        .parse::<UpscaleMethod>()
+    {
+        Ok(method) => method,
+        Err(e) => {
+            problems.push(format!("{label}.upscale_method"), Some(line), e.to_string());
+            UpscaleMethod::Basic
+        }
+    };
+    let match_threshold = raw.match_threshold.unwrap_or(0.90);
+    if !(0.0..=1.0).contains(&match_threshold) {
+        problems.push(
+            format!("{label}.match_threshold"),
+            Some(line),
+            "must be between 0 and 1 (a correlation)",
+        );
+    }
+    let match_margin = raw.match_margin.unwrap_or(0.02);
+    if !(0.0..=1.0).contains(&match_margin) {
+        problems.push(
+            format!("{label}.match_margin"),
+            Some(line),
+            "must be between 0 and 1",
+        );
+    }
+    let exchange = root.join("exchange");
+    SplitToProxy {
+        size,
+        exchange_out: raw
+            .exchange_out
+            .map(|p| resolve_path(base, &p))
+            .unwrap_or_else(|| exchange.join("out").join(name)),
+        exchange_in: raw
+            .exchange_in
+            .map(|p| resolve_path(base, &p))
+            .unwrap_or_else(|| exchange.join("in").join(name)),
+        return_timeout: duration_or(
+            raw.return_timeout,
+            Duration::from_secs(24 * 3600),
+            format!("{label}.return_timeout"),
+            line,
+            problems,
+        ),
+        return_grace: duration_or(
+            raw.return_grace,
+            Duration::from_secs(3600),
+            format!("{label}.return_grace"),
+            line,
+            problems,
+        ),
+        refine: raw.refine.unwrap_or(true),
+        delta_depth,
+        upscale_method,
+        command_timeout: duration_or(
+            raw.command_timeout,
+            Duration::from_secs(600),
+            format!("{label}.command_timeout"),
+            line,
+            problems,
+        ),
+        match_threshold,
+        match_margin,
+    }
+}
+
+/// `"1024x1024"`, `"1024"` (square) or `"25%"`.
+pub fn parse_size(text: &str) -> Result<Target, String> {
+    text.parse::<Target>()
+        .map_err(|e| format!("'{text}': {e}; write e.g. \"1024x1024\" or \"25%\""))
+}
+
+fn inside(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
+
+/// Checks what only makes sense across rules: unique names, folders that do not overlap.
+fn check_rules_together(rules: &[Rule], daemon: &DaemonSettings, problems: &mut Problems) {
+    let managed = [
+        daemon.root.join("processed"),
+        daemon.root.join("metadata"),
+        daemon.root.join("failed"),
+        daemon.state_dir.clone(),
+    ];
+    let mut watched: Vec<(String, PathBuf)> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let label = format!("rule[{index}] '{}'", rule.name);
+        if rules[..index].iter().any(|r| r.name == rule.name) {
+            problems.push(format!("{label}.name"), None, "two rules share this name");
+        }
+        let mut folders = vec![("watch", rule.watch.clone())];
+        match &rule.recipe {
+            Recipe::SplitToProxy(options) => {
+                folders.push(("exchange_in", options.exchange_in.clone()));
+                if options.exchange_out == options.exchange_in {
+                    problems.push(
+                        format!("{label}.exchange_out"),
+                        None,
+                        "exchange_out and exchange_in must be different folders, or darkroom would pair its own proxies",
+                    );
+                }
+                if inside(&options.exchange_out, &rule.watch) {
+                    problems.push(
+                        format!("{label}.exchange_out"),
+                        None,
+                        "must not be inside the watched folder",
+                    );
+                }
+            }
+        }
+        for (key, folder) in folders {
+            for m in &managed {
+                if inside(&folder, m) || inside(m, &folder) {
+                    problems.push(
+                        format!("{label}.{key}"),
+                        None,
+                        format!(
+                            "{} overlaps darkroom's own tree {}; watch a folder outside it",
+                            folder.display(),
+                            m.display()
+                        ),
+                    );
+                }
+            }
+            for (other_label, other) in &watched {
+                if inside(&folder, other) || inside(other, &folder) {
+                    problems.push(
+                        format!("{label}.{key}"),
+                        None,
+                        format!(
+                            "{} overlaps {} of {other_label}; each watched folder belongs to one rule",
+                            folder.display(),
+                            other.display()
+                        ),
+                    );
+                }
+            }
+            watched.push((format!("{label}.{key}"), folder));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("/etc/darkroom/darkroom.toml"))
+    }
+
+    #[test]
+    fn a_minimal_rule_gets_the_documented_defaults() {
+        let config = parse("[[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\n").unwrap();
+        assert_eq!(config.daemon.root, Path::new("/etc/darkroom/var"));
+        assert_eq!(config.daemon.stability_window, Duration::from_secs(2));
+        let rule = &config.rules[0];
+        assert_eq!(rule.watch, Path::new("/etc/darkroom/var/inbox/photos"));
+        assert_eq!(rule.originals, OriginalsPolicy::Move);
+        let Recipe::SplitToProxy(options) = &rule.recipe;
+        assert_eq!(options.size, Target::pixels(1024, 1024));
+        assert_eq!(
+            options.exchange_in,
+            Path::new("/etc/darkroom/var/exchange/in/photos")
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_keys_and_lines() {
+        let text = "[daemon]\nworkers = 0\nstability_window = \"2 parsecs\"\n\n[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nsise = \"1024x1024\"\ndelta_depth = 12\n\n[[rule]]\nname = \"b\"\nrecipe = \"split-to-prxy\"\n";
+        let errors = parse(text).unwrap_err().errors;
+        let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 5, "{rendered:#?}");
+        assert!(
+            rendered[0].starts_with("line 1: daemon.workers"),
+            "{rendered:#?}"
+        );
+        assert!(rendered[1].contains("daemon.stability_window") && rendered[1].contains("parsecs"));
+        assert!(
+            rendered[2].contains("line 5: rule[0] 'a'.sise")
+                && rendered[2].contains("did you mean `size`")
+        );
+        assert!(rendered[3].contains("rule[0] 'a'.delta_depth"));
+        assert!(
+            rendered[4].contains("line 11: rule[1] 'b'.recipe")
+                && rendered[4].contains("did you mean `split-to-proxy`")
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_carry_their_line() {
+        let errors = parse("[daemon]\nworkers = \n").unwrap_err().errors;
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(2), "{}", errors[0]);
+    }
+
+    #[test]
+    fn overlapping_folders_are_refused() {
+        let text = "[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nwatch = \"in\"\n[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nwatch = \"in/sub\"\n";
+        let errors = parse(text).unwrap_err().errors;
+        let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            rendered.iter().any(|e| e.contains("two rules share")),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered.iter().any(|e| e.contains("overlaps")),
+            "{rendered:#?}"
+        );
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        let d = |v: toml::Value| parse_duration(&v).unwrap();
+        assert_eq!(d("500ms".into()), Duration::from_millis(500));
+        assert_eq!(d("1.5s".into()), Duration::from_millis(1500));
+        assert_eq!(d("10m".into()), Duration::from_secs(600));
+        assert_eq!(d("24h".into()), Duration::from_secs(86400));
+        assert_eq!(d(toml::Value::Integer(3)), Duration::from_secs(3));
+        assert!(parse_duration(&"-1s".into()).is_err());
+    }
+
+    #[test]
+    fn sizes_in_pixels_square_or_percent() {
+        assert_eq!(parse_size("1024x768").unwrap(), Target::pixels(1024, 768));
+        assert_eq!(parse_size("512").unwrap(), Target::pixels(512, 512));
+        assert!(parse_size("25%").is_ok());
+        assert!(parse_size("big").is_err());
+    }
+}

@@ -1,0 +1,484 @@
+//! Intake: finding files in the watched folders and claiming each one only once it is whole.
+//!
+//! inotify events (through `notify`) are hints, not truth. A file becomes a candidate on a
+//! create, modify, close-write or moved-to event, or when a scan finds it (at start, on an
+//! inotify queue overflow, in a newly created subfolder). A candidate is claimed when its
+//! size, mtime and inode have not changed for the stability window, or at once after a
+//! close-write or a rename into place, and in both cases only when no process still has it
+//! open for writing (as far as `/proc` shows this user).
+//!
+//! Dotfiles and temp names (`*.part`, `*.tmp`, `~*`, `.syncthing.*`, ...) are never
+//! candidates; symlinks are followed only when they point inside their watched folder.
+
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Why a folder is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Originals dropped by people.
+    Inbox,
+    /// Processed proxies written back by the external tool.
+    ExchangeIn,
+}
+
+/// One watched folder.
+#[derive(Debug, Clone)]
+pub struct WatchRoot {
+    pub rule: String,
+    pub role: Role,
+    pub dir: PathBuf,
+    pub patterns: Vec<glob::Pattern>,
+}
+
+/// What identifies a version of a file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl FileStat {
+    pub fn of(metadata: &std::fs::Metadata) -> FileStat {
+        FileStat {
+            size: metadata.len(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// A file that is ready to be processed.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub root: usize,
+    pub path: PathBuf,
+    pub stat: FileStat,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    root: usize,
+    stat: FileStat,
+    stable_since: Instant,
+    /// A close-write or a rename into place was seen since the last change.
+    complete_hint: bool,
+}
+
+/// The watcher and the candidates waiting to be claimed.
+pub struct Intake {
+    roots: Vec<WatchRoot>,
+    canonical_roots: Vec<PathBuf>,
+    watcher: Option<notify::RecommendedWatcher>,
+    candidates: HashMap<PathBuf, Candidate>,
+    window: Duration,
+    /// Candidates some process holds open for writing, logged once each.
+    held_by_writer: HashSet<PathBuf>,
+}
+
+/// Names that are never candidates: hidden files, editor and download temp files.
+pub fn is_ignored_name(name: &str) -> bool {
+    const TEMP_SUFFIXES: &[&str] = &[
+        ".part",
+        ".partial",
+        ".tmp",
+        ".temp",
+        ".crdownload",
+        ".download",
+        ".swp",
+        ".filepart",
+        ".!qb",
+    ];
+    let lower = name.to_ascii_lowercase();
+    name.starts_with('.')
+        || name.starts_with('~')
+        || TEMP_SUFFIXES.iter().any(|s| lower.ends_with(s))
+}
+
+impl Intake {
+    /// Watches every root (events go to `on_event`) and then scans them, so nothing that
+    /// arrives in between is missed.
+    pub fn start(
+        roots: Vec<WatchRoot>,
+        window: Duration,
+        on_event: impl Fn(notify::Result<Event>) + Send + 'static,
+    ) -> notify::Result<Intake> {
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = notify::RecommendedWatcher::new(on_event, config)?;
+        let mut canonical_roots = Vec::new();
+        for root in &roots {
+            std::fs::create_dir_all(&root.dir).map_err(notify::Error::io)?;
+            watcher
+                .watch(&root.dir, RecursiveMode::Recursive)
+                .map_err(|e| e.add_path(root.dir.clone()))?;
+            canonical_roots.push(std::fs::canonicalize(&root.dir).unwrap_or(root.dir.clone()));
+        }
+        let mut intake = Intake {
+            roots,
+            canonical_roots,
+            watcher: Some(watcher),
+            candidates: HashMap::new(),
+            window,
+            held_by_writer: HashSet::new(),
+        };
+        intake.rescan();
+        Ok(intake)
+    }
+
+    pub fn roots(&self) -> &[WatchRoot] {
+        &self.roots
+    }
+
+    /// Stops watching (on shutdown); candidates are dropped.
+    pub fn stop(&mut self) {
+        self.watcher = None;
+        self.candidates.clear();
+    }
+
+    /// Files seen but not yet claimed.
+    pub fn pending(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// How soon `poll` should run again: soon while candidates wait, otherwise never.
+    pub fn next_poll(&self) -> Option<Duration> {
+        if self.candidates.is_empty() {
+            None
+        } else {
+            Some(Duration::from_millis(100))
+        }
+    }
+
+    /// Scans every watched folder.
+    pub fn rescan(&mut self) {
+        for index in 0..self.roots.len() {
+            let dir = self.roots[index].dir.clone();
+            self.scan_dir(index, &dir, 0);
+        }
+    }
+
+    fn root_of(&self, path: &Path) -> Option<usize> {
+        self.roots
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| path.starts_with(&r.dir))
+            .max_by_key(|(_, r)| r.dir.as_os_str().len())
+            .map(|(i, _)| i)
+    }
+
+    fn scan_dir(&mut self, root: usize, dir: &Path, depth: usize) {
+        if depth > 32 {
+            return;
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot scan folder");
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if file_type.is_dir() {
+                if !name.starts_with('.') {
+                    self.scan_dir(root, &path, depth + 1);
+                }
+            } else {
+                self.consider(root, &path, false, true);
+            }
+        }
+    }
+
+    /// Makes `path` a candidate if its name and type qualify.
+    fn consider(&mut self, root: usize, path: &Path, complete_hint: bool, from_scan: bool) {
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
+        };
+        if is_ignored_name(&name) {
+            return;
+        }
+        let spec = &self.roots[root];
+        if !spec.patterns.iter().any(|p| p.matches(&name)) {
+            tracing::debug!(file = %path.display(), "ignored: matches none of the rule's patterns");
+            return;
+        }
+        let Some(metadata) = self.regular_file_metadata(root, path) else {
+            return;
+        };
+        let stat = FileStat::of(&metadata);
+        let now = Instant::now();
+        let stable_since = if from_scan {
+            // A file already there (found by a scan) is as stable as its mtime is old.
+            let age = metadata
+                .modified()
+                .ok()
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .unwrap_or_default();
+            now.checked_sub(age.min(self.window)).unwrap_or(now)
+        } else {
+            now
+        };
+        match self.candidates.get_mut(path) {
+            Some(candidate) if candidate.stat == stat => {
+                candidate.complete_hint |= complete_hint;
+            }
+            Some(candidate) => {
+                candidate.stat = stat;
+                candidate.stable_since = now;
+                candidate.complete_hint = complete_hint;
+            }
+            None => {
+                self.candidates.insert(
+                    path.to_path_buf(),
+                    Candidate {
+                        root,
+                        stat,
+                        stable_since,
+                        complete_hint,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The metadata of a regular file, following a symlink only when it stays inside its root.
+    fn regular_file_metadata(&self, root: usize, path: &Path) -> Option<std::fs::Metadata> {
+        let metadata = std::fs::symlink_metadata(path).ok()?;
+        if metadata.file_type().is_symlink() {
+            let target = std::fs::canonicalize(path).ok()?;
+            if !target.starts_with(&self.canonical_roots[root]) {
+                tracing::warn!(
+                    link = %path.display(),
+                    target = %target.display(),
+                    "ignored: the symlink points outside the watched folder"
+                );
+                return None;
+            }
+            let metadata = std::fs::metadata(&target).ok()?;
+            return metadata.is_file().then_some(metadata);
+        }
+        metadata.is_file().then_some(metadata)
+    }
+
+    /// Takes one inotify event (or error) into account.
+    pub fn on_event(&mut self, event: notify::Result<Event>) {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "watcher error; rescanning the watched folders");
+                self.rescan();
+                return;
+            }
+        };
+        if event.need_rescan() {
+            tracing::warn!("inotify queue overflowed; rescanning the watched folders");
+            self.rescan();
+            return;
+        }
+        use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+        let complete_hint = matches!(
+            event.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+        );
+        let relevant = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Data(_))
+                | EventKind::Modify(ModifyKind::Any)
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::Any))
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        if matches!(
+            event.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+        ) {
+            for path in &event.paths {
+                self.candidates.remove(path);
+            }
+            return;
+        }
+        if !relevant {
+            return;
+        }
+        for path in &event.paths {
+            let Some(root) = self.root_of(path) else {
+                continue;
+            };
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => {
+                    // A new (or moved-in) folder: its files may predate its watch.
+                    let hidden = path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    if !hidden {
+                        self.scan_dir(root, path, 1);
+                    }
+                }
+                Ok(_) => self.consider(root, path, complete_hint, false),
+                Err(_) => {
+                    self.candidates.remove(path);
+                }
+            }
+        }
+    }
+
+    /// Re-examines candidates and returns those ready to be claimed.
+    pub fn poll(&mut self) -> Vec<Claim> {
+        let now = Instant::now();
+        let mut eligible = Vec::new();
+        let mut gone = Vec::new();
+        for (path, candidate) in self.candidates.iter_mut() {
+            let Ok(metadata) = std::fs::metadata(path) else {
+                gone.push(path.clone());
+                continue;
+            };
+            let stat = FileStat::of(&metadata);
+            if stat != candidate.stat {
+                candidate.stat = stat;
+                candidate.stable_since = now;
+                candidate.complete_hint = false;
+                continue;
+            }
+            if candidate.complete_hint || now.duration_since(candidate.stable_since) >= self.window
+            {
+                eligible.push(path.clone());
+            }
+        }
+        for path in gone {
+            self.candidates.remove(&path);
+        }
+        if eligible.is_empty() {
+            return Vec::new();
+        }
+        let writers = open_for_writing(&eligible);
+        let mut claims = Vec::new();
+        for path in eligible {
+            if writers.contains(&path) {
+                if self.held_by_writer.insert(path.clone()) {
+                    tracing::debug!(file = %path.display(), "waiting: still open for writing");
+                }
+                continue;
+            }
+            self.held_by_writer.remove(&path);
+            if let Some(candidate) = self.candidates.remove(&path) {
+                claims.push(Claim {
+                    root: candidate.root,
+                    path,
+                    stat: candidate.stat,
+                });
+            }
+        }
+        claims
+    }
+}
+
+/// Which of `paths` some process (visible in `/proc` to this user) has open for writing.
+pub fn open_for_writing(paths: &[PathBuf]) -> HashSet<PathBuf> {
+    let wanted: HashSet<PathBuf> = paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let by_canonical: HashMap<PathBuf, PathBuf> = paths
+        .iter()
+        .map(|p| {
+            (
+                std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+                p.clone(),
+            )
+        })
+        .collect();
+    let mut found = HashSet::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let own_pid = std::process::id().to_string();
+    for process in processes.flatten() {
+        let pid = process.file_name();
+        let pid = pid.to_string_lossy();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == own_pid {
+            continue;
+        }
+        let fd_dir = process.path().join("fd");
+        let Ok(fds) = std::fs::read_dir(&fd_dir) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !wanted.contains(&target) {
+                continue;
+            }
+            let info = process.path().join("fdinfo").join(fd.file_name());
+            let writable = std::fs::read_to_string(info)
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("flags:"))
+                        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                })
+                .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32);
+            if writable {
+                if let Some(original) = by_canonical.get(&target) {
+                    found.insert(original.clone());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_and_hidden_names_are_ignored() {
+        for name in [
+            ".a.jpg",
+            "~a.jpg",
+            "a.jpg.part",
+            "a.JPG.TMP",
+            "a.crdownload",
+            ".syncthing.a.jpg.tmp",
+        ] {
+            assert!(is_ignored_name(name), "{name}");
+        }
+        assert!(!is_ignored_name("a.jpg"));
+    }
+
+    #[test]
+    fn a_file_open_for_writing_is_seen_and_a_closed_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 3>>'{}'; echo x >&3; read line",
+                path.display()
+            ))
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !open_for_writing(std::slice::from_ref(&path)).contains(&path) {
+            assert!(Instant::now() < deadline, "the writer was never seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        let _reader = std::fs::File::open(&path).unwrap();
+        assert!(open_for_writing(&[path]).is_empty());
+    }
+}

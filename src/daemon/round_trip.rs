@@ -1,0 +1,235 @@
+//! The `split-to-proxy` recipe and its merge-when-processed-appears step, as the worker
+//! threads run them. Each function takes everything it needs (paths decided and recorded by
+//! the main thread beforehand) so that running it twice, after a crash, writes the same
+//! outputs again rather than new ones.
+
+use crate::core::signature::Signature;
+use crate::daemon::config::SplitToProxy;
+use crate::daemon::pairing;
+use crate::daemon::trees::move_durably;
+use crate::io::decode::DecodeLimits;
+use crate::io::encode::estimated_size;
+use crate::io::metadata::{ProxyMetadata, PNG_KEYWORD};
+use crate::io::{atomic, png_encode};
+use crate::ops::delta::{split_with_processed, DeltaOptions};
+use crate::ops::merge::{merge, MergeOptions};
+use crate::ops::split::{build_proxy, load_source};
+use crate::ops::{ensure_free_disk, OpError};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// PNG text keyword carrying the job id in every proxy.
+pub const JOB_KEYWORD: &str = "darkroom:job";
+
+/// A proxy written to `exchange_out`.
+#[derive(Debug, Clone)]
+pub struct ProxyWritten {
+    pub proxy_path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub signature: Signature,
+    pub metadata: ProxyMetadata,
+    pub seconds: f64,
+}
+
+/// The stem of an input file, for naming what comes of it.
+pub fn stem_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into())
+}
+
+/// Splits `original` into its proxy in `exchange_out`, named after the job.
+pub fn write_proxy(
+    job_id: i64,
+    original: &Path,
+    options: &SplitToProxy,
+    limits: &DecodeLimits,
+) -> Result<ProxyWritten, OpError> {
+    let started = Instant::now();
+    let built = build_proxy(
+        original,
+        load_source(original, options.size, limits)?,
+        options.size,
+    )?;
+    let proxy_stem = pairing::proxy_stem(&stem_of(original), job_id);
+    let proxy_path = options.exchange_out.join(format!("{proxy_stem}.png"));
+    let g = built.metadata.geometry;
+    ensure_free_disk(
+        &options.exchange_out,
+        estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024,
+    )?;
+    let texts = [
+        (PNG_KEYWORD.to_string(), built.metadata.to_compact_json()),
+        (JOB_KEYWORD.to_string(), job_id.to_string()),
+    ];
+    let bytes = png_encode::encode(
+        &built.proxy,
+        built.icc_profile.as_deref(),
+        &texts,
+        &Default::default(),
+    )
+    .map_err(|e| OpError::write(&proxy_path, e))?;
+    std::fs::create_dir_all(&options.exchange_out).map_err(|e| OpError::write(&proxy_path, e))?;
+    atomic::write_atomic(&proxy_path, &bytes).map_err(|e| OpError::write(&proxy_path, e))?;
+    Ok(ProxyWritten {
+        proxy_path,
+        width: g.canvas_width,
+        height: g.canvas_height,
+        signature: Signature::of(&built.proxy),
+        metadata: built.metadata,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The job id a returned PNG carries in its `darkroom:job` text chunk, when the tool kept it.
+pub fn job_id_in_png(bytes: &[u8]) -> Option<i64> {
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .ok()?;
+    let info = reader.info();
+    info.utf8_text
+        .iter()
+        .find(|c| c.keyword == JOB_KEYWORD)
+        .and_then(|c| c.get_text().ok())
+        .or_else(|| {
+            info.uncompressed_latin1_text
+                .iter()
+                .find(|c| c.keyword == JOB_KEYWORD)
+                .map(|c| c.text.clone())
+        })
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Everything a merge needs, decided by the main thread.
+#[derive(Debug, Clone)]
+pub struct MergeWork {
+    pub options: SplitToProxy,
+    pub limits: DecodeLimits,
+    /// Where the original may be: where the journal last saw it, then where a move puts it.
+    pub original_candidates: Vec<PathBuf>,
+    /// Where the returned file may be, likewise.
+    pub returned_candidates: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub metadata_path: PathBuf,
+    /// Private scratch folder for the deltas.
+    pub work_dir: PathBuf,
+    /// Where the original goes once the output is durable (`None`: it stays).
+    pub move_original_to: Option<PathBuf>,
+    pub move_returned_to: PathBuf,
+    /// Provenance gathered so far (source, proxy, pairing); timings are added here.
+    pub provenance: serde_json::Value,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub output: PathBuf,
+    pub original_now_at: PathBuf,
+    pub returned_now_at: PathBuf,
+    pub provenance: serde_json::Value,
+}
+
+fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, OpError> {
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            OpError::Usage(format!(
+                "the {what} is gone (looked at {})",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
+/// Computes the delta(s) of the returned proxy, merges them into the original at full
+/// resolution, writes the provenance, then files the original and the returned proxy.
+pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
+    let original = first_existing(&work.original_candidates, "original")?;
+    let returned = first_existing(&work.returned_candidates, "returned image")?;
+    std::fs::create_dir_all(&work.work_dir).map_err(|e| OpError::write(&work.work_dir, e))?;
+    let started = Instant::now();
+    let delta_path = work.work_dir.join("delta.png");
+    let deltas = split_with_processed(
+        &original,
+        &returned,
+        work.options.size,
+        &DeltaOptions {
+            refine: work.options.refine,
+            delta_path: Some(delta_path.clone()),
+            depth: work.options.delta_depth,
+            proxy_path: None,
+        },
+        &work.limits,
+    )?;
+    let delta_seconds = started.elapsed().as_secs_f64();
+    let merge_started = Instant::now();
+    for dir in [
+        atomic::parent_dir(&work.output),
+        atomic::parent_dir(&work.metadata_path),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|e| OpError::write(&dir, e))?;
+    }
+    let merged = merge(
+        &original,
+        &deltas.delta_path,
+        &MergeOptions {
+            refined_delta: deltas.refined_path.clone(),
+            upscale_method: work.options.upscale_method.clone(),
+            refined_upscale_method: None,
+            output: Some(work.output.clone()),
+            command_timeout: work.options.command_timeout,
+            force: false,
+        },
+        &work.limits,
+        &|_, _| {},
+    )?;
+    let merge_seconds = merge_started.elapsed().as_secs_f64();
+
+    let mut provenance = work.provenance.clone();
+    if let Some(object) = provenance.as_object_mut() {
+        object.insert(
+            "output".into(),
+            serde_json::json!({
+                "path": merged.output_path,
+                "geometry_source": merged.geometry_source,
+            }),
+        );
+        object.insert(
+            "timings_seconds".into(),
+            serde_json::json!({ "delta": delta_seconds, "merge": merge_seconds }),
+        );
+    }
+    let mut json = serde_json::to_string_pretty(&provenance).unwrap_or_default();
+    json.push('\n');
+    atomic::write_atomic(&work.metadata_path, json.as_bytes())
+        .map_err(|e| OpError::write(&work.metadata_path, e))?;
+
+    // The output and its provenance are durable: only now do the inputs move.
+    let original_now_at = match &work.move_original_to {
+        Some(target) if *target != original => {
+            move_durably(&original, target).map_err(|e| OpError::write(target, e))?;
+            target.clone()
+        }
+        _ => original,
+    };
+    let returned_now_at = if returned != work.move_returned_to {
+        move_durably(&returned, &work.move_returned_to)
+            .map_err(|e| OpError::write(&work.move_returned_to, e))?;
+        work.move_returned_to.clone()
+    } else {
+        returned
+    };
+    let _ = std::fs::remove_dir_all(&work.work_dir);
+    Ok(Merged {
+        output: merged.output_path,
+        original_now_at,
+        returned_now_at,
+        provenance,
+    })
+}

@@ -1,0 +1,1030 @@
+//! `darkroom serve`: the main loop. One thread owns the journal, the watcher and every
+//! decision; worker threads only run the pixel work handed to them and report back.
+//!
+//! The order of every step is what makes a crash harmless: an output is durable before the
+//! journal says so, and an input moves only after its outputs are durable. A job the
+//! journal still shows as running when the daemon starts is run again, and writes the same
+//! output path again, atomically.
+
+use crate::core::signature::Signature;
+use crate::daemon::config::{Config, OriginalsPolicy, Recipe, Rule, SplitToProxy};
+use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
+use crate::daemon::journal::{self, FileIdentity, Job, Journal, Kind, State};
+use crate::daemon::pairing::{self, Pairing, PendingProxy};
+use crate::daemon::round_trip::{self, MergeWork, Merged, ProxyWritten};
+use crate::daemon::systemd;
+use crate::daemon::trees::{self, ErrorSidecar, ProcessingLog, Trees};
+use crate::io::decode;
+use crate::ops::OpError;
+use anyhow::Context;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What wakes the main loop.
+enum Event {
+    Fs(notify::Result<notify::Event>),
+    Signal(i32),
+    Finished { job_id: i64, outcome: Box<Outcome> },
+}
+
+/// Work handed to a worker thread.
+enum Work {
+    Split {
+        job_id: i64,
+        original: PathBuf,
+        options: Box<SplitToProxy>,
+        limits: decode::DecodeLimits,
+    },
+    Merge {
+        job_id: i64,
+        work: Box<MergeWork>,
+    },
+}
+
+enum Outcome {
+    Split(Result<Box<ProxyWritten>, OpError>),
+    Merge(Result<Merged, OpError>),
+}
+
+/// Streams a file through SHA-256.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+struct Daemon {
+    config: Arc<Config>,
+    trees: Trees,
+    journal: Journal,
+    log: ProcessingLog,
+    intake: Intake,
+    events: Sender<Event>,
+    work: Sender<Work>,
+    in_flight: HashMap<i64, Instant>,
+    last_job: String,
+    last_status: String,
+    /// When the STATUS line and the deadlines were last looked at (at most once a second).
+    last_housekeeping: Instant,
+    /// Jobs of rules no longer in the config, warned about once.
+    orphans_warned: std::collections::HashSet<i64>,
+}
+
+/// Creates every folder the config names.
+fn create_folders(config: &Config, trees: &Trees) -> anyhow::Result<()> {
+    let mut dirs = config.writable_dirs();
+    for rule in &config.rules {
+        dirs.extend(trees.rule_dirs(&rule.name));
+    }
+    dirs.push(config.daemon.state_dir.join("work"));
+    for dir in dirs {
+        trees::ensure_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn watch_roots(config: &Config) -> Vec<WatchRoot> {
+    let image_patterns: Vec<glob::Pattern> = crate::daemon::config::DEFAULT_PATTERNS
+        .iter()
+        .filter_map(|p| glob::Pattern::new(p).ok())
+        .collect();
+    let mut roots = Vec::new();
+    for rule in &config.rules {
+        roots.push(WatchRoot {
+            rule: rule.name.clone(),
+            role: Role::Inbox,
+            dir: rule.watch.clone(),
+            patterns: rule.patterns.clone(),
+        });
+        match &rule.recipe {
+            Recipe::SplitToProxy(options) => roots.push(WatchRoot {
+                rule: rule.name.clone(),
+                role: Role::ExchangeIn,
+                dir: options.exchange_in.clone(),
+                patterns: image_patterns.clone(),
+            }),
+        }
+    }
+    roots
+}
+
+fn start_intake(config: &Config, events: &Sender<Event>) -> anyhow::Result<Intake> {
+    let sender = events.clone();
+    Intake::start(
+        watch_roots(config),
+        config.daemon.stability_window,
+        move |event| {
+            let _ = sender.send(Event::Fs(event));
+        },
+    )
+    .context("cannot watch the configured folders")
+}
+
+fn spawn_workers(count: usize, events: &Sender<Event>) -> Sender<Work> {
+    let (sender, receiver) = mpsc::channel::<Work>();
+    let receiver = Arc::new(Mutex::new(receiver));
+    for index in 0..count {
+        let receiver = Arc::clone(&receiver);
+        let events = events.clone();
+        std::thread::Builder::new()
+            .name(format!("darkroom-worker-{index}"))
+            .spawn(move || loop {
+                let next = receiver.lock().map(|r| r.recv());
+                let Ok(Ok(work)) = next else {
+                    return;
+                };
+                let (job_id, outcome) = run_work(work);
+                if events
+                    .send(Event::Finished {
+                        job_id,
+                        outcome: Box::new(outcome),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            })
+            .expect("spawning a worker thread");
+    }
+    sender
+}
+
+fn run_work(work: Work) -> (i64, Outcome) {
+    let panic_message = |p: Box<dyn std::any::Any + Send>| {
+        let text = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        OpError::Internal(format!("the job panicked: {text}"))
+    };
+    match work {
+        Work::Split {
+            job_id,
+            original,
+            options,
+            limits,
+        } => {
+            let result = std::panic::catch_unwind(|| {
+                round_trip::write_proxy(job_id, &original, &options, &limits).map(Box::new)
+            })
+            .unwrap_or_else(|p| Err(panic_message(p)));
+            (job_id, Outcome::Split(result))
+        }
+        Work::Merge { job_id, work } => {
+            let result = std::panic::catch_unwind(|| round_trip::merge_return(&work))
+                .unwrap_or_else(|p| Err(panic_message(p)));
+            (job_id, Outcome::Merge(result))
+        }
+    }
+}
+
+fn spawn_signal_thread(events: &Sender<Event>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+    let events = events.clone();
+    std::thread::Builder::new()
+        .name("darkroom-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Logging must already be set up.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let trees = Trees::new(&config.daemon.root);
+    create_folders(&config, &trees)?;
+    let journal = Journal::open(&config.daemon.state_dir).with_context(|| {
+        format!(
+            "cannot open the journal in {}",
+            config.daemon.state_dir.display()
+        )
+    })?;
+    let log = ProcessingLog::open(&trees.processing_log())
+        .with_context(|| format!("cannot open {}", trees.processing_log().display()))?;
+    let (events, inbox) = mpsc::channel::<Event>();
+    spawn_signal_thread(&events)?;
+    let work = spawn_workers(config.daemon.workers, &events);
+    let intake = start_intake(&config, &events)?;
+    let mut daemon = Daemon {
+        config,
+        trees,
+        journal,
+        log,
+        intake,
+        events,
+        work,
+        in_flight: HashMap::new(),
+        last_job: "none yet".into(),
+        last_status: String::new(),
+        last_housekeeping: Instant::now(),
+        orphans_warned: Default::default(),
+    };
+    daemon.recover()?;
+    daemon.claim_ready();
+    daemon.dispatch();
+    tracing::info!(
+        config = %daemon.config.path.display(),
+        rules = daemon.config.rules.len(),
+        root = %daemon.config.daemon.root.display(),
+        version = VERSION,
+        "darkroom is running"
+    );
+    systemd::ready();
+    daemon.update_status(true);
+    daemon.run(inbox)
+}
+
+impl Daemon {
+    /// Requeues interrupted jobs and removes temp files a crash left behind.
+    fn recover(&mut self) -> anyhow::Result<()> {
+        for job in self.journal.interrupted()? {
+            tracing::warn!(
+                job = job.id,
+                file = %job.path.display(),
+                state = job.state.as_str(),
+                "resuming a job an earlier run left unfinished"
+            );
+            self.journal.requeue_interrupted(job.id)?;
+            self.record(
+                &job,
+                State::Queued,
+                Some("resumed after an interrupted run"),
+            );
+        }
+        let mut removed = 0;
+        let mut dirs = Vec::new();
+        for rule in &self.config.rules {
+            dirs.extend(self.trees.rule_dirs(&rule.name));
+            match &rule.recipe {
+                Recipe::SplitToProxy(options) => dirs.push(options.exchange_out.clone()),
+            }
+        }
+        for dir in dirs {
+            removed += trees::remove_stale_temp_files(&dir);
+        }
+        let work_root = self.config.daemon.state_dir.join("work");
+        if let Ok(entries) = std::fs::read_dir(&work_root) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files left by an interrupted run");
+        }
+        Ok(())
+    }
+
+    fn run(mut self, inbox: Receiver<Event>) -> anyhow::Result<()> {
+        let watchdog = systemd::watchdog_interval();
+        let mut last_ping = Instant::now();
+        loop {
+            let mut timeout = Duration::from_secs(30);
+            if let Some(poll) = self.intake.next_poll() {
+                timeout = timeout.min(poll);
+            }
+            if let Some(interval) = watchdog {
+                timeout = timeout.min((interval / 2).saturating_sub(last_ping.elapsed()));
+            }
+            if let Some(wait) = self.next_deadline() {
+                timeout = timeout.min(wait);
+            }
+            let first = match inbox.recv_timeout(timeout) {
+                Ok(event) => Some(event),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => anyhow::bail!("event channel closed"),
+            };
+            let mut stop = false;
+            for event in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| inbox.try_recv().ok()))
+            {
+                match event {
+                    Event::Fs(event) => self.intake.on_event(event),
+                    Event::Finished { job_id, outcome } => self.finish(job_id, *outcome),
+                    Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => self.reload(),
+                    Event::Signal(signal) => {
+                        tracing::info!(signal, "stopping: no new work is taken");
+                        stop = true;
+                    }
+                }
+            }
+            if stop {
+                return self.drain(&inbox);
+            }
+            self.claim_ready();
+            let housekeeping = self.last_housekeeping.elapsed() >= Duration::from_secs(1);
+            if housekeeping {
+                self.check_deadlines();
+            }
+            self.dispatch();
+            if let Some(interval) = watchdog {
+                if last_ping.elapsed() >= interval / 2 {
+                    systemd::watchdog();
+                    last_ping = Instant::now();
+                }
+            }
+            if housekeeping {
+                self.update_status(false);
+                self.last_housekeeping = Instant::now();
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT: stop intake, wait for running jobs up to the shutdown timeout. Jobs
+    /// still running then stay `running` in the journal and are resumed on the next start.
+    fn drain(mut self, inbox: &Receiver<Event>) -> anyhow::Result<()> {
+        systemd::stopping();
+        self.intake.stop();
+        let deadline = Instant::now() + self.config.daemon.shutdown_timeout;
+        while !self.in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    jobs = ?self.in_flight.keys().collect::<Vec<_>>(),
+                    "shutdown timeout: leaving running jobs to be resumed at the next start"
+                );
+                break;
+            }
+            match inbox.recv_timeout(left) {
+                Ok(Event::Finished { job_id, outcome }) => self.finish(job_id, *outcome),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        tracing::info!("darkroom stopped");
+        Ok(())
+    }
+
+    /// SIGHUP: reload and validate the config; a bad one is rejected and the old one kept.
+    fn reload(&mut self) {
+        systemd::reloading();
+        tracing::info!(config = %self.config.path.display(), "reloading the configuration");
+        match Config::load(&self.config.path) {
+            Err(errors) => {
+                for error in &errors.errors {
+                    tracing::error!(%error, "config reload rejected");
+                }
+                tracing::error!(
+                    problems = errors.errors.len(),
+                    "the new configuration is invalid; still running the previous one"
+                );
+            }
+            Ok(config) => {
+                let result = create_folders(&config, &self.trees)
+                    .and_then(|()| start_intake(&config, &self.events));
+                match result {
+                    Ok(intake) => {
+                        self.intake.stop();
+                        self.intake = intake;
+                        if config.daemon.root != self.config.daemon.root
+                            || config.daemon.state_dir != self.config.daemon.state_dir
+                        {
+                            tracing::warn!(
+                                "root and state_dir changes take effect at the next restart"
+                            );
+                        }
+                        self.config = Arc::new(config);
+                        tracing::info!(rules = self.config.rules.len(), "configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        error = format!("{e:#}"),
+                        "cannot apply the new configuration; still running the previous one"
+                    ),
+                }
+            }
+        }
+        systemd::ready();
+        self.update_status(true);
+    }
+
+    fn record(&mut self, job: &Job, to: State, detail: Option<&str>) {
+        self.log.record(json!({
+            "job": job.id,
+            "kind": job.kind.as_str(),
+            "rule": job.rule,
+            "file": job.path,
+            "from": job.state.as_str(),
+            "to": to.as_str(),
+            "detail": detail,
+        }));
+    }
+
+    /// Claims files the intake finds ready and records each as a queued job.
+    fn claim_ready(&mut self) {
+        for claim in self.intake.poll() {
+            if let Err(e) = self.claim(&claim) {
+                tracing::warn!(file = %claim.path.display(), error = format!("{e:#}"), "cannot claim file");
+            }
+        }
+    }
+
+    fn claim(&mut self, claim: &Claim) -> anyhow::Result<()> {
+        let root = &self.intake.roots()[claim.root];
+        let kind = match root.role {
+            Role::Inbox => Kind::Split,
+            Role::ExchangeIn => Kind::Merge,
+        };
+        let rule = root.rule.clone();
+        if self.journal.knows_stat(
+            &rule,
+            kind,
+            &claim.path,
+            claim.stat.size,
+            claim.stat.mtime_ns,
+        )? {
+            return Ok(());
+        }
+        let sha256 = sha256_file(&claim.path)?;
+        let identity = FileIdentity {
+            path: claim.path.clone(),
+            size: claim.stat.size,
+            mtime_ns: claim.stat.mtime_ns,
+            inode: claim.stat.inode,
+            sha256,
+        };
+        if self
+            .journal
+            .find_identity(&rule, kind, &identity)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let id = self.journal.insert(&rule, kind, &identity, State::Queued)?;
+        tracing::info!(
+            job = id,
+            rule = %rule,
+            kind = kind.as_str(),
+            file = %claim.path.display(),
+            bytes = claim.stat.size,
+            "claimed"
+        );
+        if let Some(job) = self.journal.get(id)? {
+            self.log.record(json!({
+                "job": id, "kind": kind.as_str(), "rule": rule, "file": job.path,
+                "from": null, "to": "queued", "sha256": job.sha256, "bytes": job.size,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Starts queued jobs while workers are free.
+    fn dispatch(&mut self) {
+        let free = self
+            .config
+            .daemon
+            .workers
+            .saturating_sub(self.in_flight.len());
+        if free == 0 {
+            return;
+        }
+        let jobs = match self.journal.runnable(journal::now(), free + 64) {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal");
+                return;
+            }
+        };
+        let mut started = 0;
+        for job in jobs {
+            if started == free {
+                break;
+            }
+            let Some(rule) = self.config.rule(&job.rule).cloned() else {
+                if self.orphans_warned.insert(job.id) {
+                    tracing::warn!(job = job.id, rule = %job.rule, "job waits: its rule is no longer in the config");
+                }
+                continue;
+            };
+            let result = match job.kind {
+                Kind::Split => self.start_split(&job, &rule),
+                Kind::Merge => self.start_merge(&job, &rule),
+            };
+            match result {
+                Ok(true) => started += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(job = job.id, error = format!("{e:#}"), "cannot start job")
+                }
+            }
+        }
+    }
+
+    fn start_split(&mut self, job: &Job, rule: &Rule) -> anyhow::Result<bool> {
+        let Recipe::SplitToProxy(options) = &rule.recipe;
+        self.journal.start_attempt(job.id, State::Running)?;
+        self.record(job, State::Running, None);
+        self.in_flight.insert(job.id, Instant::now());
+        self.work
+            .send(Work::Split {
+                job_id: job.id,
+                original: job.path.clone(),
+                options: Box::new(options.clone()),
+                limits: self.config.daemon.limits,
+            })
+            .context("the workers are gone")?;
+        Ok(true)
+    }
+
+    /// Pairs a returned image with its proxy (if not yet paired) and starts its merge.
+    fn start_merge(&mut self, job: &Job, rule: &Rule) -> anyhow::Result<bool> {
+        let Recipe::SplitToProxy(options) = &rule.recipe;
+        let (parent_id, variant, output) = match (job.parent, job.variant, &job.output_path) {
+            (Some(p), Some(v), Some(o)) => (p, v, o.clone()),
+            _ => match self.pair(job, options)? {
+                Some(paired) => paired,
+                None => return Ok(false),
+            },
+        };
+        let Some(parent) = self.journal.get(parent_id)? else {
+            anyhow::bail!("split job {parent_id} is missing from the journal");
+        };
+        let job = self.journal.get(job.id)?.unwrap_or_else(|| job.clone());
+        let output_stem = round_trip::stem_of(&output);
+        let original_name = parent
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let originals_dir = self.trees.originals(&rule.name);
+        let move_original_to = match rule.originals {
+            OriginalsPolicy::Keep => None,
+            OriginalsPolicy::Move if parent.path.starts_with(&originals_dir) => None,
+            OriginalsPolicy::Move => Some(trees::free_name(
+                &originals_dir,
+                &original_name,
+                &pairing::job_token(parent.id),
+            )),
+        };
+        let mut original_candidates = vec![parent.path.clone()];
+        original_candidates.extend(move_original_to.clone());
+        let returned_name = job
+            .claimed_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let returns_dir = self.trees.returns(&rule.name);
+        let move_returned_to = if job.path.starts_with(&returns_dir) {
+            job.path.clone()
+        } else {
+            trees::free_name(&returns_dir, &returned_name, &pairing::job_token(job.id))
+        };
+        let returned_candidates = vec![job.path.clone(), move_returned_to.clone()];
+        let proxy_details: serde_json::Value = parent
+            .details
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let provenance = json!({
+            "darkroom_version": VERSION,
+            "rule": rule.name,
+            "recipe": rule.recipe.name(),
+            "options": {
+                "size": options.size.to_string(),
+                "refine": options.refine,
+                "delta_depth": match options.delta_depth { crate::core::delta::DeltaDepth::Eight => 8, crate::core::delta::DeltaDepth::Sixteen => 16 },
+                "upscale_method": match &options.upscale_method { crate::io::external::UpscaleMethod::Basic => "basic".to_string(), crate::io::external::UpscaleMethod::Command(c) => format!("cmd({})", c.words.join(" ")) },
+                "originals": match rule.originals { OriginalsPolicy::Move => "move", OriginalsPolicy::Keep => "keep" },
+            },
+            "source": {
+                "path": parent.claimed_path,
+                "sha256": parent.sha256,
+                "bytes": parent.size,
+                "claimed_at": trees::rfc3339(parent.created_at),
+            },
+            "proxy": proxy_details,
+            "return": {
+                "path": job.claimed_path,
+                "sha256": job.sha256,
+                "pairing": job.pairing,
+                "variant": variant,
+                "claimed_at": trees::rfc3339(job.created_at),
+                "wait_seconds": job.created_at - parent.updated_at.min(job.created_at),
+            },
+            "jobs": { "split": parent.id, "merge": job.id },
+        });
+        let work = MergeWork {
+            options: options.clone(),
+            limits: self.config.daemon.limits,
+            original_candidates,
+            returned_candidates,
+            output,
+            metadata_path: self
+                .trees
+                .metadata(&rule.name)
+                .join(format!("{output_stem}.json")),
+            work_dir: self
+                .config
+                .daemon
+                .state_dir
+                .join("work")
+                .join(format!("merge-{}", job.id)),
+            move_original_to,
+            move_returned_to,
+            provenance,
+        };
+        self.journal.start_attempt(job.id, State::Merging)?;
+        self.record(&job, State::Merging, None);
+        self.in_flight.insert(job.id, Instant::now());
+        self.work
+            .send(Work::Merge {
+                job_id: job.id,
+                work: Box::new(work),
+            })
+            .context("the workers are gone")?;
+        Ok(true)
+    }
+
+    /// Pairs a returned image; records the pairing, variant and output path. `None` when it
+    /// was held or failed instead.
+    fn pair(
+        &mut self,
+        job: &Job,
+        options: &SplitToProxy,
+    ) -> anyhow::Result<Option<(i64, u32, PathBuf)>> {
+        let pending: Vec<PendingProxy> = self
+            .journal
+            .pending_proxies(&job.rule)?
+            .into_iter()
+            .map(|p| PendingProxy {
+                job_id: p.id,
+                stem: p
+                    .proxy_path
+                    .as_deref()
+                    .map(round_trip::stem_of)
+                    .unwrap_or_default(),
+                width: p.proxy_width.unwrap_or(0),
+                height: p.proxy_height.unwrap_or(0),
+                signature: p.signature.as_deref().and_then(Signature::from_bytes),
+            })
+            .collect();
+        let stem = round_trip::stem_of(&job.path);
+        let known = |id: i64| pending.iter().any(|p| p.job_id == id);
+        let mut pairing = pairing::by_name(&stem, &pending).map(Pairing::Name);
+        if pairing.is_none() {
+            pairing = pairing::job_id_in_name(&stem)
+                .filter(|id| known(*id))
+                .map(Pairing::JobId);
+        }
+        if pairing.is_none() {
+            let bytes =
+                match decode::read_bounded(&job.path, self.config.daemon.limits.max_file_bytes) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        self.fail(job, &OpError::decode(&job.path, e), true);
+                        return Ok(None);
+                    }
+                };
+            pairing = round_trip::job_id_in_png(&bytes)
+                .filter(|id| known(*id))
+                .map(Pairing::JobId);
+            if pairing.is_none() {
+                let loaded = match decode::decode_bytes(&bytes, &self.config.daemon.limits) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        self.fail(job, &OpError::decode(&job.path, e), true);
+                        return Ok(None);
+                    }
+                };
+                let size = (loaded.image.width(), loaded.image.height());
+                pairing = Some(pairing::by_content(
+                    &Signature::of(&loaded.image),
+                    size,
+                    &pending,
+                    options.match_threshold,
+                    options.match_margin,
+                ));
+            }
+        }
+        let pairing = pairing.unwrap_or(Pairing::NoMatch(None));
+        let Some(parent_id) = pairing.job_id() else {
+            match &pairing {
+                Pairing::Ambiguous(candidates) => {
+                    let list = candidates
+                        .iter()
+                        .map(|(id, c)| format!("job {id} ({c:.3})"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let message = format!(
+                        "held: its content matches several pending proxies about equally ({list}); \
+                         rename it after one of the proxies (e.g. keep the proxy's name as a prefix) to pair it"
+                    );
+                    tracing::warn!(job = job.id, file = %job.path.display(), "{message}");
+                    self.journal
+                        .set_state(job.id, State::Held, Some(&message))?;
+                    self.record(job, State::Held, Some(&message));
+                }
+                Pairing::NoMatch(best) => {
+                    let why = match best {
+                        Some((id, c)) => format!(
+                            "no pending proxy matches it: its name carries no proxy name or job id, \
+                             and the closest content match (job {id}, correlation {c:.3}) is below {:.2}",
+                            options.match_threshold
+                        ),
+                        None => "no pending proxy matches it: its name carries no proxy name or job id, \
+                                 and no pending proxy has its size"
+                            .to_string(),
+                    };
+                    self.fail(job, &OpError::Usage(why), true);
+                }
+                _ => {}
+            }
+            return Ok(None);
+        };
+        let parent = self
+            .journal
+            .get(parent_id)?
+            .context("paired split job vanished")?;
+        let variant = self
+            .journal
+            .variants_of(parent_id)?
+            .iter()
+            .filter_map(|j| j.variant)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let base = round_trip::stem_of(&parent.claimed_path);
+        let images = self.trees.images(&job.rule);
+        let name = if variant == 1 {
+            format!("{base}.png")
+        } else {
+            format!("{base}_v{variant}.png")
+        };
+        let mut output = images.join(&name);
+        if self.journal.output_taken(&output, parent_id)? || (variant == 1 && output.exists()) {
+            output = images.join(format!(
+                "{}_{}.png",
+                round_trip::stem_of(&output),
+                pairing::job_token(parent_id)
+            ));
+        }
+        self.journal
+            .pair(job.id, parent_id, variant, pairing.method(), &output)?;
+        tracing::info!(
+            job = job.id,
+            split_job = parent_id,
+            file = %job.path.display(),
+            pairing = pairing.method(),
+            variant,
+            "paired returned image with its proxy"
+        );
+        Ok(Some((parent_id, variant, output)))
+    }
+
+    /// Records a finished worker result.
+    fn finish(&mut self, job_id: i64, outcome: Outcome) {
+        let started = self.in_flight.remove(&job_id);
+        let Ok(Some(job)) = self.journal.get(job_id) else {
+            tracing::error!(job = job_id, "finished job missing from the journal");
+            return;
+        };
+        let seconds = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let result = match outcome {
+            Outcome::Split(Ok(written)) => self.split_done(&job, *written),
+            Outcome::Merge(Ok(merged)) => self.merge_done(&job, merged, seconds),
+            Outcome::Split(Err(e)) | Outcome::Merge(Err(e)) => {
+                self.fail(&job, &e, false);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(
+                job = job_id,
+                error = format!("{e:#}"),
+                "cannot record a finished job"
+            );
+        }
+    }
+
+    fn split_done(&mut self, job: &Job, written: ProxyWritten) -> anyhow::Result<()> {
+        let Some(Recipe::SplitToProxy(options)) = self.config.rule(&job.rule).map(|r| &r.recipe)
+        else {
+            anyhow::bail!("rule {} is gone", job.rule);
+        };
+        let expires_at = journal::now() + options.return_timeout.as_secs_f64();
+        let details = json!({
+            "path": written.proxy_path,
+            "geometry": written.metadata.geometry,
+            "target": written.metadata.target.to_string(),
+            "filter": written.metadata.filter,
+            "seconds": written.seconds,
+        });
+        self.journal.proxy_written(
+            job.id,
+            &written.proxy_path,
+            (written.width, written.height),
+            &written.signature.to_bytes(),
+            expires_at,
+            &details.to_string(),
+        )?;
+        self.record(job, State::AwaitingReturn, None);
+        tracing::info!(
+            job = job.id,
+            file = %job.path.display(),
+            proxy = %written.proxy_path.display(),
+            size = %format!("{}x{}", written.width, written.height),
+            seconds = format!("{:.3}", written.seconds),
+            "proxy written; waiting for the processed image"
+        );
+        self.last_job = format!("{} proxied", round_trip::stem_of(&job.path));
+        Ok(())
+    }
+
+    fn merge_done(&mut self, job: &Job, merged: Merged, seconds: f64) -> anyhow::Result<()> {
+        let parent = job.parent.context("merge job without its split job")?;
+        self.journal.merge_done(
+            job.id,
+            parent,
+            &merged.returned_now_at,
+            &merged.original_now_at,
+            &merged.provenance.to_string(),
+        )?;
+        self.record(job, State::Done, Some(&merged.output.display().to_string()));
+        tracing::info!(
+            job = job.id,
+            split_job = parent,
+            output = %merged.output.display(),
+            original = %merged.original_now_at.display(),
+            pairing = job.pairing.as_deref().unwrap_or("?"),
+            seconds = format!("{seconds:.3}"),
+            "merged into the full-resolution original"
+        );
+        self.last_job = format!("{} merged", round_trip::stem_of(&merged.output));
+        Ok(())
+    }
+
+    /// A job failed. Transient failures retry with backoff until attempts run out;
+    /// permanent ones (and spent retries) quarantine the input with an error sidecar.
+    fn fail(&mut self, job: &Job, error: &OpError, before_start: bool) {
+        let attempts = if before_start {
+            job.attempts
+        } else {
+            // start_attempt counted this attempt.
+            self.journal
+                .get(job.id)
+                .ok()
+                .flatten()
+                .map_or(job.attempts, |j| j.attempts)
+        };
+        let reason = error.to_string();
+        let permanent = error.is_permanent();
+        if !permanent && attempts < self.config.daemon.max_attempts {
+            let backoff = self.config.daemon.retry_backoff.as_secs_f64()
+                * 2f64.powi(attempts.saturating_sub(1).min(16) as i32);
+            let at = journal::now() + backoff;
+            tracing::warn!(
+                job = job.id,
+                file = %job.path.display(),
+                attempts,
+                retry_in_seconds = format!("{backoff:.1}"),
+                error = %reason,
+                "job failed; it will be retried"
+            );
+            if let Err(e) = self.journal.retry_at(job.id, at, &reason) {
+                tracing::error!(error = %e, "cannot record the retry");
+            }
+            self.record(job, State::Queued, Some(&reason));
+            return;
+        }
+        let kind = if permanent { "permanent" } else { "gave-up" };
+        let sidecar = ErrorSidecar {
+            file: &job.claimed_path.to_string_lossy(),
+            rule: &job.rule,
+            job: job.id,
+            reason: &reason,
+            kind,
+            attempts,
+            when: trees::rfc3339(journal::now()),
+            darkroom_version: VERSION,
+        };
+        let moved_to = match trees::quarantine(&self.trees, &job.path, &sidecar) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::error!(job = job.id, error = %e, "cannot move the failed file aside");
+                job.path.clone()
+            }
+        };
+        tracing::error!(
+            job = job.id,
+            file = %job.claimed_path.display(),
+            moved_to = %moved_to.display(),
+            error = %reason,
+            "job failed ({kind}); the file was moved aside with an error sidecar"
+        );
+        let _ = self.journal.set_path(job.id, &moved_to);
+        if let Err(e) = self.journal.set_state(job.id, State::Failed, Some(&reason)) {
+            tracing::error!(error = %e, "cannot record the failure");
+        }
+        self.record(job, State::Failed, Some(&reason));
+        self.last_job = format!("{} failed", round_trip::stem_of(&job.claimed_path));
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        let now = journal::now();
+        let expiry = self.journal.next_deadline().ok().flatten();
+        let retry = self.journal.next_retry_at(now).ok().flatten();
+        let earliest = [expiry, retry].into_iter().flatten().reduce(f64::min)?;
+        let wait = Duration::from_secs_f64(((earliest - now).max(0.0) + 0.01).min(3600.0));
+        // Deadlines are acted on by the housekeeping pass, at most once a second.
+        let housekeeping_in = Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
+        Some(wait.max(housekeeping_in))
+    }
+
+    /// Marks proxies with no return in time as expired; closes windows past their grace.
+    fn check_deadlines(&mut self) {
+        let now = journal::now();
+        if let Ok(overdue) = self.journal.overdue(now) {
+            for job in overdue {
+                tracing::warn!(
+                    job = job.id,
+                    file = %job.path.display(),
+                    proxy = ?job.proxy_path,
+                    "expired: no processed image came back within return_timeout; a late one is still merged during return_grace"
+                );
+                let _ = self.journal.set_state(
+                    job.id,
+                    State::Expired,
+                    Some("no return within return_timeout"),
+                );
+                self.record(&job, State::Expired, None);
+            }
+        }
+        let rules: Vec<Rule> = self.config.rules.clone();
+        for rule in rules {
+            let Recipe::SplitToProxy(options) = &rule.recipe;
+            let grace = options.return_grace.as_secs_f64();
+            let Ok(jobs) = self.journal.window_over(now, grace, &rule.name) else {
+                continue;
+            };
+            for job in jobs {
+                if let Some(proxy) = &job.proxy_path {
+                    let _ = std::fs::remove_file(proxy);
+                }
+                let _ = self.journal.close(job.id);
+                if job.state == State::Expired && rule.originals == OriginalsPolicy::Move {
+                    let error = OpError::Usage(format!(
+                        "no processed image came back within return_timeout ({}s) plus return_grace ({}s)",
+                        options.return_timeout.as_secs(),
+                        options.return_grace.as_secs()
+                    ));
+                    let mut job = job.clone();
+                    job.attempts = self.config.daemon.max_attempts;
+                    self.fail(&job, &error, true);
+                }
+            }
+        }
+    }
+
+    fn update_status(&mut self, force: bool) {
+        let counts = self.journal.counts().unwrap_or_default();
+        let count = |state: State| -> u64 {
+            counts
+                .iter()
+                .filter(|(_, s, _)| *s == state)
+                .map(|(_, _, n)| n)
+                .sum()
+        };
+        let status = format!(
+            "{} queued, {} running, {} awaiting return, {} held, {} failed, {} done; last: {}",
+            count(State::Queued),
+            self.in_flight.len(),
+            count(State::AwaitingReturn),
+            count(State::Held),
+            count(State::Failed),
+            count(State::Done),
+            self.last_job
+        );
+        if force || status != self.last_status {
+            systemd::status(&status);
+            self.last_status = status;
+        }
+    }
+}

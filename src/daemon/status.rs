@@ -1,0 +1,115 @@
+//! `darkroom status`: what the journal says, read while the daemon runs.
+
+use crate::daemon::config::Config;
+use crate::daemon::journal::{self, Journal, Kind, State};
+use std::fmt::Write;
+
+/// Renders a duration in seconds as `3d4h`, `2h5m`, `4m10s` or `12s`.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// The status report for the daemon configured by `config`.
+pub fn report(config: &Config) -> anyhow::Result<String> {
+    let path = config.daemon.state_dir.join(journal::FILE_NAME);
+    if !path.exists() {
+        anyhow::bail!(
+            "no journal at {}: the daemon has not run with this config yet (start it with `darkroom serve --config {}`)",
+            path.display(),
+            config.path.display()
+        );
+    }
+    let journal = Journal::open_read_only(&config.daemon.state_dir)?;
+    let now = journal::now();
+    let mut out = String::new();
+    writeln!(out, "journal: {}", path.display())?;
+    let counts = journal.counts()?;
+    for kind in [Kind::Split, Kind::Merge] {
+        let parts: Vec<String> = State::ALL
+            .iter()
+            .filter_map(|state| {
+                counts
+                    .iter()
+                    .find(|(k, s, _)| *k == kind && s == state)
+                    .map(|(_, _, n)| format!("{} {n}", state.as_str()))
+            })
+            .collect();
+        let label = match kind {
+            Kind::Split => "originals",
+            Kind::Merge => "returns  ",
+        };
+        let text = if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        };
+        writeln!(out, "{label}: {text}")?;
+    }
+    let awaiting = journal.in_state(State::AwaitingReturn, 1000)?;
+    writeln!(out, "awaiting return: {}", awaiting.len())?;
+    for job in awaiting.iter().take(20) {
+        let waited = human_duration(now - job.updated_at);
+        let left = job
+            .expires_at
+            .map(|e| human_duration(e - now))
+            .unwrap_or_else(|| "?".into());
+        writeln!(
+            out,
+            "  #{} [{}] {} -> {} (waiting {waited}, expires in {left})",
+            job.id,
+            job.rule,
+            job.claimed_path.display(),
+            job.proxy_path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )?;
+    }
+    let held = journal.in_state(State::Held, 20)?;
+    if !held.is_empty() {
+        writeln!(out, "held returns: {}", held.len())?;
+        for job in &held {
+            writeln!(
+                out,
+                "  #{} [{}] {}: {}",
+                job.id,
+                job.rule,
+                job.path.display(),
+                job.error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    let failed = journal.in_state(State::Failed, 10)?;
+    writeln!(out, "recent failures: {}", failed.len())?;
+    for job in &failed {
+        writeln!(
+            out,
+            "  #{} [{}] {} ({} ago): {}",
+            job.id,
+            job.rule,
+            job.path.display(),
+            human_duration(now - job.updated_at),
+            job.error.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(12.4), "12s");
+        assert_eq!(human_duration(250.0), "4m10s");
+        assert_eq!(human_duration(7500.0), "2h5m");
+        assert_eq!(human_duration(3.0 * 86400.0 + 4.0 * 3600.0), "3d4h");
+    }
+}

@@ -1,0 +1,272 @@
+//! The output trees under the daemon's root, and the durable file moves into them.
+//!
+//! ```text
+//! processed/<rule>/images/      results
+//! processed/<rule>/originals/   originals, moved here once their outputs are durable
+//! processed/<rule>/returns/     the external tool's processed proxies, once merged
+//! metadata/<rule>/<stem>.json   provenance of each result
+//! metadata/processing_log.jsonl every job transition, append-only
+//! metadata/logs/                rolling log files
+//! failed/<rule>/<file>          inputs that cannot be processed, with <file>.error.json
+//! ```
+
+use crate::io::atomic::{self, TEMP_PREFIX};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Paths of the trees under one root.
+#[derive(Debug, Clone)]
+pub struct Trees {
+    pub root: PathBuf,
+}
+
+impl Trees {
+    pub fn new(root: &Path) -> Trees {
+        Trees {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn images(&self, rule: &str) -> PathBuf {
+        self.root.join("processed").join(rule).join("images")
+    }
+
+    pub fn originals(&self, rule: &str) -> PathBuf {
+        self.root.join("processed").join(rule).join("originals")
+    }
+
+    pub fn returns(&self, rule: &str) -> PathBuf {
+        self.root.join("processed").join(rule).join("returns")
+    }
+
+    pub fn metadata(&self, rule: &str) -> PathBuf {
+        self.root.join("metadata").join(rule)
+    }
+
+    pub fn processing_log(&self) -> PathBuf {
+        self.root.join("metadata").join("processing_log.jsonl")
+    }
+
+    pub fn failed(&self, rule: &str) -> PathBuf {
+        self.root.join("failed").join(rule)
+    }
+
+    /// Every folder a rule writes into.
+    pub fn rule_dirs(&self, rule: &str) -> Vec<PathBuf> {
+        vec![
+            self.images(rule),
+            self.originals(rule),
+            self.returns(rule),
+            self.metadata(rule),
+            self.failed(rule),
+        ]
+    }
+}
+
+/// Creates a folder and its parents.
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+/// Removes temp files a crash left behind in `dir` (never anything else). Returns how many.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(TEMP_PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// A free name for `file_name` in `dir`: the name itself, or `{stem}_{tag}.{ext}` when a
+/// different file already has it. Deterministic, so a re-run picks the same name.
+pub fn free_name(dir: &Path, file_name: &str, tag: &str) -> PathBuf {
+    let plain = dir.join(file_name);
+    if !plain.exists() {
+        return plain;
+    }
+    let path = Path::new(file_name);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match path.extension() {
+        Some(ext) => dir.join(format!("{stem}_{tag}.{}", ext.to_string_lossy())),
+        None => dir.join(format!("{stem}_{tag}")),
+    }
+}
+
+/// Moves `from` to `to` durably: a rename (then both folders synced), or across file
+/// systems a copy to a temp file in the target folder, synced and renamed, before the source
+/// is removed. The source disappears only once the target is durable.
+pub fn move_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    let to_dir = atomic::parent_dir(to);
+    ensure_dir(&to_dir)?;
+    match std::fs::rename(from, to) {
+        Ok(()) => {
+            atomic::sync_dir(&to_dir)?;
+            atomic::sync_dir(&atomic::parent_dir(from))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let mut temp = tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(&to_dir)?;
+            std::io::copy(&mut std::fs::File::open(from)?, temp.as_file_mut())?;
+            temp.as_file().sync_all()?;
+            let permissions = std::fs::metadata(from)?.permissions();
+            std::fs::set_permissions(temp.path(), permissions)?;
+            temp.persist(to).map_err(|e| e.error)?;
+            atomic::sync_dir(&to_dir)?;
+            std::fs::remove_file(from)?;
+            atomic::sync_dir(&atomic::parent_dir(from))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `<file>.error.json` sidecar of a quarantined input.
+#[derive(Debug, Serialize)]
+pub struct ErrorSidecar<'a> {
+    pub file: &'a str,
+    pub rule: &'a str,
+    pub job: i64,
+    pub reason: &'a str,
+    /// `permanent` (the input itself is bad) or `gave-up` (transient failures, attempts spent).
+    pub kind: &'a str,
+    pub attempts: u32,
+    pub when: String,
+    pub darkroom_version: &'a str,
+}
+
+/// Moves a failed input into `failed/<rule>/` and writes its error sidecar beside it.
+/// Returns where the input now is.
+pub fn quarantine(
+    trees: &Trees,
+    source: &Path,
+    sidecar: &ErrorSidecar<'_>,
+) -> std::io::Result<PathBuf> {
+    let dir = trees.failed(sidecar.rule);
+    ensure_dir(&dir)?;
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    let target = free_name(&dir, &name, &crate::daemon::pairing::job_token(sidecar.job));
+    if source.exists() {
+        move_durably(source, &target)?;
+    }
+    let mut sidecar_path = target.clone().into_os_string();
+    sidecar_path.push(".error.json");
+    let json = serde_json::to_string_pretty(sidecar).unwrap_or_default();
+    atomic::write_atomic(Path::new(&sidecar_path), json.as_bytes())?;
+    Ok(target)
+}
+
+/// RFC 3339 UTC time of a Unix timestamp in seconds.
+pub fn rfc3339(seconds: f64) -> String {
+    let secs = seconds.floor() as i64;
+    let millis = ((seconds - secs as f64) * 1000.0).round().min(999.0) as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The append-only `metadata/processing_log.jsonl`: one JSON object per job transition.
+pub struct ProcessingLog {
+    file: std::fs::File,
+}
+
+impl ProcessingLog {
+    pub fn open(path: &Path) -> std::io::Result<ProcessingLog> {
+        ensure_dir(&atomic::parent_dir(path))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(ProcessingLog { file })
+    }
+
+    /// Appends one transition. A failure to log is reported but never stops the job.
+    pub fn record(&mut self, entry: serde_json::Value) {
+        let mut entry = entry;
+        if let Some(object) = entry.as_object_mut() {
+            object.insert(
+                "at".into(),
+                serde_json::Value::String(rfc3339(crate::daemon::journal::now())),
+            );
+        }
+        let mut line = entry.to_string();
+        line.push('\n');
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "cannot append to the processing log");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_renders_known_instants() {
+        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_300_000.25), "2026-11-21T22:26:40.250Z");
+        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn free_names_keep_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            free_name(dir.path(), "a.jpg", "dr000001"),
+            dir.path().join("a.jpg")
+        );
+        std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
+        assert_eq!(
+            free_name(dir.path(), "a.jpg", "dr000001"),
+            dir.path().join("a_dr000001.jpg")
+        );
+    }
+
+    #[test]
+    fn a_move_leaves_the_source_only_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("in.png");
+        std::fs::write(&from, b"data").unwrap();
+        let to = dir.path().join("sub/out.png");
+        move_durably(&from, &to).unwrap();
+        assert!(!from.exists());
+        assert_eq!(std::fs::read(&to).unwrap(), b"data");
+        assert!(move_durably(&from, &to).is_err());
+        assert!(to.exists());
+    }
+}

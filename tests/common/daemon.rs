@@ -1,0 +1,250 @@
+//! Running the real `darkroom serve` as a subprocess on a temp tree, and acting as the
+//! external model tool beside it.
+
+use super::testdata;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for anything the daemon should do (generous: CI may be slow).
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A temp tree with a config, and the daemon running on it (when started).
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub stderr_path: PathBuf,
+    starts: usize,
+}
+
+/// The config every daemon test starts from: one split-to-proxy rule `photos`, a short
+/// stability window, 512x512 proxies. `rule_extra` lines are appended to the rule.
+pub fn config_text(daemon_extra: &str, rule_extra: &str) -> String {
+    format!(
+        "[daemon]\nroot = \"var\"\nstability_window = \"500ms\"\nretry_backoff = \"200ms\"\nshutdown_timeout = \"60s\"\nlog_level = \"info\"\n{daemon_extra}\n\n\
+         [[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\nsize = \"512x512\"\n{rule_extra}\n"
+    )
+}
+
+impl Tree {
+    pub fn new(config: &str) -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("darkroom.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let stderr_path = dir.path().join("daemon.stderr");
+        Tree {
+            dir,
+            config: config_path,
+            child: None,
+            stderr_path,
+            starts: 0,
+        }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.path("var/inbox/photos")
+    }
+
+    pub fn exchange_out(&self) -> PathBuf {
+        self.path("var/exchange/out/photos")
+    }
+
+    pub fn exchange_in(&self) -> PathBuf {
+        self.path("var/exchange/in/photos")
+    }
+
+    /// Starts `darkroom serve` with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "daemon already running");
+        self.starts += 1;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_darkroom"));
+        command
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        self.child = Some(command.spawn().unwrap());
+        self.wait_for("the daemon to start", || {
+            self.log().matches("darkroom is running").count() >= self.starts
+        });
+    }
+
+    pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the daemon to exit and returns its status.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not exit; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The processing log's lines.
+    pub fn processing_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("var/metadata/processing_log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls `condition` until it holds, or fails the test with the daemon's log.
+    pub fn wait_for(&self, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !condition() {
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; daemon log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until `dir` holds a file whose name satisfies `matches`; returns its path.
+    pub fn wait_for_file(&self, dir: &Path, matches: impl Fn(&str) -> bool) -> PathBuf {
+        let mut found = None;
+        self.wait_for(&format!("a file in {}", dir.display()), || {
+            found = files_in(dir).into_iter().find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                !name.starts_with('.') && matches(&name)
+            });
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Copies a corpus file into the inbox the way `cp` does (written in place, then closed).
+    pub fn drop_file(&self, corpus_name: &str, as_name: &str) -> PathBuf {
+        let target = self.inbox().join(as_name);
+        std::fs::create_dir_all(self.inbox()).unwrap();
+        std::fs::copy(testdata(corpus_name), &target).unwrap();
+        target
+    }
+
+    /// `darkroom status` for this tree.
+    pub fn status(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_darkroom"))
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Plain files in `dir` (not recursive), sorted; empty when it does not exist.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Acts as the external model: brightens the proxy by `lift` levels and writes the result
+/// as `name` in `dir`, either in place (`via_rename` false) or through a hidden temp file
+/// renamed into place.
+pub fn write_graded_proxy(
+    proxy: &Path,
+    dir: &Path,
+    name: &str,
+    lift: u8,
+    via_rename: bool,
+) -> PathBuf {
+    let image = image::open(proxy).unwrap().to_rgb8();
+    let graded = image::RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        let p = image.get_pixel(x, y).0;
+        image::Rgb(p.map(|v| v.saturating_add(lift)))
+    });
+    let mut bytes = Vec::new();
+    graded
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let target = dir.join(name);
+    if via_rename {
+        let temp = dir.join(format!(".{name}.writing"));
+        std::fs::write(&temp, &bytes).unwrap();
+        std::fs::rename(&temp, &target).unwrap();
+    } else {
+        let mut file = std::fs::File::create(&target).unwrap();
+        file.write_all(&bytes).unwrap();
+    }
+    target
+}
+
+/// Mean of all samples of an image, in 8-bit units.
+pub fn mean_level(path: &Path) -> f64 {
+    let image = image::open(path).unwrap().to_rgb8();
+    image.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / image.as_raw().len() as f64
+}

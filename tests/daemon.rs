@@ -1,0 +1,554 @@
+//! End-to-end tests of `darkroom serve`: the real daemon as a subprocess on a temp tree, real
+//! corpus images, real inotify, real signals and a real NOTIFY_SOCKET.
+
+mod common;
+
+use common::daemon::{config_text, files_in, mean_level, write_graded_proxy, Tree};
+use common::{load, testdata};
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+fn names(dir: &std::path::Path) -> Vec<String> {
+    files_in(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn metadata_json(tree: &Tree, stem: &str) -> serde_json::Value {
+    let path = tree.path(&format!("var/metadata/photos/{stem}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_round_trip_pairs_returns_by_name_suffix_job_id_and_content() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let original_mean = mean_level(&testdata("photo_bus_4032x3024_p3.jpg"));
+    tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+    let proxy_name = proxy.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(proxy_name, "bus_dr000001_proxy.png");
+    assert_eq!(image::image_dimensions(&proxy).unwrap(), (512, 512));
+
+    // The external tool writes four variations, one per pairing style.
+    let styles = [
+        ("bus_dr000001_proxy.png", "name", false),
+        ("bus_dr000001_proxy_00001_.png", "name", true),
+        ("upscaled-dr000001.png", "job-id", true),
+        ("ComfyUI_00042_.png", "content", true),
+    ];
+    let images = tree.path("var/processed/photos/images");
+    for (index, (name, method, via_rename)) in styles.iter().enumerate() {
+        let lift = 10 * (index as u8 + 1);
+        write_graded_proxy(&proxy, &tree.exchange_in(), name, lift, *via_rename);
+        let output_stem = if index == 0 {
+            "bus".to_string()
+        } else {
+            format!("bus_v{}", index + 1)
+        };
+        let output = images.join(format!("{output_stem}.png"));
+        tree.wait_for(&format!("{output_stem}.png"), || output.is_file());
+        tree.wait_for("its metadata", || {
+            tree.path(&format!("var/metadata/photos/{output_stem}.json"))
+                .is_file()
+        });
+
+        let merged = load(&output);
+        assert_eq!(
+            (merged.image.width(), merged.image.height()),
+            (4032, 3024),
+            "the merge is at full resolution"
+        );
+        assert!(
+            merged.icc_profile.is_some(),
+            "the Display P3 profile is kept"
+        );
+        let shift = mean_level(&output) - original_mean;
+        assert!(
+            (f64::from(lift) * 0.75..=f64::from(lift) + 1.5).contains(&shift),
+            "{name}: a +{lift} grade of the proxy should lift the full-res mean by about as much, got {shift:.2}"
+        );
+        let meta = metadata_json(&tree, &output_stem);
+        assert_eq!(meta["return"]["pairing"], *method, "{name}");
+        assert_eq!(meta["return"]["variant"], index as u64 + 1);
+        assert_eq!(meta["recipe"], "split-to-proxy");
+        assert_eq!(meta["proxy"]["geometry"]["scaled_height"], 384);
+        assert_eq!(
+            meta["source"]["sha256"],
+            darkroom::io::decode::sha256_hex(
+                &std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap()
+            )
+        );
+    }
+    // The original moved only after its first output, the returns are filed, nothing is left.
+    assert_eq!(
+        names(&tree.path("var/processed/photos/originals")),
+        ["bus.jpg"]
+    );
+    assert_eq!(names(&tree.inbox()), Vec::<String>::new());
+    assert_eq!(names(&tree.exchange_in()), Vec::<String>::new());
+    assert_eq!(names(&tree.path("var/processed/photos/returns")).len(), 4);
+    assert_eq!(
+        names(&images),
+        ["bus.png", "bus_v2.png", "bus_v3.png", "bus_v4.png"]
+    );
+    let log = tree.log();
+    assert_eq!(
+        log.matches("merged into the full-resolution original")
+            .count(),
+        4
+    );
+    assert!(log.contains("pairing=\"content\""), "{log}");
+    let transitions = tree.processing_log();
+    assert_eq!(
+        transitions
+            .iter()
+            .filter(|t| t["kind"] == "merge" && t["to"] == "done")
+            .count(),
+        4
+    );
+    assert!(
+        tree.status().contains("returns  : done 4"),
+        "{}",
+        tree.status()
+    );
+}
+
+#[test]
+fn a_slow_writer_is_claimed_once_after_it_finishes() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let bytes = std::fs::read(testdata("photo_coffee_600x400.png")).unwrap();
+    let target = tree.inbox().join("coffee.png");
+    let mut file = std::fs::File::create(&target).unwrap();
+    // Eight pieces over about 3.5 s, with one pause longer than the stability window: only
+    // the open write handle tells the daemon the file is not finished.
+    for (i, piece) in bytes.chunks(bytes.len() / 8 + 1).enumerate() {
+        file.write_all(piece).unwrap();
+        file.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(if i == 3 { 1500 } else { 250 }));
+        assert!(
+            files_in(&tree.exchange_out()).is_empty(),
+            "a proxy appeared while the file was still being written"
+        );
+    }
+    drop(file);
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+    assert_eq!(image::image_dimensions(&proxy).unwrap(), (512, 512));
+    std::thread::sleep(Duration::from_secs(2));
+    let claims = tree
+        .processing_log()
+        .iter()
+        .filter(|t| t["to"] == "queued" && t["from"].is_null())
+        .count();
+    assert_eq!(claims, 1, "claimed once: {:?}", tree.processing_log());
+    assert!(files_in(&tree.path("var/failed/photos")).is_empty());
+}
+
+#[test]
+fn files_present_before_start_and_moved_in_from_outside_are_both_taken() {
+    let mut tree = Tree::new(&config_text("", ""));
+    std::fs::create_dir_all(tree.inbox()).unwrap();
+    tree.drop_file("photo_coffee_600x400.png", "before.png");
+    tree.start();
+    let outside = tree.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(testdata("gray_camera_512.png"), outside.join("moved.png")).unwrap();
+    std::fs::rename(outside.join("moved.png"), tree.inbox().join("moved.png")).unwrap();
+    // A subfolder created after start, with a file already inside when it is moved in.
+    let folder = tree.path("outside/shoot");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(testdata("tiny_17x9.png"), folder.join("tiny.png")).unwrap();
+    std::fs::rename(&folder, tree.inbox().join("shoot")).unwrap();
+    // Temp names are never taken.
+    std::fs::copy(
+        testdata("tiny_17x9.png"),
+        tree.inbox().join("partial.png.part"),
+    )
+    .unwrap();
+    tree.wait_for("three proxies", || {
+        files_in(&tree.exchange_out()).len() == 3
+    });
+    let mut proxies = names(&tree.exchange_out());
+    proxies.sort();
+    assert!(
+        proxies.iter().any(|n| n.starts_with("before_dr")),
+        "{proxies:?}"
+    );
+    assert!(
+        proxies.iter().any(|n| n.starts_with("moved_dr")),
+        "{proxies:?}"
+    );
+    assert!(
+        proxies.iter().any(|n| n.starts_with("tiny_dr")),
+        "{proxies:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        files_in(&tree.exchange_out()).len(),
+        3,
+        "the .part file was ignored"
+    );
+}
+
+#[test]
+fn a_corrupt_file_is_quarantined_and_the_next_good_file_still_completes() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    tree.drop_file("broken_truncated.png", "broken.png");
+    tree.drop_file("broken_text_named.jpg", "text.jpg");
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let failed = tree.path("var/failed/photos");
+    tree.wait_for("two quarantined files", || files_in(&failed).len() == 4);
+    for name in ["broken.png", "text.jpg"] {
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(failed.join(format!("{name}.error.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sidecar["kind"], "permanent");
+        assert!(
+            sidecar["reason"].as_str().unwrap().contains(name),
+            "{sidecar}"
+        );
+        assert_eq!(
+            std::fs::read(failed.join(name)).unwrap(),
+            std::fs::read(testdata(if name == "text.jpg" {
+                "broken_text_named.jpg"
+            } else {
+                "broken_truncated.png"
+            }))
+            .unwrap(),
+            "the bad file is moved aside unchanged"
+        );
+    }
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    assert_eq!(image::image_dimensions(&proxy).unwrap(), (512, 512));
+    assert!(
+        tree.status().contains("recent failures: 2"),
+        "{}",
+        tree.status()
+    );
+    assert!(tree.log().contains("moved aside with an error sidecar"));
+}
+
+#[test]
+fn kill_9_during_a_merge_then_restart_gives_exactly_one_output() {
+    for delay_ms in [0u64, 300] {
+        let mut tree = Tree::new(&config_text("", ""));
+        tree.start();
+        tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
+        let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+        write_graded_proxy(
+            &proxy,
+            &tree.exchange_in(),
+            "bus_dr000001_proxy_out.png",
+            20,
+            true,
+        );
+        tree.wait_for("the merge to start", || {
+            tree.processing_log().iter().any(|t| t["to"] == "merging")
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        tree.kill_hard();
+        tree.start();
+        let images = tree.path("var/processed/photos/images");
+        tree.wait_for("the merge to finish after restart", || {
+            tree.processing_log()
+                .iter()
+                .any(|t| t["kind"] == "merge" && t["to"] == "done")
+        });
+        assert_eq!(names(&images), ["bus.png"], "delay {delay_ms} ms");
+        assert_eq!(
+            names(&tree.path("var/processed/photos/originals")),
+            ["bus.jpg"]
+        );
+        assert_eq!(names(&tree.path("var/processed/photos/returns")).len(), 1);
+        assert!(names(&tree.inbox()).is_empty() && names(&tree.exchange_in()).is_empty());
+        assert!(
+            names(&tree.path("var/metadata/photos")) == ["bus.json"],
+            "{:?}",
+            names(&tree.path("var/metadata/photos"))
+        );
+        let merged = load(&images.join("bus.png"));
+        assert_eq!((merged.image.width(), merged.image.height()), (4032, 3024));
+        let status = tree.status();
+        assert!(status.contains("returns  : done 1"), "{status}");
+        assert!(status.contains("originals: done 1"), "{status}");
+    }
+}
+
+#[test]
+fn sigterm_lets_a_running_merge_finish_and_exits_zero() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+    write_graded_proxy(
+        &proxy,
+        &tree.exchange_in(),
+        "bus_dr000001_proxy.png",
+        20,
+        true,
+    );
+    tree.wait_for("the merge to start", || {
+        tree.processing_log().iter().any(|t| t["to"] == "merging")
+    });
+    tree.signal(libc::SIGTERM);
+    let status = tree.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", tree.log());
+    assert!(tree.path("var/processed/photos/images/bus.png").is_file());
+    assert!(tree.log().contains("darkroom stopped"));
+    // Intake is closed: a file dropped now waits for the next start.
+    assert!(tree.status().contains("returns  : done 1"));
+}
+
+fn receive_all(socket: &UnixDatagram, until: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buffer = [0u8; 4096];
+    while !until(&messages) {
+        assert!(
+            Instant::now() < deadline,
+            "notify messages so far: {messages:?}"
+        );
+        if let Ok(n) = socket.recv(&mut buffer) {
+            messages.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    }
+    messages
+}
+
+#[test]
+fn systemd_notify_ready_watchdog_status_reload_and_stopping() {
+    let mut tree = Tree::new(&config_text("", ""));
+    let socket_path = tree.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    tree.start_with_env(&[
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "600000"),
+    ]);
+    let messages = receive_all(&socket, |m| {
+        m.iter().any(|s| s.contains("READY=1"))
+            && m.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 2
+    });
+    assert!(
+        messages.iter().any(|s| s.starts_with("STATUS=")),
+        "{messages:?}"
+    );
+    let ready_at = messages.iter().position(|s| s.contains("READY=1")).unwrap();
+    assert!(messages[..ready_at].iter().all(|s| !s.contains("WATCHDOG")));
+
+    // A good reload: RELOADING=1 with MONOTONIC_USEC, then READY=1.
+    tree.signal(libc::SIGHUP);
+    let messages = receive_all(&socket, |m| m.iter().any(|s| s.contains("READY=1")));
+    let reloading = messages
+        .iter()
+        .find(|s| s.contains("RELOADING=1"))
+        .unwrap_or_else(|| panic!("{messages:?}"));
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+
+    // A job shows in STATUS.
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    receive_all(&socket, |m| {
+        m.iter()
+            .any(|s| s.contains("STATUS=") && s.contains("1 awaiting return"))
+    });
+
+    tree.signal(libc::SIGTERM);
+    receive_all(&socket, |m| m.iter().any(|s| s.contains("STOPPING=1")));
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_rejects_a_bad_one() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    // Bad: two problems. The daemon logs both and keeps the old config.
+    std::fs::write(
+        &tree.config,
+        config_text("workers = 0", "delta_depth = 12\n"),
+    )
+    .unwrap();
+    tree.signal(libc::SIGHUP);
+    tree.wait_for("the rejection", || {
+        tree.log().contains("still running the previous one")
+    });
+    let log = tree.log();
+    assert!(
+        log.contains("daemon.workers") && log.contains("delta_depth"),
+        "{log}"
+    );
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+
+    // Good: a second rule appears and its inbox is watched at once.
+    let good = format!(
+        "{}\n[[rule]]\nname = \"art\"\nrecipe = \"split-to-proxy\"\nsize = \"25%\"\n",
+        config_text("", "")
+    );
+    std::fs::write(&tree.config, good).unwrap();
+    tree.signal(libc::SIGHUP);
+    tree.wait_for("the reload", || {
+        tree.log().contains("configuration reloaded")
+    });
+    let art_inbox = tree.path("var/inbox/art");
+    std::fs::copy(
+        testdata("painting_peppercarrot_ep01_p03.jpg"),
+        art_inbox.join("page.jpg"),
+    )
+    .unwrap();
+    let proxy = tree.wait_for_file(&tree.path("var/exchange/out/art"), |n| {
+        n.starts_with("page_dr")
+    });
+    assert_eq!(
+        image::image_dimensions(&proxy).unwrap(),
+        (382, 540),
+        "25% of 1530x2160, as split makes it"
+    );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn an_ambiguous_content_match_is_held_and_never_guessed() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    // The same picture twice: two pending proxies with the same content.
+    tree.drop_file("photo_coffee_600x400.png", "a.png");
+    tree.drop_file("photo_coffee_600x400.png", "b.png");
+    tree.wait_for("two proxies", || files_in(&tree.exchange_out()).len() == 2);
+    let proxy = &files_in(&tree.exchange_out())[0];
+    write_graded_proxy(proxy, &tree.exchange_in(), "unrelated.png", 15, true);
+    tree.wait_for("the return to be held", || tree.log().contains("held:"));
+    let status = tree.status();
+    assert!(status.contains("held returns: 1"), "{status}");
+    assert!(status.contains("awaiting return: 2"), "{status}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(files_in(&tree.path("var/processed/photos/images")).is_empty());
+    assert!(
+        tree.exchange_in().join("unrelated.png").is_file(),
+        "held in place"
+    );
+}
+
+#[test]
+fn a_proxy_without_a_return_expires_and_its_original_is_set_aside() {
+    let mut tree = Tree::new(&config_text(
+        "",
+        "return_timeout = \"1s\"\nreturn_grace = \"1s\"\n",
+    ));
+    tree.start();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    tree.wait_for("expiry", || {
+        tree.log().contains("expired: no processed image")
+    });
+    let failed = tree.path("var/failed/photos");
+    tree.wait_for("the window to close", || {
+        failed.join("coffee.png.error.json").is_file()
+    });
+    assert!(
+        !proxy.exists(),
+        "the stale proxy is removed from exchange_out"
+    );
+    let sidecar = std::fs::read_to_string(failed.join("coffee.png.error.json")).unwrap();
+    assert!(sidecar.contains("return_timeout"), "{sidecar}");
+    // A return after the window is not paired with anything.
+    let graded = write_graded_proxy(
+        &failed.join("coffee.png"),
+        &tree.path("tmp"),
+        "late.png",
+        5,
+        false,
+    );
+    std::fs::rename(
+        &graded,
+        tree.exchange_in().join("coffee_dr000001_proxy.png"),
+    )
+    .unwrap();
+    tree.wait_for("the late return to be set aside", || {
+        failed
+            .join("coffee_dr000001_proxy.png.error.json")
+            .is_file()
+    });
+}
+
+#[test]
+fn check_config_reports_every_problem_and_accepts_the_shipped_example() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/darkroom.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
+        .args(["check-config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("photos: split-to-proxy"));
+
+    let tree = Tree::new(
+        "[daemon]\nworkers = 0\nbogus = 1\n\n[[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\nsize = \"huge\"\nupscale_method = \"cmd(tool %i)\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
+        .args(["check-config"])
+        .arg(&tree.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("4 problems"), "{stderr}");
+    for needle in [
+        "line 1: daemon.bogus",
+        "line 1: daemon.workers",
+        "line 5: rule[0] 'photos'.size",
+        "rule[0] 'photos'.upscale_method",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle}:\n{stderr}");
+    }
+    // serve refuses the same file with the same report and exit code.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
+        .args(["serve", "--config"])
+        .arg(&tree.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn the_systemd_unit_scores_two_or_lower() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/darkroom.service");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze is needed (Debian package systemd; scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for darkroom.service:")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no score in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 2.0, "exposure {score}:\n{text}");
+}
