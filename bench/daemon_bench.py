@@ -115,6 +115,20 @@ def main():
         idle_cpu = (cpu_seconds(daemon.pid) - c0) / (time.time() - t0) * 100
         idle_rss = rss_kib(daemon.pid)
 
+        # One file at a time (an unloaded daemon): the latency a person dropping a file sees.
+        single = {}
+        for i in range(20):
+            path = os.path.join(inbox, f"single_{i:03d}.png")
+            with open(SAMPLE, "rb") as src, open(path, "wb") as f:
+                f.write(src.read())
+            single[path] = time.time()
+            time.sleep(0.3)
+        wait_for(lambda: sum(1 for e in read_log(log_path) if e.get("to") == "awaiting-return") >= 20, 60, "single files")
+        entries = read_log(log_path)
+        claimed = {e["file"]: parse_at(e["at"]) for e in entries if e.get("to") == "queued" and e.get("from") is None}
+        single_latencies = [claimed[p] - t for p, t in single.items() if p in claimed]
+        base = 20
+
         # 1,000 files copied in (close-write), as fast as Python can.
         sample = open(SAMPLE, "rb").read()
         dropped = {}
@@ -132,14 +146,14 @@ def main():
 
         def sample_rss_until_done():
             rss_samples.append(rss_kib(daemon.pid))
-            return count("awaiting-return") >= args.files
+            return count("awaiting-return") >= base + args.files
 
         wait_for(sample_rss_until_done, 600, "the proxies")
         entries = read_log(log_path)
         claimed = {e["file"]: parse_at(e["at"]) for e in entries if e.get("to") == "queued" and e.get("from") is None}
         written = sorted(parse_at(e["at"]) for e in entries if e.get("to") == "awaiting-return")
         latencies = [claimed[p] - t for p, t in dropped.items() if p in claimed]
-        first_claim = min(claimed.values())
+        first_claim = min(claimed[p] for p in dropped)
         per_job_daemon = (written[-1] - first_claim) / args.files
         peak_rss = rss_kib(daemon.pid, "VmHWM")
 
@@ -154,7 +168,7 @@ def main():
             target = os.path.join(inbox, f"linked_{i:05d}.png")
             os.link(source, target)
             linked[target] = time.time()
-        wait_for(lambda: count("queued") >= args.files + args.linked, 120, "the linked files")
+        wait_for(lambda: count("queued") >= base + args.files + args.linked, 120, "the linked files")
         entries = read_log(log_path)
         claimed = {e["file"]: parse_at(e["at"]) for e in entries if e.get("to") == "queued" and e.get("from") is None}
         window_latencies = [claimed[p] - t for p, t in linked.items() if p in claimed]
@@ -180,6 +194,10 @@ def main():
         "files": args.files,
         "idle_cpu_percent": round(idle_cpu, 3),
         "idle_rss_mib": round(idle_rss / 1024, 1),
+        "claim_latency_single_file_ms": {
+            "median": round(statistics.median(single_latencies) * 1000, 1),
+            "max": round(max(single_latencies) * 1000, 1),
+        },
         "claim_latency_close_write_ms": {
             "median": round(statistics.median(latencies) * 1000, 1),
             "p95": round(percentile(latencies, 95) * 1000, 1),

@@ -485,6 +485,48 @@ fn a_proxy_without_a_return_expires_and_its_original_is_set_aside() {
 }
 
 #[test]
+fn a_transient_failure_is_retried_then_given_up_with_a_sidecar() {
+    // An external delta upscaler that always fails: a transient error (the tool may be
+    // fixed), so the merge is retried with backoff and then set aside as "gave-up".
+    let mut tree = Tree::new(&config_text(
+        "max_attempts = 2",
+        "upscale_method = \"cmd(sh -c 'echo model server down >&2; exit 3' %i %o)\"\n",
+    ));
+    tree.start();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    write_graded_proxy(
+        &proxy,
+        &tree.exchange_in(),
+        "coffee_dr000001_proxy.png",
+        10,
+        true,
+    );
+    let failed = tree.path("var/failed/photos");
+    let sidecar_path = failed.join("coffee_dr000001_proxy.png.error.json");
+    tree.wait_for("the return to be given up", || sidecar_path.is_file());
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar_path).unwrap()).unwrap();
+    assert_eq!(sidecar["kind"], "gave-up");
+    assert_eq!(sidecar["attempts"], 2);
+    assert!(
+        sidecar["reason"]
+            .as_str()
+            .unwrap()
+            .contains("model server down"),
+        "{sidecar}"
+    );
+    assert!(tree.log().contains("it will be retried"));
+    // The original is untouched and its proxy still awaits a good return.
+    assert!(tree.inbox().join("coffee.png").is_file());
+    assert!(
+        tree.status().contains("awaiting return: 1"),
+        "{}",
+        tree.status()
+    );
+}
+
+#[test]
 fn check_config_reports_every_problem_and_accepts_the_shipped_example() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/darkroom.toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))

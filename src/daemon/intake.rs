@@ -444,6 +444,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_queue_overflow_rescans_and_finds_files_no_event_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = vec![WatchRoot {
+            rule: "r".into(),
+            role: Role::Inbox,
+            dir: dir.path().to_path_buf(),
+            patterns: vec![glob::Pattern::new("*.png").unwrap()],
+        }];
+        let mut intake = Intake::start(roots, Duration::from_secs(60), |_| {}).unwrap();
+        assert_eq!(intake.pending(), 0);
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/a.png"), b"x").unwrap();
+        std::fs::write(dir.path().join("sub/.hidden.png"), b"x").unwrap();
+        // The events above went to a closure that dropped them, as an overflow would.
+        assert_eq!(intake.pending(), 0);
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        intake.on_event(Ok(overflow));
+        assert_eq!(intake.pending(), 1);
+        // Just written: not stable for 60 s, and no close-write hint went through.
+        assert!(intake.poll().is_empty());
+    }
+
+    #[test]
     fn temp_and_hidden_names_are_ignored() {
         for name in [
             ".a.jpg",

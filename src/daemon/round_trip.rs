@@ -55,6 +55,7 @@ pub fn write_proxy(
     let proxy_stem = pairing::proxy_stem(&stem_of(original), job_id);
     let proxy_path = options.exchange_out.join(format!("{proxy_stem}.png"));
     let g = built.metadata.geometry;
+    std::fs::create_dir_all(&options.exchange_out).map_err(|e| OpError::write(&proxy_path, e))?;
     ensure_free_disk(
         &options.exchange_out,
         estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024,
@@ -70,7 +71,6 @@ pub fn write_proxy(
         &Default::default(),
     )
     .map_err(|e| OpError::write(&proxy_path, e))?;
-    std::fs::create_dir_all(&options.exchange_out).map_err(|e| OpError::write(&proxy_path, e))?;
     atomic::write_atomic(&proxy_path, &bytes).map_err(|e| OpError::write(&proxy_path, e))?;
     Ok(ProxyWritten {
         proxy_path,

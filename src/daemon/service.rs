@@ -954,7 +954,8 @@ impl Daemon {
         let earliest = [expiry, retry].into_iter().flatten().reduce(f64::min)?;
         let wait = Duration::from_secs_f64(((earliest - now).max(0.0) + 0.01).min(3600.0));
         // Deadlines are acted on by the housekeeping pass, at most once a second.
-        let housekeeping_in = Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
+        let housekeeping_in =
+            Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
         Some(wait.max(housekeeping_in))
     }
 
