@@ -8,3 +8,4 @@ pub mod merge;
 pub mod proxy;
 pub mod resample;
 pub mod signature;
+pub mod tiling;

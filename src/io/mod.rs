@@ -6,5 +6,6 @@ pub mod decode;
 pub mod encode;
 pub mod external;
 pub mod metadata;
+pub mod onnx;
 pub mod png_encode;
 pub mod system;

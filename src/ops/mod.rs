@@ -6,6 +6,7 @@ pub mod batch;
 pub mod delta;
 pub mod merge;
 pub mod split;
+pub mod upscale;
 
 use crate::io::decode::DecodeError;
 use crate::io::system;

@@ -1,0 +1,325 @@
+//! Tiling for image-to-image models: cut an image into tiles, give each tile `context`
+//! pixels of its neighbours on every side (clamped at the image border, where the model sees
+//! the same edge an untiled run sees), run the model, keep only the tile's own core.
+//!
+//! Cores abut without overlapping, so nothing needs blending: with a context at least the
+//! model's receptive field, every output pixel is computed from exactly the pixels an
+//! untiled run uses, and the tiled result equals the untiled one (within float rounding).
+//! Tiles are balanced (a 1000-px side with 512-px tiles gives two 500-px tiles, not 512 + 488).
+//!
+//! Also here: the planar float buffers models take, and the alpha bleed that keeps
+//! transparent edges free of halos.
+
+/// A rectangle in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One tile: the core it produces and the (larger) input region it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tile {
+    pub core: Rect,
+    pub input: Rect,
+}
+
+/// Cuts `length` into `parts` balanced spans: (start, length) pairs.
+fn spans(length: u32, tile: u32) -> Vec<(u32, u32)> {
+    let tile = if tile == 0 { length.max(1) } else { tile };
+    let parts = length.div_ceil(tile).max(1);
+    let base = length / parts;
+    let extra = length % parts;
+    let mut out = Vec::with_capacity(parts as usize);
+    let mut start = 0;
+    for i in 0..parts {
+        let len = base + u32::from(i < extra);
+        out.push((start, len));
+        start += len;
+    }
+    out
+}
+
+/// The tiles of a `width x height` image: cores of at most `tile` pixels a side (0: the
+/// whole image in one tile), each read with `context` pixels around it.
+pub fn plan(width: u32, height: u32, tile: u32, context: u32) -> Vec<Tile> {
+    let mut tiles = Vec::new();
+    for (y, h) in spans(height, tile) {
+        for (x, w) in spans(width, tile) {
+            let core = Rect {
+                x,
+                y,
+                width: w,
+                height: h,
+            };
+            tiles.push(Tile {
+                core,
+                input: expand(core, context, width, height),
+            });
+        }
+    }
+    tiles
+}
+
+/// `core` grown by `context` on every side, clamped to the image.
+pub fn expand(core: Rect, context: u32, width: u32, height: u32) -> Rect {
+    let x0 = core.x.saturating_sub(context);
+    let y0 = core.y.saturating_sub(context);
+    let x1 = (core.x + core.width + context).min(width);
+    let y1 = (core.y + core.height + context).min(height);
+    Rect {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    }
+}
+
+/// Splits a core into four (for retrying a tile that ran out of memory).
+pub fn quarter(core: Rect) -> Vec<Rect> {
+    let (w0, h0) = (core.width / 2, core.height / 2);
+    let mut out = Vec::new();
+    for (y, h) in [(core.y, h0), (core.y + h0, core.height - h0)] {
+        for (x, w) in [(core.x, w0), (core.x + w0, core.width - w0)] {
+            if w > 0 && h > 0 {
+                out.push(Rect {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A planar float image (channels × height × width), the layout of an NCHW model input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planar {
+    pub channels: usize,
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<f32>,
+}
+
+impl Planar {
+    pub fn new(channels: usize, width: u32, height: u32) -> Planar {
+        Planar {
+            channels,
+            width,
+            height,
+            data: vec![0.0; channels * width as usize * height as usize],
+        }
+    }
+
+    /// From interleaved samples (`channels` per pixel).
+    pub fn from_interleaved(samples: &[f32], channels: usize, width: u32, height: u32) -> Planar {
+        let mut planar = Planar::new(channels, width, height);
+        let plane = width as usize * height as usize;
+        for (i, pixel) in samples.chunks_exact(channels).enumerate() {
+            for (c, v) in pixel.iter().enumerate() {
+                planar.data[c * plane + i] = *v;
+            }
+        }
+        planar
+    }
+
+    /// Back to interleaved samples.
+    pub fn to_interleaved(&self) -> Vec<f32> {
+        let plane = self.width as usize * self.height as usize;
+        let mut out = vec![0.0; plane * self.channels];
+        for c in 0..self.channels {
+            for i in 0..plane {
+                out[i * self.channels + c] = self.data[c * plane + i];
+            }
+        }
+        out
+    }
+
+    /// A copy of the region `r`.
+    pub fn crop(&self, r: Rect) -> Planar {
+        let mut out = Planar::new(self.channels, r.width, r.height);
+        let (w, ow) = (self.width as usize, r.width as usize);
+        for c in 0..self.channels {
+            let src = c * w * self.height as usize;
+            let dst = c * ow * r.height as usize;
+            for row in 0..r.height as usize {
+                let from = src + (r.y as usize + row) * w + r.x as usize;
+                out.data[dst + row * ow..dst + (row + 1) * ow]
+                    .copy_from_slice(&self.data[from..from + ow]);
+            }
+        }
+        out
+    }
+
+    /// Copies the region `from` of `source` to (`x`, `y`) of `self`.
+    pub fn paste(&mut self, source: &Planar, from: Rect, x: u32, y: u32) {
+        let (sw, dw) = (source.width as usize, self.width as usize);
+        let w = from.width as usize;
+        for c in 0..self.channels {
+            let src = c * sw * source.height as usize;
+            let dst = c * dw * self.height as usize;
+            for row in 0..from.height as usize {
+                let s = src + (from.y as usize + row) * sw + from.x as usize;
+                let d = dst + (y as usize + row) * dw + x as usize;
+                self.data[d..d + w].copy_from_slice(&source.data[s..s + w]);
+            }
+        }
+    }
+
+    /// Clamps every sample to 0..=1 (models overshoot).
+    pub fn clamp_unit(&mut self) {
+        for v in &mut self.data {
+            *v = v.clamp(0.0, 1.0);
+        }
+    }
+}
+
+/// Fills the colour of fully transparent pixels with the average colour of their nearest
+/// visible neighbours (up to `passes` pixels away), so a model that sees colour without
+/// alpha does not pull black (or whatever the transparent area holds) into visible edges.
+/// `rgb` is interleaved RGB, `alpha` one value per pixel.
+pub fn bleed_into_transparent(
+    rgb: &mut [f32],
+    alpha: &[f32],
+    width: u32,
+    height: u32,
+    passes: u32,
+) {
+    let (w, h) = (width as usize, height as usize);
+    let mut known: Vec<bool> = alpha.iter().map(|&a| a > 0.0).collect();
+    for _ in 0..passes {
+        let mut newly = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                if known[i] {
+                    continue;
+                }
+                let mut sum = [0.0f32; 3];
+                let mut n = 0.0f32;
+                for (dx, dy) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                        continue;
+                    }
+                    let j = ny as usize * w + nx as usize;
+                    if known[j] {
+                        for c in 0..3 {
+                            sum[c] += rgb[j * 3 + c];
+                        }
+                        n += 1.0;
+                    }
+                }
+                if n > 0.0 {
+                    newly.push((i, [sum[0] / n, sum[1] / n, sum[2] / n]));
+                }
+            }
+        }
+        if newly.is_empty() {
+            break;
+        }
+        for (i, colour) in newly {
+            rgb[i * 3..i * 3 + 3].copy_from_slice(&colour);
+            known[i] = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_cover_the_image_once_and_are_balanced() {
+        for (w, h, tile) in [(1000, 300, 512), (17, 9, 8), (64, 64, 0), (5, 5, 64)] {
+            let tiles = plan(w, h, tile, 7);
+            let mut hits = vec![0u8; (w * h) as usize];
+            for t in &tiles {
+                assert!(t.input.x <= t.core.x && t.input.y <= t.core.y);
+                assert!(t.input.x + t.input.width <= w && t.input.y + t.input.height <= h);
+                for y in t.core.y..t.core.y + t.core.height {
+                    for x in t.core.x..t.core.x + t.core.width {
+                        hits[(y * w + x) as usize] += 1;
+                    }
+                }
+            }
+            assert!(hits.iter().all(|&n| n == 1), "{w}x{h} tile {tile}");
+        }
+        let widths: Vec<u32> = plan(1000, 10, 512, 0)
+            .iter()
+            .map(|t| t.core.width)
+            .collect();
+        assert_eq!(widths, [500, 500]);
+    }
+
+    #[test]
+    fn context_is_clamped_at_the_border() {
+        let t = plan(100, 100, 50, 8);
+        assert_eq!(
+            t[0].input,
+            Rect {
+                x: 0,
+                y: 0,
+                width: 58,
+                height: 58
+            }
+        );
+        assert_eq!(
+            t[3].input,
+            Rect {
+                x: 42,
+                y: 42,
+                width: 58,
+                height: 58
+            }
+        );
+    }
+
+    #[test]
+    fn planar_round_trips_and_crops() {
+        let samples: Vec<f32> = (0..4 * 3 * 3).map(|v| v as f32).collect();
+        let p = Planar::from_interleaved(&samples, 3, 4, 3);
+        assert_eq!(p.to_interleaved(), samples);
+        let c = p.crop(Rect {
+            x: 1,
+            y: 1,
+            width: 2,
+            height: 2,
+        });
+        assert_eq!(c.data[0], samples[(4 + 1) * 3]);
+        let mut q = Planar::new(3, 4, 3);
+        q.paste(
+            &c,
+            Rect {
+                x: 0,
+                y: 0,
+                width: 2,
+                height: 2,
+            },
+            1,
+            1,
+        );
+        assert_eq!(
+            q.crop(Rect {
+                x: 1,
+                y: 1,
+                width: 2,
+                height: 2
+            }),
+            c
+        );
+    }
+
+    #[test]
+    fn bleeding_fills_transparent_pixels_from_visible_ones() {
+        let mut rgb = vec![0.0; 3 * 3];
+        rgb[0..3].copy_from_slice(&[1.0, 0.5, 0.25]);
+        let alpha = [1.0, 0.0, 0.0];
+        bleed_into_transparent(&mut rgb, &alpha, 3, 1, 8);
+        assert_eq!(&rgb[6..9], &[1.0, 0.5, 0.25]);
+    }
+}

@@ -1,0 +1,257 @@
+//! `upscale`: super-resolution of a whole image with an ONNX model, tile by tile.
+//!
+//! Colour goes through the model as float RGB (16-bit input is not truncated); alpha goes
+//! through the model too, as a grey image, after the colour of fully transparent pixels has
+//! been bled in from their visible neighbours, so no dark halo grows at transparent edges.
+//! Grey input stays grey, 16-bit stays 16-bit, the ICC profile is kept, the orientation is
+//! applied (the output is upright).
+
+use super::{sibling_path, OpError};
+use crate::core::tiling::{bleed_into_transparent, Planar};
+use crate::io::atomic;
+use crate::io::decode::{self, DecodeLimits};
+use crate::io::encode::{self, OutputFormat};
+use crate::io::onnx::{self, Model, ModelError};
+use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options of an upscale. Every field documents its default.
+#[derive(Debug, Clone, Default)]
+pub struct UpscaleOptions {
+    /// Output path; its extension picks the format. Default `{stem}_x{scale}_{model}.png`.
+    pub output: Option<PathBuf>,
+    /// Tile size in input pixels; 0 runs the whole image at once. Default 256.
+    pub tile: u32,
+    /// Context pixels on each side of a tile. Default: the model's recommended context.
+    pub context: Option<u32>,
+    /// Path of libonnxruntime. Default: found by [`onnx::locate`].
+    pub runtime: Option<PathBuf>,
+    /// Intra-op threads. Default: the number of cores.
+    pub threads: usize,
+}
+
+/// What an upscale did.
+#[derive(Debug, Clone)]
+pub struct UpscaleOutput {
+    pub output_path: PathBuf,
+    pub model: String,
+    pub model_sha256: String,
+    pub scale: u32,
+    pub provider: String,
+    pub width: u32,
+    pub height: u32,
+    pub tiles: usize,
+    pub tile: u32,
+    pub context: u32,
+    pub seconds: f64,
+}
+
+/// The context (pixels each side) a model needs for tiles that match an untiled run within
+/// 1/255, as measured for the shipped models (`../shared/models/MODELS.md`); 32 otherwise.
+pub fn recommended_context(model_name: &str) -> u32 {
+    let name = model_name.to_ascii_lowercase();
+    if name.contains("waifu2x") {
+        8
+    } else if name.contains("animevideo") {
+        32
+    } else if name.contains("x4plus") || name.contains("esrgan") {
+        64
+    } else {
+        32
+    }
+}
+
+/// A model path, or a name looked up as `<name>.onnx` in `models_dir`.
+pub fn resolve_model(name_or_path: &str, models_dir: &Path) -> Result<PathBuf, OpError> {
+    let direct = PathBuf::from(name_or_path);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let named = models_dir.join(format!("{name_or_path}.onnx"));
+    if named.is_file() {
+        return Ok(named);
+    }
+    let known: Vec<String> = std::fs::read_dir(models_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".onnx").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Err(OpError::Usage(format!(
+        "no model '{name_or_path}': not a file, and not in {} (models there: {})",
+        models_dir.display(),
+        if known.is_empty() {
+            "none".into()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+fn model_error(e: ModelError) -> OpError {
+    match e {
+        ModelError::Inference { path, reason } => OpError::External { path, reason },
+        ModelError::BadModel { path, reason } => OpError::Mismatch { path, reason },
+        other => OpError::Usage(other.to_string()),
+    }
+}
+
+/// Loads a model with the runtime found on this machine.
+pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpError> {
+    let runtime = onnx::runtime(options.runtime.as_deref()).map_err(model_error)?;
+    let threads = if options.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        options.threads
+    };
+    Model::load(path, runtime, threads).map_err(model_error)
+}
+
+/// Upscales a decoded image with a loaded model. Pure apart from the model run.
+pub fn upscale_image(
+    image: &DynamicImage,
+    model: &mut Model,
+    tile: u32,
+    context: u32,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DynamicImage, ModelError> {
+    let (width, height) = (image.width(), image.height());
+    let has_alpha = image.color().has_alpha();
+    let grey = image.color().channel_count() <= 2;
+    let sixteen = image.color().bytes_per_pixel() / image.color().channel_count() >= 2;
+    let rgba = image.to_rgba32f();
+    let mut rgb: Vec<f32> = rgba
+        .pixels()
+        .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
+        .collect();
+    let alpha: Vec<f32> = rgba.pixels().map(|p| p.0[3]).collect();
+    if has_alpha {
+        bleed_into_transparent(&mut rgb, &alpha, width, height, 64);
+    }
+    // Progress counts colour tiles, then alpha tiles.
+    let passes = if has_alpha { 2 } else { 1 };
+    let colour = model.upscale(
+        &Planar::from_interleaved(&rgb, 3, width, height),
+        tile,
+        context,
+        &mut |done, total| progress(done, total * passes),
+    )?;
+    let alpha_up = if has_alpha {
+        let grey3: Vec<f32> = alpha.iter().flat_map(|&a| [a, a, a]).collect();
+        let up = model.upscale(
+            &Planar::from_interleaved(&grey3, 3, width, height),
+            tile,
+            context,
+            &mut |done, total| progress(total + done, total * 2),
+        )?;
+        let plane = (up.width * up.height) as usize;
+        Some(
+            (0..plane)
+                .map(|i| (up.data[i] + up.data[plane + i] + up.data[2 * plane + i]) / 3.0)
+                .collect::<Vec<f32>>(),
+        )
+    } else {
+        None
+    };
+    let (ow, oh) = (colour.width, colour.height);
+    let samples = colour.to_interleaved();
+    let pixel = |i: usize| [samples[i * 3], samples[i * 3 + 1], samples[i * 3 + 2]];
+    let luma = |p: [f32; 3]| (p[0] + p[1] + p[2]) / 3.0;
+    let q8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    let q16 = |v: f32| (v.clamp(0.0, 1.0) * 65535.0).round() as u16;
+    let index = |x: u32, y: u32| (y * ow + x) as usize;
+    let a = |i: usize| alpha_up.as_ref().map_or(1.0, |a| a[i]);
+    Ok(match (grey, has_alpha, sixteen) {
+        (true, false, false) => DynamicImage::ImageLuma8(ImageBuffer::from_fn(ow, oh, |x, y| {
+            Luma([q8(luma(pixel(index(x, y))))])
+        })),
+        (true, false, true) => DynamicImage::ImageLuma16(ImageBuffer::from_fn(ow, oh, |x, y| {
+            Luma([q16(luma(pixel(index(x, y))))])
+        })),
+        (true, true, false) => DynamicImage::ImageLumaA8(ImageBuffer::from_fn(ow, oh, |x, y| {
+            let i = index(x, y);
+            LumaA([q8(luma(pixel(i))), q8(a(i))])
+        })),
+        (true, true, true) => DynamicImage::ImageLumaA16(ImageBuffer::from_fn(ow, oh, |x, y| {
+            let i = index(x, y);
+            LumaA([q16(luma(pixel(i))), q16(a(i))])
+        })),
+        (false, false, false) => DynamicImage::ImageRgb8(ImageBuffer::from_fn(ow, oh, |x, y| {
+            Rgb(pixel(index(x, y)).map(q8))
+        })),
+        (false, false, true) => DynamicImage::ImageRgb16(ImageBuffer::from_fn(ow, oh, |x, y| {
+            Rgb(pixel(index(x, y)).map(q16))
+        })),
+        (false, true, false) => DynamicImage::ImageRgba8(ImageBuffer::from_fn(ow, oh, |x, y| {
+            let i = index(x, y);
+            let [r, g, b] = pixel(i).map(q8);
+            Rgba([r, g, b, q8(a(i))])
+        })),
+        (false, true, true) => DynamicImage::ImageRgba16(ImageBuffer::from_fn(ow, oh, |x, y| {
+            let i = index(x, y);
+            let [r, g, b] = pixel(i).map(q16);
+            Rgba([r, g, b, q16(a(i))])
+        })),
+    })
+}
+
+/// Upscales the file `input` with `model` and writes the result atomically.
+pub fn upscale(
+    input: &Path,
+    model: &mut Model,
+    options: &UpscaleOptions,
+    limits: &DecodeLimits,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<UpscaleOutput, OpError> {
+    let started = Instant::now();
+    let loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
+    let output_path = options.output.clone().unwrap_or_else(|| {
+        sibling_path(
+            input,
+            None,
+            &format!("_x{}_{}.png", model.scale, model.name),
+        )
+    });
+    let format =
+        OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
+    let tile = options.tile;
+    let context = options
+        .context
+        .unwrap_or_else(|| recommended_context(&model.name));
+    let tiles =
+        crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
+    let result =
+        upscale_image(&loaded.image, model, tile, context, progress).map_err(model_error)?;
+    let bytes = encode::encode(&result, format, loaded.icc_profile.as_deref(), &[])
+        .map_err(|e| OpError::write(&output_path, e))?;
+    atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        input = %input.display(),
+        output = %output_path.display(),
+        model = %model.name,
+        scale = model.scale,
+        tiles,
+        seconds = format!("{seconds:.3}"),
+        "upscaled"
+    );
+    Ok(UpscaleOutput {
+        output_path,
+        model: model.name.clone(),
+        model_sha256: model.sha256.clone(),
+        scale: model.scale,
+        provider: model.provider.clone(),
+        width: result.width(),
+        height: result.height(),
+        tiles,
+        tile,
+        context,
+        seconds,
+    })
+}

@@ -1,0 +1,254 @@
+//! Super-resolution with the real ONNX Runtime (the onnxruntime 1.31.1 wheel that
+//! scripts/setup-venv puts in ./.venv) and the real models of ../shared/models.
+
+mod common;
+
+use common::{darkroom, load, psnr, shared_dir, stage, testdata};
+use darkroom::io::onnx::Model;
+use darkroom::ops::upscale::{load_model, upscale_image, UpscaleOptions};
+use image::{imageops, DynamicImage, GenericImageView};
+use std::path::PathBuf;
+
+fn model_path(name: &str) -> PathBuf {
+    let path = shared_dir().join("models").join(format!("{name}.onnx"));
+    assert!(path.is_file(), "model {} is missing", path.display());
+    path
+}
+
+fn model(name: &str) -> Model {
+    load_model(&model_path(name), &UpscaleOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: {e} (run scripts/setup-venv)"))
+}
+
+fn crop(name: &str, x: u32, y: u32, w: u32, h: u32) -> DynamicImage {
+    load(&testdata(name)).image.crop_imm(x, y, w, h)
+}
+
+fn max_abs_diff(a: &DynamicImage, b: &DynamicImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.to_rgba8()
+        .as_raw()
+        .iter()
+        .zip(b.to_rgba8().as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn tiled_equals_untiled_for_each_shipped_model_at_its_context() {
+    // Inputs wider than tile + 2 x context, so some tiles never see the whole image.
+    let cases = [
+        ("waifu2x-upconv7-photo-x2", 8, 24, (96, 40)),
+        ("realesr-animevideov3-x4", 32, 24, (120, 40)),
+        ("realesrgan-x4plus-anime-6b-x4", 64, 32, (176, 36)),
+    ];
+    for (name, context, tile, (w, h)) in cases {
+        let mut m = model(name);
+        let input = crop("painting_peppercarrot_ep01_p03.jpg", 400, 700, w, h);
+        let whole = upscale_image(&input, &mut m, 0, 0, &mut |_, _| {}).unwrap();
+        let mut tiles_seen = 0;
+        let tiled = upscale_image(&input, &mut m, tile, context, &mut |_, total| {
+            tiles_seen = total
+        })
+        .unwrap();
+        assert!(tiles_seen >= 4, "{name}: {tiles_seen} tiles");
+        assert_eq!(whole.dimensions(), (w * m.scale, h * m.scale));
+        let diff = max_abs_diff(&whole, &tiled);
+        assert!(
+            diff <= 1,
+            "{name}: tiled differs from untiled by {diff}/255"
+        );
+        // Without context the seams are visible: the test can fail.
+        let seamy = upscale_image(&input, &mut m, tile, 0, &mut |_, _| {}).unwrap();
+        assert!(
+            max_abs_diff(&whole, &seamy) > 1,
+            "{name}: context made no difference"
+        );
+    }
+}
+
+#[test]
+fn the_waifu2x_photo_model_beats_bicubic() {
+    let hr = crop("photo_coffee_600x400.png", 100, 80, 240, 200);
+    let lr = hr.resize_exact(120, 100, imageops::FilterType::CatmullRom);
+    let bicubic = lr.resize_exact(240, 200, imageops::FilterType::CatmullRom);
+    let mut m = model("waifu2x-upconv7-photo-x2");
+    assert_eq!(m.scale, 2);
+    let sr = upscale_image(&lr, &mut m, 64, 8, &mut |_, _| {}).unwrap();
+    let (model_db, bicubic_db) = (psnr(&sr, &hr), psnr(&bicubic, &hr));
+    assert!(
+        model_db > bicubic_db + 0.5,
+        "waifu2x {model_db:.2} dB vs bicubic {bicubic_db:.2} dB"
+    );
+}
+
+#[test]
+fn the_cli_upscales_odd_sizes_exactly_and_keeps_the_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = stage(dir.path(), "tiny_17x9.png");
+    let out = darkroom()
+        .current_dir(dir.path())
+        .args(["upscale"])
+        .arg(&input)
+        .args(["--model", "realesr-animevideov3-x4", "--tile", "8"])
+        .arg("--models-dir")
+        .arg(shared_dir().join("models"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let output = dir.path().join("tiny_17x9_x4_realesr-animevideov3-x4.png");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        output.display().to_string()
+    );
+    let result = load(&output);
+    assert_eq!((result.image.width(), result.image.height()), (68, 36));
+    assert_eq!(
+        result.icc_profile,
+        load(&input).icc_profile,
+        "the sRGB profile is kept"
+    );
+}
+
+/// Mean distance (in 8-bit levels) from `colour` of the visible pixels (alpha >= 128) that
+/// touch a mostly transparent one (alpha < 64): the rim where a halo would show.
+fn rim_error(image: &DynamicImage, colour: [u8; 3]) -> f64 {
+    let rgba = image.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let (mut sum, mut n) = (0.0, 0.0);
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            let p = rgba.get_pixel(x, y).0;
+            if p[3] < 128 {
+                continue;
+            }
+            let touches = [(0i32, 1i32), (0, -1), (1, 0), (-1, 0)]
+                .iter()
+                .any(|(dx, dy)| {
+                    rgba.get_pixel((x as i32 + dx) as u32, (y as i32 + dy) as u32)
+                        .0[3]
+                        < 64
+                });
+            if touches {
+                sum += (0..3)
+                    .map(|c| f64::from(p[c].abs_diff(colour[c])))
+                    .sum::<f64>()
+                    / 3.0;
+                n += 1.0;
+            }
+        }
+    }
+    assert!(n > 20.0, "too few rim pixels");
+    sum / n
+}
+
+#[test]
+fn alpha_edges_come_out_without_dark_halos() {
+    // A flat-coloured disc on fully transparent black, as many exporters leave transparent
+    // pixels: a model that saw that black would pull the disc's rim dark.
+    let colour = [230u8, 200, 120];
+    let disc = image::RgbaImage::from_fn(64, 64, |x, y| {
+        let d = ((x as f32 - 31.5).powi(2) + (y as f32 - 31.5).powi(2)).sqrt();
+        let a = (20.0 - d + 0.5).clamp(0.0, 1.0);
+        if a > 0.0 {
+            image::Rgba([colour[0], colour[1], colour[2], (a * 255.0).round() as u8])
+        } else {
+            image::Rgba([0, 0, 0, 0])
+        }
+    });
+    let disc = DynamicImage::ImageRgba8(disc);
+    let mut m = model("realesr-animevideov3-x4");
+    let up = upscale_image(&disc, &mut m, 32, 32, &mut |_, _| {}).unwrap();
+    assert!(matches!(up, DynamicImage::ImageRgba8(_)));
+    assert_eq!(up.dimensions(), (256, 256));
+    let error = rim_error(&up, colour);
+    assert!(
+        error < 8.0,
+        "the rim is {error:.1} levels off its colour: a halo"
+    );
+    let rgba = up.to_rgba8();
+    assert!(
+        rgba.get_pixel(2, 2).0[3] < 4,
+        "transparent stays transparent"
+    );
+    assert!(rgba.get_pixel(128, 128).0[3] > 250, "opaque stays opaque");
+
+    // The sprite keeps its alpha channel and size.
+    let sprite = crop("anime_eileen_320x720_rgba.png", 60, 0, 48, 48);
+    let up = upscale_image(&sprite, &mut m, 0, 0, &mut |_, _| {}).unwrap();
+    assert!(matches!(up, DynamicImage::ImageRgba8(_)));
+    assert_eq!(up.dimensions(), (192, 192));
+}
+
+#[test]
+fn grey_stays_grey_and_16_bit_stays_16_bit() {
+    let mut m = model("waifu2x-upconv7-photo-x2");
+    let grey = crop("gray_camera_512.png", 200, 200, 32, 24);
+    let up = upscale_image(&grey, &mut m, 0, 0, &mut |_, _| {}).unwrap();
+    assert!(
+        matches!(up, DynamicImage::ImageLuma8(_)),
+        "{:?}",
+        up.color()
+    );
+    assert_eq!(up.dimensions(), (64, 48));
+
+    let hdr = crop("hdr_room_16bit_hlg.png", 300, 200, 32, 24);
+    let up = upscale_image(&hdr, &mut m, 0, 0, &mut |_, _| {}).unwrap();
+    let DynamicImage::ImageRgb16(buffer) = &up else {
+        panic!("16-bit input gave {:?}", up.color());
+    };
+    let not_8_bit = buffer.as_raw().iter().filter(|&&v| v % 257 != 0).count();
+    assert!(
+        not_8_bit > buffer.as_raw().len() / 2,
+        "the samples look truncated to 8 bits"
+    );
+}
+
+#[test]
+fn a_corrupt_model_and_a_missing_runtime_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = stage(dir.path(), "tiny_17x9.png");
+    let bad_model = dir.path().join("broken.onnx");
+    std::fs::write(&bad_model, b"this is not a protobuf").unwrap();
+    let out = darkroom()
+        .args(["upscale"])
+        .arg(&input)
+        .arg("--model")
+        .arg(&bad_model)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains("broken.onnx") && stderr.contains("not a valid ONNX model"),
+        "{stderr}"
+    );
+
+    let out = darkroom()
+        .env(
+            "ORT_DYLIB_PATH",
+            dir.path().join("no-such-libonnxruntime.so"),
+        )
+        .args(["upscale"])
+        .arg(&input)
+        .arg("--model")
+        .arg(model_path("waifu2x-upconv7-photo-x2"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("ONNX Runtime not found") && stderr.contains("scripts/setup-venv"),
+        "{stderr}"
+    );
+    assert_eq!(
+        common::listing(dir.path()),
+        ["broken.onnx", "tiny_17x9.png"],
+        "no output on failure"
+    );
+}
