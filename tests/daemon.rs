@@ -260,6 +260,21 @@ fn kill_9_during_a_merge_then_restart_gives_exactly_one_output() {
                 .any(|t| t["kind"] == "merge" && t["to"] == "done")
         });
         assert_eq!(names(&images), ["bus.png"], "delay {delay_ms} ms");
+        for dir in [
+            "var/processed/photos/images",
+            "var/metadata/photos",
+            "var/exchange/out/photos",
+        ] {
+            let leftovers: Vec<String> = std::fs::read_dir(tree.path(dir))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".darkroom-tmp"))
+                .collect();
+            assert!(
+                leftovers.is_empty(),
+                "temp files left in {dir}: {leftovers:?}"
+            );
+        }
         assert_eq!(
             names(&tree.path("var/processed/photos/originals")),
             ["bus.jpg"]
@@ -593,4 +608,94 @@ fn the_systemd_unit_scores_two_or_lower() {
             )
         });
     assert!(score <= 2.0, "exposure {score}:\n{text}");
+}
+
+fn upscale_config(runtime_line: &str) -> String {
+    let models = common::shared_dir().join("models");
+    format!(
+        "{}\n[runtime]\n{runtime_line}\n\n[models.anime]\npath = \"{}\"\ntile = 16\ncontext = 32\ndomains = [\"anime\"]\n\n\
+         [[rule]]\nname = \"art\"\nrecipe = \"upscale\"\ndomain = \"anime\"\n",
+        config_text("max_attempts = 2", ""),
+        models.join("realesr-animevideov3-x4.onnx").display()
+    )
+}
+
+#[test]
+fn a_file_dropped_into_an_upscale_rule_comes_out_upscaled_with_its_sidecar() {
+    let mut tree = Tree::new(&upscale_config(""));
+    tree.start();
+    let inbox = tree.path("var/inbox/art");
+    std::fs::copy(testdata("tiny_17x9.png"), inbox.join("tiny.png")).unwrap();
+    let sprite = load(&testdata("anime_eileen_320x720_rgba.png"))
+        .image
+        .crop_imm(60, 0, 40, 48);
+    sprite.save(tree.path("sprite.png")).unwrap();
+    std::fs::rename(tree.path("sprite.png"), inbox.join("sprite.png")).unwrap();
+
+    let images = tree.path("var/processed/art/images");
+    tree.wait_for("two upscaled images", || files_in(&images).len() == 2);
+    let tiny = load(&images.join("tiny_anime.png"));
+    assert_eq!((tiny.image.width(), tiny.image.height()), (68, 36));
+    assert_eq!(
+        tiny.icc_profile,
+        load(&testdata("tiny_17x9.png")).icc_profile
+    );
+    let sprite_out = load(&images.join("sprite_anime.png"));
+    assert_eq!(
+        (sprite_out.image.width(), sprite_out.image.height()),
+        (160, 192)
+    );
+    assert!(sprite_out.image.color().has_alpha());
+
+    tree.wait_for("the metadata", || {
+        tree.path("var/metadata/art/tiny_anime.json").is_file()
+    });
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tree.path("var/metadata/art/tiny_anime.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["recipe"], "upscale");
+    assert_eq!(meta["model"]["scale"], 4);
+    assert_eq!(meta["model"]["provider"], "CPU");
+    assert_eq!(
+        meta["model"]["sha256"], "1e41aaf3b5ccf8f26cac30af991ee2f20ac6c895ef136613c14bf11cb931606f",
+        "the sha256 MODELS.md gives"
+    );
+    assert_eq!(meta["tiling"]["context"], 32);
+    assert_eq!(meta["tiling"]["tiles"], 2, "17x9 in 16-px tiles");
+    assert_eq!(
+        names(&tree.path("var/processed/art/originals")),
+        ["sprite.png", "tiny.png"]
+    );
+    assert!(tree.log().contains("model loaded"));
+    assert_eq!(
+        tree.log().matches("model loaded").count(),
+        1,
+        "the session is reused"
+    );
+}
+
+#[test]
+fn a_missing_runtime_fails_model_jobs_clearly_and_other_rules_keep_working() {
+    let mut tree = Tree::new(&upscale_config(
+        "onnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"",
+    ));
+    tree.start();
+    std::fs::copy(
+        testdata("tiny_17x9.png"),
+        tree.path("var/inbox/art").join("tiny.png"),
+    )
+    .unwrap();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let sidecar = tree.path("var/failed/art/tiny.png.error.json");
+    tree.wait_for("the upscale to be given up", || sidecar.is_file());
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    assert!(
+        text.contains("ONNX Runtime not found") && text.contains("gave-up"),
+        "{text}"
+    );
+    // The split-to-proxy rule is unaffected, and the daemon is still up.
+    tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
 }

@@ -26,7 +26,32 @@ pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
     pub daemon: DaemonSettings,
+    pub runtime: RuntimeSettings,
+    /// `[models.<name>]`, by name.
+    pub models: std::collections::BTreeMap<String, ModelSpec>,
     pub rules: Vec<Rule>,
+}
+
+/// The `[runtime]` table: ONNX Runtime for the model recipes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// libonnxruntime to load; default: found automatically (see `io::onnx::locate`).
+    pub onnxruntime: Option<PathBuf>,
+    /// Intra-op threads; 0 = one per core.
+    pub threads: usize,
+}
+
+/// One `[models.<name>]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub path: PathBuf,
+    /// Tile size in input pixels (0: whole image).
+    pub tile: u32,
+    /// Context pixels around each tile.
+    pub context: u32,
+    /// Domains this model serves (`photo`, `anime`, `sd-anime`, `digital-art`, ...).
+    pub domains: Vec<String>,
 }
 
 /// The `[daemon]` table, resolved.
@@ -78,14 +103,24 @@ pub enum OriginalsPolicy {
 #[derive(Debug, Clone)]
 pub enum Recipe {
     SplitToProxy(SplitToProxy),
+    Upscale(Upscale),
 }
 
 impl Recipe {
     pub fn name(&self) -> &'static str {
         match self {
             Recipe::SplitToProxy(_) => "split-to-proxy",
+            Recipe::Upscale(_) => "upscale",
         }
     }
+}
+
+/// Options of `upscale`: super-resolution with one model.
+#[derive(Debug, Clone)]
+pub struct Upscale {
+    pub model: ModelSpec,
+    /// Output file extension: png (default), tiff, webp or jpg.
+    pub output_format: String,
 }
 
 /// Options of `split-to-proxy` and its merge-when-processed-appears step.
@@ -153,9 +188,39 @@ impl std::error::Error for ConfigErrors {}
 #[serde(deny_unknown_fields)]
 struct RawDocument {
     daemon: Option<toml::Spanned<toml::Table>>,
+    runtime: Option<toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, toml::Spanned<toml::Table>>,
     #[serde(default)]
     rule: Vec<toml::Spanned<toml::Table>>,
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    onnxruntime: Option<PathBuf>,
+    threads: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    path: PathBuf,
+    tile: Option<u32>,
+    context: Option<u32>,
+    #[serde(default)]
+    domains: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpscale {
+    model: Option<String>,
+    domain: Option<String>,
+    output_format: Option<String>,
+}
+
+const UPSCALE_KEYS: &[&str] = &["model", "domain", "output_format"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -236,7 +301,7 @@ const SPLIT_TO_PROXY_KEYS: &[&str] = &[
     "match_margin",
 ];
 
-const RECIPES: &[&str] = &["split-to-proxy"];
+const RECIPES: &[&str] = &["split-to-proxy", "upscale"];
 
 /// Collects problems while a config is resolved.
 struct Problems {
@@ -304,9 +369,16 @@ impl Config {
         };
 
         let daemon = resolve_daemon(document.daemon, &base, &mut problems);
+        let runtime = resolve_runtime(document.runtime, &base, &mut problems);
+        let models = resolve_models(document.models, &base, &mut problems);
         let mut rules = Vec::new();
         for (index, table) in document.rule.into_iter().enumerate() {
-            if let Some(rule) = resolve_rule(index, table, &daemon.root, &base, &mut problems) {
+            let context = RuleContext {
+                root: &daemon.root,
+                base: &base,
+                models: &models,
+            };
+            if let Some(rule) = resolve_rule(index, table, &context, &mut problems) {
                 rules.push(rule);
             }
         }
@@ -322,6 +394,8 @@ impl Config {
             Ok(Config {
                 path: path.to_path_buf(),
                 daemon,
+                runtime,
+                models,
                 rules,
             })
         } else {
@@ -343,6 +417,7 @@ impl Config {
                     dirs.push(options.exchange_out.clone());
                     dirs.push(options.exchange_in.clone());
                 }
+                Recipe::Upscale(_) => {}
             }
         }
         dirs
@@ -586,13 +661,99 @@ fn resolve_daemon(
     }
 }
 
+fn resolve_runtime(
+    table: Option<toml::Spanned<toml::Table>>,
+    base: &Path,
+    problems: &mut Problems,
+) -> RuntimeSettings {
+    let Some(spanned) = table else {
+        return RuntimeSettings::default();
+    };
+    let line = problems.line_of(spanned.span().start);
+    let mut table = spanned.into_inner();
+    reject_unknown_keys(
+        &mut table,
+        &["onnxruntime", "threads"],
+        "runtime",
+        line,
+        problems,
+    );
+    let raw: RawRuntime = toml::Value::Table(table).try_into().unwrap_or_else(|e| {
+        problems.push("runtime", Some(line), e.message().trim().to_string());
+        RawRuntime::default()
+    });
+    RuntimeSettings {
+        onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
+        threads: raw.threads.unwrap_or(0),
+    }
+}
+
+fn resolve_models(
+    tables: std::collections::BTreeMap<String, toml::Spanned<toml::Table>>,
+    base: &Path,
+    problems: &mut Problems,
+) -> std::collections::BTreeMap<String, ModelSpec> {
+    let mut models = std::collections::BTreeMap::new();
+    for (name, spanned) in tables {
+        let line = problems.line_of(spanned.span().start);
+        let label = format!("models.{name}");
+        let mut table = spanned.into_inner();
+        reject_unknown_keys(
+            &mut table,
+            &["path", "tile", "context", "domains"],
+            &label,
+            line,
+            problems,
+        );
+        let raw: RawModel = match toml::Value::Table(table).try_into() {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(label, Some(line), e.message().trim().to_string());
+                continue;
+            }
+        };
+        let path = resolve_path(base, &raw.path);
+        if !path.is_file() {
+            problems.push(
+                format!("{label}.path"),
+                Some(line),
+                format!("{} is not a file", path.display()),
+            );
+        }
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        models.insert(
+            name.clone(),
+            ModelSpec {
+                name,
+                context: raw
+                    .context
+                    .unwrap_or_else(|| crate::ops::upscale::recommended_context(&stem)),
+                path,
+                tile: raw.tile.unwrap_or(256),
+                domains: raw.domains,
+            },
+        );
+    }
+    models
+}
+
+/// What a rule is resolved against.
+struct RuleContext<'a> {
+    root: &'a Path,
+    base: &'a Path,
+    models: &'a std::collections::BTreeMap<String, ModelSpec>,
+}
+
 fn resolve_rule(
     index: usize,
     spanned: toml::Spanned<toml::Table>,
-    root: &Path,
-    base: &Path,
+    context: &RuleContext<'_>,
     problems: &mut Problems,
 ) -> Option<Rule> {
+    let (root, base) = (context.root, context.base);
     let line = problems.line_of(spanned.span().start);
     let mut table = spanned.into_inner();
     let label = match table.get("name").and_then(|v| v.as_str()) {
@@ -605,6 +766,7 @@ fn resolve_rule(
         .map(str::to_string);
     let recipe_keys: &[&str] = match recipe_name.as_deref() {
         Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS,
+        Some("upscale") => UPSCALE_KEYS,
         Some(other) => {
             let hint = closest(other, RECIPES)
                 .map(|k| format!(" (did you mean `{k}`?)"))
@@ -692,6 +854,28 @@ fn resolve_rule(
                 base,
                 problems,
             ))
+        }
+        "upscale" => {
+            let raw: RawUpscale = match toml::Value::Table(table).try_into() {
+                Ok(raw) => raw,
+                Err(e) => {
+                    problems.push(label.clone(), Some(line), e.message().trim().to_string());
+                    RawUpscale::default()
+                }
+            };
+            let model = resolve_upscale_model(&raw, context.models, &label, line, problems)?;
+            let output_format = raw.output_format.unwrap_or_else(|| "png".into());
+            if !["png", "tiff", "tif", "webp", "jpg", "jpeg"].contains(&output_format.as_str()) {
+                problems.push(
+                    format!("{label}.output_format"),
+                    Some(line),
+                    format!("'{output_format}': use png, tiff, webp or jpg"),
+                );
+            }
+            Recipe::Upscale(Upscale {
+                model,
+                output_format,
+            })
         }
         _ => unreachable!("recipe names are checked above"),
     };
@@ -798,6 +982,52 @@ fn resolve_split_to_proxy(
     }
 }
 
+/// The model of an upscale rule: by `model` name, or the first model serving `domain`.
+fn resolve_upscale_model(
+    raw: &RawUpscale,
+    models: &std::collections::BTreeMap<String, ModelSpec>,
+    label: &str,
+    line: usize,
+    problems: &mut Problems,
+) -> Option<ModelSpec> {
+    let names = || models.keys().cloned().collect::<Vec<_>>().join(", ");
+    match (&raw.model, &raw.domain) {
+        (Some(name), None) => match models.get(name) {
+            Some(spec) => Some(spec.clone()),
+            None => {
+                problems.push(
+                    format!("{label}.model"),
+                    Some(line),
+                    format!("no [models.{name}] table; models: {}", names()),
+                );
+                None
+            }
+        },
+        (None, Some(domain)) => match models.values().find(|m| m.domains.contains(domain)) {
+            Some(spec) => Some(spec.clone()),
+            None => {
+                problems.push(
+                    format!("{label}.domain"),
+                    Some(line),
+                    format!(
+                        "no model lists domain '{domain}' in its domains; models: {}",
+                        names()
+                    ),
+                );
+                None
+            }
+        },
+        _ => {
+            problems.push(
+                label.to_string(),
+                Some(line),
+                "an upscale rule names exactly one of `model` (a [models.<name>] table) or `domain`",
+            );
+            None
+        }
+    }
+}
+
 /// `"1024x1024"`, `"1024"` (square) or `"25%"`.
 pub fn parse_size(text: &str) -> Result<Target, String> {
     text.parse::<Target>()
@@ -823,8 +1053,8 @@ fn check_rules_together(rules: &[Rule], daemon: &DaemonSettings, problems: &mut 
             problems.push(format!("{label}.name"), None, "two rules share this name");
         }
         let mut folders = vec![("watch", rule.watch.clone())];
-        match &rule.recipe {
-            Recipe::SplitToProxy(options) => {
+        if let Recipe::SplitToProxy(options) = &rule.recipe {
+            {
                 folders.push(("exchange_in", options.exchange_in.clone()));
                 if options.exchange_out == options.exchange_in {
                     problems.push(
@@ -890,7 +1120,9 @@ mod tests {
         let rule = &config.rules[0];
         assert_eq!(rule.watch, Path::new("/etc/darkroom/var/inbox/photos"));
         assert_eq!(rule.originals, OriginalsPolicy::Move);
-        let Recipe::SplitToProxy(options) = &rule.recipe;
+        let Recipe::SplitToProxy(options) = &rule.recipe else {
+            panic!("split-to-proxy expected");
+        };
         assert_eq!(options.size, Target::pixels(1024, 1024));
         assert_eq!(
             options.exchange_in,

@@ -534,6 +534,25 @@ impl Journal {
         tx.commit()
     }
 
+    /// Records the output path a job will write (decided once, reused by a re-run).
+    pub fn set_output(&self, id: i64, output: &Path) -> rusqlite::Result<()> {
+        self.connection.execute(
+            "UPDATE jobs SET output_path = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, text(output), now()],
+        )?;
+        Ok(())
+    }
+
+    /// A single-step job finished: done, with where its input now is.
+    pub fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> rusqlite::Result<()> {
+        self.connection.execute(
+            "UPDATE jobs SET state = 'done', path = ?2, details = ?3, error = NULL, updated_at = ?4 \
+             WHERE id = ?1",
+            params![id, text(input_now_at), details, now()],
+        )?;
+        Ok(())
+    }
+
     pub fn close(&self, id: i64) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET closed = 1, updated_at = ?2 WHERE id = ?1",

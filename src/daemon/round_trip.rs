@@ -130,7 +130,7 @@ pub struct Merged {
     pub provenance: serde_json::Value,
 }
 
-fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, OpError> {
+pub fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, OpError> {
     candidates
         .iter()
         .find(|p| p.is_file())

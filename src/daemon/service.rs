@@ -7,13 +7,15 @@
 //! output path again, atomically.
 
 use crate::core::signature::Signature;
-use crate::daemon::config::{Config, OriginalsPolicy, Recipe, Rule, SplitToProxy};
+use crate::daemon::config::{Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
 use crate::daemon::journal::{self, FileIdentity, Job, Journal, Kind, State};
+use crate::daemon::model_lane::ModelLane;
 use crate::daemon::pairing::{self, Pairing, PendingProxy};
 use crate::daemon::round_trip::{self, MergeWork, Merged, ProxyWritten};
 use crate::daemon::systemd;
 use crate::daemon::trees::{self, ErrorSidecar, ProcessingLog, Trees};
+use crate::daemon::upscale_job::{self, UpscaleWork, Upscaled};
 use crate::io::decode;
 use crate::ops::OpError;
 use anyhow::Context;
@@ -47,11 +49,16 @@ enum Work {
         job_id: i64,
         work: Box<MergeWork>,
     },
+    Upscale {
+        job_id: i64,
+        work: Box<UpscaleWork>,
+    },
 }
 
 enum Outcome {
     Split(Result<Box<ProxyWritten>, OpError>),
     Merge(Result<Merged, OpError>),
+    Upscale(Result<Upscaled, OpError>),
 }
 
 /// Streams a file through SHA-256.
@@ -123,6 +130,7 @@ fn watch_roots(config: &Config) -> Vec<WatchRoot> {
                 dir: options.exchange_in.clone(),
                 patterns: image_patterns.clone(),
             }),
+            Recipe::Upscale(_) => {}
         }
     }
     roots
@@ -140,12 +148,13 @@ fn start_intake(config: &Config, events: &Sender<Event>) -> anyhow::Result<Intak
     .context("cannot watch the configured folders")
 }
 
-fn spawn_workers(count: usize, events: &Sender<Event>) -> Sender<Work> {
+fn spawn_workers(count: usize, events: &Sender<Event>, lane: &ModelLane) -> Sender<Work> {
     let (sender, receiver) = mpsc::channel::<Work>();
     let receiver = Arc::new(Mutex::new(receiver));
     for index in 0..count {
         let receiver = Arc::clone(&receiver);
         let events = events.clone();
+        let lane = lane.clone();
         std::thread::Builder::new()
             .name(format!("darkroom-worker-{index}"))
             .spawn(move || loop {
@@ -153,7 +162,7 @@ fn spawn_workers(count: usize, events: &Sender<Event>) -> Sender<Work> {
                 let Ok(Ok(work)) = next else {
                     return;
                 };
-                let (job_id, outcome) = run_work(work);
+                let (job_id, outcome) = run_work(work, &lane);
                 if events
                     .send(Event::Finished {
                         job_id,
@@ -169,7 +178,7 @@ fn spawn_workers(count: usize, events: &Sender<Event>) -> Sender<Work> {
     sender
 }
 
-fn run_work(work: Work) -> (i64, Outcome) {
+fn run_work(work: Work, lane: &ModelLane) -> (i64, Outcome) {
     let panic_message = |p: Box<dyn std::any::Any + Send>| {
         let text = p
             .downcast_ref::<String>()
@@ -195,6 +204,13 @@ fn run_work(work: Work) -> (i64, Outcome) {
             let result = std::panic::catch_unwind(|| round_trip::merge_return(&work))
                 .unwrap_or_else(|p| Err(panic_message(p)));
             (job_id, Outcome::Merge(result))
+        }
+        Work::Upscale { job_id, work } => {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                upscale_job::run(&work, lane)
+            }))
+            .unwrap_or_else(|p| Err(panic_message(p)));
+            (job_id, Outcome::Upscale(result))
         }
     }
 }
@@ -232,7 +248,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open {}", trees.processing_log().display()))?;
     let (events, inbox) = mpsc::channel::<Event>();
     spawn_signal_thread(&events)?;
-    let work = spawn_workers(config.daemon.workers, &events);
+    let work = spawn_workers(config.daemon.workers, &events, &ModelLane::start());
     let intake = start_intake(&config, &events)?;
     let mut daemon = Daemon {
         config,
@@ -284,8 +300,8 @@ impl Daemon {
         let mut dirs = Vec::new();
         for rule in &self.config.rules {
             dirs.extend(self.trees.rule_dirs(&rule.name));
-            match &rule.recipe {
-                Recipe::SplitToProxy(options) => dirs.push(options.exchange_out.clone()),
+            if let Recipe::SplitToProxy(options) = &rule.recipe {
+                dirs.push(options.exchange_out.clone());
             }
         }
         for dir in dirs {
@@ -539,7 +555,10 @@ impl Daemon {
     }
 
     fn start_split(&mut self, job: &Job, rule: &Rule) -> anyhow::Result<bool> {
-        let Recipe::SplitToProxy(options) = &rule.recipe;
+        let options = match &rule.recipe {
+            Recipe::SplitToProxy(options) => options,
+            Recipe::Upscale(recipe) => return self.start_upscale(job, rule, recipe),
+        };
         self.journal.start_attempt(job.id, State::Running)?;
         self.record(job, State::Running, None);
         self.in_flight.insert(job.id, Instant::now());
@@ -554,9 +573,83 @@ impl Daemon {
         Ok(true)
     }
 
+    /// Starts an upscale job: its output name is fixed (and recorded) before it runs.
+    fn start_upscale(&mut self, job: &Job, rule: &Rule, recipe: &Upscale) -> anyhow::Result<bool> {
+        let output = match &job.output_path {
+            Some(path) => path.clone(),
+            None => {
+                let images = self.trees.images(&rule.name);
+                let stem = round_trip::stem_of(&job.claimed_path);
+                let ext = &recipe.output_format;
+                let mut path = images.join(format!("{stem}_{}.{ext}", recipe.model.name));
+                if self.journal.output_taken(&path, -1)? {
+                    path = images.join(format!(
+                        "{stem}_{}_{}.{ext}",
+                        pairing::job_token(job.id),
+                        recipe.model.name
+                    ));
+                }
+                self.journal.set_output(job.id, &path)?;
+                path
+            }
+        };
+        let originals_dir = self.trees.originals(&rule.name);
+        let move_original_to = match rule.originals {
+            OriginalsPolicy::Keep => None,
+            OriginalsPolicy::Move if job.path.starts_with(&originals_dir) => None,
+            OriginalsPolicy::Move => Some(trees::free_name(
+                &originals_dir,
+                &job.claimed_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                &pairing::job_token(job.id),
+            )),
+        };
+        let mut original_candidates = vec![job.path.clone()];
+        original_candidates.extend(move_original_to.clone());
+        let provenance = json!({
+            "darkroom_version": VERSION,
+            "rule": rule.name,
+            "recipe": rule.recipe.name(),
+            "source": {
+                "path": job.claimed_path,
+                "sha256": job.sha256,
+                "bytes": job.size,
+                "claimed_at": trees::rfc3339(job.created_at),
+            },
+            "jobs": { "upscale": job.id },
+        });
+        let work = UpscaleWork {
+            recipe: recipe.clone(),
+            runtime: self.config.runtime.clone(),
+            limits: self.config.daemon.limits,
+            original_candidates,
+            metadata_path: self
+                .trees
+                .metadata(&rule.name)
+                .join(format!("{}.json", round_trip::stem_of(&output))),
+            output,
+            move_original_to,
+            provenance,
+        };
+        self.journal.start_attempt(job.id, State::Running)?;
+        self.record(job, State::Running, None);
+        self.in_flight.insert(job.id, Instant::now());
+        self.work
+            .send(Work::Upscale {
+                job_id: job.id,
+                work: Box::new(work),
+            })
+            .context("the workers are gone")?;
+        Ok(true)
+    }
+
     /// Pairs a returned image with its proxy (if not yet paired) and starts its merge.
     fn start_merge(&mut self, job: &Job, rule: &Rule) -> anyhow::Result<bool> {
-        let Recipe::SplitToProxy(options) = &rule.recipe;
+        let Recipe::SplitToProxy(options) = &rule.recipe else {
+            anyhow::bail!("rule {} takes no returns", rule.name);
+        };
         let (parent_id, variant, output) = match (job.parent, job.variant, &job.output_path) {
             (Some(p), Some(v), Some(o)) => (p, v, o.clone()),
             _ => match self.pair(job, options)? {
@@ -810,7 +903,8 @@ impl Daemon {
         let result = match outcome {
             Outcome::Split(Ok(written)) => self.split_done(&job, *written),
             Outcome::Merge(Ok(merged)) => self.merge_done(&job, merged, seconds),
-            Outcome::Split(Err(e)) | Outcome::Merge(Err(e)) => {
+            Outcome::Upscale(Ok(upscaled)) => self.upscale_done(&job, upscaled, seconds),
+            Outcome::Split(Err(e)) | Outcome::Merge(Err(e)) | Outcome::Upscale(Err(e)) => {
                 self.fail(&job, &e, false);
                 Ok(())
             }
@@ -855,6 +949,29 @@ impl Daemon {
             "proxy written; waiting for the processed image"
         );
         self.last_job = format!("{} proxied", round_trip::stem_of(&job.path));
+        Ok(())
+    }
+
+    fn upscale_done(&mut self, job: &Job, upscaled: Upscaled, seconds: f64) -> anyhow::Result<()> {
+        self.journal.job_done(
+            job.id,
+            &upscaled.original_now_at,
+            &upscaled.provenance.to_string(),
+        )?;
+        self.record(
+            job,
+            State::Done,
+            Some(&upscaled.output.display().to_string()),
+        );
+        tracing::info!(
+            job = job.id,
+            file = %job.claimed_path.display(),
+            output = %upscaled.output.display(),
+            model = %upscaled.provenance["model"]["name"].as_str().unwrap_or("?"),
+            seconds = format!("{seconds:.3}"),
+            "upscaled"
+        );
+        self.last_job = format!("{} upscaled", round_trip::stem_of(&job.claimed_path));
         Ok(())
     }
 
@@ -980,7 +1097,9 @@ impl Daemon {
         }
         let rules: Vec<Rule> = self.config.rules.clone();
         for rule in rules {
-            let Recipe::SplitToProxy(options) = &rule.recipe;
+            let Recipe::SplitToProxy(options) = &rule.recipe else {
+                continue;
+            };
             let grace = options.return_grace.as_secs_f64();
             let Ok(jobs) = self.journal.window_over(now, grace, &rule.name) else {
                 continue;

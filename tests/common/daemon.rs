@@ -193,12 +193,14 @@ impl Drop for Tree {
     }
 }
 
-/// Plain files in `dir` (not recursive), sorted; empty when it does not exist.
+/// Visible plain files in `dir` (not recursive, no dotfiles such as darkroom's temp files
+/// being written), sorted; empty when it does not exist.
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
                 .map(|e| e.path())
                 .filter(|p| p.is_file())
                 .collect()

@@ -1,0 +1,135 @@
+//! The model lane: one thread owns every ONNX Runtime session (loaded once, then reused) and
+//! runs the model work of all jobs, one at a time, as one GPU (or the CPU's inference
+//! threads) can. Decoding, encoding and file moves of other jobs go on meanwhile in the
+//! worker threads, which hand images to the lane and wait for the result.
+
+use crate::daemon::config::{ModelSpec, RuntimeSettings};
+use crate::io::onnx::{self, Model, ModelError};
+use crate::ops::upscale::upscale_image;
+use image::DynamicImage;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Sender};
+use std::time::Instant;
+
+/// What the lane returns for one image.
+pub struct LaneResult {
+    pub image: DynamicImage,
+    pub model_sha256: String,
+    pub scale: u32,
+    pub provider: String,
+    pub tiles: usize,
+    pub seconds: f64,
+}
+
+struct Request {
+    spec: ModelSpec,
+    runtime: RuntimeSettings,
+    image: DynamicImage,
+    reply: Sender<Result<LaneResult, ModelError>>,
+}
+
+/// A handle to the lane thread; clone it freely.
+#[derive(Clone)]
+pub struct ModelLane {
+    sender: Sender<Request>,
+}
+
+impl ModelLane {
+    /// Starts the lane thread. Nothing is loaded until the first request.
+    pub fn start() -> ModelLane {
+        let (sender, receiver) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("darkroom-model-lane".into())
+            .spawn(move || {
+                let mut sessions: HashMap<PathBuf, Model> = HashMap::new();
+                for request in receiver {
+                    let result = serve(&mut sessions, &request);
+                    let _ = request.reply.send(result);
+                }
+            })
+            .expect("spawning the model lane");
+        ModelLane { sender }
+    }
+
+    /// Runs `image` through the model of `spec` on the lane and waits for the result.
+    pub fn upscale(
+        &self,
+        spec: &ModelSpec,
+        runtime: &RuntimeSettings,
+        image: DynamicImage,
+    ) -> Result<LaneResult, ModelError> {
+        let (reply, answer) = mpsc::channel();
+        let gone = || ModelError::Inference {
+            path: spec.path.display().to_string(),
+            reason: "the model lane stopped".into(),
+        };
+        self.sender
+            .send(Request {
+                spec: spec.clone(),
+                runtime: runtime.clone(),
+                image,
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
+    }
+}
+
+fn serve(
+    sessions: &mut HashMap<PathBuf, Model>,
+    request: &Request,
+) -> Result<LaneResult, ModelError> {
+    let spec = &request.spec;
+    if !sessions.contains_key(&spec.path) {
+        let runtime = onnx::runtime(request.runtime.onnxruntime.as_deref())?;
+        let threads = if request.runtime.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            request.runtime.threads
+        };
+        let started = Instant::now();
+        let model = Model::load(&spec.path, runtime, threads)?;
+        tracing::info!(
+            model = %spec.name,
+            path = %spec.path.display(),
+            scale = model.scale,
+            provider = %model.provider,
+            seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+            "model loaded"
+        );
+        sessions.insert(spec.path.clone(), model);
+    }
+    let model = sessions.get_mut(&spec.path).expect("inserted above");
+    let started = Instant::now();
+    let tiles = crate::core::tiling::plan(
+        request.image.width(),
+        request.image.height(),
+        spec.tile,
+        spec.context,
+    )
+    .len();
+    let image = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        upscale_image(
+            &request.image,
+            model,
+            spec.tile,
+            spec.context,
+            &mut |_, _| {},
+        )
+    }))
+    .unwrap_or_else(|_| {
+        Err(ModelError::Inference {
+            path: spec.path.display().to_string(),
+            reason: "the model run panicked".into(),
+        })
+    })?;
+    Ok(LaneResult {
+        image,
+        model_sha256: model.sha256.clone(),
+        scale: model.scale,
+        provider: model.provider.clone(),
+        tiles,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,127 @@
+//! The `upscale` recipe as a worker thread runs it: decode, hand the image to the model
+//! lane, encode, write the output and its provenance durably, then file the original.
+
+use crate::daemon::config::{RuntimeSettings, Upscale};
+use crate::daemon::model_lane::ModelLane;
+use crate::daemon::round_trip::first_existing;
+use crate::daemon::trees::move_durably;
+use crate::io::decode::{self, DecodeLimits};
+use crate::io::encode::{self, OutputFormat};
+use crate::io::{atomic, onnx::ModelError};
+use crate::ops::OpError;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Everything an upscale job needs, decided by the main thread.
+#[derive(Debug, Clone)]
+pub struct UpscaleWork {
+    pub recipe: Upscale,
+    pub runtime: RuntimeSettings,
+    pub limits: DecodeLimits,
+    pub original_candidates: Vec<PathBuf>,
+    pub output: PathBuf,
+    pub metadata_path: PathBuf,
+    pub move_original_to: Option<PathBuf>,
+    pub provenance: serde_json::Value,
+}
+
+/// What an upscale job did.
+#[derive(Debug, Clone)]
+pub struct Upscaled {
+    pub output: PathBuf,
+    pub original_now_at: PathBuf,
+    pub provenance: serde_json::Value,
+}
+
+/// Model and runtime problems are not the input's fault: they are retried (and end as
+/// "gave-up" with the reason), never a quarantine of a good file as corrupt.
+fn model_error(e: ModelError) -> OpError {
+    OpError::External {
+        path: match &e {
+            ModelError::BadModel { path, .. } | ModelError::Inference { path, .. } => path.clone(),
+            _ => "onnxruntime".into(),
+        },
+        reason: e.to_string(),
+    }
+}
+
+pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
+    let original = first_existing(&work.original_candidates, "original")?;
+    let started = Instant::now();
+    let loaded =
+        decode::load(&original, &work.limits).map_err(|e| OpError::decode(&original, e))?;
+    let decode_seconds = started.elapsed().as_secs_f64();
+    let (width, height) = (loaded.image.width(), loaded.image.height());
+    let result = lane
+        .upscale(&work.recipe.model, &work.runtime, loaded.image)
+        .map_err(model_error)?;
+    let encode_started = Instant::now();
+    let format =
+        OutputFormat::from_path(&work.output).map_err(|e| OpError::Usage(e.to_string()))?;
+    let bytes = encode::encode(&result.image, format, loaded.icc_profile.as_deref(), &[])
+        .map_err(|e| OpError::write(&work.output, e))?;
+    for dir in [
+        atomic::parent_dir(&work.output),
+        atomic::parent_dir(&work.metadata_path),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(|e| OpError::write(&dir, e))?;
+    }
+    atomic::write_atomic(&work.output, &bytes).map_err(|e| OpError::write(&work.output, e))?;
+    let encode_seconds = encode_started.elapsed().as_secs_f64();
+
+    let mut provenance = work.provenance.clone();
+    if let Some(object) = provenance.as_object_mut() {
+        object.insert(
+            "model".into(),
+            serde_json::json!({
+                "name": work.recipe.model.name,
+                "path": work.recipe.model.path,
+                "sha256": result.model_sha256,
+                "scale": result.scale,
+                "provider": result.provider,
+            }),
+        );
+        object.insert(
+            "tiling".into(),
+            serde_json::json!({
+                "tile": work.recipe.model.tile,
+                "context": work.recipe.model.context,
+                "tiles": result.tiles,
+            }),
+        );
+        object.insert(
+            "output".into(),
+            serde_json::json!({
+                "path": work.output,
+                "width": result.image.width(),
+                "height": result.image.height(),
+                "input_width": width,
+                "input_height": height,
+            }),
+        );
+        object.insert(
+            "timings_seconds".into(),
+            serde_json::json!({
+                "decode": decode_seconds,
+                "model": result.seconds,
+                "encode_and_write": encode_seconds,
+            }),
+        );
+    }
+    let mut json = serde_json::to_string_pretty(&provenance).unwrap_or_default();
+    json.push('\n');
+    atomic::write_atomic(&work.metadata_path, json.as_bytes())
+        .map_err(|e| OpError::write(&work.metadata_path, e))?;
+    let original_now_at = match &work.move_original_to {
+        Some(target) if *target != original => {
+            move_durably(&original, target).map_err(|e| OpError::write(target, e))?;
+            target.clone()
+        }
+        _ => original,
+    };
+    Ok(Upscaled {
+        output: work.output.clone(),
+        original_now_at,
+        provenance,
+    })
+}
