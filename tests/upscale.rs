@@ -252,3 +252,43 @@ fn a_corrupt_model_and_a_missing_runtime_give_clear_errors() {
         "no output on failure"
     );
 }
+
+#[test]
+fn compare_prints_psnr_and_ssim_and_refuses_different_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let hr = crop("photo_coffee_600x400.png", 100, 80, 120, 100);
+    let blurred = hr.blur(1.5);
+    hr.save(dir.path().join("hr.png")).unwrap();
+    blurred.save(dir.path().join("blurred.png")).unwrap();
+    let out = darkroom()
+        .current_dir(dir.path())
+        .args(["compare", "hr.png", "blurred.png"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = psnr(&hr, &blurred);
+    let printed: f64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!((printed - expected).abs() < 0.01, "{text} vs {expected:.2}");
+    let ssim: f64 = text.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(ssim > 0.3 && ssim < 0.99, "{text}");
+
+    let (code, stderr) = common::run_err(
+        dir.path(),
+        &[
+            "compare",
+            "hr.png",
+            &testdata("tiny_17x9.png").display().to_string(),
+        ],
+    );
+    assert_eq!(code, 65);
+    assert!(stderr.contains("differ in size"), "{stderr}");
+}

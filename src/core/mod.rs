@@ -5,6 +5,7 @@
 pub mod delta;
 pub mod geometry;
 pub mod merge;
+pub mod metrics;
 pub mod proxy;
 pub mod resample;
 pub mod signature;

@@ -157,24 +157,51 @@ impl Planar {
 
     /// Copies the region `from` of `source` to (`x`, `y`) of `self`.
     pub fn paste(&mut self, source: &Planar, from: Rect, x: u32, y: u32) {
-        let (sw, dw) = (source.width as usize, self.width as usize);
+        self.paste_slice(&source.data, source.width, source.height, from, x, y)
+            .expect("a planar image matches its own size");
+    }
+
+    /// Like [`Planar::paste`] from raw planar samples of `width x height` (a model's output
+    /// buffer); refuses a buffer of the wrong length or a region outside either image.
+    pub fn paste_slice(
+        &mut self,
+        source: &[f32],
+        width: u32,
+        height: u32,
+        from: Rect,
+        x: u32,
+        y: u32,
+    ) -> Result<(), String> {
+        let (sw, dw) = (width as usize, self.width as usize);
+        if source.len() != self.channels * sw * height as usize
+            || from.x + from.width > width
+            || from.y + from.height > height
+            || x + from.width > self.width
+            || y + from.height > self.height
+        {
+            return Err(format!(
+                "a {width}x{height} model output does not hold the expected region {from:?}"
+            ));
+        }
         let w = from.width as usize;
         for c in 0..self.channels {
-            let src = c * sw * source.height as usize;
+            let src = c * sw * height as usize;
             let dst = c * dw * self.height as usize;
             for row in 0..from.height as usize {
                 let s = src + (from.y as usize + row) * sw + from.x as usize;
                 let d = dst + (y as usize + row) * dw + x as usize;
-                self.data[d..d + w].copy_from_slice(&source.data[s..s + w]);
+                self.data[d..d + w].copy_from_slice(&source[s..s + w]);
             }
         }
+        Ok(())
     }
 
     /// Clamps every sample to 0..=1 (models overshoot).
     pub fn clamp_unit(&mut self) {
-        for v in &mut self.data {
-            *v = v.clamp(0.0, 1.0);
-        }
+        use rayon::prelude::*;
+        self.data
+            .par_chunks_mut(1 << 16)
+            .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0)));
     }
 }
 

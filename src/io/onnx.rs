@@ -8,7 +8,7 @@
 
 use crate::core::tiling::{self, Planar, Rect};
 use ort::session::Session;
-use ort::value::{Tensor, TensorElementType, ValueType};
+use ort::value::{TensorElementType, TensorRef, ValueType};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -258,13 +258,28 @@ impl Model {
 
     /// Runs the model on one planar RGB tile (values 0..1); returns the raw output.
     pub fn run(&mut self, tile: &Planar) -> Result<Planar, ModelError> {
+        self.run_with(tile, |data, width, height| Planar {
+            channels: 3,
+            width,
+            height,
+            data: data.to_vec(),
+        })
+    }
+
+    /// Runs the model on one tile and hands the raw planar output (and its width and
+    /// height) to `take`, without copying it first.
+    pub fn run_with<T>(
+        &mut self,
+        tile: &Planar,
+        take: impl FnOnce(&[f32], u32, u32) -> T,
+    ) -> Result<T, ModelError> {
         let fail = |reason: String| ModelError::Inference {
             path: self.path.display().to_string(),
             reason,
         };
         let shape = [1usize, 3, tile.height as usize, tile.width as usize];
-        let input =
-            Tensor::from_array((shape, tile.data.clone())).map_err(|e| fail(e.to_string()))?;
+        let input = TensorRef::from_array_view((shape, tile.data.as_slice()))
+            .map_err(|e| fail(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![self.input_name.as_str() => input])
@@ -278,12 +293,7 @@ impl Model {
         if shape.len() != 4 || shape[1] != 3 {
             return Err(fail(format!("unexpected output shape {:?}", &shape[..])));
         }
-        Ok(Planar {
-            channels: 3,
-            width: shape[3] as u32,
-            height: shape[2] as u32,
-            data: data.to_vec(),
-        })
+        Ok(take(data, shape[3] as u32, shape[2] as u32))
     }
 
     /// Upscales a whole planar RGB image tile by tile (see [`tiling`]); `progress` gets
@@ -317,17 +327,21 @@ impl Model {
     ) -> Result<(), ModelError> {
         let s = self.scale;
         let input = tiling::expand(core, context, image.width, image.height);
-        match self.run(&image.crop(input)) {
-            Ok(result) => {
-                let from = Rect {
-                    x: (core.x - input.x) * s,
-                    y: (core.y - input.y) * s,
-                    width: core.width * s,
-                    height: core.height * s,
-                };
-                out.paste(&result, from, core.x * s, core.y * s);
-                Ok(())
-            }
+        let from = Rect {
+            x: (core.x - input.x) * s,
+            y: (core.y - input.y) * s,
+            width: core.width * s,
+            height: core.height * s,
+        };
+        let pasted = self.run_with(&image.crop(input), |data, width, height| {
+            out.paste_slice(data, width, height, from, core.x * s, core.y * s)
+        });
+        match pasted {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(ModelError::Inference {
+                path: self.path.display().to_string(),
+                reason,
+            }),
             Err(e) if core.width > 32 && core.height > 32 => {
                 tracing::warn!(error = %e, tile = ?core, "tile failed; retrying it as four smaller tiles");
                 for part in tiling::quarter(core) {

@@ -160,6 +160,24 @@ pub fn upscale_image(
         None
     };
     let (ow, oh) = (colour.width, colour.height);
+    if !grey && !has_alpha && !sixteen {
+        // The common case, straight from the planar output, rows in parallel.
+        use rayon::prelude::*;
+        let plane = (ow * oh) as usize;
+        let mut raw = vec![0u8; plane * 3];
+        raw.par_chunks_mut(ow as usize * 3)
+            .enumerate()
+            .for_each(|(y, row)| {
+                for x in 0..ow as usize {
+                    let i = y * ow as usize + x;
+                    for c in 0..3 {
+                        row[x * 3 + c] = (colour.data[c * plane + i] * 255.0).round() as u8;
+                    }
+                }
+            });
+        let buffer = ImageBuffer::from_raw(ow, oh, raw).expect("sized above");
+        return Ok(DynamicImage::ImageRgb8(buffer));
+    }
     let samples = colour.to_interleaved();
     let pixel = |i: usize| [samples[i * 3], samples[i * 3 + 1], samples[i * 3 + 2]];
     let luma = |p: [f32; 3]| (p[0] + p[1] + p[2]) / 3.0;
