@@ -229,6 +229,15 @@ pub enum Command {
         /// ONNX Runtime threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Run the model this many times (a x2 model twice gives x4).
+        #[arg(long, default_value_t = 1)]
+        passes: u32,
+        /// Exact output size WxH: enough passes to reach it, then Lanczos3 to it.
+        #[arg(long, value_name = "WxH", value_parser = ops::upscale::parse_target)]
+        target: Option<(u32, u32)>,
+        /// Unsharp mask after the model: AMOUNT[,RADIUS[,THRESHOLD]] (e.g. 0.5,1.0,2).
+        #[arg(long, value_name = "AMOUNT[,RADIUS[,THRESHOLD]]")]
+        sharpen: Option<darkroom::core::filters::Unsharp>,
     },
     /// Compare two images of the same size: PSNR, SSIM and MSE over RGB in 8-bit units.
     ///
@@ -503,6 +512,9 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             models_dir,
             onnxruntime,
             threads,
+            passes,
+            target,
+            sharpen,
         } => {
             let models_dir = models_dir
                 .or_else(|| std::env::var_os("DARKROOM_MODELS").map(PathBuf::from))
@@ -516,6 +528,9 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 context,
                 runtime: onnxruntime,
                 threads,
+                passes,
+                target,
+                sharpen,
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;
             let bar = ProgressBar::new(0);

@@ -292,3 +292,55 @@ fn compare_prints_psnr_and_ssim_and_refuses_different_sizes() {
     assert_eq!(code, 65);
     assert!(stderr.contains("differ in size"), "{stderr}");
 }
+
+#[test]
+fn passes_target_and_sharpen_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = stage(dir.path(), "tiny_17x9.png");
+    let run = |extra: &[&str], output: &str| {
+        let out = darkroom()
+            .current_dir(dir.path())
+            .arg("upscale")
+            .arg(&input)
+            .args(["--model", "waifu2x-upconv7-photo-x2", "--output", output])
+            .arg("--models-dir")
+            .arg(shared_dir().join("models"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        load(&dir.path().join(output)).image
+    };
+    let twice = run(&["--passes", "2"], "twice.png");
+    assert_eq!(twice.dimensions(), (68, 36), "x2 twice is x4");
+    let target = run(&["--target", "50x30"], "target.png");
+    assert_eq!(
+        target.dimensions(),
+        (50, 30),
+        "two passes, then Lanczos to the target"
+    );
+    let plain = run(&[], "plain.png");
+    let sharp = run(&["--sharpen", "1.0,1.0"], "sharp.png");
+    assert_eq!(sharp.dimensions(), (34, 18));
+    assert!(
+        max_abs_diff(&plain, &sharp) > 5,
+        "sharpening changed nothing"
+    );
+    let (code, stderr) = common::run_err(
+        dir.path(),
+        &[
+            "upscale",
+            "tiny_17x9.png",
+            "--model",
+            "x",
+            "--target",
+            "big",
+        ],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("WxH"), "{stderr}");
+}

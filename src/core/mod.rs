@@ -3,6 +3,7 @@
 //! benchmarks all call the same code.
 
 pub mod delta;
+pub mod filters;
 pub mod geometry;
 pub mod merge;
 pub mod metrics;

@@ -121,6 +121,12 @@ pub struct Upscale {
     pub model: ModelSpec,
     /// Output file extension: png (default), tiff, webp or jpg.
     pub output_format: String,
+    /// Model passes (default 1); ignored when `target` is set.
+    pub passes: u32,
+    /// Exact output size: enough passes, then Lanczos3.
+    pub target: Option<(u32, u32)>,
+    /// Unsharp mask after the model.
+    pub sharpen: Option<crate::core::filters::Unsharp>,
 }
 
 /// Options of `split-to-proxy` and its merge-when-processed-appears step.
@@ -218,9 +224,19 @@ struct RawUpscale {
     model: Option<String>,
     domain: Option<String>,
     output_format: Option<String>,
+    passes: Option<u32>,
+    target: Option<String>,
+    sharpen: Option<String>,
 }
 
-const UPSCALE_KEYS: &[&str] = &["model", "domain", "output_format"];
+const UPSCALE_KEYS: &[&str] = &[
+    "model",
+    "domain",
+    "output_format",
+    "passes",
+    "target",
+    "sharpen",
+];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -872,9 +888,26 @@ fn resolve_rule(
                     format!("'{output_format}': use png, tiff, webp or jpg"),
                 );
             }
+            let passes = raw.passes.unwrap_or(1);
+            if !(1..=4).contains(&passes) {
+                problems.push(format!("{label}.passes"), Some(line), "must be 1 to 4");
+            }
+            let target = raw.target.as_deref().and_then(|t| {
+                crate::ops::upscale::parse_target(t)
+                    .map_err(|e| problems.push(format!("{label}.target"), Some(line), e))
+                    .ok()
+            });
+            let sharpen = raw.sharpen.as_deref().and_then(|t| {
+                t.parse()
+                    .map_err(|e: String| problems.push(format!("{label}.sharpen"), Some(line), e))
+                    .ok()
+            });
             Recipe::Upscale(Upscale {
                 model,
                 output_format,
+                passes: passes.clamp(1, 4),
+                target,
+                sharpen,
             })
         }
         _ => unreachable!("recipe names are checked above"),

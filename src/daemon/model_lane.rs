@@ -5,7 +5,7 @@
 
 use crate::daemon::config::{ModelSpec, RuntimeSettings};
 use crate::io::onnx::{self, Model, ModelError};
-use crate::ops::upscale::upscale_image;
+use crate::ops::upscale::upscale_passes;
 use image::DynamicImage;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +25,8 @@ pub struct LaneResult {
 struct Request {
     spec: ModelSpec,
     runtime: RuntimeSettings,
+    passes: u32,
+    target: Option<(u32, u32)>,
     image: DynamicImage,
     reply: Sender<Result<LaneResult, ModelError>>,
 }
@@ -57,6 +59,7 @@ impl ModelLane {
         &self,
         spec: &ModelSpec,
         runtime: &RuntimeSettings,
+        (passes, target): (u32, Option<(u32, u32)>),
         image: DynamicImage,
     ) -> Result<LaneResult, ModelError> {
         let (reply, answer) = mpsc::channel();
@@ -68,6 +71,8 @@ impl ModelLane {
             .send(Request {
                 spec: spec.clone(),
                 runtime: runtime.clone(),
+                passes,
+                target,
                 image,
                 reply,
             })
@@ -110,11 +115,13 @@ fn serve(
     )
     .len();
     let image = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        upscale_image(
+        upscale_passes(
             &request.image,
             model,
             spec.tile,
             spec.context,
+            request.passes,
+            request.target,
             &mut |_, _| {},
         )
     }))

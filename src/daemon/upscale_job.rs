@@ -52,10 +52,19 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
         decode::load(&original, &work.limits).map_err(|e| OpError::decode(&original, e))?;
     let decode_seconds = started.elapsed().as_secs_f64();
     let (width, height) = (loaded.image.width(), loaded.image.height());
-    let result = lane
-        .upscale(&work.recipe.model, &work.runtime, loaded.image)
+    let mut result = lane
+        .upscale(
+            &work.recipe.model,
+            &work.runtime,
+            (work.recipe.passes, work.recipe.target),
+            loaded.image,
+        )
         .map_err(model_error)?;
     let encode_started = Instant::now();
+    // Post filters run here, on the worker, leaving the model lane free for the next job.
+    if let Some(settings) = work.recipe.sharpen {
+        result.image = crate::core::filters::unsharp_mask(&result.image, settings);
+    }
     let format =
         OutputFormat::from_path(&work.output).map_err(|e| OpError::Usage(e.to_string()))?;
     let bytes = encode::encode(&result.image, format, loaded.icc_profile.as_deref(), &[])
@@ -87,6 +96,11 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
                 "tile": work.recipe.model.tile,
                 "context": work.recipe.model.context,
                 "tiles": result.tiles,
+                "passes": work.recipe.passes,
+                "target": work.recipe.target.map(|(w, h)| format!("{w}x{h}")),
+                "sharpen": work.recipe.sharpen.map(|u| serde_json::json!({
+                    "amount": u.amount, "radius": u.radius, "threshold": u.threshold,
+                })),
             }),
         );
         object.insert(

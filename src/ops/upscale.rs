@@ -29,6 +29,66 @@ pub struct UpscaleOptions {
     pub runtime: Option<PathBuf>,
     /// Intra-op threads. Default: the number of cores.
     pub threads: usize,
+    /// Model passes (x2 twice = x4). Default 1; ignored when `target` is set.
+    pub passes: u32,
+    /// Exact output size: enough passes to reach it, then Lanczos3 to it. Default none.
+    pub target: Option<(u32, u32)>,
+    /// Unsharp mask after the model. Default none.
+    pub sharpen: Option<crate::core::filters::Unsharp>,
+}
+
+/// Passes of a `scale`x model needed for `width x height` to reach `target` on both sides
+/// (at most 4).
+pub fn passes_for(width: u32, height: u32, scale: u32, target: (u32, u32)) -> u32 {
+    let mut passes = 1;
+    let (mut w, mut h) = (
+        u64::from(width) * u64::from(scale),
+        u64::from(height) * u64::from(scale),
+    );
+    while passes < 4 && scale > 1 && (w < u64::from(target.0) || h < u64::from(target.1)) {
+        passes += 1;
+        w *= u64::from(scale);
+        h *= u64::from(scale);
+    }
+    passes
+}
+
+/// Parses `WxH` for `target`.
+pub fn parse_target(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{text}': write the target as WxH, e.g. 3840x2160"))?;
+    match (w.trim().parse::<u32>(), h.trim().parse::<u32>()) {
+        (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("'{text}': write the target as WxH, e.g. 3840x2160")),
+    }
+}
+
+/// Runs the model `passes` times (or as many as `target` needs), then resizes to `target`
+/// exactly with Lanczos3.
+pub fn upscale_passes(
+    image: &DynamicImage,
+    model: &mut Model,
+    tile: u32,
+    context: u32,
+    passes: u32,
+    target: Option<(u32, u32)>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DynamicImage, ModelError> {
+    let passes = match target {
+        Some(t) => passes_for(image.width(), image.height(), model.scale, t),
+        None => passes.max(1),
+    };
+    let mut current = upscale_image(image, model, tile, context, progress)?;
+    for _ in 1..passes {
+        current = upscale_image(&current, model, tile, context, progress)?;
+    }
+    if let Some((w, h)) = target {
+        if (current.width(), current.height()) != (w, h) {
+            current = current.resize_exact(w, h, image::imageops::FilterType::Lanczos3);
+        }
+    }
+    Ok(current)
 }
 
 /// What an upscale did.
@@ -244,8 +304,19 @@ pub fn upscale(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
-    let result =
-        upscale_image(&loaded.image, model, tile, context, progress).map_err(model_error)?;
+    let mut result = upscale_passes(
+        &loaded.image,
+        model,
+        tile,
+        context,
+        options.passes,
+        options.target,
+        progress,
+    )
+    .map_err(model_error)?;
+    if let Some(settings) = options.sharpen {
+        result = crate::core::filters::unsharp_mask(&result, settings);
+    }
     let bytes = encode::encode(&result, format, loaded.icc_profile.as_deref(), &[])
         .map_err(|e| OpError::write(&output_path, e))?;
     atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
