@@ -238,6 +238,9 @@ pub enum Command {
         /// Unsharp mask after the model: AMOUNT[,RADIUS[,THRESHOLD]] (e.g. 0.5,1.0,2).
         #[arg(long, value_name = "AMOUNT[,RADIUS[,THRESHOLD]]")]
         sharpen: Option<darkroom::core::filters::Unsharp>,
+        /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (required).
+        #[arg(long, default_value = "auto")]
+        provider: darkroom::io::onnx::Provider,
     },
     /// Compare two images of the same size: PSNR, SSIM and MSE over RGB in 8-bit units.
     ///
@@ -515,6 +518,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             passes,
             target,
             sharpen,
+            provider,
         } => {
             let models_dir = models_dir
                 .or_else(|| std::env::var_os("DARKROOM_MODELS").map(PathBuf::from))
@@ -531,6 +535,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 passes,
                 target,
                 sharpen,
+                provider,
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;
             let bar = ProgressBar::new(0);

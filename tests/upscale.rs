@@ -344,3 +344,40 @@ fn passes_target_and_sharpen_on_the_command_line() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("WxH"), "{stderr}");
 }
+
+#[test]
+fn cuda_when_required_is_an_error_on_a_runtime_without_it_and_auto_runs_on_the_cpu() {
+    // The tests' runtime is the CPU wheel of ./.venv (no libonnxruntime_providers_cuda.so),
+    // whatever GPU the machine has, so this holds everywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let input = stage(dir.path(), "tiny_17x9.png");
+    let run = |provider: &str| {
+        darkroom()
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .arg("upscale")
+            .arg(&input)
+            .arg("--model")
+            .arg(model_path("waifu2x-upconv7-photo-x2"))
+            .args(["--provider", provider, "--output", "out.png"])
+            .output()
+            .unwrap()
+    };
+    let out = run("cuda");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("CUDA execution provider was requested but cannot be used")
+            && stderr.contains("onnxruntime-gpu"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out.png").exists());
+    let out = run("auto");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no CUDA provider; running on the CPU"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ONNX Runtime loaded"), "{stderr}");
+}

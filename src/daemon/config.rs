@@ -39,6 +39,8 @@ pub struct RuntimeSettings {
     pub onnxruntime: Option<PathBuf>,
     /// Intra-op threads; 0 = one per core.
     pub threads: usize,
+    /// `auto` (CUDA when available), `cpu` or `cuda` (required).
+    pub provider: crate::io::onnx::Provider,
 }
 
 /// One `[models.<name>]` table.
@@ -206,6 +208,7 @@ struct RawDocument {
 struct RawRuntime {
     onnxruntime: Option<PathBuf>,
     threads: Option<usize>,
+    provider: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -689,7 +692,7 @@ fn resolve_runtime(
     let mut table = spanned.into_inner();
     reject_unknown_keys(
         &mut table,
-        &["onnxruntime", "threads"],
+        &["onnxruntime", "threads", "provider"],
         "runtime",
         line,
         problems,
@@ -698,9 +701,19 @@ fn resolve_runtime(
         problems.push("runtime", Some(line), e.message().trim().to_string());
         RawRuntime::default()
     });
+    let provider = raw
+        .provider
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()
+        .unwrap_or_else(|e: String| {
+            problems.push("runtime.provider", Some(line), e);
+            crate::io::onnx::Provider::Auto
+        });
     RuntimeSettings {
         onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
         threads: raw.threads.unwrap_or(0),
+        provider,
     }
 }
 

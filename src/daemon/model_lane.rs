@@ -94,7 +94,7 @@ fn serve(
             request.runtime.threads
         };
         let started = Instant::now();
-        let model = Model::load(&spec.path, runtime, threads)?;
+        let model = Model::load(&spec.path, runtime, threads, request.runtime.provider)?;
         tracing::info!(
             model = %spec.name,
             path = %spec.path.display(),

@@ -29,6 +29,32 @@ pub enum ModelError {
     BadModel { path: String, reason: String },
     #[error("model {path}: inference failed: {reason}")]
     Inference { path: String, reason: String },
+    #[error("the CUDA execution provider was requested but cannot be used: {reason}; install onnxruntime-gpu==1.31.1 with CUDA 13 and cuDNN 9, or use provider \"auto\" or \"cpu\"")]
+    ProviderUnavailable { reason: String },
+}
+
+/// Which execution provider runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provider {
+    /// CUDA when the library has it and a GPU answers, else the CPU (and the log says why).
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA or an error: never a silent fallback.
+    Cuda,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Provider::Auto),
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" | "gpu" => Ok(Provider::Cuda),
+            _ => Err(format!("'{text}': use auto, cpu or cuda")),
+        }
+    }
 }
 
 /// The loaded runtime.
@@ -177,17 +203,51 @@ fn tensor_info(value: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
 
 impl Model {
     /// Loads and checks a model file.
-    pub fn load(path: &Path, runtime: &Runtime, threads: usize) -> Result<Model, ModelError> {
+    pub fn load(
+        path: &Path,
+        runtime: &Runtime,
+        threads: usize,
+        provider: Provider,
+    ) -> Result<Model, ModelError> {
         let bad = |reason: String| ModelError::BadModel {
             path: path.display().to_string(),
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let sha256 = crate::io::decode::sha256_hex(&bytes);
-        let session = Session::builder(&runtime.environment)
+        let mut builder = Session::builder(&runtime.environment)
             .map_err(|e| bad(e.to_string()))?
             .with_intra_threads(threads.max(1))
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(|e| bad(e.to_string()))?;
+        let mut provider_name = "CPU";
+        if provider != Provider::Cpu {
+            let cuda = ort::ep::CUDA::default().build().error_on_failure();
+            match builder.with_execution_providers([cuda]) {
+                Ok(with_cuda) => {
+                    builder = with_cuda;
+                    provider_name = "CUDA";
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    if provider == Provider::Cuda {
+                        return Err(ModelError::ProviderUnavailable { reason });
+                    }
+                    builder = e.recover();
+                    // A GPU build whose CUDA libraries fail to load would otherwise fall
+                    // back to the CPU silently: say so loudly. The CPU wheel has no CUDA.
+                    let gpu_build = runtime
+                        .library
+                        .parent()
+                        .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").is_file());
+                    if gpu_build {
+                        tracing::warn!(model = %path.display(), %reason, "the CUDA provider failed to load; running on the CPU");
+                    } else {
+                        tracing::info!(model = %path.display(), "this ONNX Runtime has no CUDA provider; running on the CPU");
+                    }
+                }
+            }
+        }
+        let session = builder
             .commit_from_memory(&bytes)
             .map_err(|e| bad(format!("not a valid ONNX model: {e}")))?;
         let (input, output) = match (session.inputs(), session.outputs()) {
@@ -235,7 +295,7 @@ impl Model {
             scale: declared_scale.unwrap_or(1),
             input_name,
             output_name,
-            provider: "CPU".into(),
+            provider: provider_name.into(),
             session,
         };
         // Probe: one small run gives the real scale (and fails early on a broken graph).

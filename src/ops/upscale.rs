@@ -35,6 +35,8 @@ pub struct UpscaleOptions {
     pub target: Option<(u32, u32)>,
     /// Unsharp mask after the model. Default none.
     pub sharpen: Option<crate::core::filters::Unsharp>,
+    /// Execution provider. Default auto (CUDA when available, else CPU).
+    pub provider: onnx::Provider,
 }
 
 /// Passes of a `scale`x model needed for `width x height` to reach `target` on both sides
@@ -170,7 +172,7 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
     } else {
         options.threads
     };
-    Model::load(path, runtime, threads).map_err(model_error)
+    Model::load(path, runtime, threads, options.provider).map_err(model_error)
 }
 
 /// Upscales a decoded image with a loaded model. Pure apart from the model run.
