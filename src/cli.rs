@@ -266,14 +266,8 @@ pub enum Command {
         after_help = "Examples:\n  darkroom serve                                  # config/darkroom.toml\n  darkroom serve --config /etc/darkroom/darkroom.toml\n\nExit codes: 0 stopped cleanly, 78 the config is invalid, 1 anything else."
     )]
     Serve {
-        /// The TOML config (relative paths in it are relative to its folder).
-        #[arg(
-            long,
-            short,
-            default_value = "config/darkroom.toml",
-            value_name = "PATH"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check a config file and report every problem at once, with keys and lines.
     #[command(
@@ -288,15 +282,23 @@ pub enum Command {
     /// return and for how long, held returns and recent failures. Works while it runs.
     #[command(after_help = "Example:\n  darkroom status --config /etc/darkroom/darkroom.toml")]
     Status {
-        /// The daemon's TOML config (it says where the journal is).
-        #[arg(
-            long,
-            short,
-            default_value = "config/darkroom.toml",
-            value_name = "PATH"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
+}
+
+/// `--config PATH` of the daemon commands.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The daemon's TOML config (relative paths in it are relative to its folder; it also
+    /// says where the journal is).
+    #[arg(
+        long = "config",
+        short = 'c',
+        default_value = "config/darkroom.toml",
+        value_name = "PATH"
+    )]
+    pub path: PathBuf,
 }
 
 /// WIDTH and HEIGHT of a proxy.
@@ -377,7 +379,7 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
                 0
             }
         },
-        Command::Status { config } => match load(config) {
+        Command::Status { config } => match load(&config.path) {
             Err(code) => code,
             Ok(config) => match status::report(&config) {
                 Ok(text) => {
@@ -390,7 +392,7 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
                 }
             },
         },
-        Command::Serve { config } => match load(config) {
+        Command::Serve { config } => match load(&config.path) {
             Err(code) => code,
             Ok(config) => {
                 let _guard = match logging::init(&config.daemon) {

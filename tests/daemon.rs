@@ -233,23 +233,23 @@ fn a_corrupt_file_is_quarantined_and_the_next_good_file_still_completes() {
     assert!(tree.log().contains("moved aside with an error sidecar"));
 }
 
+/// Drops the 12-MP photo as `bus.jpg`, writes its graded proxy back as `return_name`, and
+/// waits until the daemon has started merging it.
+fn start_a_bus_merge(tree: &mut Tree, return_name: &str) {
+    tree.start();
+    tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+    write_graded_proxy(&proxy, &tree.exchange_in(), return_name, 20, true);
+    tree.wait_for("the merge to start", || {
+        tree.processing_log().iter().any(|t| t["to"] == "merging")
+    });
+}
+
 #[test]
 fn kill_9_during_a_merge_then_restart_gives_exactly_one_output() {
     for delay_ms in [0u64, 300] {
         let mut tree = Tree::new(&config_text("", ""));
-        tree.start();
-        tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
-        let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
-        write_graded_proxy(
-            &proxy,
-            &tree.exchange_in(),
-            "bus_dr000001_proxy_out.png",
-            20,
-            true,
-        );
-        tree.wait_for("the merge to start", || {
-            tree.processing_log().iter().any(|t| t["to"] == "merging")
-        });
+        start_a_bus_merge(&mut tree, "bus_dr000001_proxy_out.png");
         std::thread::sleep(Duration::from_millis(delay_ms));
         tree.kill_hard();
         tree.start();
@@ -297,19 +297,7 @@ fn kill_9_during_a_merge_then_restart_gives_exactly_one_output() {
 #[test]
 fn sigterm_lets_a_running_merge_finish_and_exits_zero() {
     let mut tree = Tree::new(&config_text("", ""));
-    tree.start();
-    tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
-    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
-    write_graded_proxy(
-        &proxy,
-        &tree.exchange_in(),
-        "bus_dr000001_proxy.png",
-        20,
-        true,
-    );
-    tree.wait_for("the merge to start", || {
-        tree.processing_log().iter().any(|t| t["to"] == "merging")
-    });
+    start_a_bus_merge(&mut tree, "bus_dr000001_proxy.png");
     tree.signal(libc::SIGTERM);
     let status = tree.wait_exit();
     assert_eq!(status.code(), Some(0), "{}", tree.log());
@@ -543,16 +531,9 @@ fn a_transient_failure_is_retried_then_given_up_with_a_sidecar() {
 
 #[test]
 fn check_config_reports_every_problem_and_accepts_the_shipped_example() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/darkroom.toml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
-        .args(["check-config"])
-        .arg(&example)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_ok(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["check-config", "config/darkroom.toml"],
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("photos: split-to-proxy"));
 

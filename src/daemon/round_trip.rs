@@ -6,15 +6,14 @@
 use crate::core::signature::Signature;
 use crate::daemon::config::SplitToProxy;
 use crate::daemon::pairing;
-use crate::daemon::trees::move_durably;
+use crate::daemon::trees::{move_into_place, write_json_atomic};
+use crate::io::atomic;
 use crate::io::decode::DecodeLimits;
-use crate::io::encode::estimated_size;
-use crate::io::metadata::{ProxyMetadata, PNG_KEYWORD};
-use crate::io::{atomic, png_encode};
+use crate::io::metadata::ProxyMetadata;
 use crate::ops::delta::{split_with_processed, DeltaOptions};
 use crate::ops::merge::{merge, MergeOptions};
-use crate::ops::split::{build_proxy, load_source};
-use crate::ops::{ensure_free_disk, OpError};
+use crate::ops::split::{build_proxy, load_source, write_proxy_file};
+use crate::ops::OpError;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -56,22 +55,11 @@ pub fn write_proxy(
     let proxy_path = options.exchange_out.join(format!("{proxy_stem}.png"));
     let g = built.metadata.geometry;
     std::fs::create_dir_all(&options.exchange_out).map_err(|e| OpError::write(&proxy_path, e))?;
-    ensure_free_disk(
-        &options.exchange_out,
-        estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024,
+    write_proxy_file(
+        &built,
+        &proxy_path,
+        &[(JOB_KEYWORD.to_string(), job_id.to_string())],
     )?;
-    let texts = [
-        (PNG_KEYWORD.to_string(), built.metadata.to_compact_json()),
-        (JOB_KEYWORD.to_string(), job_id.to_string()),
-    ];
-    let bytes = png_encode::encode(
-        &built.proxy,
-        built.icc_profile.as_deref(),
-        &texts,
-        &Default::default(),
-    )
-    .map_err(|e| OpError::write(&proxy_path, e))?;
-    atomic::write_atomic(&proxy_path, &bytes).map_err(|e| OpError::write(&proxy_path, e))?;
     Ok(ProxyWritten {
         proxy_path,
         width: g.canvas_width,
@@ -205,26 +193,18 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
             serde_json::json!({ "delta": delta_seconds, "merge": merge_seconds }),
         );
     }
-    let mut json = serde_json::to_string_pretty(&provenance).unwrap_or_default();
-    json.push('\n');
-    atomic::write_atomic(&work.metadata_path, json.as_bytes())
+    write_json_atomic(&work.metadata_path, &provenance)
         .map_err(|e| OpError::write(&work.metadata_path, e))?;
 
     // The output and its provenance are durable: only now do the inputs move.
     let original_now_at = match &work.move_original_to {
-        Some(target) if *target != original => {
-            move_durably(&original, target).map_err(|e| OpError::write(target, e))?;
-            target.clone()
+        Some(target) => {
+            move_into_place(&original, target).map_err(|e| OpError::write(target, e))?
         }
-        _ => original,
+        None => original,
     };
-    let returned_now_at = if returned != work.move_returned_to {
-        move_durably(&returned, &work.move_returned_to)
-            .map_err(|e| OpError::write(&work.move_returned_to, e))?;
-        work.move_returned_to.clone()
-    } else {
-        returned
-    };
+    let returned_now_at = move_into_place(&returned, &work.move_returned_to)
+        .map_err(|e| OpError::write(&work.move_returned_to, e))?;
     let _ = std::fs::remove_dir_all(&work.work_dir);
     Ok(Merged {
         output: merged.output_path,

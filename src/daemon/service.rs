@@ -573,6 +573,26 @@ impl Daemon {
         Ok(true)
     }
 
+    /// Where a handled input goes in `dir`: where it is if it is already there, else its
+    /// claimed name (tagged with the job id when another file has that name).
+    fn destination(dir: &Path, job: &Job) -> PathBuf {
+        if job.path.starts_with(dir) {
+            return job.path.clone();
+        }
+        let name = job
+            .claimed_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        trees::free_name(dir, &name, &pairing::job_token(job.id))
+    }
+
+    /// Where `rule`'s policy moves the original of `job` once its outputs are durable.
+    fn original_destination(&self, rule: &Rule, job: &Job) -> Option<PathBuf> {
+        (rule.originals == OriginalsPolicy::Move)
+            .then(|| Self::destination(&self.trees.originals(&rule.name), job))
+    }
+
     /// Starts an upscale job: its output name is fixed (and recorded) before it runs.
     fn start_upscale(&mut self, job: &Job, rule: &Rule, recipe: &Upscale) -> anyhow::Result<bool> {
         let output = match &job.output_path {
@@ -593,19 +613,7 @@ impl Daemon {
                 path
             }
         };
-        let originals_dir = self.trees.originals(&rule.name);
-        let move_original_to = match rule.originals {
-            OriginalsPolicy::Keep => None,
-            OriginalsPolicy::Move if job.path.starts_with(&originals_dir) => None,
-            OriginalsPolicy::Move => Some(trees::free_name(
-                &originals_dir,
-                &job.claimed_path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                &pairing::job_token(job.id),
-            )),
-        };
+        let move_original_to = self.original_destination(rule, job);
         let mut original_candidates = vec![job.path.clone()];
         original_candidates.extend(move_original_to.clone());
         let provenance = json!({
@@ -662,34 +670,10 @@ impl Daemon {
         };
         let job = self.journal.get(job.id)?.unwrap_or_else(|| job.clone());
         let output_stem = round_trip::stem_of(&output);
-        let original_name = parent
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let originals_dir = self.trees.originals(&rule.name);
-        let move_original_to = match rule.originals {
-            OriginalsPolicy::Keep => None,
-            OriginalsPolicy::Move if parent.path.starts_with(&originals_dir) => None,
-            OriginalsPolicy::Move => Some(trees::free_name(
-                &originals_dir,
-                &original_name,
-                &pairing::job_token(parent.id),
-            )),
-        };
+        let move_original_to = self.original_destination(rule, &parent);
         let mut original_candidates = vec![parent.path.clone()];
         original_candidates.extend(move_original_to.clone());
-        let returned_name = job
-            .claimed_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let returns_dir = self.trees.returns(&rule.name);
-        let move_returned_to = if job.path.starts_with(&returns_dir) {
-            job.path.clone()
-        } else {
-            trees::free_name(&returns_dir, &returned_name, &pairing::job_token(job.id))
-        };
+        let move_returned_to = Self::destination(&self.trees.returns(&rule.name), &job);
         let returned_candidates = vec![job.path.clone(), move_returned_to.clone()];
         let proxy_details: serde_json::Value = parent
             .details
@@ -792,7 +776,7 @@ impl Daemon {
                 match decode::read_bounded(&job.path, self.config.daemon.limits.max_file_bytes) {
                     Ok(bytes) => bytes,
                     Err(e) => {
-                        self.fail(job, &OpError::decode(&job.path, e), true);
+                        self.fail(job, &OpError::decode(&job.path, e));
                         return Ok(None);
                     }
                 };
@@ -803,7 +787,7 @@ impl Daemon {
                 let loaded = match decode::decode_bytes(&bytes, &self.config.daemon.limits) {
                     Ok(loaded) => loaded,
                     Err(e) => {
-                        self.fail(job, &OpError::decode(&job.path, e), true);
+                        self.fail(job, &OpError::decode(&job.path, e));
                         return Ok(None);
                     }
                 };
@@ -846,7 +830,7 @@ impl Daemon {
                                  and no pending proxy has its size"
                             .to_string(),
                     };
-                    self.fail(job, &OpError::Usage(why), true);
+                    self.fail(job, &OpError::Usage(why));
                 }
                 _ => {}
             }
@@ -905,7 +889,7 @@ impl Daemon {
             Outcome::Merge(Ok(merged)) => self.merge_done(&job, merged, seconds),
             Outcome::Upscale(Ok(upscaled)) => self.upscale_done(&job, upscaled, seconds),
             Outcome::Split(Err(e)) | Outcome::Merge(Err(e)) | Outcome::Upscale(Err(e)) => {
-                self.fail(&job, &e, false);
+                self.fail(&job, &e);
                 Ok(())
             }
         };
@@ -1000,17 +984,9 @@ impl Daemon {
 
     /// A job failed. Transient failures retry with backoff until attempts run out;
     /// permanent ones (and spent retries) quarantine the input with an error sidecar.
-    fn fail(&mut self, job: &Job, error: &OpError, before_start: bool) {
-        let attempts = if before_start {
-            job.attempts
-        } else {
-            // start_attempt counted this attempt.
-            self.journal
-                .get(job.id)
-                .ok()
-                .flatten()
-                .map_or(job.attempts, |j| j.attempts)
-        };
+    /// `job` is the journal's current row (its attempts include one just started).
+    fn fail(&mut self, job: &Job, error: &OpError) {
+        let attempts = job.attempts;
         let reason = error.to_string();
         let permanent = error.is_permanent();
         if !permanent && attempts < self.config.daemon.max_attempts {
@@ -1117,7 +1093,7 @@ impl Daemon {
                     ));
                     let mut job = job.clone();
                     job.attempts = self.config.daemon.max_attempts;
-                    self.fail(&job, &error, true);
+                    self.fail(&job, &error);
                 }
             }
         }

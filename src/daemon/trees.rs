@@ -133,6 +133,21 @@ pub fn move_durably(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Moves `from` to `to` durably unless it is already there; returns where the file is now.
+pub fn move_into_place(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+    if from != to {
+        move_durably(from, to)?;
+    }
+    Ok(to.to_path_buf())
+}
+
+/// Writes `value` as pretty, newline-terminated JSON, atomically and durably.
+pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let mut json = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    json.push('\n');
+    atomic::write_atomic(path, json.as_bytes())
+}
+
 /// The `<file>.error.json` sidecar of a quarantined input.
 #[derive(Debug, Serialize)]
 pub struct ErrorSidecar<'a> {
@@ -166,8 +181,7 @@ pub fn quarantine(
     }
     let mut sidecar_path = target.clone().into_os_string();
     sidecar_path.push(".error.json");
-    let json = serde_json::to_string_pretty(sidecar).unwrap_or_default();
-    atomic::write_atomic(Path::new(&sidecar_path), json.as_bytes())?;
+    write_json_atomic(Path::new(&sidecar_path), sidecar)?;
     Ok(target)
 }
 

@@ -4,7 +4,7 @@
 use crate::daemon::config::{RuntimeSettings, Upscale};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::round_trip::first_existing;
-use crate::daemon::trees::move_durably;
+use crate::daemon::trees::{move_into_place, write_json_atomic};
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::{self, OutputFormat};
 use crate::io::{atomic, onnx::ModelError};
@@ -122,16 +122,14 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
             }),
         );
     }
-    let mut json = serde_json::to_string_pretty(&provenance).unwrap_or_default();
-    json.push('\n');
-    atomic::write_atomic(&work.metadata_path, json.as_bytes())
+    write_json_atomic(&work.metadata_path, &provenance)
         .map_err(|e| OpError::write(&work.metadata_path, e))?;
+    // The output and its provenance are durable: only now does the original move.
     let original_now_at = match &work.move_original_to {
-        Some(target) if *target != original => {
-            move_durably(&original, target).map_err(|e| OpError::write(target, e))?;
-            target.clone()
+        Some(target) => {
+            move_into_place(&original, target).map_err(|e| OpError::write(target, e))?
         }
-        _ => original,
+        None => original,
     };
     Ok(Upscaled {
         output: work.output.clone(),

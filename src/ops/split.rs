@@ -79,6 +79,28 @@ pub fn output_paths(input: &Path, out_dir: Option<&Path>) -> (PathBuf, PathBuf) 
     )
 }
 
+/// Writes a built proxy as PNG to `path` (durably, after checking the free disk), with its
+/// metadata and any `extra_texts` in iTXt chunks and the original's ICC profile.
+pub fn write_proxy_file(
+    built: &BuiltProxy,
+    path: &Path,
+    extra_texts: &[(String, String)],
+) -> Result<(), OpError> {
+    let g = &built.metadata.geometry;
+    let need = estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024;
+    ensure_free_disk(&atomic::parent_dir(path), need)?;
+    let mut texts = vec![(PNG_KEYWORD.to_string(), built.metadata.to_compact_json())];
+    texts.extend_from_slice(extra_texts);
+    let bytes = png_encode::encode(
+        &built.proxy,
+        built.icc_profile.as_deref(),
+        &texts,
+        &Default::default(),
+    )
+    .map_err(|e| OpError::write(path, e))?;
+    atomic::write_atomic(path, &bytes).map_err(|e| OpError::write(path, e))
+}
+
 /// Splits `input` into a proxy for `target`, writing beside it (or into `out_dir`).
 pub fn split(
     input: &Path,
@@ -89,18 +111,7 @@ pub fn split(
     let built = build_proxy(input, load_source(input, target, limits)?, target)?;
     let (proxy_path, metadata_path) = output_paths(input, out_dir);
     let g = &built.metadata.geometry;
-    let need = estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024;
-    ensure_free_disk(&atomic::parent_dir(&proxy_path), need)?;
-
-    let texts = [(PNG_KEYWORD.to_string(), built.metadata.to_compact_json())];
-    let bytes = png_encode::encode(
-        &built.proxy,
-        built.icc_profile.as_deref(),
-        &texts,
-        &Default::default(),
-    )
-    .map_err(|e| OpError::write(&proxy_path, e))?;
-    atomic::write_atomic(&proxy_path, &bytes).map_err(|e| OpError::write(&proxy_path, e))?;
+    write_proxy_file(&built, &proxy_path, &[])?;
     atomic::write_atomic(&metadata_path, built.metadata.to_pretty_json().as_bytes())
         .map_err(|e| OpError::write(&metadata_path, e))?;
     tracing::info!(

@@ -170,16 +170,8 @@ impl Tree {
 
     /// `darkroom status` for this tree.
     pub fn status(&self) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_darkroom"))
-            .args(["status", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let config = self.config.to_str().expect("temp paths are UTF-8");
+        let out = super::run_ok(self.dir.path(), &["status", "--config", config]);
         String::from_utf8(out.stdout).unwrap()
     }
 }
