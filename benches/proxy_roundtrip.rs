@@ -1,11 +1,13 @@
 //! Criterion benchmarks of the proxy round trip on the 12-MP photo of the shared corpus:
-//! split (decode + proxy + PNG), delta, merge (apply + PNG), and the PNG encoder alone.
+//! split (decode + proxy + PNG), delta, merge (additive and guided, in memory), and the PNG
+//! encoder alone.
 //! `cargo bench` runs them; `bench/compare_pil.py` compares the CLI against PIL.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use darkroom::core::delta::{compute, DeltaDepth};
 use darkroom::core::geometry::{ProxyGeometry, Target};
-use darkroom::core::merge::{apply_layers, DeltaLayer, Rect};
+use darkroom::core::guided::GuidedParams;
+use darkroom::core::merge::{apply_layers, prepare_guided, DeltaLayer, MergePlan, Rect};
 use darkroom::core::proxy::make_proxy;
 use darkroom::io::decode;
 use darkroom::io::png_encode::{self, PngOptions};
@@ -66,6 +68,33 @@ fn round_trip(c: &mut Criterion) {
         b.iter_batched_ref(
             || original.image.clone(),
             |img| apply_layers(img, std::slice::from_ref(&layer), &|_| {}).unwrap(),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let layer = DeltaLayer {
+        image: delta.clone(),
+        area: Rect {
+            x: geometry.pad_left,
+            y: geometry.pad_top,
+            width: geometry.scaled_width,
+            height: geometry.scaled_height,
+        },
+    };
+    let params = GuidedParams::default();
+    group.bench_function("guided merge: fit the maps on the 1024x768 proxy", |b| {
+        b.iter(|| {
+            black_box(prepare_guided(&proxy, std::slice::from_ref(&layer), false, &params).unwrap())
+        })
+    });
+    group.bench_function("guided merge: fit + apply to 12 MP", |b| {
+        b.iter_batched_ref(
+            || original.image.clone(),
+            |img| {
+                let g =
+                    prepare_guided(&proxy, std::slice::from_ref(&layer), false, &params).unwrap();
+                let plan = MergePlan::guided(img, &g.field, &g.residual).unwrap();
+                plan.apply_in_place(img, &|_| {}).unwrap();
+            },
             criterion::BatchSize::LargeInput,
         )
     });

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use darkroom::core::delta::DeltaDepth;
 use darkroom::core::geometry::{Extent, Target};
+use darkroom::core::guided::GuidedParams;
 use darkroom::io::decode::DecodeLimits;
 use darkroom::io::external::UpscaleMethod;
 use darkroom::ops::{self, OpError};
@@ -122,13 +123,22 @@ pub enum Command {
     },
     /// Apply delta(s) to the full-resolution original.
     ///
-    /// The delta's unpadded area is cut out before resizing, resized to the original's size
-    /// (float Lanczos3, or an external upscaler with cmd(...)), and added in the original's
-    /// own encoding and bit depth (one 8-bit step is 257 at 16 bits). Alpha and the ICC
-    /// profile of the original are kept. The output format follows --output-image's
-    /// extension: .png (default), .tif, .webp (lossless), .jpg (quality 95).
+    /// --method additive (default, as imgproxyproc): the delta's unpadded area is cut out
+    /// before resizing, resized to the original's size (float Lanczos3, or an external
+    /// upscaler with cmd(...)), and added in the original's own encoding and bit depth (one
+    /// 8-bit step is 257 at 16 bits).
+    ///
+    /// --method guided: the proxy is rebuilt from the original, the model's change is fitted
+    /// as local colour maps (affine plus a tone-curve term) in windows of the proxy, and those
+    /// maps are applied to the original's own pixels, so its fine texture gets the new
+    /// contrast and colour and edges keep no halo; what the maps cannot explain (new
+    /// content) is added as with the additive method. Better by 4-12 dB on grades, relights
+    /// and local contrast edits (see the README's table).
+    ///
+    /// Alpha and the ICC profile of the original are kept. The output format follows
+    /// --output-image's extension: .png (default), .tif, .webp (lossless), .jpg (quality 95).
     #[command(
-        after_help = "Examples:\n  darkroom merge photo.jpg photo_proxy_delta.png\n  darkroom merge photo.jpg photo_proxy_delta.png --refined-delta-image photo_proxy_delta_refined.png --output-image out.tif\n  darkroom merge photo.jpg photo_proxy_delta.png --upscale-method 'cmd(realesrgan -i %i -o %o -s 4)'"
+        after_help = "Examples:\n  darkroom merge photo.jpg photo_proxy_delta.png\n  darkroom merge photo.jpg photo_proxy_delta.png --refined-delta-image photo_proxy_delta_refined.png --method guided\n  darkroom merge photo.jpg photo_proxy_delta.png --refined-delta-image photo_proxy_delta_refined.png --output-image out.tif\n  darkroom merge photo.jpg photo_proxy_delta.png --upscale-method 'cmd(realesrgan -i %i -o %o -s 4)'"
     )]
     Merge {
         /// The high-resolution original.
@@ -176,6 +186,16 @@ pub enum Command {
         /// Merge even if the metadata says the original file differs from the one split.
         #[arg(long)]
         force: bool,
+        /// additive (imgproxyproc's merge) or guided (local colour maps; see above).
+        #[arg(long, default_value = "additive", value_name = "METHOD")]
+        method: ops::merge::MergeMethod,
+        /// Guided: window radius in proxy pixels (larger = smoother, more robust maps).
+        #[arg(long, default_value_t = GuidedParams::default().radius, value_name = "PIXELS")]
+        guided_radius: u32,
+        /// Guided: ridge weight in 8-bit levels squared (larger = flat areas lean more on the
+        /// whole image's colour map).
+        #[arg(long, default_value_t = GuidedParams::default().epsilon, value_name = "LEVELS2")]
+        guided_epsilon: f32,
     },
     /// Split every image a glob matches, in parallel on all cores.
     ///
@@ -470,8 +490,27 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             output_image,
             cmd_timeout,
             force,
+            method,
+            guided_radius,
+            guided_epsilon,
         } => {
+            let method = match method {
+                ops::merge::MergeMethod::Guided(defaults) => {
+                    if guided_epsilon.is_nan() || guided_epsilon <= 0.0 {
+                        return Err(OpError::Usage(format!(
+                            "--guided-epsilon must be above 0 (got {guided_epsilon})"
+                        )));
+                    }
+                    ops::merge::MergeMethod::Guided(GuidedParams {
+                        radius: guided_radius,
+                        epsilon: guided_epsilon,
+                        ..defaults
+                    })
+                }
+                additive => additive,
+            };
             let options = ops::merge::MergeOptions {
+                method,
                 refined_delta: refined_delta_image,
                 upscale_method,
                 refined_upscale_method,

@@ -74,6 +74,10 @@ fn the_round_trip_pairs_returns_by_name_suffix_job_id_and_content() {
         assert_eq!(meta["return"]["pairing"], *method, "{name}");
         assert_eq!(meta["return"]["variant"], index as u64 + 1);
         assert_eq!(meta["recipe"], "split-to-proxy");
+        assert_eq!(
+            meta["output"]["merge_method"], "guided",
+            "the default merge"
+        );
         assert_eq!(meta["proxy"]["geometry"]["scaled_height"], 384);
         assert_eq!(
             meta["source"]["sha256"],
@@ -243,6 +247,36 @@ fn start_a_bus_merge(tree: &mut Tree, return_name: &str) {
     tree.wait_for("the merge to start", || {
         tree.processing_log().iter().any(|t| t["to"] == "merging")
     });
+}
+
+#[test]
+fn a_rule_with_the_additive_merge_lifts_the_original_by_the_proxy_grade() {
+    let mut tree = Tree::new(&config_text("", "merge_method = \"additive\""));
+    tree.start();
+    let original_mean = mean_level(&testdata("photo_coffee_600x400.png"));
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+    write_graded_proxy(
+        &proxy,
+        &tree.exchange_in(),
+        "coffee_processed.png",
+        15,
+        true,
+    );
+    let output = tree.path("var/processed/photos/images/coffee.png");
+    tree.wait_for("coffee.png", || output.is_file());
+    tree.wait_for("its metadata", || {
+        tree.path("var/metadata/photos/coffee.json").is_file()
+    });
+    let shift = mean_level(&output) - original_mean;
+    assert!(
+        (11.0..=16.5).contains(&shift),
+        "a +15 grade moved the mean by {shift:.2}"
+    );
+    assert_eq!(
+        metadata_json(&tree, "coffee")["output"]["merge_method"],
+        "additive"
+    );
 }
 
 #[test]

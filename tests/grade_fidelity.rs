@@ -25,6 +25,10 @@ pub fn grade(img: &RgbImage) -> RgbImage {
 }
 
 fn merged_psnr(name: &str, size: &str, refine: bool) -> f64 {
+    merged_psnr_with(name, size, refine, "additive")
+}
+
+fn merged_psnr_with(name: &str, size: &str, refine: bool, method: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     stage(d, name);
@@ -46,11 +50,13 @@ fn merged_psnr(name: &str, size: &str, refine: bool) -> f64 {
         merge.push("--refined-delta-image".into());
         merge.push(format!("{stem}_proxy_delta_refined.png"));
     }
+    merge.push("--method".into());
+    merge.push(method.into());
     run_ok(d, &merge.iter().map(String::as_str).collect::<Vec<_>>());
     let merged = load(&d.join(format!("{stem}_merged.png"))).image;
     let reference = DynamicImage::ImageRgb8(grade(&load(&d.join(name)).image.to_rgb8()));
     let p = psnr(&merged, &reference);
-    eprintln!("{name} at {size} (refine {refine}): {p:.2} dB");
+    eprintln!("{name} at {size} (refine {refine}, {method}): {p:.2} dB");
     p
 }
 
@@ -64,4 +70,19 @@ fn a_graded_proxy_merges_close_to_the_full_resolution_grade_on_a_photo() {
 fn a_graded_proxy_merges_close_to_the_full_resolution_grade_on_a_painting() {
     let p = merged_psnr("painting_peppercarrot_ep01_p03.jpg", "512", false);
     assert!(p > 42.0, "PSNR {p:.2} dB below the 42 dB floor");
+}
+
+#[test]
+fn the_guided_merge_beats_the_additive_one_on_the_same_grade() {
+    for (name, size) in [
+        ("photo_coffee_600x400.png", "300"),
+        ("painting_peppercarrot_ep01_p03.jpg", "512"),
+    ] {
+        let additive = merged_psnr_with(name, size, true, "additive");
+        let guided = merged_psnr_with(name, size, true, "guided");
+        assert!(
+            guided >= additive + 3.0,
+            "{name}: guided {guided:.2} dB should beat additive {additive:.2} dB by 3 dB or more"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 //! only large buffer besides the original is one horizontally-resampled copy of each delta.
 
 use super::delta::{NEUTRAL_16, NEUTRAL_8, UNITS_PER_LEVEL_16};
+use super::guided::{AffineUpsampler, GuidedError, GuidedField, GuidedParams};
 use super::resample::Taps;
 use image::DynamicImage;
 use rayon::prelude::*;
@@ -39,6 +40,10 @@ pub enum MergeError {
     DeltaLayout(image::ColorType),
     #[error("unsupported original layout {0:?}")]
     OriginalLayout(image::ColorType),
+    #[error("the delta layers cover different areas ({0:?} and {1:?}); a guided merge needs one proxy area")]
+    AreasDiffer(Rect, Rect),
+    #[error(transparent)]
+    Guided(#[from] GuidedError),
 }
 
 impl DeltaLayer {
@@ -47,7 +52,7 @@ impl DeltaLayer {
     }
 
     /// Decodes row `y` of the layer's area into signed changes (8-bit units).
-    fn decode_row(&self, y: u32, out: &mut [f32]) {
+    pub(crate) fn decode_row(&self, y: u32, out: &mut [f32]) {
         let c = self.channels();
         let stride = self.image.width() as usize * c;
         let start = (self.area.y + y) as usize * stride + self.area.x as usize * c;
@@ -233,6 +238,8 @@ const BAND_ROWS: usize = 64;
 /// layout. Rows can be merged in any order and from any thread.
 pub struct MergePlan<'a> {
     layers: Vec<(Prepared<'a>, usize)>,
+    /// The guided merge's colour maps, applied to each row before the layers.
+    affine: Option<AffineUpsampler<'a>>,
     width: usize,
     total: usize,
     colour: usize,
@@ -246,6 +253,8 @@ pub struct RowScratch {
     /// One band of resampled source rows per layer.
     bands: Vec<BandRows>,
     row16: Vec<u16>,
+    /// One row of vertically interpolated affine coefficients.
+    coefficients: Vec<f32>,
 }
 
 impl<'a> MergePlan<'a> {
@@ -270,10 +279,23 @@ impl<'a> MergePlan<'a> {
         }
         Ok(MergePlan {
             layers: prepared,
+            affine: None,
             width: w as usize,
             total: usize::from(original.color().channel_count()),
             colour: if colour { 3 } else { 1 },
         })
+    }
+
+    /// Plans a guided merge: each row of `original` goes through `field`'s colour maps, then
+    /// gets `residual` (the field's residual layer) added.
+    pub fn guided(
+        original: &DynamicImage,
+        field: &'a GuidedField,
+        residual: &'a DeltaLayer,
+    ) -> Result<Self, MergeError> {
+        let mut plan = MergePlan::new(original, std::slice::from_ref(residual))?;
+        plan.affine = Some(field.upsampler(original.width(), original.height(), plan.colour));
+        Ok(plan)
     }
 
     pub fn scratch(&self) -> RowScratch {
@@ -284,6 +306,11 @@ impl<'a> MergePlan<'a> {
             current: vec![0f32; colour_samples],
             bands: self.layers.iter().map(|_| BandRows::default()).collect(),
             row16: Vec::new(),
+            coefficients: self
+                .affine
+                .as_ref()
+                .map(AffineUpsampler::scratch)
+                .unwrap_or_default(),
         }
     }
 
@@ -365,9 +392,18 @@ impl<'a> MergePlan<'a> {
     /// Applies every layer to row `y` (given in `row`) in place.
     fn apply_row<S: Sample>(&self, y: usize, row: &mut [S], s: &mut RowScratch) {
         let (total, colour) = (self.total, self.colour);
-        let single = self.layers.len() == 1;
+        let single = self.layers.len() == 1 && self.affine.is_none();
         if !single {
             gather(row, &mut s.current, total, colour);
+        }
+        if let Some(affine) = &self.affine {
+            affine.transform_row(y, &mut s.current, S::UNIT, &mut s.coefficients);
+            if self.layers.is_empty() {
+                for v in &mut s.current {
+                    *v = v.clamp(0.0, S::MAX);
+                }
+                scatter(&s.current, row, total, colour);
+            }
         }
         for (index, (layer, dc)) in self.layers.iter().enumerate() {
             layer.row(y, &s.bands[index], &mut s.raw[..self.width * dc]);
@@ -448,6 +484,71 @@ pub fn apply_layers(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), MergeError> {
     MergePlan::new(original, layers)?.apply_in_place(original, progress)
+}
+
+/// A guided merge ready to plan: the fitted maps and their residual layer.
+pub struct GuidedMerge {
+    pub field: GuidedField,
+    pub residual: DeltaLayer,
+}
+
+/// Fits a guided merge from the proxy canvas and the delta layers made against it (main, then
+/// refined), replaying the layers on the proxy to recover what the model returned. The
+/// residual is gray when `gray_original` and every layer is gray.
+pub fn prepare_guided(
+    proxy: &DynamicImage,
+    layers: &[DeltaLayer],
+    gray_original: bool,
+    params: &GuidedParams,
+) -> Result<GuidedMerge, MergeError> {
+    let Some(first) = layers.first() else {
+        return Err(MergeError::Guided(GuidedError::Empty(0, 0)));
+    };
+    let area = first.area;
+    for layer in layers {
+        prepare(layer, area.width, area.height)?;
+        if layer.area != area {
+            return Err(MergeError::AreasDiffer(area, layer.area));
+        }
+    }
+    if area.x + area.width > proxy.width() || area.y + area.height > proxy.height() {
+        return Err(MergeError::AreaOutsideDelta {
+            area,
+            width: proxy.width(),
+            height: proxy.height(),
+        });
+    }
+    let (w, h) = (area.width as usize, area.height as usize);
+    let base = proxy
+        .crop_imm(area.x, area.y, area.width, area.height)
+        .to_rgb32f()
+        .into_raw()
+        .into_iter()
+        .map(|v| v * 255.0)
+        .collect::<Vec<f32>>();
+    let mut processed = base.clone();
+    let mut change = Vec::new();
+    for layer in layers {
+        let c = layer.channels();
+        change.resize(w * c, 0.0);
+        for (y, row) in processed.chunks_exact_mut(w * 3).enumerate() {
+            layer.decode_row(y as u32, &mut change);
+            for (x, px) in row.chunks_exact_mut(3).enumerate() {
+                for (ch, v) in px.iter_mut().enumerate() {
+                    let d = if c == 3 {
+                        change[x * 3 + ch]
+                    } else {
+                        change[x]
+                    };
+                    *v = (*v + d).clamp(0.0, 255.0);
+                }
+            }
+        }
+    }
+    let field = GuidedField::fit(&base, &processed, w, h, params)?;
+    let gray = gray_original && layers.iter().all(|l| l.channels() == 1);
+    let residual = field.residual_layer(gray);
+    Ok(GuidedMerge { field, residual })
 }
 
 /// Promotes a gray original to RGB(A) when a colour delta is to be applied to it (a model

@@ -5,6 +5,7 @@
 pub mod delta;
 pub mod filters;
 pub mod geometry;
+pub mod guided;
 pub mod merge;
 pub mod metrics;
 pub mod proxy;

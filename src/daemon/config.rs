@@ -147,6 +147,8 @@ pub struct SplitToProxy {
     pub match_threshold: f64,
     /// The best content match must beat the second best by this much, or the return is held.
     pub match_margin: f64,
+    /// How the returned proxy's change reaches the original: guided (default) or additive.
+    pub merge_method: crate::ops::merge::MergeMethod,
 }
 
 /// One configuration problem.
@@ -304,6 +306,7 @@ struct RawSplitToProxy {
     command_timeout: Option<toml::Value>,
     match_threshold: Option<f64>,
     match_margin: Option<f64>,
+    merge_method: Option<String>,
 }
 
 const SPLIT_TO_PROXY_KEYS: &[&str] = &[
@@ -318,6 +321,7 @@ const SPLIT_TO_PROXY_KEYS: &[&str] = &[
     "command_timeout",
     "match_threshold",
     "match_margin",
+    "merge_method",
 ];
 
 const RECIPES: &[&str] = &["split-to-proxy", "upscale"];
@@ -988,6 +992,29 @@ fn resolve_split_to_proxy(
             "must be between 0 and 1",
         );
     }
+    // Guided by default; additive when the rule upscales deltas with an external tool.
+    let default_method = match upscale_method {
+        UpscaleMethod::Command(_) => "additive",
+        UpscaleMethod::Basic => "guided",
+    };
+    let merge_method = raw
+        .merge_method
+        .as_deref()
+        .unwrap_or(default_method)
+        .parse::<crate::ops::merge::MergeMethod>()
+        .unwrap_or_else(|message| {
+            problems.push(format!("{label}.merge_method"), Some(line), message);
+            crate::ops::merge::MergeMethod::Additive
+        });
+    if merge_method != crate::ops::merge::MergeMethod::Additive
+        && matches!(upscale_method, UpscaleMethod::Command(_))
+    {
+        problems.push(
+            format!("{label}.merge_method"),
+            Some(line),
+            "an external delta upscaler (upscale_method = \"cmd(...)\") needs merge_method = \"additive\"",
+        );
+    }
     let exchange = root.join("exchange");
     SplitToProxy {
         size,
@@ -1025,6 +1052,7 @@ fn resolve_split_to_proxy(
         ),
         match_threshold,
         match_margin,
+        merge_method,
     }
 }
 
@@ -1159,6 +1187,30 @@ mod tests {
     }
 
     #[test]
+    fn merge_method_is_checked_and_an_external_delta_upscaler_means_additive() {
+        let rule =
+            |extra: &str| format!("[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n{extra}\n");
+        let method = |config: &Config| match &config.rules[0].recipe {
+            Recipe::SplitToProxy(o) => o.merge_method.name(),
+            _ => unreachable!(),
+        };
+        let config = parse(&rule("upscale_method = \"cmd(tool -i %i -o %o)\"")).unwrap();
+        assert_eq!(method(&config), "additive");
+        let config = parse(&rule("merge_method = \"additive\"")).unwrap();
+        assert_eq!(method(&config), "additive");
+        let errors = parse(&rule(
+            "merge_method = \"guided\"\nupscale_method = \"cmd(tool -i %i -o %o)\"",
+        ))
+        .unwrap_err();
+        assert!(
+            errors.to_string().contains("rule[0] 'p'.merge_method"),
+            "{errors}"
+        );
+        let errors = parse(&rule("merge_method = \"bilateral\"")).unwrap_err();
+        assert!(errors.to_string().contains("use additive"), "{errors}");
+    }
+
+    #[test]
     fn a_minimal_rule_gets_the_documented_defaults() {
         let config = parse("[[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\n").unwrap();
         assert_eq!(config.daemon.root, Path::new("/etc/darkroom/var"));
@@ -1174,6 +1226,7 @@ mod tests {
             options.exchange_in,
             Path::new("/etc/darkroom/var/exchange/in/photos")
         );
+        assert_eq!(options.merge_method.name(), "guided");
     }
 
     #[test]

@@ -173,6 +173,7 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
             output: Some(work.output.clone()),
             command_timeout: work.options.command_timeout,
             force: false,
+            method: work.options.merge_method,
         },
         &work.limits,
         &|_, _| {},
@@ -186,6 +187,7 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
             serde_json::json!({
                 "path": merged.output_path,
                 "geometry_source": merged.geometry_source,
+                "merge_method": work.options.merge_method.name(),
             }),
         );
         object.insert(

@@ -8,7 +8,9 @@
 use super::{ensure_free_disk, sibling_path, warn_if_memory_heavy, OpError};
 use crate::core::delta::normalise_delta_layout;
 use crate::core::geometry::ProxyGeometry;
-use crate::core::merge::{promote_for_colour, DeltaLayer, MergePlan, Rect};
+use crate::core::guided::GuidedParams;
+use crate::core::merge::{prepare_guided, promote_for_colour, DeltaLayer, MergePlan, Rect};
+use crate::core::proxy::make_proxy_owned;
 use crate::io::decode::{self, DecodeLimits, LoadedImage};
 use crate::io::encode::{self, estimated_size, OutputFormat};
 use crate::io::external::UpscaleMethod;
@@ -17,6 +19,39 @@ use crate::io::{atomic, png_encode};
 use image::DynamicImage;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How the proxy's change comes back to full resolution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MergeMethod {
+    /// `original + upscale(delta)`: imgproxyproc's merge, bit for bit in spirit.
+    Additive,
+    /// Local affine colour maps fitted on the proxy, applied to the original's own colours,
+    /// plus the additive residual of what they miss (see `core::guided`).
+    Guided(GuidedParams),
+}
+
+impl MergeMethod {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MergeMethod::Additive => "additive",
+            MergeMethod::Guided(_) => "guided",
+        }
+    }
+}
+
+impl std::str::FromStr for MergeMethod {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "additive" => Ok(MergeMethod::Additive),
+            "guided" => Ok(MergeMethod::Guided(GuidedParams::default())),
+            other => Err(format!(
+                "unknown merge method '{other}': use additive (imgproxyproc's delta) or guided"
+            )),
+        }
+    }
+}
 
 /// Options of a merge. Every field documents its default.
 #[derive(Debug, Clone)]
@@ -33,6 +68,8 @@ pub struct MergeOptions {
     pub command_timeout: Duration,
     /// Merge even when the metadata says the original file differs. Default off.
     pub force: bool,
+    /// Additive (default, imgproxyproc-compatible) or guided.
+    pub method: MergeMethod,
 }
 
 impl Default for MergeOptions {
@@ -44,6 +81,7 @@ impl Default for MergeOptions {
             output: None,
             command_timeout: Duration::from_secs(600),
             force: false,
+            method: MergeMethod::Additive,
         }
     }
 }
@@ -216,6 +254,19 @@ fn layer_for(
     }
 }
 
+/// Rebuilds the proxy the delta was made against, exactly as `split` made it (same reduced
+/// decode, same resampling), for the guided merge's fit.
+fn rebuild_proxy(
+    path: &Path,
+    geometry: &ProxyGeometry,
+    limits: &DecodeLimits,
+) -> Result<DynamicImage, OpError> {
+    let needed = |_: u32, _: u32| (geometry.scaled_width, geometry.scaled_height);
+    let source =
+        decode::load_for_proxy(path, limits, &needed).map_err(|e| OpError::decode(path, e))?;
+    make_proxy_owned(source.loaded.image, geometry).map_err(|e| OpError::Internal(e.to_string()))
+}
+
 /// Merges the delta(s) into `original_path` and writes the result. `progress` receives
 /// (rows just finished, total rows) from worker threads.
 pub fn merge(
@@ -238,6 +289,21 @@ pub fn merge(
     let delta = load_delta(delta_path, limits)?;
     let (geometry, geometry_source) =
         resolve_geometry(original_path, &original, delta_path, &delta, options.force)?;
+    if let MergeMethod::Guided(_) = options.method {
+        let methods = [
+            Some(&options.upscale_method),
+            options.refined_upscale_method.as_ref(),
+        ];
+        if methods
+            .iter()
+            .flatten()
+            .any(|m| matches!(m, UpscaleMethod::Command(_)))
+        {
+            return Err(OpError::Usage(
+                "the guided merge upsamples its own colour maps, so an external delta upscaler (cmd(...)) has nothing to do; use --method additive with cmd(...), or drop --upscale-method".into(),
+            ));
+        }
+    }
 
     let mut layers = vec![layer_for(
         delta,
@@ -292,7 +358,23 @@ pub fn merge(
     if let Some(loss) = format.loss_for(&image) {
         tracing::warn!(output = %output_path.display(), "{loss}");
     }
-    let plan = MergePlan::new(&image, &layers).map_err(|e| OpError::mismatch(delta_path, e))?;
+    let guided = match options.method {
+        MergeMethod::Additive => None,
+        MergeMethod::Guided(params) => {
+            let fit_started = std::time::Instant::now();
+            let proxy = rebuild_proxy(original_path, &geometry, limits)?;
+            let gray = !image.color().has_color();
+            let prepared = prepare_guided(&proxy, &layers, gray, &params)
+                .map_err(|e| OpError::mismatch(delta_path, e))?;
+            tracing::debug!(elapsed = ?fit_started.elapsed(), ?params, "guided maps fitted");
+            Some(prepared)
+        }
+    };
+    let plan = match &guided {
+        None => MergePlan::new(&image, &layers),
+        Some(g) => MergePlan::guided(&image, &g.field, &g.residual),
+    }
+    .map_err(|e| OpError::mismatch(delta_path, e))?;
     let bytes = if format == OutputFormat::Png {
         // Apply, filter and deflate each band in one pass, while it is in cache.
         let rows = |start: usize, end: usize, out: &mut Vec<u8>| {
@@ -327,6 +409,7 @@ pub fn merge(
         delta = %delta_path.display(),
         output = %output_path.display(),
         geometry = %geometry_source,
+        method = options.method.name(),
         "merged"
     );
     Ok(MergeOutput {

@@ -1,0 +1,260 @@
+//! The guided merge (`darkroom merge --method guided`): an identity edit gives back the
+//! original on every image class, a global affine colour change is reproduced at full
+//! resolution to within 1 dB of the 8-bit rounding limit, and a colour change on one side of
+//! a hard edge leaves no halo on the other side (where the additive merge does).
+
+mod common;
+
+use common::*;
+use darkroom::core::delta::{self, DeltaDepth};
+use darkroom::core::geometry::{ProxyGeometry, Target};
+use darkroom::core::guided::GuidedParams;
+use darkroom::core::merge::{apply_layers, prepare_guided, DeltaLayer, MergePlan, Rect};
+use darkroom::core::proxy::make_proxy;
+use image::{DynamicImage, RgbImage};
+
+/// split -> (processed = proxy) -> delta --refine -> merge --method guided, through the binary.
+fn guided_identity(name: &str, size: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let original = stage(d, name);
+    let stem = original.file_stem().unwrap().to_string_lossy().into_owned();
+    run_ok(d, &["split", name, size, size]);
+    let proxy = format!("{stem}_proxy.png");
+    run_ok(d, &["delta", name, &proxy, size, size, "--refine"]);
+    run_ok(
+        d,
+        &[
+            "merge",
+            name,
+            &format!("{stem}_proxy_delta.png"),
+            "--refined-delta-image",
+            &format!("{stem}_proxy_delta_refined.png"),
+            "--method",
+            "guided",
+            "-o",
+            "guided.png",
+        ],
+    );
+    let before = load(&original);
+    let after = load(&d.join("guided.png"));
+    assert_eq!(
+        after.image.color(),
+        before.image.color(),
+        "{name}: layout kept"
+    );
+    assert_eq!(
+        after.icc_profile, before.icc_profile,
+        "{name}: ICC profile kept"
+    );
+    // Compared at 16 bits, where one 8-bit level is 257 for 8- and 16-bit images alike.
+    let (a, b) = (after.image.to_rgba16(), before.image.to_rgba16());
+    let one_level = 257;
+    let mut worst = 0;
+    for (p, q) in a.pixels().zip(b.pixels()) {
+        for c in 0..3 {
+            worst = worst.max((i32::from(p.0[c]) - i32::from(q.0[c])).abs());
+        }
+        assert_eq!(p.0[3], q.0[3], "{name}: alpha is never touched");
+    }
+    assert!(
+        worst <= one_level,
+        "{name}: an identity edit moved a sample by {worst} (16-bit units); at most one 8-bit level is allowed"
+    );
+}
+
+#[test]
+fn an_identity_edit_gives_back_the_original_within_one_level() {
+    for (name, size) in [
+        ("photo_coffee_600x400.png", "300"),
+        ("photo_exif_orientation6.jpg", "25%"),
+        ("hdr_room_16bit_hlg.png", "50%"),
+        ("anime_eileen_320x720_rgba.png", "256"),
+        ("gray_camera_512.png", "128"),
+        ("tiny_17x9.png", "8"),
+    ] {
+        guided_identity(name, size);
+    }
+}
+
+/// The proxy (25%) of `original`, its 8-bit processed form under `edit`, and the delta layers
+/// (8-bit + refined, as `darkroom delta --refine` writes them).
+fn proxy_round_trip(
+    original: &DynamicImage,
+    edit: impl Fn(&RgbImage) -> RgbImage,
+) -> (DynamicImage, Vec<DeltaLayer>) {
+    let g = ProxyGeometry::plan(
+        original.width(),
+        original.height(),
+        "25%".parse::<Target>().unwrap(),
+    );
+    let proxy = make_proxy(original, &g).unwrap();
+    let processed = DynamicImage::ImageRgb8(edit(&proxy.to_rgb8()));
+    let d = delta::compute(&proxy, &processed, DeltaDepth::Eight, true).unwrap();
+    let area = Rect {
+        x: g.pad_left,
+        y: g.pad_top,
+        width: g.scaled_width,
+        height: g.scaled_height,
+    };
+    let layers = vec![
+        DeltaLayer {
+            image: d.main,
+            area,
+        },
+        DeltaLayer {
+            image: d.refined.unwrap(),
+            area,
+        },
+    ];
+    (proxy, layers)
+}
+
+fn guided(original: &DynamicImage, proxy: &DynamicImage, layers: &[DeltaLayer]) -> DynamicImage {
+    let prepared = prepare_guided(proxy, layers, false, &GuidedParams::default()).unwrap();
+    let plan = MergePlan::guided(original, &prepared.field, &prepared.residual).unwrap();
+    let mut out = original.clone();
+    plan.apply_in_place(&mut out, &|_| {}).unwrap();
+    out
+}
+
+fn additive(original: &DynamicImage, layers: &[DeltaLayer]) -> DynamicImage {
+    let mut out = original.clone();
+    apply_layers(&mut out, layers, &|_| {}).unwrap();
+    out
+}
+
+/// A colour change that stays inside 0..=255 (no clipping), so it is exactly affine.
+fn affine_edit(img: &RgbImage) -> RgbImage {
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let [r, g, b] = img.get_pixel(x, y).0.map(f32::from);
+        image::Rgb(
+            [
+                0.8 * r + 0.1 * g + 20.0,
+                0.75 * g + 0.1 * b + 30.0,
+                0.7 * b + 0.15 * r + 25.0,
+            ]
+            .map(|v| v.round().clamp(0.0, 255.0) as u8),
+        )
+    })
+}
+
+#[test]
+fn a_global_affine_colour_change_is_reproduced_within_1_db_of_the_rounding_limit() {
+    let original = load(&testdata("photo_coffee_600x400.png")).image;
+    let truth = DynamicImage::ImageRgb8(affine_edit(&original.to_rgb8()));
+    let (proxy, layers) = proxy_round_trip(&original, affine_edit);
+    let guided_psnr = psnr(&guided(&original, &proxy, &layers), &truth);
+    let additive_psnr = psnr(&additive(&original, &layers), &truth);
+    // "Perfect" for an 8-bit result: it differs from the truth only by rounding, one level
+    // of rounding on each side (MSE 1/12 + 1/12): 55.9 dB.
+    let limit = 10.0 * (255.0f64 * 255.0 * 6.0).log10();
+    eprintln!("affine edit: guided {guided_psnr:.2} dB, additive {additive_psnr:.2} dB, limit {limit:.2} dB");
+    assert!(
+        guided_psnr >= limit - 1.0,
+        "guided {guided_psnr:.2} dB is more than 1 dB below the {limit:.2} dB rounding limit"
+    );
+    assert!(
+        additive_psnr < limit - 5.0,
+        "the additive merge ({additive_psnr:.2} dB) should miss the change of texture contrast"
+    );
+}
+
+/// A dark textured half and a bright textured half, split at x = 256.
+fn hard_edge() -> DynamicImage {
+    DynamicImage::ImageRgb8(RgbImage::from_fn(512, 256, |x, y| {
+        let texture = 8.0 * ((x as f32 * 0.9).sin() * (y as f32 * 1.3).cos());
+        let base = if x < 256 { 60.0 } else { 190.0 };
+        let v = (base + texture).round() as u8;
+        image::Rgb([v, v, v])
+    }))
+}
+
+/// Warms what is bright: the change grows with luma, zero at the dark half's level.
+fn warm_the_bright_side(img: &RgbImage) -> RgbImage {
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let p = img.get_pixel(x, y).0.map(f32::from);
+        let luma = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+        let s = (luma - 60.0) / 130.0;
+        image::Rgb(
+            [p[0] + 45.0 * s, p[1] + 10.0 * s, p[2] - 35.0 * s]
+                .map(|v| v.round().clamp(0.0, 255.0) as u8),
+        )
+    })
+}
+
+#[test]
+fn a_colour_change_on_one_side_of_a_hard_edge_leaves_no_halo_on_the_other() {
+    let original = hard_edge();
+    let truth = warm_the_bright_side(&original.to_rgb8());
+    let (proxy, layers) = proxy_round_trip(&original, warm_the_bright_side);
+    let worst_near_edge = |merged: &DynamicImage| {
+        let merged = merged.to_rgb8();
+        let mut worst = 0i32;
+        for y in 16..240 {
+            // The dark side, up to 24 px from the edge: the additive delta's reach at 4x.
+            for x in 232..256 {
+                let (m, t) = (merged.get_pixel(x, y).0, truth.get_pixel(x, y).0);
+                for c in 0..3 {
+                    worst = worst.max((i32::from(m[c]) - i32::from(t[c])).abs());
+                }
+            }
+        }
+        worst
+    };
+    let guided_worst = worst_near_edge(&guided(&original, &proxy, &layers));
+    let additive_worst = worst_near_edge(&additive(&original, &layers));
+    eprintln!("worst error beside the edge: guided {guided_worst}, additive {additive_worst}");
+    assert!(
+        guided_worst <= 3,
+        "the guided merge bled the change across the edge by {guided_worst} levels"
+    );
+    assert!(
+        additive_worst >= 10,
+        "the additive merge was expected to show a halo here (worst {additive_worst}); the test no longer tells the methods apart"
+    );
+}
+
+#[test]
+fn an_external_delta_upscaler_with_the_guided_method_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stage(d, "photo_coffee_600x400.png");
+    run_ok(d, &["split", "photo_coffee_600x400.png", "300", "300"]);
+    run_ok(
+        d,
+        &[
+            "delta",
+            "photo_coffee_600x400.png",
+            "photo_coffee_600x400_proxy.png",
+            "300",
+            "300",
+        ],
+    );
+    let (code, stderr) = run_err(
+        d,
+        &[
+            "merge",
+            "photo_coffee_600x400.png",
+            "photo_coffee_600x400_proxy_delta.png",
+            "--method",
+            "guided",
+            "--upscale-method",
+            "cmd(cp %i %o)",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--method additive"), "{stderr}");
+    let (_, stderr) = run_err(
+        d,
+        &[
+            "merge",
+            "photo_coffee_600x400.png",
+            "photo_coffee_600x400_proxy_delta.png",
+            "--method",
+            "bilateral",
+        ],
+    );
+    assert!(stderr.contains("use additive"), "{stderr}");
+    assert!(!d.join("photo_coffee_600x400_merged.png").exists());
+}
