@@ -228,27 +228,11 @@ pub enum Command {
     Upscale {
         /// The image to upscale.
         input: PathBuf,
-        /// Model file, or a name in --models-dir.
-        #[arg(long, short)]
-        model: String,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Output path (its extension picks the format).
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Tile size in input pixels; 0 = the whole image in one run.
-        #[arg(long, default_value_t = 256)]
-        tile: u32,
-        /// Context pixels around each tile (default: the model's recommended context).
-        #[arg(long)]
-        context: Option<u32>,
-        /// Where named models live.
-        #[arg(long, value_name = "DIR")]
-        models_dir: Option<PathBuf>,
-        /// libonnxruntime.so to load (default: found automatically).
-        #[arg(long, value_name = "PATH")]
-        onnxruntime: Option<PathBuf>,
-        /// ONNX Runtime threads (0 = one per core).
-        #[arg(long, default_value_t = 0)]
-        threads: usize,
         /// Run the model this many times (a x2 model twice gives x4).
         #[arg(long, default_value_t = 1)]
         passes: u32,
@@ -258,9 +242,36 @@ pub enum Command {
         /// Unsharp mask after the model: AMOUNT[,RADIUS[,THRESHOLD]] (e.g. 0.5,1.0,2).
         #[arg(long, value_name = "AMOUNT[,RADIUS[,THRESHOLD]]")]
         sharpen: Option<darkroom::core::filters::Unsharp>,
-        /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (required).
-        #[arg(long, default_value = "auto")]
-        provider: darkroom::io::onnx::Provider,
+    },
+    /// Enhance an image with an image-to-image ONNX model, at the image's own size.
+    ///
+    /// --via full (default): the model runs on the whole image, tile by tile with context as
+    /// upscale does, so no seam shows. --via proxy: the model runs on a proxy of --size and
+    /// its change comes back to full resolution through the merge (--merge-method guided by
+    /// default, or additive), for models trained at low resolution or too slow for the full
+    /// image. A model that enlarges (any super-resolution network) is brought back to the
+    /// input's size with Lanczos3, so a x2 restoration model works as an enhancer.
+    /// Writes {stem}_enhanced_{model}.png beside the input unless --output is given.
+    #[command(
+        after_help = "Examples:\n  darkroom enhance photo.png --model waifu2x-upconv7-photo-x2\n  darkroom enhance scan.jpg --model ./restore.onnx --via proxy --size 1024x1024\n  darkroom enhance scan.jpg --model ./restore.onnx --via proxy --merge-method additive -o out.tif"
+    )]
+    Enhance {
+        /// The image to enhance.
+        input: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output path (its extension picks the format).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// full (the whole image, tiled) or proxy (a proxy, merged back).
+        #[arg(long, default_value = "full", value_parser = ["full", "proxy"])]
+        via: String,
+        /// --via proxy: the proxy size, WxH in pixels (aspect kept) or a percentage.
+        #[arg(long, default_value = "1024x1024", value_name = "WxH|N%")]
+        size: Target,
+        /// --via proxy: guided (colour maps, see `merge --help`) or additive.
+        #[arg(long, default_value = "guided", value_name = "METHOD")]
+        merge_method: ops::merge::MergeMethod,
     },
     /// Compare two images of the same size: PSNR, SSIM and MSE over RGB in 8-bit units.
     ///
@@ -319,6 +330,77 @@ pub struct ConfigArg {
         value_name = "PATH"
     )]
     pub path: PathBuf,
+}
+
+/// The model and how it runs: shared by upscale and enhance.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model file, or a name in --models-dir.
+    #[arg(long, short)]
+    model: String,
+    /// Tile size in input pixels; 0 = the whole image in one run.
+    #[arg(long, default_value_t = 256)]
+    tile: u32,
+    /// Context pixels around each tile (default: the model's recommended context).
+    #[arg(long)]
+    context: Option<u32>,
+    /// Where named models live.
+    #[arg(long, value_name = "DIR")]
+    models_dir: Option<PathBuf>,
+    /// libonnxruntime.so to load (default: found automatically).
+    #[arg(long, value_name = "PATH")]
+    onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (required).
+    #[arg(long, default_value = "auto")]
+    provider: darkroom::io::onnx::Provider,
+}
+
+impl ModelArgs {
+    /// The model's path and the run options (passes, target and sharpen left at defaults).
+    fn resolve(
+        &self,
+        output: Option<PathBuf>,
+    ) -> Result<(PathBuf, ops::upscale::UpscaleOptions), OpError> {
+        let models_dir = self
+            .models_dir
+            .clone()
+            .or_else(|| std::env::var_os("DARKROOM_MODELS").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
+            });
+        let path = ops::upscale::resolve_model(&self.model, &models_dir)?;
+        Ok((
+            path,
+            ops::upscale::UpscaleOptions {
+                output,
+                tile: self.tile,
+                context: self.context,
+                runtime: self.onnxruntime.clone(),
+                threads: self.threads,
+                passes: 1,
+                target: None,
+                sharpen: None,
+                provider: self.provider,
+            },
+        ))
+    }
+}
+
+/// A progress bar over model tiles.
+fn tile_progress(message: String) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} tiles {elapsed_precise} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
 }
 
 /// WIDTH and HEIGHT of a proxy.
@@ -551,43 +633,19 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             input,
             model,
             output,
-            tile,
-            context,
-            models_dir,
-            onnxruntime,
-            threads,
             passes,
             target,
             sharpen,
-            provider,
         } => {
-            let models_dir = models_dir
-                .or_else(|| std::env::var_os("DARKROOM_MODELS").map(PathBuf::from))
-                .unwrap_or_else(|| {
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
-                });
-            let model_path = ops::upscale::resolve_model(&model, &models_dir)?;
+            let (model_path, options) = model.resolve(output)?;
             let options = ops::upscale::UpscaleOptions {
-                output,
-                tile,
-                context,
-                runtime: onnxruntime,
-                threads,
                 passes,
                 target,
                 sharpen,
-                provider,
+                ..options
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {pos}/{len} tiles {elapsed_precise} eta {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar.set_message(format!("upscaling x{}", model.scale));
+            let bar = tile_progress(format!("upscaling x{}", model.scale));
             let result =
                 ops::upscale::upscale(&input, &mut model, &options, &limits, &mut |done, total| {
                     bar.set_length(total as u64);
@@ -596,6 +654,38 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             bar.finish_and_clear();
             let out = result?;
             println!("{}", out.output_path.display());
+        }
+        Command::Enhance {
+            input,
+            model,
+            output,
+            via,
+            size,
+            merge_method,
+        } => {
+            let (model_path, options) = model.resolve(output)?;
+            let via = match via.as_str() {
+                "proxy" => ops::enhance::Via::Proxy {
+                    size,
+                    method: merge_method,
+                },
+                _ => ops::enhance::Via::Full,
+            };
+            let mut model = ops::upscale::load_model(&model_path, &options)?;
+            let bar = tile_progress(format!("enhancing via {}", via.name()));
+            let result = ops::enhance::enhance(
+                &input,
+                &mut model,
+                &via,
+                &options,
+                &limits,
+                &mut |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            );
+            bar.finish_and_clear();
+            println!("{}", result?.output_path.display());
         }
         Command::BatchSplit {
             pattern,

@@ -692,6 +692,49 @@ fn a_file_dropped_into_an_upscale_rule_comes_out_upscaled_with_its_sidecar() {
 }
 
 #[test]
+fn enhance_rules_keep_the_size_and_run_the_model_on_the_full_image_or_on_a_proxy() {
+    let model = common::shared_dir().join("models/waifu2x-upconv7-photo-x2.onnx");
+    let config = format!(
+        "{}\n[models.photo]\npath = \"{}\"\ntile = 128\ndomains = [\"photo\"]\n\n\
+         [[rule]]\nname = \"full\"\nrecipe = \"enhance\"\nmodel = \"photo\"\n\n\
+         [[rule]]\nname = \"viaproxy\"\nrecipe = \"enhance\"\ndomain = \"photo\"\nvia = \"proxy\"\nsize = \"50%\"\n",
+        config_text("", ""),
+        model.display()
+    );
+    let mut tree = Tree::new(&config);
+    tree.start();
+    let original = load(&testdata("photo_coffee_600x400.png")).image;
+    for rule in ["full", "viaproxy"] {
+        std::fs::copy(
+            testdata("photo_coffee_600x400.png"),
+            tree.path(&format!("var/inbox/{rule}")).join("coffee.png"),
+        )
+        .unwrap();
+    }
+    for (rule, via) in [("full", "full"), ("viaproxy", "proxy")] {
+        let output = tree.path(&format!("var/processed/{rule}/images/coffee_photo.png"));
+        let metadata = tree.path(&format!("var/metadata/{rule}/coffee_photo.json"));
+        tree.wait_for(&format!("the {rule} output"), || metadata.is_file());
+        let enhanced = load(&output).image;
+        assert_eq!((enhanced.width(), enhanced.height()), (600, 400), "{rule}");
+        let p = common::psnr(&enhanced, &original);
+        assert!(
+            (30.0..60.0).contains(&p),
+            "{rule}: the model should change the image a little, PSNR {p:.2} dB"
+        );
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&metadata).unwrap()).unwrap();
+        assert_eq!(meta["recipe"], "enhance");
+        assert_eq!(meta["enhance"]["via"], via);
+        assert_eq!(meta["model"]["scale"], 2);
+        if via == "proxy" {
+            assert_eq!(meta["enhance"]["merge_method"], "guided");
+            assert_eq!(meta["enhance"]["size"], "50%x50%");
+        }
+    }
+}
+
+#[test]
 fn a_missing_runtime_fails_model_jobs_clearly_and_other_rules_keep_working() {
     let mut tree = Tree::new(&upscale_config(
         "onnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"",

@@ -551,6 +551,29 @@ pub fn prepare_guided(
     Ok(GuidedMerge { field, residual })
 }
 
+/// Merges in memory: `layers` (made against `proxy`) into `original`, additively or, with
+/// `guided`, through the guided merge. A gray original is promoted to RGB when a layer has
+/// colour. The file-level merge streams PNG bands instead; this is for callers that keep the
+/// image (enhance via the proxy, benchmarks, tests).
+pub fn merge_image(
+    original: DynamicImage,
+    proxy: &DynamicImage,
+    layers: &[DeltaLayer],
+    guided: Option<&GuidedParams>,
+) -> Result<DynamicImage, MergeError> {
+    let mut image = promote_for_colour(original, layers);
+    match guided {
+        None => apply_layers(&mut image, layers, &|_| {})?,
+        Some(params) => {
+            let gray = !image.color().has_color();
+            let prepared = prepare_guided(proxy, layers, gray, params)?;
+            MergePlan::guided(&image, &prepared.field, &prepared.residual)?
+                .apply_in_place(&mut image, &|_| {})?;
+        }
+    }
+    Ok(image)
+}
+
 /// Promotes a gray original to RGB(A) when a colour delta is to be applied to it (a model
 /// that colourised a gray proxy); other originals are returned unchanged.
 #[must_use]

@@ -112,6 +112,7 @@ impl Recipe {
     pub fn name(&self) -> &'static str {
         match self {
             Recipe::SplitToProxy(_) => "split-to-proxy",
+            Recipe::Upscale(u) if u.enhance.is_some() => "enhance",
             Recipe::Upscale(_) => "upscale",
         }
     }
@@ -129,6 +130,9 @@ pub struct Upscale {
     pub target: Option<(u32, u32)>,
     /// Unsharp mask after the model.
     pub sharpen: Option<crate::core::filters::Unsharp>,
+    /// Set for the `enhance` recipe: the output keeps the input's size, and the model runs
+    /// on the full image or on a proxy merged back.
+    pub enhance: Option<crate::ops::enhance::Via>,
 }
 
 /// Options of `split-to-proxy` and its merge-when-processed-appears step.
@@ -245,6 +249,28 @@ const UPSCALE_KEYS: &[&str] = &[
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawEnhance {
+    model: Option<String>,
+    domain: Option<String>,
+    output_format: Option<String>,
+    via: Option<String>,
+    size: Option<String>,
+    merge_method: Option<String>,
+    sharpen: Option<String>,
+}
+
+const ENHANCE_KEYS: &[&str] = &[
+    "model",
+    "domain",
+    "output_format",
+    "via",
+    "size",
+    "merge_method",
+    "sharpen",
+];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawDaemon {
     root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
@@ -324,7 +350,7 @@ const SPLIT_TO_PROXY_KEYS: &[&str] = &[
     "merge_method",
 ];
 
-const RECIPES: &[&str] = &["split-to-proxy", "upscale"];
+const RECIPES: &[&str] = &["split-to-proxy", "upscale", "enhance"];
 
 /// Collects problems while a config is resolved.
 struct Problems {
@@ -800,6 +826,7 @@ fn resolve_rule(
     let recipe_keys: &[&str] = match recipe_name.as_deref() {
         Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS,
         Some("upscale") => UPSCALE_KEYS,
+        Some("enhance") => ENHANCE_KEYS,
         Some(other) => {
             let hint = closest(other, RECIPES)
                 .map(|k| format!(" (did you mean `{k}`?)"))
@@ -896,15 +923,14 @@ fn resolve_rule(
                     RawUpscale::default()
                 }
             };
-            let model = resolve_upscale_model(&raw, context.models, &label, line, problems)?;
-            let output_format = raw.output_format.unwrap_or_else(|| "png".into());
-            if !["png", "tiff", "tif", "webp", "jpg", "jpeg"].contains(&output_format.as_str()) {
-                problems.push(
-                    format!("{label}.output_format"),
-                    Some(line),
-                    format!("'{output_format}': use png, tiff, webp or jpg"),
-                );
-            }
+            let model = resolve_upscale_model(
+                (&raw.model, &raw.domain),
+                context.models,
+                &label,
+                line,
+                problems,
+            )?;
+            let output_format = check_output_format(raw.output_format, &label, line, problems);
             let passes = raw.passes.unwrap_or(1);
             if !(1..=4).contains(&passes) {
                 problems.push(format!("{label}.passes"), Some(line), "must be 1 to 4");
@@ -925,6 +951,77 @@ fn resolve_rule(
                 passes: passes.clamp(1, 4),
                 target,
                 sharpen,
+                enhance: None,
+            })
+        }
+        "enhance" => {
+            let raw: RawEnhance = match toml::Value::Table(table).try_into() {
+                Ok(raw) => raw,
+                Err(e) => {
+                    problems.push(label.clone(), Some(line), e.message().trim().to_string());
+                    RawEnhance::default()
+                }
+            };
+            let model = resolve_upscale_model(
+                (&raw.model, &raw.domain),
+                context.models,
+                &label,
+                line,
+                problems,
+            )?;
+            let output_format = check_output_format(raw.output_format, &label, line, problems);
+            let sharpen = raw.sharpen.as_deref().and_then(|t| {
+                t.parse()
+                    .map_err(|e: String| problems.push(format!("{label}.sharpen"), Some(line), e))
+                    .ok()
+            });
+            let size =
+                parse_size(raw.size.as_deref().unwrap_or("1024x1024")).unwrap_or_else(|message| {
+                    problems.push(format!("{label}.size"), Some(line), message);
+                    Target::pixels(1024, 1024)
+                });
+            let method = raw
+                .merge_method
+                .as_deref()
+                .unwrap_or("guided")
+                .parse::<crate::ops::merge::MergeMethod>()
+                .unwrap_or_else(|message| {
+                    problems.push(format!("{label}.merge_method"), Some(line), message);
+                    crate::ops::merge::MergeMethod::Additive
+                });
+            let via = match raw.via.as_deref().unwrap_or("full") {
+                "full" => {
+                    for (key, set) in [
+                        ("size", raw.size.is_some()),
+                        ("merge_method", raw.merge_method.is_some()),
+                    ] {
+                        if set {
+                            problems.push(
+                                format!("{label}.{key}"),
+                                Some(line),
+                                "only means something with via = \"proxy\"",
+                            );
+                        }
+                    }
+                    crate::ops::enhance::Via::Full
+                }
+                "proxy" => crate::ops::enhance::Via::Proxy { size, method },
+                other => {
+                    problems.push(
+                        format!("{label}.via"),
+                        Some(line),
+                        format!("'{other}': use \"full\" (the whole image, tiled) or \"proxy\""),
+                    );
+                    crate::ops::enhance::Via::Full
+                }
+            };
+            Recipe::Upscale(Upscale {
+                model,
+                output_format,
+                passes: 1,
+                target: None,
+                sharpen,
+                enhance: Some(via),
             })
         }
         _ => unreachable!("recipe names are checked above"),
@@ -1056,16 +1153,35 @@ fn resolve_split_to_proxy(
     }
 }
 
-/// The model of an upscale rule: by `model` name, or the first model serving `domain`.
+/// The output format of a model rule (default png), checked.
+fn check_output_format(
+    format: Option<String>,
+    label: &str,
+    line: usize,
+    problems: &mut Problems,
+) -> String {
+    let format = format.unwrap_or_else(|| "png".into());
+    if !["png", "tiff", "tif", "webp", "jpg", "jpeg"].contains(&format.as_str()) {
+        problems.push(
+            format!("{label}.output_format"),
+            Some(line),
+            format!("'{format}': use png, tiff, webp or jpg"),
+        );
+    }
+    format
+}
+
+/// The model of an upscale or enhance rule: by `model` name, or the first model serving
+/// `domain`.
 fn resolve_upscale_model(
-    raw: &RawUpscale,
+    (model, domain): (&Option<String>, &Option<String>),
     models: &std::collections::BTreeMap<String, ModelSpec>,
     label: &str,
     line: usize,
     problems: &mut Problems,
 ) -> Option<ModelSpec> {
     let names = || models.keys().cloned().collect::<Vec<_>>().join(", ");
-    match (&raw.model, &raw.domain) {
+    match (model, domain) {
         (Some(name), None) => match models.get(name) {
             Some(spec) => Some(spec.clone()),
             None => {
@@ -1095,7 +1211,7 @@ fn resolve_upscale_model(
             problems.push(
                 label.to_string(),
                 Some(line),
-                "an upscale rule names exactly one of `model` (a [models.<name>] table) or `domain`",
+                "an upscale or enhance rule names exactly one of `model` (a [models.<name>] table) or `domain`",
             );
             None
         }
@@ -1208,6 +1324,35 @@ mod tests {
         );
         let errors = parse(&rule("merge_method = \"bilateral\"")).unwrap_err();
         assert!(errors.to_string().contains("use additive"), "{errors}");
+    }
+
+    #[test]
+    fn enhance_rules_check_via_and_its_proxy_keys() {
+        let models = format!(
+            "[models.photo]\npath = \"{}/../shared/models/waifu2x-upconv7-photo-x2.onnx\"\n\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let rule = |extra: &str| {
+            format!("{models}[[rule]]\nname = \"e\"\nrecipe = \"enhance\"\nmodel = \"photo\"\n{extra}\n")
+        };
+        let config = parse(&rule("via = \"proxy\"\nsize = \"50%\"")).unwrap();
+        assert_eq!(config.rules[0].recipe.name(), "enhance");
+        let Recipe::Upscale(u) = &config.rules[0].recipe else {
+            unreachable!()
+        };
+        assert_eq!(u.enhance.map(|v| v.name()), Some("proxy"));
+        let errors = parse(&rule("via = \"sideways\"\nsize = \"50%\"\npasses = 2")).unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("rule[0] 'e'.via"), "{text}");
+        assert!(
+            text.contains("passes"),
+            "passes is not an enhance key: {text}"
+        );
+        let errors = parse(&rule("size = \"50%\"")).unwrap_err();
+        assert!(
+            errors.to_string().contains("rule[0] 'e'.size"),
+            "size without via proxy: {errors}"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The `upscale` recipe as a worker thread runs it: decode, hand the image to the model
-//! lane, encode, write the output and its provenance durably, then file the original.
+//! The `upscale` and `enhance` recipes as a worker thread runs them: decode, hand the image
+//! (or, for `enhance via proxy`, its proxy) to the model lane, bring an enhance back to the
+//! input's size (merging a proxy's change), encode, write the output and its provenance
+//! durably, then file the original.
 
 use crate::daemon::config::{RuntimeSettings, Upscale};
 use crate::daemon::model_lane::ModelLane;
@@ -8,7 +10,9 @@ use crate::daemon::trees::{move_into_place, write_json_atomic};
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::{self, OutputFormat};
 use crate::io::{atomic, onnx::ModelError};
+use crate::ops::enhance::enhance_image;
 use crate::ops::OpError;
+use image::DynamicImage;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -52,14 +56,31 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
         decode::load(&original, &work.limits).map_err(|e| OpError::decode(&original, e))?;
     let decode_seconds = started.elapsed().as_secs_f64();
     let (width, height) = (loaded.image.width(), loaded.image.height());
-    let mut result = lane
-        .upscale(
+    let run_model = |image: DynamicImage| {
+        lane.upscale(
             &work.recipe.model,
             &work.runtime,
             (work.recipe.passes, work.recipe.target),
-            loaded.image,
+            image,
         )
-        .map_err(model_error)?;
+        .map_err(model_error)
+    };
+    let mut result = match &work.recipe.enhance {
+        None => run_model(loaded.image)?,
+        Some(via) => {
+            // The merge of `via proxy` runs here on the worker; only the model is on the lane.
+            let mut lane_result = None;
+            let image = enhance_image(loaded.image, via, &mut |image| {
+                let mut out = run_model(image.clone())?;
+                let image = std::mem::replace(&mut out.image, DynamicImage::new_luma8(0, 0));
+                lane_result = Some(out);
+                Ok(image)
+            })?;
+            let mut out = lane_result.expect("the model ran");
+            out.image = image;
+            out
+        }
+    };
     let encode_started = Instant::now();
     // Post filters run here, on the worker, leaving the model lane free for the next job.
     if let Some(settings) = work.recipe.sharpen {
@@ -103,6 +124,9 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
                 })),
             }),
         );
+        if let Some(via) = &work.recipe.enhance {
+            object.insert("enhance".into(), via.describe());
+        }
         object.insert(
             "output".into(),
             serde_json::json!({

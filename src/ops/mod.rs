@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod delta;
+pub mod enhance;
 pub mod merge;
 pub mod split;
 pub mod upscale;
