@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and the glue from arguments to operations.
 
 use clap::{Args, Parser, Subcommand};
+use darkroom::core::corrections::{Bilateral, Exposure, PreFilters, Smoothing};
 use darkroom::core::delta::DeltaDepth;
 use darkroom::core::geometry::{Extent, Target};
 use darkroom::core::guided::GuidedParams;
@@ -239,9 +240,6 @@ pub enum Command {
         /// Exact output size WxH: enough passes to reach it, then Lanczos3 to it.
         #[arg(long, value_name = "WxH", value_parser = ops::upscale::parse_target)]
         target: Option<(u32, u32)>,
-        /// Unsharp mask after the model: AMOUNT[,RADIUS[,THRESHOLD]] (e.g. 0.5,1.0,2).
-        #[arg(long, value_name = "AMOUNT[,RADIUS[,THRESHOLD]]")]
-        sharpen: Option<darkroom::core::filters::Unsharp>,
     },
     /// Enhance an image with an image-to-image ONNX model, at the image's own size.
     ///
@@ -356,6 +354,37 @@ pub struct ModelArgs {
     /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (required).
     #[arg(long, default_value = "auto")]
     provider: darkroom::io::onnx::Provider,
+    /// Before the model: gray-world white balance (the three channel means made equal).
+    #[arg(long, help_heading = "Corrections")]
+    white_balance: bool,
+    /// Before the model: exposure, `auto` (median to mid-grey) or stops like +0.5.
+    #[arg(
+        long,
+        value_name = "auto|STOPS",
+        allow_hyphen_values = true,
+        help_heading = "Corrections"
+    )]
+    exposure: Option<Exposure>,
+    /// Before the model: smooth JPEG block steps (small steps on the 8x8 grid only).
+    #[arg(long, help_heading = "Corrections")]
+    deblock: bool,
+    /// Before the model: edge-preserving denoise, bilateral[:SIGMA_PIXELS,SIGMA_LEVELS].
+    #[arg(long, value_name = "bilateral[:S,R]", help_heading = "Corrections")]
+    denoise: Option<Bilateral>,
+    /// After the model: median[:RADIUS] or bilateral[:S,R] against GAN swirls.
+    #[arg(
+        long,
+        value_name = "median[:R]|bilateral[:S,R]",
+        help_heading = "Corrections"
+    )]
+    smooth: Option<Smoothing>,
+    /// After the model (and --smooth): unsharp mask AMOUNT[,RADIUS[,THRESHOLD]] (e.g. 0.5,1.0,2).
+    #[arg(
+        long,
+        value_name = "AMOUNT[,RADIUS[,THRESHOLD]]",
+        help_heading = "Corrections"
+    )]
+    sharpen: Option<darkroom::core::filters::Unsharp>,
 }
 
 impl ModelArgs {
@@ -382,8 +411,15 @@ impl ModelArgs {
                 threads: self.threads,
                 passes: 1,
                 target: None,
-                sharpen: None,
+                sharpen: self.sharpen,
                 provider: self.provider,
+                pre: PreFilters {
+                    white_balance: self.white_balance,
+                    exposure: self.exposure,
+                    deblock: self.deblock,
+                    denoise: self.denoise,
+                },
+                smooth: self.smooth,
             },
         ))
     }
@@ -635,13 +671,11 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             output,
             passes,
             target,
-            sharpen,
         } => {
             let (model_path, options) = model.resolve(output)?;
             let options = ops::upscale::UpscaleOptions {
                 passes,
                 target,
-                sharpen,
                 ..options
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;

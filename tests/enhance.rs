@@ -131,3 +131,62 @@ fn a_bad_via_and_a_missing_model_are_refused_with_what_to_do() {
         .join("tiny_17x9_enhanced_no-such-model.png")
         .exists());
 }
+
+#[test]
+fn corrections_run_around_the_model_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The coffee photo with a strong warm cast and JPEG blocks.
+    let coffee = load(&common::testdata("photo_coffee_600x400.png"))
+        .image
+        .to_rgb8();
+    let cast = image::RgbImage::from_fn(300, 200, |x, y| {
+        let p = coffee.get_pixel(x + 150, y + 100).0;
+        image::Rgb([
+            (f32::from(p[0]) * 1.25).min(255.0) as u8,
+            p[1],
+            (f32::from(p[2]) * 0.7) as u8,
+        ])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 40)
+        .encode_image(&cast)
+        .unwrap();
+    std::fs::write(d.join("cast.jpg"), &jpeg).unwrap();
+    let channel_gap = |img: &DynamicImage| {
+        let rgb = img.to_rgb8();
+        let mean = |c: usize| rgb.pixels().map(|p| f64::from(p.0[c])).sum::<f64>();
+        (mean(0) - mean(2)).abs() / f64::from(rgb.width() * rgb.height())
+    };
+    let plain = enhance(d, &["cast.jpg"]);
+    let corrected = enhance(
+        d,
+        &[
+            "cast.jpg",
+            "--white-balance",
+            "--exposure",
+            "+0.3",
+            "--deblock",
+            "--denoise",
+            "bilateral:1.5,12",
+            "--smooth",
+            "median",
+            "--sharpen",
+            "0.3",
+        ],
+    );
+    assert_eq!((corrected.width(), corrected.height()), (300, 200));
+    let (before, after) = (channel_gap(&plain), channel_gap(&corrected));
+    assert!(
+        after < before / 2.0,
+        "white balance should close the red-blue gap: {before:.1} -> {after:.1} levels"
+    );
+    let bad = darkroom()
+        .current_dir(d)
+        .args([
+            "enhance", "cast.jpg", "--model", MODEL, "--smooth", "gaussian",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("median[:RADIUS]"));
+}

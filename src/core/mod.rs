@@ -2,6 +2,7 @@
 //! in-memory images and options and returns owned results, so the CLI, the daemon and the
 //! benchmarks all call the same code.
 
+pub mod corrections;
 pub mod delta;
 pub mod filters;
 pub mod geometry;

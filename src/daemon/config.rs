@@ -133,6 +133,94 @@ pub struct Upscale {
     /// Set for the `enhance` recipe: the output keeps the input's size, and the model runs
     /// on the full image or on a proxy merged back.
     pub enhance: Option<crate::ops::enhance::Via>,
+    /// Corrections before the model (run on the worker).
+    pub pre: crate::core::corrections::PreFilters,
+    /// Smoothing after the model, before `sharpen` (run on the worker).
+    pub smooth: Option<crate::core::corrections::Smoothing>,
+}
+
+/// The correction keys shared by upscale and enhance rules.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCorrections {
+    white_balance: Option<String>,
+    exposure: Option<String>,
+    deblock: Option<bool>,
+    denoise: Option<String>,
+    smooth: Option<String>,
+}
+
+const CORRECTION_KEYS: &[&str] = &["white_balance", "exposure", "deblock", "denoise", "smooth"];
+
+impl RawCorrections {
+    /// Takes the correction keys out of a rule's table.
+    fn take(table: &mut toml::value::Table) -> toml::value::Table {
+        let mut out = toml::value::Table::new();
+        for key in CORRECTION_KEYS {
+            if let Some(value) = table.remove(*key) {
+                out.insert(key.to_string(), value);
+            }
+        }
+        out
+    }
+
+    fn resolve(
+        table: toml::value::Table,
+        label: &str,
+        line: usize,
+        problems: &mut Problems,
+    ) -> (
+        crate::core::corrections::PreFilters,
+        Option<crate::core::corrections::Smoothing>,
+    ) {
+        let raw: RawCorrections = match toml::Value::Table(table).try_into() {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(
+                    label.to_string(),
+                    Some(line),
+                    e.message().trim().to_string(),
+                );
+                RawCorrections::default()
+            }
+        };
+        let white_balance = match raw.white_balance.as_deref() {
+            None | Some("off") | Some("none") => false,
+            Some("gray-world") | Some("grey-world") => true,
+            Some(other) => {
+                problems.push(
+                    format!("{label}.white_balance"),
+                    Some(line),
+                    format!("'{other}': use \"gray-world\" or \"off\""),
+                );
+                false
+            }
+        };
+        let exposure = raw.exposure.and_then(|t| {
+            t.parse()
+                .map_err(|e: String| problems.push(format!("{label}.exposure"), Some(line), e))
+                .ok()
+        });
+        let denoise = raw.denoise.and_then(|t| {
+            t.parse()
+                .map_err(|e: String| problems.push(format!("{label}.denoise"), Some(line), e))
+                .ok()
+        });
+        let smooth = raw.smooth.and_then(|t| {
+            t.parse()
+                .map_err(|e: String| problems.push(format!("{label}.smooth"), Some(line), e))
+                .ok()
+        });
+        (
+            crate::core::corrections::PreFilters {
+                white_balance,
+                exposure,
+                deblock: raw.deblock.unwrap_or(false),
+                denoise,
+            },
+            smooth,
+        )
+    }
 }
 
 /// Options of `split-to-proxy` and its merge-when-processed-appears step.
@@ -245,6 +333,11 @@ const UPSCALE_KEYS: &[&str] = &[
     "passes",
     "target",
     "sharpen",
+    "white_balance",
+    "exposure",
+    "deblock",
+    "denoise",
+    "smooth",
 ];
 
 #[derive(Deserialize, Default)]
@@ -267,6 +360,11 @@ const ENHANCE_KEYS: &[&str] = &[
     "size",
     "merge_method",
     "sharpen",
+    "white_balance",
+    "exposure",
+    "deblock",
+    "denoise",
+    "smooth",
 ];
 
 #[derive(Deserialize, Default)]
@@ -916,6 +1014,9 @@ fn resolve_rule(
             ))
         }
         "upscale" => {
+            let mut table = table;
+            let (pre, smooth) =
+                RawCorrections::resolve(RawCorrections::take(&mut table), &label, line, problems);
             let raw: RawUpscale = match toml::Value::Table(table).try_into() {
                 Ok(raw) => raw,
                 Err(e) => {
@@ -952,9 +1053,14 @@ fn resolve_rule(
                 target,
                 sharpen,
                 enhance: None,
+                pre,
+                smooth,
             })
         }
         "enhance" => {
+            let mut table = table;
+            let (pre, smooth) =
+                RawCorrections::resolve(RawCorrections::take(&mut table), &label, line, problems);
             let raw: RawEnhance = match toml::Value::Table(table).try_into() {
                 Ok(raw) => raw,
                 Err(e) => {
@@ -1022,6 +1128,8 @@ fn resolve_rule(
                 target: None,
                 sharpen,
                 enhance: Some(via),
+                pre,
+                smooth,
             })
         }
         _ => unreachable!("recipe names are checked above"),
@@ -1353,6 +1461,42 @@ mod tests {
             errors.to_string().contains("rule[0] 'e'.size"),
             "size without via proxy: {errors}"
         );
+    }
+
+    #[test]
+    fn correction_keys_parse_for_model_rules_and_report_bad_values() {
+        let models = format!(
+            "[models.photo]\npath = \"{}/../shared/models/waifu2x-upconv7-photo-x2.onnx\"\n\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let rule = |recipe: &str, extra: &str| {
+            format!("{models}[[rule]]\nname = \"m\"\nrecipe = \"{recipe}\"\nmodel = \"photo\"\n{extra}\n")
+        };
+        let good = "white_balance = \"gray-world\"\nexposure = \"auto\"\ndeblock = true\ndenoise = \"bilateral:2,20\"\nsmooth = \"median:1\"";
+        for recipe in ["upscale", "enhance"] {
+            let config = parse(&rule(recipe, good)).unwrap();
+            let Recipe::Upscale(u) = &config.rules[0].recipe else {
+                unreachable!()
+            };
+            assert!(u.pre.white_balance && u.pre.deblock, "{recipe}");
+            assert_eq!(
+                u.pre.exposure,
+                Some(crate::core::corrections::Exposure::Auto)
+            );
+            assert!(u.pre.denoise.is_some() && u.smooth.is_some(), "{recipe}");
+        }
+        let errors = parse(&rule(
+            "upscale",
+            "white_balance = \"daylight\"\nexposure = \"bright\"\ndenoise = \"nlm\"\nsmooth = \"median:9\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        for key in ["white_balance", "exposure", "denoise", "smooth"] {
+            assert!(
+                errors.contains(&format!("rule[0] 'm'.{key}")),
+                "{key}: {errors}"
+            );
+        }
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
         decode::load(&original, &work.limits).map_err(|e| OpError::decode(&original, e))?;
     let decode_seconds = started.elapsed().as_secs_f64();
     let (width, height) = (loaded.image.width(), loaded.image.height());
+    // Corrections run here on the worker, leaving the model lane to the model.
+    let input = if work.recipe.pre.is_empty() {
+        loaded.image
+    } else {
+        work.recipe.pre.apply(&loaded.image)
+    };
     let run_model = |image: DynamicImage| {
         lane.upscale(
             &work.recipe.model,
@@ -66,11 +72,11 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
         .map_err(model_error)
     };
     let mut result = match &work.recipe.enhance {
-        None => run_model(loaded.image)?,
+        None => run_model(input)?,
         Some(via) => {
             // The merge of `via proxy` runs here on the worker; only the model is on the lane.
             let mut lane_result = None;
-            let image = enhance_image(loaded.image, via, &mut |image| {
+            let image = enhance_image(input, via, &mut |image| {
                 let mut out = run_model(image.clone())?;
                 let image = std::mem::replace(&mut out.image, DynamicImage::new_luma8(0, 0));
                 lane_result = Some(out);
@@ -83,6 +89,9 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     };
     let encode_started = Instant::now();
     // Post filters run here, on the worker, leaving the model lane free for the next job.
+    if let Some(smoothing) = work.recipe.smooth {
+        result.image = crate::core::corrections::smooth(&result.image, smoothing);
+    }
     if let Some(settings) = work.recipe.sharpen {
         result.image = crate::core::filters::unsharp_mask(&result.image, settings);
     }
@@ -122,6 +131,13 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
                 "sharpen": work.recipe.sharpen.map(|u| serde_json::json!({
                     "amount": u.amount, "radius": u.radius, "threshold": u.threshold,
                 })),
+            }),
+        );
+        object.insert(
+            "corrections".into(),
+            serde_json::json!({
+                "pre": work.recipe.pre.describe(),
+                "smooth": work.recipe.smooth.map(|s| format!("{s:?}")),
             }),
         );
         if let Some(via) = &work.recipe.enhance {

@@ -139,12 +139,23 @@ pub fn enhance(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tile = options.tile;
     let name = model.name.clone();
-    let result = enhance_image(loaded.image, via, &mut |image| {
+    let image = if options.pre.is_empty() {
+        loaded.image
+    } else {
+        options.pre.apply(&loaded.image)
+    };
+    let mut result = enhance_image(image, via, &mut |image| {
         upscale_image(image, model, tile, context, progress).map_err(|e| OpError::External {
             path: name.clone(),
             reason: e.to_string(),
         })
     })?;
+    if let Some(smoothing) = options.smooth {
+        result = crate::core::corrections::smooth(&result, smoothing);
+    }
+    if let Some(settings) = options.sharpen {
+        result = crate::core::filters::unsharp_mask(&result, settings);
+    }
     let bytes = encode::encode(&result, format, loaded.icc_profile.as_deref(), &[])
         .map_err(|e| OpError::write(&output_path, e))?;
     atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;

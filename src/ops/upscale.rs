@@ -35,6 +35,10 @@ pub struct UpscaleOptions {
     pub target: Option<(u32, u32)>,
     /// Unsharp mask after the model. Default none.
     pub sharpen: Option<crate::core::filters::Unsharp>,
+    /// Corrections before the model (white balance, exposure, deblock, denoise). Default none.
+    pub pre: crate::core::corrections::PreFilters,
+    /// Median or bilateral smoothing after the model, before any sharpening. Default none.
+    pub smooth: Option<crate::core::corrections::Smoothing>,
     /// Execution provider. Default auto (CUDA when available, else CPU).
     pub provider: onnx::Provider,
 }
@@ -306,8 +310,15 @@ pub fn upscale(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
+    let corrected;
+    let image = if options.pre.is_empty() {
+        &loaded.image
+    } else {
+        corrected = options.pre.apply(&loaded.image);
+        &corrected
+    };
     let mut result = upscale_passes(
-        &loaded.image,
+        image,
         model,
         tile,
         context,
@@ -316,6 +327,9 @@ pub fn upscale(
         progress,
     )
     .map_err(model_error)?;
+    if let Some(smoothing) = options.smooth {
+        result = crate::core::corrections::smooth(&result, smoothing);
+    }
     if let Some(settings) = options.sharpen {
         result = crate::core::filters::unsharp_mask(&result, settings);
     }
