@@ -173,17 +173,7 @@ impl RawCorrections {
         crate::core::corrections::PreFilters,
         Option<crate::core::corrections::Smoothing>,
     ) {
-        let raw: RawCorrections = match toml::Value::Table(table).try_into() {
-            Ok(raw) => raw,
-            Err(e) => {
-                problems.push(
-                    label.to_string(),
-                    Some(line),
-                    e.message().trim().to_string(),
-                );
-                RawCorrections::default()
-            }
-        };
+        let raw: RawCorrections = table_or_default(table, label, line, problems);
         let white_balance = match raw.white_balance.as_deref() {
             None | Some("off") | Some("none") => false,
             Some("gray-world") | Some("grey-world") => true,
@@ -196,21 +186,9 @@ impl RawCorrections {
                 false
             }
         };
-        let exposure = raw.exposure.and_then(|t| {
-            t.parse()
-                .map_err(|e: String| problems.push(format!("{label}.exposure"), Some(line), e))
-                .ok()
-        });
-        let denoise = raw.denoise.and_then(|t| {
-            t.parse()
-                .map_err(|e: String| problems.push(format!("{label}.denoise"), Some(line), e))
-                .ok()
-        });
-        let smooth = raw.smooth.and_then(|t| {
-            t.parse()
-                .map_err(|e: String| problems.push(format!("{label}.smooth"), Some(line), e))
-                .ok()
-        });
+        let exposure = parse_key(raw.exposure.as_deref(), label, "exposure", line, problems);
+        let denoise = parse_key(raw.denoise.as_deref(), label, "denoise", line, problems);
+        let smooth = parse_key(raw.smooth.as_deref(), label, "smooth", line, problems);
         (
             crate::core::corrections::PreFilters {
                 white_balance,
@@ -996,13 +974,7 @@ fn resolve_rule(
     }
     let recipe = match common.recipe.as_str() {
         "split-to-proxy" => {
-            let raw: RawSplitToProxy = match toml::Value::Table(table).try_into() {
-                Ok(raw) => raw,
-                Err(e) => {
-                    problems.push(label.clone(), Some(line), e.message().trim().to_string());
-                    RawSplitToProxy::default()
-                }
-            };
+            let raw: RawSplitToProxy = table_or_default(table, &label, line, problems);
             Recipe::SplitToProxy(resolve_split_to_proxy(
                 raw,
                 &common.name,
@@ -1017,13 +989,7 @@ fn resolve_rule(
             let mut table = table;
             let (pre, smooth) =
                 RawCorrections::resolve(RawCorrections::take(&mut table), &label, line, problems);
-            let raw: RawUpscale = match toml::Value::Table(table).try_into() {
-                Ok(raw) => raw,
-                Err(e) => {
-                    problems.push(label.clone(), Some(line), e.message().trim().to_string());
-                    RawUpscale::default()
-                }
-            };
+            let raw: RawUpscale = table_or_default(table, &label, line, problems);
             let model = resolve_upscale_model(
                 (&raw.model, &raw.domain),
                 context.models,
@@ -1041,11 +1007,7 @@ fn resolve_rule(
                     .map_err(|e| problems.push(format!("{label}.target"), Some(line), e))
                     .ok()
             });
-            let sharpen = raw.sharpen.as_deref().and_then(|t| {
-                t.parse()
-                    .map_err(|e: String| problems.push(format!("{label}.sharpen"), Some(line), e))
-                    .ok()
-            });
+            let sharpen = parse_key(raw.sharpen.as_deref(), &label, "sharpen", line, problems);
             Recipe::Upscale(Upscale {
                 model,
                 output_format,
@@ -1061,13 +1023,7 @@ fn resolve_rule(
             let mut table = table;
             let (pre, smooth) =
                 RawCorrections::resolve(RawCorrections::take(&mut table), &label, line, problems);
-            let raw: RawEnhance = match toml::Value::Table(table).try_into() {
-                Ok(raw) => raw,
-                Err(e) => {
-                    problems.push(label.clone(), Some(line), e.message().trim().to_string());
-                    RawEnhance::default()
-                }
-            };
+            let raw: RawEnhance = table_or_default(table, &label, line, problems);
             let model = resolve_upscale_model(
                 (&raw.model, &raw.domain),
                 context.models,
@@ -1076,11 +1032,7 @@ fn resolve_rule(
                 problems,
             )?;
             let output_format = check_output_format(raw.output_format, &label, line, problems);
-            let sharpen = raw.sharpen.as_deref().and_then(|t| {
-                t.parse()
-                    .map_err(|e: String| problems.push(format!("{label}.sharpen"), Some(line), e))
-                    .ok()
-            });
+            let sharpen = parse_key(raw.sharpen.as_deref(), &label, "sharpen", line, problems);
             let size =
                 parse_size(raw.size.as_deref().unwrap_or("1024x1024")).unwrap_or_else(|message| {
                     problems.push(format!("{label}.size"), Some(line), message);
@@ -1259,6 +1211,41 @@ fn resolve_split_to_proxy(
         match_margin,
         merge_method,
     }
+}
+
+/// A rule's table deserialised, or (with the problem recorded) the defaults, so that the
+/// rest of the rule is still checked.
+fn table_or_default<T: serde::de::DeserializeOwned + Default>(
+    table: toml::value::Table,
+    label: &str,
+    line: usize,
+    problems: &mut Problems,
+) -> T {
+    toml::Value::Table(table)
+        .try_into()
+        .unwrap_or_else(|e: toml::de::Error| {
+            problems.push(
+                label.to_string(),
+                Some(line),
+                e.message().trim().to_string(),
+            );
+            T::default()
+        })
+}
+
+/// An optional text key parsed with its `FromStr`, the error recorded under `label.key`.
+fn parse_key<T: std::str::FromStr<Err = String>>(
+    text: Option<&str>,
+    label: &str,
+    key: &str,
+    line: usize,
+    problems: &mut Problems,
+) -> Option<T> {
+    text.and_then(|t| {
+        t.parse()
+            .map_err(|e| problems.push(format!("{label}.{key}"), Some(line), e))
+            .ok()
+    })
 }
 
 /// The output format of a model rule (default png), checked.
