@@ -58,6 +58,10 @@ fn identity_round_trip(name: &str, width: &str, height: &str) {
         after.exif_orientation, 1,
         "{name}: output is upright with no orientation to apply"
     );
+    assert_eq!(
+        after.exif, before.exif,
+        "{name}: EXIF carried into the output, orientation reset to 1"
+    );
 }
 
 #[test]

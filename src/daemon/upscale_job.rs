@@ -97,8 +97,14 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     }
     let format =
         OutputFormat::from_path(&work.output).map_err(|e| OpError::Usage(e.to_string()))?;
-    let bytes = encode::encode(&result.image, format, loaded.icc_profile.as_deref(), &[])
-        .map_err(|e| OpError::write(&work.output, e))?;
+    let bytes = encode::encode(
+        &result.image,
+        format,
+        loaded.icc_profile.as_deref(),
+        loaded.exif.as_deref(),
+        &[],
+    )
+    .map_err(|e| OpError::write(&work.output, e))?;
     for dir in [
         atomic::parent_dir(&work.output),
         atomic::parent_dir(&work.metadata_path),

@@ -80,6 +80,9 @@ pub struct LoadedImage {
     pub icc_profile: Option<Vec<u8>>,
     /// EXIF orientation that was applied (1 = none), as the EXIF number.
     pub exif_orientation: u8,
+    /// The file's EXIF block with its orientation reset to 1 (the pixels are upright), to
+    /// carry into outputs. `None` without EXIF (and for DCT-reduced proxy decodes).
+    pub exif: Option<Vec<u8>>,
     /// SHA-256 of the file's bytes, hex.
     pub sha256: String,
     pub file_bytes: u64,
@@ -145,18 +148,19 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, 
                 .unwrap_or_else(|| "unknown panic".into());
             DecodeError::DecoderPanic(text)
         })??;
-    let (image, icc_profile, exif_orientation) = decoded;
+    let (image, icc_profile, exif_orientation, exif) = decoded;
     Ok(LoadedImage {
         image,
         format,
         icc_profile,
         exif_orientation,
+        exif,
         sha256: sha256_hex(bytes),
         file_bytes: bytes.len() as u64,
     })
 }
 
-type Decoded = (DynamicImage, Option<Vec<u8>>, u8);
+type Decoded = (DynamicImage, Option<Vec<u8>>, u8, Option<Vec<u8>>);
 
 fn decode_sniffed(
     bytes: &[u8],
@@ -187,6 +191,11 @@ fn decode_sniffed(
             .and_then(|mut d| d.get_tag_u8_vec(tiff::tags::Tag::IccProfile))
             .ok();
     }
+    let exif = decoder
+        .exif_metadata()
+        .ok()
+        .flatten()
+        .and_then(|raw| crate::io::exif::upright(&raw));
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -202,7 +211,7 @@ fn decode_sniffed(
         DynamicImage::ImageRgba32F(_) => DynamicImage::ImageRgba16(image.to_rgba16()),
         other => other,
     };
-    Ok((image, icc, orientation_to_exif(orientation)))
+    Ok((image, icc, orientation_to_exif(orientation), exif))
 }
 
 fn orientation_to_exif(o: image::metadata::Orientation) -> u8 {
@@ -318,6 +327,7 @@ fn reduced_jpeg(
             format: ImageFormat::Jpeg,
             icc_profile: icc,
             exif_orientation: orientation_to_exif(orientation),
+            exif: None,
             sha256: sha256_hex(bytes),
             file_bytes: bytes.len() as u64,
         },

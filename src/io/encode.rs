@@ -71,27 +71,28 @@ pub fn encode(
     image: &DynamicImage,
     format: OutputFormat,
     icc_profile: Option<&[u8]>,
+    exif: Option<&[u8]>,
     texts: &[(String, String)],
 ) -> Result<Vec<u8>, EncodeError> {
     let codec = |reason: String| EncodeError::Codec { format, reason };
     let mut out = Vec::new();
+    let embedded = Embedded { icc_profile, exif };
     match format {
         OutputFormat::Png => {
-            return Ok(png_encode::encode(
-                image,
-                icc_profile,
-                texts,
-                &PngOptions::default(),
-            )?)
+            let png = png_encode::encode(image, icc_profile, texts, &PngOptions::default())?;
+            return Ok(match exif {
+                Some(exif) => png_encode::with_exif(png, exif),
+                None => png,
+            });
         }
         OutputFormat::Tiff => {
             let mut cursor = std::io::Cursor::new(&mut out);
-            write_with(TiffEncoder::new(&mut cursor), image, icc_profile)
+            write_with(TiffEncoder::new(&mut cursor), image, embedded)
         }
         OutputFormat::WebP => write_with(
             WebPEncoder::new_lossless(&mut out),
             &eight_bit(image),
-            icc_profile,
+            embedded,
         ),
         OutputFormat::Jpeg => {
             let eight = eight_bit(image);
@@ -100,27 +101,36 @@ pub fn encode(
             } else {
                 DynamicImage::ImageLuma8(eight.to_luma8())
             };
-            write_with(
-                JpegEncoder::new_with_quality(&mut out, 95),
-                &flat,
-                icc_profile,
-            )
+            write_with(JpegEncoder::new_with_quality(&mut out, 95), &flat, embedded)
         }
     }
     .map_err(|e| codec(e.to_string()))?;
     Ok(out)
 }
 
-/// Embeds the ICC profile (all four codecs support it) and writes the pixels.
+/// What an output carries over from its input besides pixels.
+#[derive(Clone, Copy)]
+struct Embedded<'a> {
+    icc_profile: Option<&'a [u8]>,
+    exif: Option<&'a [u8]>,
+}
+
+/// Embeds the ICC profile (all four codecs support it) and the EXIF block (where the codec
+/// can; image's TIFF encoder cannot, so TIFF outputs go without) and writes the pixels.
 fn write_with(
     mut encoder: impl ImageEncoder,
     image: &DynamicImage,
-    icc_profile: Option<&[u8]>,
+    embedded: Embedded<'_>,
 ) -> image::ImageResult<()> {
-    if let Some(icc) = icc_profile {
+    if let Some(icc) = embedded.icc_profile {
         encoder
             .set_icc_profile(icc.to_vec())
             .map_err(image::ImageError::Unsupported)?;
+    }
+    if let Some(exif) = embedded.exif {
+        if encoder.set_exif_metadata(exif.to_vec()).is_err() {
+            tracing::debug!("this format's encoder cannot embed EXIF; written without it");
+        }
     }
     encoder.write_image(
         image.as_bytes(),
@@ -170,20 +180,40 @@ mod tests {
     }
 
     #[test]
-    fn every_format_round_trips_with_its_icc_profile() {
+    fn every_format_round_trips_with_its_icc_profile_and_exif() {
         let img = DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(24, 16, |x, y| {
             image::Rgb([x as u8 * 10, y as u8 * 15, 90])
         }));
         use image::GenericImageView;
         let icc: &[u8] = b"not a real profile, but containers must carry it byte for byte";
+        // A minimal little-endian EXIF block: one IFD0 entry, Orientation = 1.
+        let exif: Vec<u8> = [
+            &b"II*\0"[..],
+            &8u32.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &0x0112u16.to_le_bytes(),
+            &3u16.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &1u16.to_le_bytes(),
+            &[0, 0],
+            &0u32.to_le_bytes(),
+        ]
+        .concat();
         for format in [
             OutputFormat::Png,
             OutputFormat::Tiff,
             OutputFormat::WebP,
             OutputFormat::Jpeg,
         ] {
-            let bytes = encode(&img, format, Some(icc), &[]).unwrap();
+            let bytes = encode(&img, format, Some(icc), Some(&exif), &[]).unwrap();
             let decoded = crate::io::decode::decode_bytes(&bytes, &Default::default()).unwrap();
+            if format != OutputFormat::Tiff {
+                assert_eq!(
+                    decoded.exif.as_deref(),
+                    Some(exif.as_slice()),
+                    "{format:?} keeps the EXIF block"
+                );
+            }
             assert_eq!(decoded.image.dimensions(), (24, 16), "{format:?}");
             assert_eq!(
                 decoded.icc_profile.as_deref(),

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod decode;
 pub mod encode;
+pub mod exif;
 pub mod external;
 pub mod metadata;
 pub mod onnx;

@@ -237,6 +237,20 @@ pub fn encode_rows(
     Ok(out)
 }
 
+/// Adds an `eXIf` chunk (a TIFF-structured EXIF block) right after IHDR of an encoded PNG.
+pub fn with_exif(png: Vec<u8>, exif: &[u8]) -> Vec<u8> {
+    // Signature (8) + IHDR chunk (4 + 4 + 13 + 4).
+    const AFTER_IHDR: usize = 33;
+    if png.len() < AFTER_IHDR {
+        return png;
+    }
+    let mut out = Vec::with_capacity(png.len() + exif.len() + 12);
+    out.extend_from_slice(&png[..AFTER_IHDR]);
+    write_chunk(&mut out, b"eXIf", exif);
+    out.extend_from_slice(&png[AFTER_IHDR..]);
+    out
+}
+
 fn write_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     write_chunk_parts(out, kind, &[data]);
 }

@@ -156,8 +156,14 @@ pub fn enhance(
     if let Some(settings) = options.sharpen {
         result = crate::core::filters::unsharp_mask(&result, settings);
     }
-    let bytes = encode::encode(&result, format, loaded.icc_profile.as_deref(), &[])
-        .map_err(|e| OpError::write(&output_path, e))?;
+    let bytes = encode::encode(
+        &result,
+        format,
+        loaded.icc_profile.as_deref(),
+        loaded.exif.as_deref(),
+        &[],
+    )
+    .map_err(|e| OpError::write(&output_path, e))?;
     atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(

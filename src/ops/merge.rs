@@ -344,7 +344,10 @@ pub fn merge(
     }
 
     let LoadedImage {
-        image, icc_profile, ..
+        image,
+        icc_profile,
+        exif,
+        ..
     } = original;
     let mut image = promote_for_colour(image, &layers);
     let (w, h) = (image.width(), image.height());
@@ -383,7 +386,7 @@ pub fn merge(
             plan.render_rows_big_endian(&image, start, end, out, &mut scratch);
             progress((end - start) as u64, u64::from(h));
         };
-        png_encode::encode_rows(
+        let png = png_encode::encode_rows(
             w,
             h,
             image.color(),
@@ -392,11 +395,15 @@ pub fn merge(
             &[],
             &Default::default(),
         )
-        .map_err(|e| OpError::write(&output_path, e))?
+        .map_err(|e| OpError::write(&output_path, e))?;
+        match &exif {
+            Some(exif) => png_encode::with_exif(png, exif),
+            None => png,
+        }
     } else {
         plan.apply_in_place(&mut image, &|rows| progress(rows, u64::from(h)))
             .map_err(|e| OpError::mismatch(delta_path, e))?;
-        encode::encode(&image, format, icc_profile.as_deref(), &[])
+        encode::encode(&image, format, icc_profile.as_deref(), exif.as_deref(), &[])
             .map_err(|e| OpError::write(&output_path, e))?
     };
     drop(layers);
