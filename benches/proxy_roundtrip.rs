@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use darkroom::core::delta::{compute, DeltaDepth};
 use darkroom::core::geometry::{ProxyGeometry, Target};
 use darkroom::core::guided::GuidedParams;
-use darkroom::core::merge::{apply_layers, prepare_guided, DeltaLayer, MergePlan, Rect};
+use darkroom::core::merge::{apply_layers, prepare_guided, DeltaLayer, MergePlan};
 use darkroom::core::proxy::make_proxy;
 use darkroom::io::decode;
 use darkroom::io::png_encode::{self, PngOptions};
@@ -57,12 +57,7 @@ fn round_trip(c: &mut Criterion) {
     });
     let layer = DeltaLayer {
         image: delta,
-        area: Rect {
-            x: geometry.pad_left,
-            y: geometry.pad_top,
-            width: geometry.scaled_width,
-            height: geometry.scaled_height,
-        },
+        area: geometry.area(),
     };
     group.bench_function("merge: apply delta to 12 MP", |b| {
         b.iter_batched_ref(

@@ -20,7 +20,7 @@ use darkroom::core::delta::{self, DeltaDepth};
 use darkroom::core::geometry::{ProxyGeometry, Target};
 use darkroom::core::guided::GuidedParams;
 use darkroom::core::merge::{
-    apply_layers, prepare_guided, promote_for_colour, DeltaLayer, MergePlan, Rect,
+    apply_layers, prepare_guided, promote_for_colour, DeltaLayer, MergePlan,
 };
 use darkroom::core::metrics;
 use darkroom::core::proxy::make_proxy;
@@ -231,12 +231,7 @@ fn make_case(original: &DynamicImage, edit: Edit) -> (Case, DynamicImage) {
     let mut edited = colour_of(&proxy);
     edit(&mut edited, proxy.width() as usize, proxy.height() as usize);
     let processed = to_image(&edited, proxy.width(), proxy.height(), false);
-    let area = Rect {
-        x: g.pad_left,
-        y: g.pad_top,
-        width: g.scaled_width,
-        height: g.scaled_height,
-    };
+    let area = g.area();
     let layer = |image| DeltaLayer { image, area };
     let d8 = delta::compute(&proxy, &processed, DeltaDepth::Eight, true).unwrap();
     let d16 = delta::compute(&proxy, &processed, DeltaDepth::Sixteen, false).unwrap();

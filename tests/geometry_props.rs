@@ -3,7 +3,7 @@
 
 use darkroom::core::delta::{compute, DeltaDepth};
 use darkroom::core::geometry::{ProxyGeometry, Target};
-use darkroom::core::merge::{apply_layers, DeltaLayer, Rect};
+use darkroom::core::merge::{apply_layers, DeltaLayer};
 use darkroom::core::proxy::make_proxy;
 use image::{DynamicImage, ImageBuffer, Rgb};
 use proptest::prelude::*;
@@ -38,7 +38,7 @@ proptest! {
         let mut merged = img.clone();
         let layer = DeltaLayer {
             image: deltas.main,
-            area: Rect { x: g.pad_left, y: g.pad_top, width: g.scaled_width, height: g.scaled_height },
+            area: g.area(),
         };
         apply_layers(&mut merged, &[layer], &|_| {}).unwrap();
         prop_assert_eq!((merged.width(), merged.height()), (w, h));

@@ -9,7 +9,7 @@ use common::*;
 use darkroom::core::delta::{self, DeltaDepth};
 use darkroom::core::geometry::{ProxyGeometry, Target};
 use darkroom::core::guided::GuidedParams;
-use darkroom::core::merge::{apply_layers, prepare_guided, DeltaLayer, MergePlan, Rect};
+use darkroom::core::merge::{apply_layers, prepare_guided, DeltaLayer, MergePlan};
 use darkroom::core::proxy::make_proxy;
 use image::{DynamicImage, RgbImage};
 
@@ -91,12 +91,7 @@ fn proxy_round_trip(
     let proxy = make_proxy(original, &g).unwrap();
     let processed = DynamicImage::ImageRgb8(edit(&proxy.to_rgb8()));
     let d = delta::compute(&proxy, &processed, DeltaDepth::Eight, true).unwrap();
-    let area = Rect {
-        x: g.pad_left,
-        y: g.pad_top,
-        width: g.scaled_width,
-        height: g.scaled_height,
-    };
+    let area = g.area();
     let layers = vec![
         DeltaLayer {
             image: d.main,

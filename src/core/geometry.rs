@@ -108,6 +108,15 @@ impl FromStr for Target {
     }
 }
 
+/// A rectangle in pixels: a tile, or the part of a proxy (or delta) that holds the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
 /// Where the scaled original sits inside the proxy canvas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyGeometry {
@@ -190,6 +199,16 @@ impl ProxyGeometry {
 
     pub fn pad_bottom(&self) -> u32 {
         self.canvas_height - self.scaled_height - self.pad_top
+    }
+
+    /// The part of the canvas that holds the scaled original (everything but the padding).
+    pub fn area(&self) -> Rect {
+        Rect {
+            x: self.pad_left,
+            y: self.pad_top,
+            width: self.scaled_width,
+            height: self.scaled_height,
+        }
     }
 
     pub fn is_padded(&self) -> bool {

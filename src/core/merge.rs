@@ -13,14 +13,7 @@ use super::resample::Taps;
 use image::DynamicImage;
 use rayon::prelude::*;
 
-/// A rectangle inside a delta image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u32,
-    pub y: u32,
-    pub width: u32,
-    pub height: u32,
-}
+pub use super::geometry::Rect;
 
 /// One delta to apply: an 8/16-bit gray or RGB delta image and the area of it that maps
 /// onto the whole original.

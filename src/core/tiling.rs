@@ -10,14 +10,7 @@
 //! Also here: the planar float buffers models take, and the alpha bleed that keeps
 //! transparent edges free of halos.
 
-/// A rectangle in pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rect {
-    pub x: u32,
-    pub y: u32,
-    pub width: u32,
-    pub height: u32,
-}
+pub use super::geometry::Rect;
 
 /// One tile: the core it produces and the (larger) input region it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::upscale::{recommended_context, upscale_image, UpscaleOptions};
 use super::{sibling_path, OpError};
 use crate::core::delta::{self, DeltaDepth};
 use crate::core::geometry::{ProxyGeometry, Target};
-use crate::core::merge::{merge_image, DeltaLayer, Rect};
+use crate::core::merge::{merge_image, DeltaLayer};
 use crate::core::proxy::make_proxy;
 use crate::core::resample::resize_lanczos3;
 use crate::io::decode::{self, DecodeLimits};
@@ -74,12 +74,7 @@ pub fn enhance_image(
         Via::Proxy { size, method } => {
             let g = ProxyGeometry::plan(width, height, *size);
             let proxy = make_proxy(&image, &g).map_err(|e| OpError::Internal(e.to_string()))?;
-            let area = Rect {
-                x: g.pad_left,
-                y: g.pad_top,
-                width: g.scaled_width,
-                height: g.scaled_height,
-            };
+            let area = g.area();
             // The model sees only the picture, never the padding.
             let inside = proxy.crop_imm(area.x, area.y, area.width, area.height);
             let returned = back_to(run(&inside)?, area.width, area.height)?;

@@ -198,12 +198,7 @@ fn layer_for(
     options: &MergeOptions,
     limits: &DecodeLimits,
 ) -> Result<DeltaLayer, OpError> {
-    let area = Rect {
-        x: geometry.pad_left,
-        y: geometry.pad_top,
-        width: geometry.scaled_width,
-        height: geometry.scaled_height,
-    };
+    let area = geometry.area();
     match method {
         UpscaleMethod::Basic => Ok(DeltaLayer {
             image: delta.image,
