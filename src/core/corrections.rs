@@ -4,7 +4,7 @@
 //! smoothing against GAN "swirls". Every function keeps the image's colour type (bit depth,
 //! gray, alpha) and leaves alpha untouched.
 
-use super::filters::convert_like;
+use super::filters::{convert_like, unsharp_mask, Unsharp};
 use image::{DynamicImage, Rgba32FImage};
 use rayon::prelude::*;
 
@@ -147,10 +147,11 @@ impl PreFilters {
         *self == PreFilters::default()
     }
 
-    /// Applies the corrections that are on, in order.
-    pub fn apply(&self, image: &DynamicImage) -> DynamicImage {
+    /// Applies the corrections that are on, in order (the image comes back as it was when
+    /// none is).
+    pub fn apply(&self, image: DynamicImage) -> DynamicImage {
         if self.is_empty() {
-            return image.clone();
+            return image;
         }
         let mut pixels = image.to_rgba32f();
         if self.white_balance {
@@ -165,7 +166,7 @@ impl PreFilters {
         if let Some(settings) = self.denoise {
             pixels = bilateral(&pixels, settings);
         }
-        convert_like(pixels, image)
+        convert_like(pixels, &image)
     }
 
     /// What was applied, for sidecars.
@@ -179,6 +180,22 @@ impl PreFilters {
             "deblock": self.deblock,
             "denoise": self.denoise.map(|b| format!("bilateral:{},{}", b.sigma_spatial, b.sigma_range)),
         })
+    }
+}
+
+/// What runs after the model, in order: `smoothing`, then the unsharp mask `sharpen`.
+pub fn after_model(
+    image: DynamicImage,
+    smoothing: Option<Smoothing>,
+    sharpen: Option<Unsharp>,
+) -> DynamicImage {
+    let smoothed = match smoothing {
+        Some(s) => smooth(&image, s),
+        None => image,
+    };
+    match sharpen {
+        Some(settings) => unsharp_mask(&smoothed, settings),
+        None => smoothed,
     }
 }
 
@@ -409,7 +426,7 @@ mod tests {
             denoise: Some(Bilateral::default()),
             ..Default::default()
         }
-        .apply(&input)
+        .apply(input.clone())
         .to_rgb8();
         let before = spread(&input.to_rgb8(), 4..20);
         let after = spread(&out, 4..20);
@@ -437,7 +454,7 @@ mod tests {
             white_balance: true,
             ..Default::default()
         }
-        .apply(&cast)
+        .apply(cast.clone())
         .to_rgb8();
         let means: Vec<f32> = (0..3)
             .map(|c| balanced.pixels().map(|p| f32::from(p.0[c])).sum::<f32>() / 256.0)
@@ -449,7 +466,7 @@ mod tests {
             exposure: Some("+1".parse().unwrap()),
             ..Default::default()
         }
-        .apply(&grey)
+        .apply(grey.clone())
         .to_rgb8();
         // sRGB 60 is 0.0452 linear; doubled, 0.0904 linear, is sRGB 85.
         assert_eq!(up.get_pixel(0, 0).0, [85, 85, 85]);
@@ -457,7 +474,7 @@ mod tests {
             exposure: Some(Exposure::Auto),
             ..Default::default()
         }
-        .apply(&grey)
+        .apply(grey.clone())
         .to_rgb8();
         assert!(
             (114..=116).contains(&auto.get_pixel(0, 0).0[0]),
@@ -480,7 +497,7 @@ mod tests {
             deblock: true,
             ..Default::default()
         }
-        .apply(&blocky)
+        .apply(blocky.clone())
         .to_rgb8();
         let row: Vec<u8> = (0..32).map(|x| out.get_pixel(x, 4).0[0]).collect();
         assert!(

@@ -3,15 +3,16 @@
 //! input's size (merging a proxy's change), encode, write the output and its provenance
 //! durably, then file the original.
 
+use crate::core::corrections::after_model;
 use crate::daemon::config::{RuntimeSettings, Upscale};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::round_trip::first_existing;
 use crate::daemon::trees::{move_into_place, write_json_atomic};
 use crate::io::decode::{self, DecodeLimits};
-use crate::io::encode::{self, OutputFormat};
+use crate::io::encode::OutputFormat;
 use crate::io::{atomic, onnx::ModelError};
 use crate::ops::enhance::enhance_image;
-use crate::ops::OpError;
+use crate::ops::{write_image, OpError};
 use image::DynamicImage;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -57,11 +58,7 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     let decode_seconds = started.elapsed().as_secs_f64();
     let (width, height) = (loaded.image.width(), loaded.image.height());
     // Corrections run here on the worker, leaving the model lane to the model.
-    let input = if work.recipe.pre.is_empty() {
-        loaded.image
-    } else {
-        work.recipe.pre.apply(&loaded.image)
-    };
+    let input = work.recipe.pre.apply(loaded.image);
     let run_model = |image: DynamicImage| {
         lane.upscale(
             &work.recipe.model,
@@ -89,29 +86,23 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     };
     let encode_started = Instant::now();
     // Post filters run here, on the worker, leaving the model lane free for the next job.
-    if let Some(smoothing) = work.recipe.smooth {
-        result.image = crate::core::corrections::smooth(&result.image, smoothing);
-    }
-    if let Some(settings) = work.recipe.sharpen {
-        result.image = crate::core::filters::unsharp_mask(&result.image, settings);
-    }
+    let image = std::mem::replace(&mut result.image, DynamicImage::new_luma8(0, 0));
+    result.image = after_model(image, work.recipe.smooth, work.recipe.sharpen);
     let format =
         OutputFormat::from_path(&work.output).map_err(|e| OpError::Usage(e.to_string()))?;
-    let bytes = encode::encode(
-        &result.image,
-        format,
-        loaded.icc_profile.as_deref(),
-        loaded.exif.as_deref(),
-        &[],
-    )
-    .map_err(|e| OpError::write(&work.output, e))?;
     for dir in [
         atomic::parent_dir(&work.output),
         atomic::parent_dir(&work.metadata_path),
     ] {
         std::fs::create_dir_all(&dir).map_err(|e| OpError::write(&dir, e))?;
     }
-    atomic::write_atomic(&work.output, &bytes).map_err(|e| OpError::write(&work.output, e))?;
+    write_image(
+        &work.output,
+        &result.image,
+        format,
+        loaded.icc_profile.as_deref(),
+        loaded.exif.as_deref(),
+    )?;
     let encode_seconds = encode_started.elapsed().as_secs_f64();
 
     let mut provenance = work.provenance.clone();

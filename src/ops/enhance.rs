@@ -7,15 +7,16 @@
 //! size with Lanczos3, so an x2 restoration model works as an enhancer at the same size.
 
 use super::upscale::{recommended_context, upscale_image, UpscaleOptions};
-use super::{sibling_path, OpError};
+use super::{sibling_path, write_image, OpError};
+use crate::core::corrections::after_model;
 use crate::core::delta::{self, DeltaDepth};
 use crate::core::geometry::{ProxyGeometry, Target};
 use crate::core::merge::{merge_image, DeltaLayer};
 use crate::core::proxy::make_proxy;
 use crate::core::resample::resize_lanczos3;
 use crate::io::decode::{self, DecodeLimits};
-use crate::io::encode::{self, OutputFormat};
-use crate::io::{atomic, onnx::Model};
+use crate::io::encode::OutputFormat;
+use crate::io::onnx::Model;
 use crate::ops::merge::MergeMethod;
 use image::{DynamicImage, GenericImage};
 use std::path::{Path, PathBuf};
@@ -134,32 +135,21 @@ pub fn enhance(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tile = options.tile;
     let name = model.name.clone();
-    let image = if options.pre.is_empty() {
-        loaded.image
-    } else {
-        options.pre.apply(&loaded.image)
-    };
-    let mut result = enhance_image(image, via, &mut |image| {
+    let image = options.pre.apply(loaded.image);
+    let result = enhance_image(image, via, &mut |image| {
         upscale_image(image, model, tile, context, progress).map_err(|e| OpError::External {
             path: name.clone(),
             reason: e.to_string(),
         })
     })?;
-    if let Some(smoothing) = options.smooth {
-        result = crate::core::corrections::smooth(&result, smoothing);
-    }
-    if let Some(settings) = options.sharpen {
-        result = crate::core::filters::unsharp_mask(&result, settings);
-    }
-    let bytes = encode::encode(
+    let result = after_model(result, options.smooth, options.sharpen);
+    write_image(
+        &output_path,
         &result,
         format,
         loaded.icc_profile.as_deref(),
         loaded.exif.as_deref(),
-        &[],
-    )
-    .map_err(|e| OpError::write(&output_path, e))?;
-    atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         input = %input.display(),

@@ -13,6 +13,20 @@ use crate::io::decode::DecodeError;
 use crate::io::system;
 use std::path::{Path, PathBuf};
 
+/// Encodes `image` as `format` with the input's ICC profile and EXIF, and writes it
+/// atomically (temp file, fsync, rename) to `path`.
+pub fn write_image(
+    path: &Path,
+    image: &image::DynamicImage,
+    format: crate::io::encode::OutputFormat,
+    icc_profile: Option<&[u8]>,
+    exif: Option<&[u8]>,
+) -> Result<(), OpError> {
+    let bytes = crate::io::encode::encode(image, format, icc_profile, exif, &[])
+        .map_err(|e| OpError::write(path, e))?;
+    crate::io::atomic::write_atomic(path, &bytes).map_err(|e| OpError::write(path, e))
+}
+
 /// A failed operation, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {

@@ -6,11 +6,11 @@
 //! Grey input stays grey, 16-bit stays 16-bit, the ICC profile is kept, the orientation is
 //! applied (the output is upright).
 
-use super::{sibling_path, OpError};
+use super::{sibling_path, write_image, OpError};
+use crate::core::corrections::after_model;
 use crate::core::tiling::{bleed_into_transparent, Planar};
-use crate::io::atomic;
 use crate::io::decode::{self, DecodeLimits};
-use crate::io::encode::{self, OutputFormat};
+use crate::io::encode::OutputFormat;
 use crate::io::onnx::{self, Model, ModelError};
 use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
 use std::path::{Path, PathBuf};
@@ -310,15 +310,9 @@ pub fn upscale(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
-    let corrected;
-    let image = if options.pre.is_empty() {
-        &loaded.image
-    } else {
-        corrected = options.pre.apply(&loaded.image);
-        &corrected
-    };
-    let mut result = upscale_passes(
-        image,
+    let image = options.pre.apply(loaded.image);
+    let result = upscale_passes(
+        &image,
         model,
         tile,
         context,
@@ -327,21 +321,14 @@ pub fn upscale(
         progress,
     )
     .map_err(model_error)?;
-    if let Some(smoothing) = options.smooth {
-        result = crate::core::corrections::smooth(&result, smoothing);
-    }
-    if let Some(settings) = options.sharpen {
-        result = crate::core::filters::unsharp_mask(&result, settings);
-    }
-    let bytes = encode::encode(
+    let result = after_model(result, options.smooth, options.sharpen);
+    write_image(
+        &output_path,
         &result,
         format,
         loaded.icc_profile.as_deref(),
         loaded.exif.as_deref(),
-        &[],
-    )
-    .map_err(|e| OpError::write(&output_path, e))?;
-    atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         input = %input.display(),
