@@ -139,10 +139,15 @@ pub struct Upscale {
     pub smooth: Option<crate::core::corrections::Smoothing>,
 }
 
-/// The correction keys shared by upscale and enhance rules.
+/// The keys every model rule (upscale, enhance) shares: the model, the output, and the
+/// corrections around the model.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawCorrections {
+struct RawModelRule {
+    model: Option<String>,
+    domain: Option<String>,
+    output_format: Option<String>,
+    sharpen: Option<String>,
     white_balance: Option<String>,
     exposure: Option<String>,
     deblock: Option<bool>,
@@ -150,30 +155,44 @@ struct RawCorrections {
     smooth: Option<String>,
 }
 
-const CORRECTION_KEYS: &[&str] = &["white_balance", "exposure", "deblock", "denoise", "smooth"];
+const MODEL_RULE_KEYS: &[&str] = &[
+    "model",
+    "domain",
+    "output_format",
+    "sharpen",
+    "white_balance",
+    "exposure",
+    "deblock",
+    "denoise",
+    "smooth",
+];
 
-impl RawCorrections {
-    /// Takes the correction keys out of a rule's table.
-    fn take(table: &mut toml::value::Table) -> toml::value::Table {
-        let mut out = toml::value::Table::new();
-        for key in CORRECTION_KEYS {
-            if let Some(value) = table.remove(*key) {
-                out.insert(key.to_string(), value);
-            }
-        }
-        out
-    }
+/// A model rule's shared keys, resolved.
+struct ModelRule {
+    model: ModelSpec,
+    output_format: String,
+    sharpen: Option<crate::core::filters::Unsharp>,
+    pre: crate::core::corrections::PreFilters,
+    smooth: Option<crate::core::corrections::Smoothing>,
+}
 
-    fn resolve(
-        table: toml::value::Table,
+impl ModelRule {
+    /// Takes the shared keys out of a rule's `table` (leaving the recipe's own) and resolves
+    /// them; `None` when the model cannot be resolved (the problem is recorded).
+    fn take(
+        table: &mut toml::value::Table,
+        models: &std::collections::BTreeMap<String, ModelSpec>,
         label: &str,
         line: usize,
         problems: &mut Problems,
-    ) -> (
-        crate::core::corrections::PreFilters,
-        Option<crate::core::corrections::Smoothing>,
-    ) {
-        let raw: RawCorrections = table_or_default(table, label, line, problems);
+    ) -> Option<ModelRule> {
+        let mut shared = toml::value::Table::new();
+        for key in MODEL_RULE_KEYS {
+            if let Some(value) = table.remove(*key) {
+                shared.insert(key.to_string(), value);
+            }
+        }
+        let raw: RawModelRule = table_or_default(shared, label, line, problems);
         let white_balance = match raw.white_balance.as_deref() {
             None | Some("off") | Some("none") => false,
             Some("gray-world") | Some("grey-world") => true,
@@ -189,15 +208,22 @@ impl RawCorrections {
         let exposure = parse_key(raw.exposure.as_deref(), label, "exposure", line, problems);
         let denoise = parse_key(raw.denoise.as_deref(), label, "denoise", line, problems);
         let smooth = parse_key(raw.smooth.as_deref(), label, "smooth", line, problems);
-        (
-            crate::core::corrections::PreFilters {
+        let sharpen = parse_key(raw.sharpen.as_deref(), label, "sharpen", line, problems);
+        let output_format = check_output_format(raw.output_format, label, line, problems);
+        let model =
+            resolve_upscale_model((&raw.model, &raw.domain), models, label, line, problems)?;
+        Some(ModelRule {
+            model,
+            output_format,
+            sharpen,
+            pre: crate::core::corrections::PreFilters {
                 white_balance,
                 exposure,
                 deblock: raw.deblock.unwrap_or(false),
                 denoise,
             },
             smooth,
-        )
+        })
     }
 }
 
@@ -293,57 +319,26 @@ struct RawModel {
     domains: Vec<String>,
 }
 
+/// The keys of an upscale rule beyond [`MODEL_RULE_KEYS`].
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawUpscale {
-    model: Option<String>,
-    domain: Option<String>,
-    output_format: Option<String>,
     passes: Option<u32>,
     target: Option<String>,
-    sharpen: Option<String>,
 }
 
-const UPSCALE_KEYS: &[&str] = &[
-    "model",
-    "domain",
-    "output_format",
-    "passes",
-    "target",
-    "sharpen",
-    "white_balance",
-    "exposure",
-    "deblock",
-    "denoise",
-    "smooth",
-];
+const UPSCALE_KEYS: &[&str] = &["passes", "target"];
 
+/// The keys of an enhance rule beyond [`MODEL_RULE_KEYS`].
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawEnhance {
-    model: Option<String>,
-    domain: Option<String>,
-    output_format: Option<String>,
     via: Option<String>,
     size: Option<String>,
     merge_method: Option<String>,
-    sharpen: Option<String>,
 }
 
-const ENHANCE_KEYS: &[&str] = &[
-    "model",
-    "domain",
-    "output_format",
-    "via",
-    "size",
-    "merge_method",
-    "sharpen",
-    "white_balance",
-    "exposure",
-    "deblock",
-    "denoise",
-    "smooth",
-];
+const ENHANCE_KEYS: &[&str] = &["via", "size", "merge_method"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -899,10 +894,10 @@ fn resolve_rule(
         .get("recipe")
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    let recipe_keys: &[&str] = match recipe_name.as_deref() {
-        Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS,
-        Some("upscale") => UPSCALE_KEYS,
-        Some("enhance") => ENHANCE_KEYS,
+    let recipe_keys: Vec<&str> = match recipe_name.as_deref() {
+        Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS.to_vec(),
+        Some("upscale") => [MODEL_RULE_KEYS, UPSCALE_KEYS].concat(),
+        Some("enhance") => [MODEL_RULE_KEYS, ENHANCE_KEYS].concat(),
         Some(other) => {
             let hint = closest(other, RECIPES)
                 .map(|k| format!(" (did you mean `{k}`?)"))
@@ -926,7 +921,7 @@ fn resolve_rule(
             return None;
         }
     };
-    let known: Vec<&str> = COMMON_KEYS.iter().chain(recipe_keys).copied().collect();
+    let known: Vec<&str> = COMMON_KEYS.iter().chain(&recipe_keys).copied().collect();
     reject_unknown_keys(&mut table, &known, &label, line, problems);
 
     let mut common_table = toml::Table::new();
@@ -987,17 +982,8 @@ fn resolve_rule(
         }
         "upscale" => {
             let mut table = table;
-            let (pre, smooth) =
-                RawCorrections::resolve(RawCorrections::take(&mut table), &label, line, problems);
+            let shared = ModelRule::take(&mut table, context.models, &label, line, problems);
             let raw: RawUpscale = table_or_default(table, &label, line, problems);
-            let model = resolve_upscale_model(
-                (&raw.model, &raw.domain),
-                context.models,
-                &label,
-                line,
-                problems,
-            )?;
-            let output_format = check_output_format(raw.output_format, &label, line, problems);
             let passes = raw.passes.unwrap_or(1);
             if !(1..=4).contains(&passes) {
                 problems.push(format!("{label}.passes"), Some(line), "must be 1 to 4");
@@ -1007,32 +993,22 @@ fn resolve_rule(
                     .map_err(|e| problems.push(format!("{label}.target"), Some(line), e))
                     .ok()
             });
-            let sharpen = parse_key(raw.sharpen.as_deref(), &label, "sharpen", line, problems);
+            let shared = shared?;
             Recipe::Upscale(Upscale {
-                model,
-                output_format,
+                model: shared.model,
+                output_format: shared.output_format,
                 passes: passes.clamp(1, 4),
                 target,
-                sharpen,
+                sharpen: shared.sharpen,
                 enhance: None,
-                pre,
-                smooth,
+                pre: shared.pre,
+                smooth: shared.smooth,
             })
         }
         "enhance" => {
             let mut table = table;
-            let (pre, smooth) =
-                RawCorrections::resolve(RawCorrections::take(&mut table), &label, line, problems);
+            let shared = ModelRule::take(&mut table, context.models, &label, line, problems);
             let raw: RawEnhance = table_or_default(table, &label, line, problems);
-            let model = resolve_upscale_model(
-                (&raw.model, &raw.domain),
-                context.models,
-                &label,
-                line,
-                problems,
-            )?;
-            let output_format = check_output_format(raw.output_format, &label, line, problems);
-            let sharpen = parse_key(raw.sharpen.as_deref(), &label, "sharpen", line, problems);
             let size =
                 parse_size(raw.size.as_deref().unwrap_or("1024x1024")).unwrap_or_else(|message| {
                     problems.push(format!("{label}.size"), Some(line), message);
@@ -1073,15 +1049,16 @@ fn resolve_rule(
                     crate::ops::enhance::Via::Full
                 }
             };
+            let shared = shared?;
             Recipe::Upscale(Upscale {
-                model,
-                output_format,
+                model: shared.model,
+                output_format: shared.output_format,
                 passes: 1,
                 target: None,
-                sharpen,
+                sharpen: shared.sharpen,
                 enhance: Some(via),
-                pre,
-                smooth,
+                pre: shared.pre,
+                smooth: shared.smooth,
             })
         }
         _ => unreachable!("recipe names are checked above"),
