@@ -635,6 +635,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 output: output_image,
                 command_timeout: Duration::from_secs(cmd_timeout),
                 force,
+                proxy: None,
             };
             let header = image::ImageReader::open(&original)
                 .ok()

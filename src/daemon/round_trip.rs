@@ -135,6 +135,15 @@ pub fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, OpE
         })
 }
 
+/// Files an original whose outputs are durable: moves it to `destination` (durably), or
+/// leaves it where it is when the rule keeps originals. Returns where it now is.
+pub fn file_original(original: PathBuf, destination: Option<&Path>) -> Result<PathBuf, OpError> {
+    match destination {
+        Some(target) => move_into_place(&original, target).map_err(|e| OpError::write(target, e)),
+        None => Ok(original),
+    }
+}
+
 /// Computes the delta(s) of the returned proxy, merges them into the original at full
 /// resolution, writes the provenance, then files the original and the returned proxy.
 pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
@@ -174,6 +183,7 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
             command_timeout: work.options.command_timeout,
             force: false,
             method: work.options.merge_method,
+            proxy: Some(deltas.proxy),
         },
         &work.limits,
         &|_, _| {},
@@ -199,12 +209,7 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
         .map_err(|e| OpError::write(&work.metadata_path, e))?;
 
     // The output and its provenance are durable: only now do the inputs move.
-    let original_now_at = match &work.move_original_to {
-        Some(target) => {
-            move_into_place(&original, target).map_err(|e| OpError::write(target, e))?
-        }
-        None => original,
-    };
+    let original_now_at = file_original(original, work.move_original_to.as_deref())?;
     let returned_now_at = move_into_place(&returned, &work.move_returned_to)
         .map_err(|e| OpError::write(&work.move_returned_to, e))?;
     let _ = std::fs::remove_dir_all(&work.work_dir);

@@ -6,8 +6,8 @@
 use crate::core::corrections::after_model;
 use crate::daemon::config::{RuntimeSettings, Upscale};
 use crate::daemon::model_lane::ModelLane;
-use crate::daemon::round_trip::first_existing;
-use crate::daemon::trees::{move_into_place, write_json_atomic};
+use crate::daemon::round_trip::{file_original, first_existing};
+use crate::daemon::trees::write_json_atomic;
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::OutputFormat;
 use crate::io::{atomic, onnx::ModelError};
@@ -162,12 +162,7 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     write_json_atomic(&work.metadata_path, &provenance)
         .map_err(|e| OpError::write(&work.metadata_path, e))?;
     // The output and its provenance are durable: only now does the original move.
-    let original_now_at = match &work.move_original_to {
-        Some(target) => {
-            move_into_place(&original, target).map_err(|e| OpError::write(target, e))?
-        }
-        None => original,
-    };
+    let original_now_at = file_original(original, work.move_original_to.as_deref())?;
     Ok(Upscaled {
         output: work.output.clone(),
         original_now_at,

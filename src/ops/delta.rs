@@ -30,6 +30,8 @@ pub struct DeltaOutput {
     pub delta_path: PathBuf,
     pub refined_path: Option<PathBuf>,
     pub metadata: ProxyMetadata,
+    /// The proxy the delta was computed against, for a guided merge that follows.
+    pub proxy: image::DynamicImage,
 }
 
 /// Path of the refined delta that goes with a main delta path.
@@ -118,5 +120,6 @@ pub fn split_with_processed(
         delta_path,
         refined_path,
         metadata: built.metadata,
+        proxy,
     })
 }

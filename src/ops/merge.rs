@@ -70,6 +70,9 @@ pub struct MergeOptions {
     pub force: bool,
     /// Additive (default, imgproxyproc-compatible) or guided.
     pub method: MergeMethod,
+    /// The proxy the delta was made against, when the caller already has it (the guided
+    /// merge needs it). Default none: rebuilt from the original as `split` made it.
+    pub proxy: Option<DynamicImage>,
 }
 
 impl Default for MergeOptions {
@@ -82,6 +85,7 @@ impl Default for MergeOptions {
             command_timeout: Duration::from_secs(600),
             force: false,
             method: MergeMethod::Additive,
+            proxy: None,
         }
     }
 }
@@ -360,9 +364,25 @@ pub fn merge(
         MergeMethod::Additive => None,
         MergeMethod::Guided(params) => {
             let fit_started = std::time::Instant::now();
-            let proxy = rebuild_proxy(original_path, &geometry, limits)?;
+            let rebuilt;
+            let proxy = match &options.proxy {
+                Some(given) => given,
+                None => {
+                    rebuilt = rebuild_proxy(original_path, &geometry, limits)?;
+                    &rebuilt
+                }
+            };
+            if (proxy.width(), proxy.height()) != (geometry.canvas_width, geometry.canvas_height) {
+                return Err(OpError::Internal(format!(
+                    "the proxy given for the guided merge is {}x{}, not the delta's {}x{}",
+                    proxy.width(),
+                    proxy.height(),
+                    geometry.canvas_width,
+                    geometry.canvas_height
+                )));
+            }
             let gray = !image.color().has_color();
-            let prepared = prepare_guided(&proxy, &layers, gray, &params)
+            let prepared = prepare_guided(proxy, &layers, gray, &params)
                 .map_err(|e| OpError::mismatch(delta_path, e))?;
             tracing::debug!(elapsed = ?fit_started.elapsed(), ?params, "guided maps fitted");
             Some(prepared)
