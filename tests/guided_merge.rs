@@ -17,11 +17,7 @@ use image::{DynamicImage, RgbImage};
 fn guided_identity(name: &str, size: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let original = stage(d, name);
-    let stem = original.file_stem().unwrap().to_string_lossy().into_owned();
-    run_ok(d, &["split", name, size, size]);
-    let proxy = format!("{stem}_proxy.png");
-    run_ok(d, &["delta", name, &proxy, size, size, "--refine"]);
+    let (original, stem) = identity_deltas(d, name, size, size);
     run_ok(
         d,
         &[
@@ -214,18 +210,7 @@ fn a_colour_change_on_one_side_of_a_hard_edge_leaves_no_halo_on_the_other() {
 fn an_external_delta_upscaler_with_the_guided_method_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    stage(d, "photo_coffee_600x400.png");
-    run_ok(d, &["split", "photo_coffee_600x400.png", "300", "300"]);
-    run_ok(
-        d,
-        &[
-            "delta",
-            "photo_coffee_600x400.png",
-            "photo_coffee_600x400_proxy.png",
-            "300",
-            "300",
-        ],
-    );
+    identity_deltas(d, "photo_coffee_600x400.png", "300", "300");
     let (code, stderr) = run_err(
         d,
         &[

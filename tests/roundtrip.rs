@@ -8,12 +8,8 @@ use common::*;
 /// split -> (processed = proxy) -> delta -> merge, then compare with the original.
 fn identity_round_trip(name: &str, width: &str, height: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let original = stage(dir.path(), name);
-    let stem = original.file_stem().unwrap().to_string_lossy().into_owned();
     let d = dir.path();
-    run_ok(d, &["split", name, width, height]);
-    let proxy = format!("{stem}_proxy.png");
-    run_ok(d, &["delta", name, &proxy, width, height, "--refine"]);
+    let (original, stem) = identity_deltas(d, name, width, height);
 
     let delta = load(&d.join(format!("{stem}_proxy_delta.png")));
     let refined = load(&d.join(format!("{stem}_proxy_delta_refined.png")));

@@ -68,6 +68,18 @@ pub fn run_err(dir: &Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Stages `name` in `dir`, splits it at `width x height` and computes the delta (and the
+/// refined delta) of the unchanged proxy: the files of an identity round trip. Returns the
+/// staged original and its stem.
+pub fn identity_deltas(dir: &Path, name: &str, width: &str, height: &str) -> (PathBuf, String) {
+    let original = stage(dir, name);
+    let stem = original.file_stem().unwrap().to_string_lossy().into_owned();
+    run_ok(dir, &["split", name, width, height]);
+    let proxy = format!("{stem}_proxy.png");
+    run_ok(dir, &["delta", name, &proxy, width, height, "--refine"]);
+    (original, stem)
+}
+
 pub fn load(path: &Path) -> LoadedImage {
     decode::load(path, &Default::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
