@@ -6,7 +6,7 @@
 //! A model that also enlarges (any super-resolution network) is brought back to the input's
 //! size with Lanczos3, so an x2 restoration model works as an enhancer at the same size.
 
-use super::upscale::{recommended_context, upscale_image, UpscaleOptions};
+use super::upscale::{model_error, recommended_context, upscale_image, UpscaleOptions};
 use super::{sibling_path, write_image, OpError};
 use crate::core::corrections::after_model;
 use crate::core::delta::{self, DeltaDepth};
@@ -134,13 +134,9 @@ pub fn enhance(
         .context
         .unwrap_or_else(|| recommended_context(&model.name));
     let tile = options.tile;
-    let name = model.name.clone();
     let image = options.pre.apply(loaded.image);
     let result = enhance_image(image, via, &mut |image| {
-        upscale_image(image, model, tile, context, progress).map_err(|e| OpError::External {
-            path: name.clone(),
-            reason: e.to_string(),
-        })
+        upscale_image(image, model, tile, context, progress).map_err(model_error)
     })?;
     let result = after_model(result, options.smooth, options.sharpen);
     write_image(

@@ -160,7 +160,9 @@ pub fn resolve_model(name_or_path: &str, models_dir: &Path) -> Result<PathBuf, O
     )))
 }
 
-fn model_error(e: ModelError) -> OpError {
+/// A model error as an operation error: a broken model is the model file's fault (exit 65), a
+/// failed run an external failure, a missing runtime a usage problem (exit 64).
+pub(crate) fn model_error(e: ModelError) -> OpError {
     match e {
         ModelError::Inference { path, reason } => OpError::External { path, reason },
         ModelError::BadModel { path, reason } => OpError::Mismatch { path, reason },
