@@ -19,9 +19,7 @@
 use darkroom::core::delta::{self, DeltaDepth};
 use darkroom::core::geometry::{ProxyGeometry, Target};
 use darkroom::core::guided::GuidedParams;
-use darkroom::core::merge::{
-    apply_layers, prepare_guided, promote_for_colour, DeltaLayer, MergePlan,
-};
+use darkroom::core::merge::{merge_image, DeltaLayer};
 use darkroom::core::metrics;
 use darkroom::core::proxy::make_proxy;
 use image::{DynamicImage, ImageBuffer};
@@ -250,22 +248,17 @@ fn additive(case: &Case, sixteen_bit_delta: bool) -> DynamicImage {
     } else {
         &case.layers
     };
-    let mut out = promote_for_colour(case.original.clone(), layers);
-    apply_layers(&mut out, layers, &|_| {}).unwrap();
-    out
+    merge_image(case.original.clone(), &case.proxy, layers, None).unwrap()
 }
 
 fn guided(case: &Case, params: &GuidedParams) -> DynamicImage {
-    let mut out = promote_for_colour(case.original.clone(), &case.layers);
-    let gray = !out.color().has_color();
-    let t = Instant::now();
-    let prepared = prepare_guided(&case.proxy, &case.layers, gray, params).unwrap();
-    if std::env::var("TIMES").is_ok() {
-        eprintln!("fit {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
-    }
-    let plan = MergePlan::guided(&out, &prepared.field, &prepared.residual).unwrap();
-    plan.apply_in_place(&mut out, &|_| {}).unwrap();
-    out
+    merge_image(
+        case.original.clone(),
+        &case.proxy,
+        &case.layers,
+        Some(params),
+    )
+    .unwrap()
 }
 
 fn flatten(image: DynamicImage) -> DynamicImage {

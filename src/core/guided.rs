@@ -519,7 +519,6 @@ impl GuidedField {
         };
         AffineUpsampler {
             source_width: self.width,
-            source_height: self.height,
             per_pixel,
             coefficients,
             columns: bilinear_positions(self.width, width as usize),
@@ -627,7 +626,6 @@ fn bilinear_positions(source: usize, destination: usize) -> Vec<(u32, u32, f32)>
 /// The affine maps, upsampled bilinearly row by row onto the original.
 pub struct AffineUpsampler<'a> {
     source_width: usize,
-    source_height: usize,
     per_pixel: usize,
     coefficients: Cow<'a, [f32]>,
     columns: Vec<(u32, u32, f32)>,
@@ -652,7 +650,6 @@ impl AffineUpsampler<'_> {
         for ((s, t), b) in scratch.iter_mut().zip(top).zip(bottom) {
             *s = t + fy * (b - t);
         }
-        debug_assert!(self.source_height > 0);
         let to_units = 1.0 / unit;
         if k == 3 {
             for (v, &(x0, x1, fx)) in values.iter_mut().zip(&self.columns) {
