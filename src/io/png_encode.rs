@@ -238,17 +238,17 @@ pub fn encode_rows(
 }
 
 /// Adds an `eXIf` chunk (a TIFF-structured EXIF block) right after IHDR of an encoded PNG.
-pub fn with_exif(png: Vec<u8>, exif: &[u8]) -> Vec<u8> {
+pub fn with_exif(mut png: Vec<u8>, exif: &[u8]) -> Vec<u8> {
     // Signature (8) + IHDR chunk (4 + 4 + 13 + 4).
     const AFTER_IHDR: usize = 33;
     if png.len() < AFTER_IHDR {
         return png;
     }
-    let mut out = Vec::with_capacity(png.len() + exif.len() + 12);
-    out.extend_from_slice(&png[..AFTER_IHDR]);
-    write_chunk(&mut out, b"eXIf", exif);
-    out.extend_from_slice(&png[AFTER_IHDR..]);
-    out
+    // Inserted in place: a second image-sized buffer would raise the peak memory of a merge.
+    let mut chunk = Vec::with_capacity(exif.len() + 12);
+    write_chunk(&mut chunk, b"eXIf", exif);
+    png.splice(AFTER_IHDR..AFTER_IHDR, chunk);
+    png
 }
 
 fn write_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
