@@ -264,12 +264,13 @@ pub enum Command {
         /// full (the whole image, tiled) or proxy (a proxy, merged back).
         #[arg(long, default_value = "full", value_parser = ["full", "proxy"])]
         via: String,
-        /// --via proxy: the proxy size, WxH in pixels (aspect kept) or a percentage.
-        #[arg(long, default_value = "1024x1024", value_name = "WxH|N%")]
-        size: Target,
-        /// --via proxy: guided (colour maps, see `merge --help`) or additive.
-        #[arg(long, default_value = "guided", value_name = "METHOD")]
-        merge_method: ops::merge::MergeMethod,
+        /// --via proxy: the proxy size, WxH in pixels (aspect kept) or a percentage
+        /// [default: 1024x1024].
+        #[arg(long, value_name = "WxH|N%")]
+        size: Option<Target>,
+        /// --via proxy: guided (colour maps, see `merge --help`) or additive [default: guided].
+        #[arg(long, value_name = "METHOD")]
+        merge_method: Option<ops::merge::MergeMethod>,
     },
     /// Compare two images of the same size: PSNR, SSIM and MSE over RGB in 8-bit units.
     ///
@@ -701,9 +702,15 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             let (model_path, options) = model.resolve(output)?;
             let via = match via.as_str() {
                 "proxy" => ops::enhance::Via::Proxy {
-                    size,
-                    method: merge_method,
+                    size: size.unwrap_or(Target::pixels(1024, 1024)),
+                    method: merge_method
+                        .unwrap_or(ops::merge::MergeMethod::Guided(GuidedParams::default())),
                 },
+                _ if size.is_some() || merge_method.is_some() => {
+                    return Err(OpError::Usage(
+                        "--size and --merge-method only mean something with --via proxy".into(),
+                    ))
+                }
                 _ => ops::enhance::Via::Full,
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;

@@ -121,6 +121,20 @@ fn a_bad_via_and_a_missing_model_are_refused_with_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("full"));
     let out = darkroom()
         .current_dir(dir.path())
+        .args([
+            "enhance",
+            "tiny_17x9.png",
+            "--model",
+            MODEL,
+            "--size",
+            "50%",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only mean something with --via proxy"));
+    let out = darkroom()
+        .current_dir(dir.path())
         .args(["enhance", "tiny_17x9.png", "--model", "no-such-model"])
         .output()
         .unwrap();
