@@ -216,6 +216,63 @@ pub enum Command {
         #[arg(long, short = 'j')]
         jobs: Option<usize>,
     },
+    /// Prepare a LoRA / diffusion training set from a folder of images.
+    ///
+    /// Every image is oriented, converted to sRGB, cropped and resized to the preset by the
+    /// mode, scored (sharpness, noise, JPEG blockiness, clipping, perceptual hash) and either
+    /// accepted into OUT_DIR/images (with a .json sidecar, and a .txt caption copied from a
+    /// same-stem .txt beside the source or made from --caption-template) or rejected with its
+    /// reasons into OUT_DIR/failed (a copy; inputs are never changed). A source too small
+    /// for the preset is rejected unless --upscale-model enlarges it. OUT_DIR/metadata gets
+    /// processing_log.jsonl, quality_assessment.json, validation_report.json and
+    /// validation_report.html (open it in a browser: histograms, rejects, duplicates,
+    /// contact sheet). Running again into the same OUT_DIR adds to the set.
+    #[command(
+        visible_alias = "normalize",
+        after_help = "Examples:\n  darkroom normalise shoot/ lora-set/ --preset sdxl --mode bucket\n  darkroom normalise shoot/ lora-set/ --preset sd15 --mode thirds --caption-template \"photo of {stem}\"\n  darkroom normalise art/ set/ --mode pad --pad-colour white --format jpg --quality 92 --min-sharpness off"
+    )]
+    Normalise {
+        /// Folder of source images (PNG, JPEG, TIFF, WebP; not recursive).
+        input_dir: PathBuf,
+        /// The set's folder: images/, metadata/, failed/.
+        out_dir: PathBuf,
+        #[command(flatten)]
+        settings: Box<darkroom::ops::normalise::NormaliseSettings>,
+        /// Enlarge sources too small for the preset with this model (file, or name in
+        /// --models-dir) instead of rejecting them.
+        #[arg(long, value_name = "MODEL", help_heading = "Too-small sources")]
+        upscale_model: Option<String>,
+        /// Where named models live.
+        #[arg(long, value_name = "DIR", help_heading = "Too-small sources")]
+        models_dir: Option<PathBuf>,
+        /// libonnxruntime.so to load (default: found automatically).
+        #[arg(long, value_name = "PATH", help_heading = "Too-small sources")]
+        onnxruntime: Option<PathBuf>,
+        /// Parallel jobs (default: one per core).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+    },
+    /// Re-check a training set and write its validation report.
+    ///
+    /// DIR is a set made by `darkroom normalise` (DIR/images), a daemon rule's
+    /// processed/<rule> folder, or any folder of images. Every image is decoded; its format,
+    /// size, caption (.txt) and sidecar (.json, whose SHA-256 and size must match the file)
+    /// are checked, orphan captions and sidecars and near-duplicates are listed. Writes
+    /// validation_report.json and .html (and quality_assessment.json) into the set's metadata
+    /// folder. Exits 0 when the set is clean, 65 when problems were found.
+    #[command(
+        after_help = "Examples:\n  darkroom validate lora-set/\n  darkroom validate /var/lib/darkroom/processed/lora"
+    )]
+    Validate {
+        /// The set's folder.
+        dir: PathBuf,
+        /// Write the reports here instead of the set's metadata folder.
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+        /// Images whose perceptual hashes differ in at most this many bits are duplicates.
+        #[arg(long, default_value_t = 8, value_name = "BITS")]
+        duplicate_distance: u32,
+    },
     /// Upscale an image with a super-resolution ONNX model, tile by tile.
     ///
     /// The image is cut into tiles (--tile, in input pixels) read with --context pixels of
@@ -389,6 +446,29 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Defaults for a model that only enlarges too-small sources.
+    fn for_normalise(
+        model: &str,
+        models_dir: Option<PathBuf>,
+        onnxruntime: Option<PathBuf>,
+    ) -> ModelArgs {
+        ModelArgs {
+            model: model.to_string(),
+            tile: 256,
+            context: None,
+            models_dir,
+            onnxruntime,
+            threads: 0,
+            provider: darkroom::io::onnx::Provider::default(),
+            white_balance: false,
+            exposure: None,
+            deblock: false,
+            denoise: None,
+            smooth: None,
+            sharpen: None,
+        }
+    }
+
     /// The model's path and the run options (passes, target and sharpen left at defaults).
     fn resolve(
         &self,
@@ -729,6 +809,57 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             bar.finish_and_clear();
             println!("{}", result?.output_path.display());
         }
+        Command::Normalise {
+            input_dir,
+            out_dir,
+            settings,
+            upscale_model,
+            models_dir,
+            onnxruntime,
+            jobs,
+        } => normalise_command(
+            &input_dir,
+            &out_dir,
+            &settings,
+            upscale_model.as_deref(),
+            models_dir,
+            onnxruntime,
+            jobs,
+            &limits,
+        )?,
+        Command::Validate {
+            dir,
+            report_dir,
+            duplicate_distance,
+        } => {
+            let report =
+                ops::dataset_report::validate(&dir, report_dir.as_deref(), duplicate_distance)?;
+            let (_, metadata) = ops::dataset_report::locate(&dir);
+            let metadata = report_dir.unwrap_or(metadata);
+            eprintln!(
+                "validate: {} images, {} without caption, {} duplicate groups, {} problems",
+                report.counts["images"],
+                report.counts["without_caption"],
+                report.duplicate_groups.len(),
+                report.problems.len()
+            );
+            for p in report.problems.iter().take(20) {
+                eprintln!("  {}: {}", p.file, p.problem);
+            }
+            if report.problems.len() > 20 {
+                eprintln!(
+                    "  ... and {} more (see the report)",
+                    report.problems.len() - 20
+                );
+            }
+            println!("{}", metadata.join("validation_report.html").display());
+            if !report.is_clean() {
+                return Err(OpError::Mismatch {
+                    path: dir.display().to_string(),
+                    reason: format!("{} problems found", report.problems.len()),
+                });
+            }
+        }
         Command::BatchSplit {
             pattern,
             size,
@@ -784,5 +915,130 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             }
         }
     }
+    Ok(())
+}
+
+/// `darkroom normalise`: the one-shot run with a progress bar.
+#[allow(clippy::too_many_arguments)]
+fn normalise_command(
+    input_dir: &std::path::Path,
+    out_dir: &std::path::Path,
+    settings: &darkroom::ops::normalise::NormaliseSettings,
+    upscale_model: Option<&str>,
+    models_dir: Option<PathBuf>,
+    onnxruntime: Option<PathBuf>,
+    jobs: Option<usize>,
+    limits: &DecodeLimits,
+) -> Result<(), OpError> {
+    use darkroom::ops::normalise;
+    let options = settings.resolve().map_err(|problems| {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|(key, e)| format!("--{}: {e}", key.replace('_', "-")))
+            .collect();
+        OpError::Usage(lines.join("\n"))
+    })?;
+    let inputs = normalise::list_images(input_dir).map_err(|e| OpError::Decode {
+        path: input_dir.display().to_string(),
+        source: darkroom::io::decode::DecodeError::Io(e),
+    })?;
+    if inputs.is_empty() {
+        return Err(OpError::Usage(format!(
+            "no images (.png .jpg .jpeg .tif .tiff .webp) in {}",
+            input_dir.display()
+        )));
+    }
+    let model = match upscale_model {
+        None => None,
+        Some(name) => {
+            let args = ModelArgs::for_normalise(name, models_dir, onnxruntime);
+            let (path, options) = args.resolve(None)?;
+            let model = ops::upscale::load_model(&path, &options)?;
+            let context = options
+                .context
+                .unwrap_or_else(|| ops::upscale::recommended_context(&model.name));
+            Some((std::sync::Mutex::new(model), options.tile, context))
+        }
+    };
+    let upscaler = model.as_ref().map(|(model, tile, context)| {
+        move |image: image::DynamicImage, factor: f64| {
+            let mut model = model
+                .lock()
+                .map_err(|_| OpError::Internal("model lock poisoned".into()))?;
+            let scale = f64::from(model.scale.max(2));
+            let passes = (factor.ln() / scale.ln()).ceil().max(1.0) as u32;
+            let out = ops::upscale::upscale_passes(
+                &image,
+                &mut model,
+                *tile,
+                *context,
+                passes,
+                None,
+                &mut |_, _| {},
+            )
+            .map_err(|e| OpError::External {
+                path: model.name.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok((
+                out,
+                format!("{} x{} ({passes} pass(es))", model.name, model.scale),
+            ))
+        }
+    });
+    let bar = ProgressBar::new(inputs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("normalising");
+    let run = || {
+        normalise::normalise_batch(
+            &inputs,
+            out_dir,
+            &options,
+            limits,
+            upscaler.as_ref().map(|u| {
+                u
+                    as &(dyn Fn(
+                        image::DynamicImage,
+                        f64,
+                    ) -> Result<(image::DynamicImage, String), OpError>
+                          + Sync)
+            }),
+            &|_| bar.inc(1),
+        )
+    };
+    let summary = match jobs {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .map_err(|e| OpError::Internal(e.to_string()))?
+            .install(run),
+        None => run(),
+    }?;
+    bar.finish_and_clear();
+    let layout = normalise::SetLayout::under(out_dir);
+    let report = ops::dataset_report::write_reports(&layout.images, &layout.metadata)?;
+    eprintln!(
+        "normalise: {} accepted, {} rejected ({} unreadable) of {}; the set now holds {} images",
+        summary.accepted,
+        summary.rejected,
+        summary.failed,
+        inputs.len(),
+        report.counts["images"]
+    );
+    for record in summary.records.iter().filter(|r| r.verdict != "accepted") {
+        eprintln!(
+            "  rejected {}: {}",
+            record.source.path,
+            record.reasons.join("; ")
+        );
+    }
+    println!(
+        "{}",
+        layout.metadata.join("validation_report.html").display()
+    );
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! in-memory images and options and returns owned results, so the CLI, the daemon and the
 //! benchmarks all call the same code.
 
+pub mod adjust;
+pub mod colour;
 pub mod corrections;
+pub mod dataset;
 pub mod delta;
 pub mod filters;
 pub mod geometry;
@@ -10,6 +13,7 @@ pub mod guided;
 pub mod merge;
 pub mod metrics;
 pub mod proxy;
+pub mod quality;
 pub mod resample;
 pub mod signature;
 pub mod tiling;

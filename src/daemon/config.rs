@@ -106,6 +106,15 @@ pub enum OriginalsPolicy {
 pub enum Recipe {
     SplitToProxy(SplitToProxy),
     Upscale(Upscale),
+    Normalise(Normalise),
+}
+
+/// Options of `normalise`: dataset preparation (see `ops::normalise`).
+#[derive(Debug, Clone)]
+pub struct Normalise {
+    pub options: crate::ops::normalise::NormaliseOptions,
+    /// Enlarges sources too small for the preset (else they are rejected).
+    pub upscale_model: Option<ModelSpec>,
 }
 
 impl Recipe {
@@ -114,6 +123,7 @@ impl Recipe {
             Recipe::SplitToProxy(_) => "split-to-proxy",
             Recipe::Upscale(u) if u.enhance.is_some() => "enhance",
             Recipe::Upscale(_) => "upscale",
+            Recipe::Normalise(_) => "normalise",
         }
     }
 }
@@ -421,7 +431,7 @@ const SPLIT_TO_PROXY_KEYS: &[&str] = &[
     "merge_method",
 ];
 
-const RECIPES: &[&str] = &["split-to-proxy", "upscale", "enhance"];
+const RECIPES: &[&str] = &["split-to-proxy", "upscale", "enhance", "normalise"];
 
 /// Collects problems while a config is resolved.
 struct Problems {
@@ -537,7 +547,7 @@ impl Config {
                     dirs.push(options.exchange_out.clone());
                     dirs.push(options.exchange_in.clone());
                 }
-                Recipe::Upscale(_) => {}
+                Recipe::Upscale(_) | Recipe::Normalise(_) => {}
             }
         }
         dirs
@@ -898,6 +908,9 @@ fn resolve_rule(
         Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS.to_vec(),
         Some("upscale") => [MODEL_RULE_KEYS, UPSCALE_KEYS].concat(),
         Some("enhance") => [MODEL_RULE_KEYS, ENHANCE_KEYS].concat(),
+        Some("normalise") | Some("normalize") => {
+            [crate::ops::normalise::NORMALISE_KEYS, &["upscale_model"]].concat()
+        }
         Some(other) => {
             let hint = closest(other, RECIPES)
                 .map(|k| format!(" (did you mean `{k}`?)"))
@@ -1059,6 +1072,42 @@ fn resolve_rule(
                 enhance: Some(via),
                 pre: shared.pre,
                 smooth: shared.smooth,
+            })
+        }
+        "normalise" | "normalize" => {
+            let mut table = table;
+            let upscale_model = match table.remove("upscale_model") {
+                None => None,
+                Some(value) => match value.as_str().and_then(|n| context.models.get(n)) {
+                    Some(spec) => Some(spec.clone()),
+                    None => {
+                        let names: Vec<&str> = context.models.keys().map(String::as_str).collect();
+                        problems.push(
+                            format!("{label}.upscale_model"),
+                            Some(line),
+                            format!(
+                                "{value:?} names no [models.<name>] table; models: {}",
+                                names.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            let settings: crate::ops::normalise::NormaliseSettings =
+                table_or_default(table, &label, line, problems);
+            let options = match settings.resolve() {
+                Ok(options) => options,
+                Err(found) => {
+                    for (key, message) in found {
+                        problems.push(format!("{label}.{key}"), Some(line), message);
+                    }
+                    return None;
+                }
+            };
+            Recipe::Normalise(Normalise {
+                options,
+                upscale_model,
             })
         }
         _ => unreachable!("recipe names are checked above"),

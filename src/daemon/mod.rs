@@ -6,6 +6,7 @@ pub mod intake;
 pub mod journal;
 pub mod logging;
 pub mod model_lane;
+pub mod normalise_job;
 pub mod pairing;
 pub mod round_trip;
 pub mod service;

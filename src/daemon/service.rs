@@ -7,10 +7,11 @@
 //! output path again, atomically.
 
 use crate::core::signature::Signature;
-use crate::daemon::config::{Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
+use crate::daemon::config::{self, Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
 use crate::daemon::journal::{self, FileIdentity, Job, Journal, Kind, State};
 use crate::daemon::model_lane::ModelLane;
+use crate::daemon::normalise_job::{self, NormaliseWork, Normalised};
 use crate::daemon::pairing::{self, Pairing, PendingProxy};
 use crate::daemon::round_trip::{self, MergeWork, Merged, ProxyWritten};
 use crate::daemon::systemd;
@@ -53,12 +54,17 @@ enum Work {
         job_id: i64,
         work: Box<UpscaleWork>,
     },
+    Normalise {
+        job_id: i64,
+        work: Box<NormaliseWork>,
+    },
 }
 
 enum Outcome {
     Split(Result<Box<ProxyWritten>, OpError>),
     Merge(Result<Merged, OpError>),
     Upscale(Result<Upscaled, OpError>),
+    Normalise(Result<Box<Normalised>, OpError>),
 }
 
 /// Streams a file through SHA-256.
@@ -130,7 +136,7 @@ fn watch_roots(config: &Config) -> Vec<WatchRoot> {
                 dir: options.exchange_in.clone(),
                 patterns: image_patterns.clone(),
             }),
-            Recipe::Upscale(_) => {}
+            Recipe::Upscale(_) | Recipe::Normalise(_) => {}
         }
     }
     roots
@@ -211,6 +217,13 @@ fn run_work(work: Work, lane: &ModelLane) -> (i64, Outcome) {
             }))
             .unwrap_or_else(|p| Err(panic_message(p)));
             (job_id, Outcome::Upscale(result))
+        }
+        Work::Normalise { job_id, work } => {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                normalise_job::run(&work, lane).map(Box::new)
+            }))
+            .unwrap_or_else(|p| Err(panic_message(p)));
+            (job_id, Outcome::Normalise(result))
         }
     }
 }
@@ -558,6 +571,7 @@ impl Daemon {
         let options = match &rule.recipe {
             Recipe::SplitToProxy(options) => options,
             Recipe::Upscale(recipe) => return self.start_upscale(job, rule, recipe),
+            Recipe::Normalise(recipe) => return self.start_normalise(job, rule, recipe),
         };
         self.journal.start_attempt(job.id, State::Running)?;
         self.record(job, State::Running, None);
@@ -646,6 +660,38 @@ impl Daemon {
         self.in_flight.insert(job.id, Instant::now());
         self.work
             .send(Work::Upscale {
+                job_id: job.id,
+                work: Box::new(work),
+            })
+            .context("the workers are gone")?;
+        Ok(true)
+    }
+
+    /// Starts a normalise job; its name in the set is chosen when it is admitted.
+    fn start_normalise(
+        &mut self,
+        job: &Job,
+        rule: &Rule,
+        recipe: &config::Normalise,
+    ) -> anyhow::Result<bool> {
+        let move_original_to = self.original_destination(rule, job);
+        let mut original_candidates = vec![job.path.clone()];
+        original_candidates.extend(move_original_to.clone());
+        let work = NormaliseWork {
+            job_id: job.id,
+            recipe: recipe.clone(),
+            runtime: self.config.runtime.clone(),
+            limits: self.config.daemon.limits,
+            original_candidates,
+            images_dir: self.trees.images(&rule.name),
+            metadata_dir: self.trees.metadata(&rule.name),
+            move_original_to,
+        };
+        self.journal.start_attempt(job.id, State::Running)?;
+        self.record(job, State::Running, None);
+        self.in_flight.insert(job.id, Instant::now());
+        self.work
+            .send(Work::Normalise {
                 job_id: job.id,
                 work: Box::new(work),
             })
@@ -888,7 +934,11 @@ impl Daemon {
             Outcome::Split(Ok(written)) => self.split_done(&job, *written),
             Outcome::Merge(Ok(merged)) => self.merge_done(&job, merged, seconds),
             Outcome::Upscale(Ok(upscaled)) => self.upscale_done(&job, upscaled, seconds),
-            Outcome::Split(Err(e)) | Outcome::Merge(Err(e)) | Outcome::Upscale(Err(e)) => {
+            Outcome::Normalise(Ok(normalised)) => self.normalise_done(&job, *normalised, seconds),
+            Outcome::Split(Err(e))
+            | Outcome::Merge(Err(e))
+            | Outcome::Upscale(Err(e))
+            | Outcome::Normalise(Err(e)) => {
                 self.fail(&job, &e);
                 Ok(())
             }
@@ -959,6 +1009,24 @@ impl Daemon {
         Ok(())
     }
 
+    fn normalise_done(&mut self, job: &Job, done: Normalised, seconds: f64) -> anyhow::Result<()> {
+        let record = serde_json::to_value(&done.record)?;
+        self.journal
+            .job_done(job.id, &done.original_now_at, &record.to_string())?;
+        self.record(job, State::Done, Some(&done.output.display().to_string()));
+        tracing::info!(
+            job = job.id,
+            file = %job.claimed_path.display(),
+            output = %done.output.display(),
+            bucket = done.record.bucket.as_deref().unwrap_or("-"),
+            sharpness = done.record.scores.as_ref().map_or(0.0, |s| s.sharpness),
+            seconds = format!("{seconds:.3}"),
+            "normalised into the set"
+        );
+        self.last_job = format!("{} normalised", round_trip::stem_of(&job.claimed_path));
+        Ok(())
+    }
+
     fn merge_done(&mut self, job: &Job, merged: Merged, seconds: f64) -> anyhow::Result<()> {
         let parent = job.parent.context("merge job without its split job")?;
         self.journal.merge_done(
@@ -1007,7 +1075,11 @@ impl Daemon {
             self.record(job, State::Queued, Some(&reason));
             return;
         }
-        let kind = if permanent { "permanent" } else { "gave-up" };
+        let (kind, details) = match error {
+            OpError::Rejected { details, .. } => ("rejected", Some(details.as_ref())),
+            _ if permanent => ("permanent", None),
+            _ => ("gave-up", None),
+        };
         let sidecar = ErrorSidecar {
             file: &job.claimed_path.to_string_lossy(),
             rule: &job.rule,
@@ -1017,6 +1089,7 @@ impl Daemon {
             attempts,
             when: trees::rfc3339(journal::now()),
             darkroom_version: VERSION,
+            details,
         };
         let moved_to = match trees::quarantine(&self.trees, &job.path, &sidecar) {
             Ok(path) => path,

@@ -155,11 +155,15 @@ pub struct ErrorSidecar<'a> {
     pub rule: &'a str,
     pub job: i64,
     pub reason: &'a str,
-    /// `permanent` (the input itself is bad) or `gave-up` (transient failures, attempts spent).
+    /// `permanent` (the input itself is bad), `rejected` (failed a training set's quality
+    /// control) or `gave-up` (transient failures, attempts spent).
     pub kind: &'a str,
     pub attempts: u32,
     pub when: String,
     pub darkroom_version: &'a str,
+    /// A rejected training image's scores and the operations that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<&'a serde_json::Value>,
 }
 
 /// Moves a failed input into `failed/<rule>/` and writes its error sidecar beside it.

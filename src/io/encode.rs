@@ -36,6 +36,16 @@ pub enum EncodeError {
 }
 
 impl OutputFormat {
+    /// The usual file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Png => "png",
+            OutputFormat::Tiff => "tif",
+            OutputFormat::WebP => "webp",
+            OutputFormat::Jpeg => "jpg",
+        }
+    }
+
     /// The format an output path asks for; a path without extension gets PNG.
     pub fn from_path(path: &Path) -> Result<Self, EncodeError> {
         let Some(ext) = path.extension().and_then(|e| e.to_str()) else {

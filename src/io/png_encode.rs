@@ -238,15 +238,25 @@ pub fn encode_rows(
 }
 
 /// Adds an `eXIf` chunk (a TIFF-structured EXIF block) right after IHDR of an encoded PNG.
-pub fn with_exif(mut png: Vec<u8>, exif: &[u8]) -> Vec<u8> {
+pub fn with_exif(png: Vec<u8>, exif: &[u8]) -> Vec<u8> {
+    with_chunk_after_ihdr(png, b"eXIf", exif)
+}
+
+/// Adds an `sRGB` chunk (perceptual intent) right after IHDR: the PNG says its pixels are
+/// sRGB, the way browsers, Pillow and trainers read it.
+pub fn with_srgb_chunk(png: Vec<u8>) -> Vec<u8> {
+    with_chunk_after_ihdr(png, b"sRGB", &[0])
+}
+
+fn with_chunk_after_ihdr(mut png: Vec<u8>, kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     // Signature (8) + IHDR chunk (4 + 4 + 13 + 4).
     const AFTER_IHDR: usize = 33;
     if png.len() < AFTER_IHDR {
         return png;
     }
     // Inserted in place: a second image-sized buffer would raise the peak memory of a merge.
-    let mut chunk = Vec::with_capacity(exif.len() + 12);
-    write_chunk(&mut chunk, b"eXIf", exif);
+    let mut chunk = Vec::with_capacity(data.len() + 12);
+    write_chunk(&mut chunk, kind, data);
     png.splice(AFTER_IHDR..AFTER_IHDR, chunk);
     png
 }

@@ -3,9 +3,11 @@
 //! as [`OpError`], which names the file and says whether trying again can help.
 
 pub mod batch;
+pub mod dataset_report;
 pub mod delta;
 pub mod enhance;
 pub mod merge;
+pub mod normalise;
 pub mod split;
 pub mod upscale;
 
@@ -44,6 +46,13 @@ pub enum OpError {
     Mismatch { path: String, reason: String },
     #[error("{path}: {reason}")]
     External { path: String, reason: String },
+    /// A training-set image that failed quality control (reasons and scores in `details`).
+    #[error("{path}: rejected: {reason}")]
+    Rejected {
+        path: String,
+        reason: String,
+        details: Box<serde_json::Value>,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("internal error: {0}")]
@@ -91,7 +100,7 @@ impl OpError {
     pub fn is_permanent(&self) -> bool {
         match self {
             OpError::Decode { source, .. } => source.is_permanent(),
-            OpError::Mismatch { .. } | OpError::Usage(_) => true,
+            OpError::Mismatch { .. } | OpError::Usage(_) | OpError::Rejected { .. } => true,
             OpError::Write { .. }
             | OpError::DiskFull { .. }
             | OpError::External { .. }
@@ -105,7 +114,9 @@ impl OpError {
                 source: DecodeError::Io(_),
                 ..
             } => ExitKind::NoInput,
-            OpError::Decode { .. } | OpError::Mismatch { .. } => ExitKind::DataError,
+            OpError::Decode { .. } | OpError::Mismatch { .. } | OpError::Rejected { .. } => {
+                ExitKind::DataError
+            }
             OpError::Write { .. } | OpError::DiskFull { .. } => ExitKind::CantCreate,
             OpError::Usage(_) => ExitKind::Usage,
             OpError::External { .. } | OpError::Internal(_) => ExitKind::Failure,

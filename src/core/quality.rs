@@ -1,0 +1,349 @@
+//! Image quality measures for training-set control. Pure: a luminance plane in, numbers out.
+//!
+//! - sharpness: variance of the 3x3 Laplacian (Pech-Pacheco et al., 2000), in 8-bit levels².
+//! - noise: Immerkær's fast noise variance estimation (J. Immerkær, "Fast Noise Variance
+//!   Estimation", CVIU 64(2), 1996): the image convolved with the difference of two
+//!   Laplacians, whose mean absolute value times sqrt(pi/2)/6 estimates the Gaussian noise
+//!   sigma, in 8-bit levels; averaged over non-edge pixels only (Tai & Yang, 2008).
+//! - blockiness: mean absolute step across the 8x8 JPEG block boundaries divided by the mean
+//!   step inside blocks, minus one (0 = no block structure; a heavily compressed JPEG scores
+//!   0.5 and more), horizontal and vertical together.
+//! - clipping: the share of pixels whose luminance is 0 or 255.
+//! - perceptual hash: the 64-bit DCT hash (pHash as `imagehash.phash` computes it: 32x32
+//!   area-averaged luminance, 2-D DCT-II, the 8x8 lowest frequencies against their median);
+//!   near-duplicates are hashes within a small Hamming distance.
+
+use image::DynamicImage;
+
+/// A luminance plane (Rec. 601 weights) in 8-bit levels, as `f32`.
+#[derive(Debug, Clone)]
+pub struct Luma {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+}
+
+impl Luma {
+    pub fn of(image: &DynamicImage) -> Luma {
+        let weigh =
+            |p: &[u8]| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
+        let data: Vec<f32> = match image {
+            DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(weigh).collect(),
+            DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).map(weigh).collect(),
+            DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| f32::from(v)).collect(),
+            other => other
+                .to_rgb8()
+                .as_raw()
+                .chunks_exact(3)
+                .map(weigh)
+                .collect(),
+        };
+        Luma {
+            width: image.width() as usize,
+            height: image.height() as usize,
+            data,
+        }
+    }
+
+    fn at(&self, x: usize, y: usize) -> f32 {
+        self.data[y * self.width + x]
+    }
+}
+
+/// Variance of the 3x3 Laplacian (4-neighbour) over the interior.
+pub fn sharpness(luma: &Luma) -> f64 {
+    let (w, h) = (luma.width, luma.height);
+    if w < 3 || h < 3 {
+        return 0.0;
+    }
+    let (mut sum, mut sum2, mut n) = (0f64, 0f64, 0f64);
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            let v = f64::from(
+                luma.at(x - 1, y) + luma.at(x + 1, y) + luma.at(x, y - 1) + luma.at(x, y + 1)
+                    - 4.0 * luma.at(x, y),
+            );
+            sum += v;
+            sum2 += v * v;
+            n += 1.0;
+        }
+    }
+    let mean = sum / n;
+    sum2 / n - mean * mean
+}
+
+/// Noise sigma in 8-bit levels: Immerkær's operator averaged over the flat pixels only. As
+/// Tai & Yang ("Fast method for image noise estimation using Laplacian operator and adaptive
+/// edge detection", ISCCSP 2008) do, pixels whose Sobel gradient is in the top 10% are left
+/// out, so texture and edges are not mistaken for noise.
+pub fn noise_sigma(luma: &Luma) -> f64 {
+    let (w, h) = (luma.width, luma.height);
+    if w < 3 || h < 3 {
+        return 0.0;
+    }
+    let inner = (w - 2) * (h - 2);
+    let mut gradient = Vec::with_capacity(inner);
+    let mut response = Vec::with_capacity(inner);
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            let p = |dx: usize, dy: usize| luma.at(x + dx - 1, y + dy - 1);
+            let gx = p(2, 0) + 2.0 * p(2, 1) + p(2, 2) - p(0, 0) - 2.0 * p(0, 1) - p(0, 2);
+            let gy = p(0, 2) + 2.0 * p(1, 2) + p(2, 2) - p(0, 0) - 2.0 * p(1, 0) - p(2, 0);
+            gradient.push(gx.abs() + gy.abs());
+            // Kernel [[1,-2,1],[-2,4,-2],[1,-2,1]].
+            let v = p(0, 0) - 2.0 * p(1, 0) + p(2, 0) - 2.0 * p(0, 1) + 4.0 * p(1, 1)
+                - 2.0 * p(2, 1)
+                + p(0, 2)
+                - 2.0 * p(1, 2)
+                + p(2, 2);
+            response.push(v.abs());
+        }
+    }
+    let mut sorted = gradient.clone();
+    let cut = (inner * 9 / 10).min(inner - 1);
+    let (_, threshold, _) = sorted.select_nth_unstable_by(cut, f32::total_cmp);
+    let threshold = *threshold;
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (g, r) in gradient.iter().zip(&response) {
+        if *g <= threshold {
+            sum += f64::from(*r);
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * n as f64)
+}
+
+/// Block-boundary steps over in-block steps, minus one, on a `block`-pixel grid (8 for a
+/// JPEG decoded at full size). `None` when the image has fewer than two blocks each way.
+pub fn blockiness(luma: &Luma, block: usize) -> Option<f64> {
+    let (w, h) = (luma.width, luma.height);
+    if block < 2 || w < 2 * block || h < 2 * block {
+        return None;
+    }
+    let (mut edge, mut edge_n, mut inner, mut inner_n) = (0f64, 0f64, 0f64, 0f64);
+    for y in 0..h {
+        for x in 0..w - 1 {
+            let d = f64::from((luma.at(x + 1, y) - luma.at(x, y)).abs());
+            if (x + 1) % block == 0 {
+                edge += d;
+                edge_n += 1.0;
+            } else {
+                inner += d;
+                inner_n += 1.0;
+            }
+        }
+    }
+    for y in 0..h - 1 {
+        for x in 0..w {
+            let d = f64::from((luma.at(x, y + 1) - luma.at(x, y)).abs());
+            if (y + 1) % block == 0 {
+                edge += d;
+                edge_n += 1.0;
+            } else {
+                inner += d;
+                inner_n += 1.0;
+            }
+        }
+    }
+    let inner_mean = inner / inner_n;
+    if inner_mean < 1e-6 {
+        return Some(0.0);
+    }
+    Some(((edge / edge_n) / inner_mean - 1.0).max(0.0))
+}
+
+/// Shares of pixels at luminance 0 (dark) and 255 (bright), after rounding.
+pub fn clipping(luma: &Luma) -> (f64, f64) {
+    let n = luma.data.len().max(1) as f64;
+    let dark = luma.data.iter().filter(|&&v| v < 0.5).count() as f64;
+    let bright = luma.data.iter().filter(|&&v| v >= 254.5).count() as f64;
+    (dark / n, bright / n)
+}
+
+/// [`clipping`] over the pixels where `mask` is true (the opaque ones of an RGBA image).
+pub fn clipping_where(luma: &Luma, mask: &[bool]) -> (f64, f64) {
+    let (mut dark, mut bright, mut n) = (0usize, 0usize, 0usize);
+    for (v, _) in luma.data.iter().zip(mask).filter(|(_, m)| **m) {
+        n += 1;
+        dark += usize::from(*v < 0.5);
+        bright += usize::from(*v >= 254.5);
+    }
+    let n = n.max(1) as f64;
+    (dark as f64 / n, bright as f64 / n)
+}
+
+/// The 64-bit DCT perceptual hash.
+pub fn phash(luma: &Luma) -> u64 {
+    const N: usize = 32;
+    let (w, h) = (luma.width.max(1), luma.height.max(1));
+    // Area average onto 32x32.
+    let mut small = [[0f64; N]; N];
+    let mut count = [[0f64; N]; N];
+    for y in 0..luma.height {
+        let by = y * N / h;
+        for x in 0..luma.width {
+            let bx = x * N / w;
+            small[by][bx] += f64::from(luma.at(x, y));
+            count[by][bx] += 1.0;
+        }
+    }
+    for (row, counts) in small.iter_mut().zip(&count) {
+        for (v, c) in row.iter_mut().zip(counts) {
+            if *c > 0.0 {
+                *v /= c;
+            }
+        }
+    }
+    // Separable DCT-II, only the 8 lowest frequencies are needed each way.
+    let cos: Vec<[f64; N]> = (0..8)
+        .map(|k| {
+            let mut row = [0f64; N];
+            for (n, v) in row.iter_mut().enumerate() {
+                *v = (std::f64::consts::PI * k as f64 * (2 * n + 1) as f64 / (2 * N) as f64).cos();
+            }
+            row
+        })
+        .collect();
+    let mut rows = [[0f64; 8]; N];
+    for (y, line) in small.iter().enumerate() {
+        for (k, c) in cos.iter().enumerate() {
+            rows[y][k] = line.iter().zip(c).map(|(a, b)| a * b).sum();
+        }
+    }
+    let mut low = [0f64; 64];
+    for u in 0..8 {
+        for v in 0..8 {
+            low[u * 8 + v] = (0..N).map(|y| rows[y][v] * cos[u][y]).sum();
+        }
+    }
+    let mut sorted = low;
+    sorted.sort_by(f64::total_cmp);
+    let median = (sorted[31] + sorted[32]) / 2.0;
+    low.iter().enumerate().fold(0u64, |hash, (i, v)| {
+        if *v > median {
+            hash | (1 << (63 - i))
+        } else {
+            hash
+        }
+    })
+}
+
+/// Bits that differ between two hashes.
+pub fn hamming(a: u64, b: u64) -> u32 {
+    (a ^ b).count_ones()
+}
+
+/// Gradient energy along each axis of a small copy, for the `thirds` crop placement:
+/// Sobel magnitude of luminance, squared so that the strongest detail dominates, summed per
+/// column and per row.
+#[allow(clippy::needless_range_loop)]
+pub fn detail_profile(luma: &Luma) -> crate::core::dataset::DetailProfile {
+    let (w, h) = (luma.width, luma.height);
+    let mut columns = vec![0f64; w];
+    let mut rows = vec![0f64; h];
+    if w >= 3 && h >= 3 {
+        for y in 1..h - 1 {
+            for x in 1..w - 1 {
+                let p = |dx: usize, dy: usize| f64::from(luma.at(x + dx - 1, y + dy - 1));
+                let gx = p(2, 0) + 2.0 * p(2, 1) + p(2, 2) - p(0, 0) - 2.0 * p(0, 1) - p(0, 2);
+                let gy = p(0, 2) + 2.0 * p(1, 2) + p(2, 2) - p(0, 0) - 2.0 * p(1, 0) - p(2, 0);
+                let energy = gx * gx + gy * gy;
+                columns[x] += energy;
+                rows[y] += energy;
+            }
+        }
+    }
+    crate::core::dataset::DetailProfile { columns, rows }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plane(width: usize, height: usize, f: impl Fn(usize, usize) -> f32) -> Luma {
+        let data = (0..height)
+            .flat_map(|y| (0..width).map(move |x| (x, y)))
+            .map(|(x, y)| f(x, y))
+            .collect();
+        Luma {
+            width,
+            height,
+            data,
+        }
+    }
+
+    /// A deterministic pseudo-random value in [-1, 1].
+    fn hash_noise(x: usize, y: usize) -> f32 {
+        let mut v = (x as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (y as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        v ^= v >> 29;
+        v = v.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        v ^= v >> 32;
+        (v % 20001) as f32 / 10000.0 - 1.0
+    }
+
+    #[test]
+    fn noise_estimate_tracks_added_noise() {
+        let smooth = plane(256, 256, |x, y| (x + y) as f32 * 0.4 + 20.0);
+        assert!(noise_sigma(&smooth) < 0.01);
+        // Uniform noise in [-a, a] has sigma a/sqrt(3).
+        let noisy = plane(256, 256, |x, y| 100.0 + 17.32 * hash_noise(x, y));
+        let sigma = noise_sigma(&noisy);
+        assert!((sigma - 10.0).abs() < 1.5, "{sigma}");
+    }
+
+    #[test]
+    fn blockiness_sees_the_8x8_grid() {
+        let blocks = plane(128, 128, |x, y| {
+            ((x / 8 * 37 + y / 8 * 11) % 60) as f32 + 0.1 * (x % 8) as f32
+        });
+        let smooth = plane(128, 128, |x, y| {
+            (x as f32 * 0.7 + y as f32 * 0.3).sin() * 40.0 + 100.0
+        });
+        assert!(blockiness(&blocks, 8).unwrap() > 5.0);
+        assert!(blockiness(&smooth, 8).unwrap() < 0.1);
+        assert_eq!(blockiness(&plane(10, 10, |_, _| 0.0), 8), None);
+    }
+
+    #[test]
+    fn clipping_counts_both_ends() {
+        let p = plane(10, 10, |x, _| match x {
+            0 => 0.0,
+            1 | 2 => 255.0,
+            _ => 128.0,
+        });
+        assert_eq!(clipping(&p), (0.1, 0.2));
+    }
+
+    #[test]
+    fn phash_is_stable_under_small_changes_and_differs_across_images() {
+        let a = plane(300, 200, |x, y| {
+            ((x as f32 / 23.0).sin() * (y as f32 / 17.0).cos() * 100.0) + 128.0
+        });
+        let a_noisy = plane(300, 200, |x, y| a.at(x, y) + 3.0 * hash_noise(x, y));
+        let b = plane(300, 200, |x, y| ((x * y) % 97) as f32 * 2.0);
+        assert!(hamming(phash(&a), phash(&a_noisy)) <= 4);
+        assert!(hamming(phash(&a), phash(&b)) > 16);
+    }
+
+    #[test]
+    fn blur_lowers_sharpness() {
+        let sharp = plane(64, 64, |x, y| {
+            if (x / 4 + y / 4) % 2 == 0 {
+                200.0
+            } else {
+                50.0
+            }
+        });
+        let soft = plane(64, 64, |x, y| {
+            125.0
+                + 75.0
+                    * ((x as f32 / 4.0) * std::f32::consts::PI).sin()
+                    * ((y as f32 / 4.0) * std::f32::consts::PI).sin()
+        });
+        assert!(sharpness(&sharp) > 10.0 * sharpness(&soft));
+    }
+}

@@ -1,0 +1,136 @@
+//! The `normalise` recipe as a worker thread runs it: stage the image (decode, fit, score;
+//! a too-small source goes through the rule's upscale model on the model lane), then, holding
+//! the set's lock, admit it (near-duplicate check, naming, durable writes), log the verdict
+//! and rebuild the set's reports; only then is the original (and a caption `.txt` dropped
+//! with it) filed. A rejected image comes back as [`OpError::Rejected`], which the service
+//! sets aside in `failed/<rule>/` with the reasons and scores in its error sidecar.
+
+use crate::daemon::config::{Normalise, RuntimeSettings};
+use crate::daemon::model_lane::ModelLane;
+use crate::daemon::round_trip::{file_original, first_existing};
+use crate::io::decode::DecodeLimits;
+use crate::ops::normalise::{self, DatasetIndex, Record};
+use crate::ops::{dataset_report, OpError};
+use image::DynamicImage;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// Everything a normalise job needs, decided by the main thread.
+#[derive(Debug, Clone)]
+pub struct NormaliseWork {
+    pub job_id: i64,
+    pub recipe: Normalise,
+    pub runtime: RuntimeSettings,
+    pub limits: DecodeLimits,
+    pub original_candidates: Vec<PathBuf>,
+    pub images_dir: PathBuf,
+    pub metadata_dir: PathBuf,
+    pub move_original_to: Option<PathBuf>,
+}
+
+/// What a normalise job did.
+#[derive(Debug, Clone)]
+pub struct Normalised {
+    pub record: Record,
+    pub output: PathBuf,
+    pub original_now_at: PathBuf,
+}
+
+/// The sets the daemon writes, one index each, loaded from the sidecars on first use.
+fn sets() -> &'static Mutex<HashMap<PathBuf, DatasetIndex>> {
+    static SETS: OnceLock<Mutex<HashMap<PathBuf, DatasetIndex>>> = OnceLock::new();
+    SETS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The id a job's entries carry in the set (a re-run after a crash finds its own entry).
+pub fn record_id(job_id: i64) -> String {
+    format!("job-{job_id}")
+}
+
+pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError> {
+    let original = first_existing(&work.original_candidates, "original")?;
+    let options = &work.recipe.options;
+    for dir in [&work.images_dir, &work.metadata_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| OpError::write(dir, e))?;
+    }
+    let upscale = |image: DynamicImage, factor: f64| -> Result<(DynamicImage, String), OpError> {
+        let spec = work
+            .recipe
+            .upscale_model
+            .as_ref()
+            .expect("only offered with a model");
+        let target = (
+            (f64::from(image.width()) * factor).ceil() as u32,
+            (f64::from(image.height()) * factor).ceil() as u32,
+        );
+        let out = lane
+            .upscale(spec, &work.runtime, (1, Some(target)), image)
+            .map_err(crate::ops::upscale::model_error)?;
+        Ok((
+            out.image,
+            format!("{} x{} on {}", spec.name, out.scale, out.provider),
+        ))
+    };
+    let upscaler: Option<&normalise::Upscaler<'_>> = work
+        .recipe
+        .upscale_model
+        .as_ref()
+        .map(|_| &upscale as &normalise::Upscaler<'_>);
+    let id = record_id(work.job_id);
+    let staged = normalise::stage(
+        &original,
+        &id,
+        options,
+        &work.limits,
+        &work.images_dir,
+        upscaler,
+    )?;
+
+    let (record, admitted) = {
+        let mut sets = sets()
+            .lock()
+            .map_err(|_| OpError::Internal("the set index lock is poisoned".into()))?;
+        if !sets.contains_key(&work.images_dir) {
+            let index = DatasetIndex::load(&work.images_dir)
+                .map_err(|e| OpError::write(&work.images_dir, e))?;
+            sets.insert(work.images_dir.clone(), index);
+        }
+        let index = sets.get_mut(&work.images_dir).expect("inserted above");
+        let (record, admitted) = index.admit(staged, options, &work.metadata_dir)?;
+        normalise::log_record(&work.metadata_dir, &record)
+            .map_err(|e| OpError::write(&work.metadata_dir, e))?;
+        if let Err(e) = dataset_report::write_reports(&work.images_dir, &work.metadata_dir) {
+            tracing::warn!(error = %e, "cannot rebuild the set's reports; they catch up after the next image");
+        }
+        (record, admitted)
+    };
+    let Some(admitted) = admitted else {
+        return Err(OpError::Rejected {
+            path: original.display().to_string(),
+            reason: record.reasons.join("; "),
+            details: Box::new(serde_json::json!({
+                "scores": record.scores,
+                "duplicate_of": record.duplicate_of,
+                "operations": record.operations,
+            })),
+        });
+    };
+    // The image, its caption and sidecar are durable: now the caption dropped with the
+    // source follows it, and the original is filed.
+    if let (Some(target), Some(_)) = (&work.move_original_to, &record.caption) {
+        let caption = original.with_extension("txt");
+        if caption.is_file() {
+            let to = Path::new(target).with_extension("txt");
+            if let Err(e) = crate::daemon::trees::move_into_place(&caption, &to) {
+                tracing::warn!(file = %caption.display(), error = %e, "cannot file the caption beside the original");
+            }
+        }
+    }
+    let original_now_at = file_original(original, work.move_original_to.as_deref())?;
+    Ok(Normalised {
+        record,
+        output: admitted.image,
+        original_now_at,
+    })
+}
