@@ -758,3 +758,121 @@ fn a_missing_runtime_fails_model_jobs_clearly_and_other_rules_keep_working() {
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn a_normalise_rule_builds_a_training_set_with_captions_rejects_and_reports() {
+    let model = common::shared_dir().join("models/waifu2x-upconv7-photo-x2.onnx");
+    let config = format!(
+        "{}\n[models.photo]\npath = \"{}\"\ntile = 128\ndomains = [\"photo\"]\n\n\
+         [[rule]]\nname = \"lora\"\nrecipe = \"normalise\"\npreset = \"sd15\"\nmode = \"bucket\"\n\
+         caption_template = \"photo of {{stem}}\"\nupscale_model = \"photo\"\n",
+        config_text("", ""),
+        model.display()
+    );
+    let mut tree = Tree::new(&config);
+    tree.start();
+    let inbox = tree.path("var/inbox/lora");
+    let images = tree.path("var/processed/lora/images");
+    // The caption first, then its image (a caption that comes later is not seen).
+    std::fs::write(inbox.join("bus.txt"), "a red bus in the street\n").unwrap();
+    std::fs::copy(
+        testdata("photo_bus_4032x3024_p3.jpg"),
+        inbox.join("bus.jpg"),
+    )
+    .unwrap();
+    tree.wait_for("the bus in the set", || images.join("0001.json").is_file());
+    // A recompressed copy of the bus, a broken file, and a photo too small for sd15 (600x400
+    // needs 1.07x for its 640x384 bucket: the rule's model enlarges it).
+    let bus = load(&testdata("photo_bus_4032x3024_p3.jpg")).image;
+    bus.resize_exact(1008, 756, image::imageops::FilterType::Triangle)
+        .to_rgb8()
+        .save(inbox.join("bus_small.png"))
+        .unwrap();
+    std::fs::copy(testdata("broken_truncated.jpg"), inbox.join("broken.jpg")).unwrap();
+    std::fs::copy(
+        testdata("photo_coffee_600x400.png"),
+        inbox.join("coffee.png"),
+    )
+    .unwrap();
+    let failed = tree.path("var/failed/lora");
+    tree.wait_for("the copy and the broken file set aside", || {
+        failed.join("bus_small.png.error.json").is_file()
+            && failed.join("broken.jpg.error.json").is_file()
+    });
+    tree.wait_for("the coffee in the set", || {
+        images.join("0002.json").is_file()
+    });
+
+    assert_eq!(
+        std::fs::read_to_string(images.join("0001.txt")).unwrap(),
+        "a red bus in the street\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(images.join("0002.txt")).unwrap(),
+        "photo of coffee\n"
+    );
+    let bus_sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(images.join("0001.json")).unwrap()).unwrap();
+    assert_eq!(bus_sidecar["bucket"], "576x448");
+    let coffee: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(images.join("0002.json")).unwrap()).unwrap();
+    let upscale = coffee["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["op"] == "upscale")
+        .expect("enlarged by the model");
+    assert!(
+        upscale["model"].as_str().unwrap().starts_with("photo x2"),
+        "{upscale}"
+    );
+    let enlarged = load(&images.join("0002.png")).image;
+    assert_eq!((enlarged.width(), enlarged.height()), (640, 384));
+    // Originals and the caption that came with one are filed once the outputs are durable.
+    let originals = tree.path("var/processed/lora/originals");
+    for name in ["bus.jpg", "bus.txt", "coffee.png"] {
+        assert!(originals.join(name).is_file(), "{name} not filed");
+    }
+    let rejected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(failed.join("bus_small.png.error.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rejected["kind"], "rejected");
+    assert_eq!(rejected["details"]["duplicate_of"], "0001.png");
+    assert!(rejected["details"]["scores"]["sharpness"].as_f64().unwrap() > 0.0);
+    let broken = std::fs::read_to_string(failed.join("broken.jpg.error.json")).unwrap();
+    assert!(broken.contains("truncated JPEG"), "{broken}");
+    // The reports follow every image.
+    let metadata = tree.path("var/metadata/lora");
+    tree.wait_for("the report to list both images and the reject", || {
+        std::fs::read_to_string(metadata.join("validation_report.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|r| r["counts"]["images"] == 2 && r["counts"]["rejected"] == 1)
+    });
+    assert!(metadata.join("validation_report.html").is_file());
+
+    // A restart reads the set back: the next image is 0003 and the bus is still a duplicate.
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+    tree.start();
+    std::fs::copy(
+        testdata("painting_peppercarrot_ep01_p03.jpg"),
+        inbox.join("pepper.jpg"),
+    )
+    .unwrap();
+    std::fs::copy(
+        testdata("photo_bus_4032x3024_p3.jpg"),
+        inbox.join("bus_again.jpg"),
+    )
+    .unwrap();
+    tree.wait_for("pepper in the set", || images.join("0003.json").is_file());
+    tree.wait_for("the second bus set aside", || {
+        failed.join("bus_again.jpg.error.json").is_file()
+    });
+    assert!(!images.join("0004.png").exists());
+    let out = common::run_ok(tree.dir.path(), &["validate", "var/processed/lora"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("var/metadata/lora/validation_report.html")
+    );
+}
