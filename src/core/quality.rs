@@ -77,27 +77,37 @@ pub fn sharpness(luma: &Luma) -> f64 {
 /// edge detection", ISCCSP 2008) do, pixels whose Sobel gradient is in the top 10% are left
 /// out, so texture and edges are not mistaken for noise.
 pub fn noise_sigma(luma: &Luma) -> f64 {
-    let (w, h) = (luma.width, luma.height);
-    if w < 3 || h < 3 {
-        return 0.0;
-    }
-    let inner = (w - 2) * (h - 2);
-    let mut gradient = Vec::with_capacity(inner);
-    let mut response = Vec::with_capacity(inner);
-    for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            let p = |dx: usize, dy: usize| luma.at(x + dx - 1, y + dy - 1);
-            let gx = p(2, 0) + 2.0 * p(2, 1) + p(2, 2) - p(0, 0) - 2.0 * p(0, 1) - p(0, 2);
-            let gy = p(0, 2) + 2.0 * p(1, 2) + p(2, 2) - p(0, 0) - 2.0 * p(1, 0) - p(2, 0);
-            gradient.push(gx.abs() + gy.abs());
-            // Kernel [[1,-2,1],[-2,4,-2],[1,-2,1]].
-            let v = p(0, 0) - 2.0 * p(1, 0) + p(2, 0) - 2.0 * p(0, 1) + 4.0 * p(1, 1)
-                - 2.0 * p(2, 1)
-                + p(0, 2)
-                - 2.0 * p(1, 2)
-                + p(2, 2);
-            response.push(v.abs());
+    noise_sigma_of(std::slice::from_ref(luma))
+}
+
+/// [`noise_sigma`] over several patches of one image together (one edge threshold).
+pub fn noise_sigma_of(patches: &[Luma]) -> f64 {
+    let mut gradient = Vec::new();
+    let mut response = Vec::new();
+    for luma in patches {
+        let (w, h) = (luma.width, luma.height);
+        if w < 3 || h < 3 {
+            continue;
         }
+        for y in 1..h - 1 {
+            for x in 1..w - 1 {
+                let p = |dx: usize, dy: usize| luma.at(x + dx - 1, y + dy - 1);
+                let gx = p(2, 0) + 2.0 * p(2, 1) + p(2, 2) - p(0, 0) - 2.0 * p(0, 1) - p(0, 2);
+                let gy = p(0, 2) + 2.0 * p(1, 2) + p(2, 2) - p(0, 0) - 2.0 * p(1, 0) - p(2, 0);
+                gradient.push(gx.abs() + gy.abs());
+                // Kernel [[1,-2,1],[-2,4,-2],[1,-2,1]].
+                let v = p(0, 0) - 2.0 * p(1, 0) + p(2, 0) - 2.0 * p(0, 1) + 4.0 * p(1, 1)
+                    - 2.0 * p(2, 1)
+                    + p(0, 2)
+                    - 2.0 * p(1, 2)
+                    + p(2, 2);
+                response.push(v.abs());
+            }
+        }
+    }
+    let inner = gradient.len();
+    if inner == 0 {
+        return 0.0;
     }
     let mut sorted = gradient.clone();
     let cut = (inner * 9 / 10).min(inner - 1);
@@ -116,37 +126,77 @@ pub fn noise_sigma(luma: &Luma) -> f64 {
     (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * n as f64)
 }
 
+/// Up to `max_patches` square luminance patches of `size` pixels spread evenly over the
+/// image, their corners on the 8-pixel grid (so JPEG blocks stay aligned). The noise and
+/// blockiness of a large source are measured on these instead of on every pixel; an image
+/// smaller than one patch is one patch.
+pub fn sample_patches(image: &DynamicImage, size: u32, max_patches: u32) -> Vec<Luma> {
+    let (w, h) = (image.width(), image.height());
+    if w < size || h < size {
+        return vec![Luma::of(image)];
+    }
+    let per_axis = (f64::from(max_patches).sqrt() as u32).max(1);
+    let (nx, ny) = ((w / size).min(per_axis), (h / size).min(per_axis));
+    let origin = |i: u32, n: u32, length: u32| -> u32 {
+        let span = length - size;
+        let at = if n > 1 {
+            u64::from(span) * u64::from(i) / u64::from(n - 1)
+        } else {
+            u64::from(span / 2)
+        };
+        (at as u32) / 8 * 8
+    };
+    let mut patches = Vec::with_capacity((nx * ny) as usize);
+    for j in 0..ny {
+        for i in 0..nx {
+            let (x, y) = (origin(i, nx, w), origin(j, ny, h));
+            patches.push(Luma::of(&image.crop_imm(x, y, size, size)));
+        }
+    }
+    patches
+}
+
 /// Block-boundary steps over in-block steps, minus one, on a `block`-pixel grid (8 for a
 /// JPEG decoded at full size). `None` when the image has fewer than two blocks each way.
 pub fn blockiness(luma: &Luma, block: usize) -> Option<f64> {
-    let (w, h) = (luma.width, luma.height);
-    if block < 2 || w < 2 * block || h < 2 * block {
-        return None;
-    }
+    blockiness_of(std::slice::from_ref(luma), block)
+}
+
+/// [`blockiness`] over patches whose corners lie on the block grid.
+pub fn blockiness_of(patches: &[Luma], block: usize) -> Option<f64> {
     let (mut edge, mut edge_n, mut inner, mut inner_n) = (0f64, 0f64, 0f64, 0f64);
-    for y in 0..h {
-        for x in 0..w - 1 {
-            let d = f64::from((luma.at(x + 1, y) - luma.at(x, y)).abs());
-            if (x + 1) % block == 0 {
-                edge += d;
-                edge_n += 1.0;
-            } else {
-                inner += d;
-                inner_n += 1.0;
+    for luma in patches {
+        let (w, h) = (luma.width, luma.height);
+        if block < 2 || w < 2 * block || h < 2 * block {
+            continue;
+        }
+        for y in 0..h {
+            for x in 0..w - 1 {
+                let d = f64::from((luma.at(x + 1, y) - luma.at(x, y)).abs());
+                if (x + 1) % block == 0 {
+                    edge += d;
+                    edge_n += 1.0;
+                } else {
+                    inner += d;
+                    inner_n += 1.0;
+                }
+            }
+        }
+        for y in 0..h - 1 {
+            for x in 0..w {
+                let d = f64::from((luma.at(x, y + 1) - luma.at(x, y)).abs());
+                if (y + 1) % block == 0 {
+                    edge += d;
+                    edge_n += 1.0;
+                } else {
+                    inner += d;
+                    inner_n += 1.0;
+                }
             }
         }
     }
-    for y in 0..h - 1 {
-        for x in 0..w {
-            let d = f64::from((luma.at(x, y + 1) - luma.at(x, y)).abs());
-            if (y + 1) % block == 0 {
-                edge += d;
-                edge_n += 1.0;
-            } else {
-                inner += d;
-                inner_n += 1.0;
-            }
-        }
+    if edge_n == 0.0 {
+        return None;
     }
     let inner_mean = inner / inner_n;
     if inner_mean < 1e-6 {

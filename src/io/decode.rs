@@ -308,6 +308,9 @@ fn reduced_jpeg(
         (need_w, need_h)
     };
     let (w, h) = decoder.scale(req_w as u16, req_h as u16).ok()?;
+    if (u32::from(w), u32::from(h)) == (stored_w, stored_h) {
+        return None; // no reduction possible: the full decoder (zune-jpeg) is faster
+    }
     let icc = decoder.icc_profile();
     let pixels = decoder.decode().ok()?;
     let (w, h) = (u32::from(w), u32::from(h));

@@ -390,15 +390,16 @@ pub fn stage(
     // Blockiness on the source, on its (possibly reduced) 8x8 grid.
     let block = (8.0 * f64::from(image.width()) / f64::from(full_w)).round() as usize;
     // Noise and blockiness are properties of the source: measured on it as decoded (at
-    // output scale, texture would pass for noise and the block grid would be gone).
-    let source_luma = quality::Luma::of(&image);
+    // output scale, texture would pass for noise and the block grid would be gone), on up to
+    // 256 patches of 64x64 spread over it (1 MP: a 12-MP photo is not read three times).
+    let patches = quality::sample_patches(&image, 64, 256);
     let blockiness = if block >= 4 {
-        quality::blockiness(&source_luma, block)
+        quality::blockiness_of(&patches, block)
     } else {
         None
     };
-    let source_noise = quality::noise_sigma(&source_luma);
-    drop(source_luma);
+    let source_noise = quality::noise_sigma_of(&patches);
+    drop(patches);
     let mut record = Record {
         id: id.to_string(),
         source: info,
