@@ -876,3 +876,88 @@ fn a_normalise_rule_builds_a_training_set_with_captions_rejects_and_reports() {
         String::from_utf8_lossy(&out.stdout).contains("var/metadata/lora/validation_report.html")
     );
 }
+
+#[test]
+fn kill_9_while_normalising_leaves_exactly_one_image_per_input_after_restart() {
+    let config = format!(
+        "{}\n[[rule]]\nname = \"set\"\nrecipe = \"normalise\"\npreset = \"sd15\"\nmode = \"center\"\n\
+         caption_template = \"{{stem}}\"\nmin_sharpness = \"off\"\nmax_noise = \"off\"\nmax_blockiness = \"off\"\n\
+         max_clipped = \"off\"\nduplicate_distance = \"off\"\n",
+        config_text("workers = 2", "")
+    );
+    let mut tree = Tree::new(&config);
+    let inbox = tree.path("var/inbox/set");
+    let images = tree.path("var/processed/set/images");
+    let photos = [
+        "photo_bus_4032x3024_p3.jpg",
+        "photo_exif_orientation6.jpg",
+        "panorama_4032x1008_4to1.jpg",
+        "painting_peppercarrot_ep01_p03.jpg",
+    ];
+    let (mut dropped, mut interrupted) = (0, 0);
+    for (round, kill_after) in [800u64, 1100].into_iter().enumerate() {
+        tree.start();
+        for copy in 0..6 {
+            for name in photos {
+                dropped += 1;
+                std::fs::copy(
+                    testdata(name),
+                    inbox.join(format!("r{round}_{copy}_{name}")),
+                )
+                .unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(kill_after));
+        tree.kill_hard();
+        // The kill came while jobs were still waiting or running.
+        let left = files_in(&inbox).len();
+        eprintln!("round {round}: killed with {left} inputs still in the inbox");
+        interrupted += usize::from(left > 0);
+    }
+    assert!(
+        interrupted > 0,
+        "no kill landed while work was left: the test tests nothing"
+    );
+    tree.start();
+    let pngs = || {
+        files_in(&images)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .count()
+    };
+    tree.wait_for("every input in the set", || {
+        files_in(&inbox).is_empty() && pngs() == dropped && files_in(&images).len() == 3 * dropped
+    });
+    // Exactly one image, caption and sidecar per input: contiguous numbers, no "_2" names, no
+    // image without its sidecar, each job once.
+    let mut jobs = std::collections::HashSet::new();
+    for n in 1..=dropped {
+        for ext in ["png", "txt", "json"] {
+            assert!(
+                images.join(format!("{n:04}.{ext}")).is_file(),
+                "{n:04}.{ext} missing"
+            );
+        }
+        let sidecar: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(images.join(format!("{n:04}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            jobs.insert(sidecar["id"].as_str().unwrap().to_string()),
+            "job twice: {}",
+            sidecar["id"]
+        );
+        let caption = std::fs::read_to_string(images.join(format!("{n:04}.txt"))).unwrap();
+        let source = sidecar["source"]["path"].as_str().unwrap();
+        assert!(
+            source.ends_with(&format!("{}.jpg", caption.trim())),
+            "{n:04}: caption {caption:?} for {source}"
+        );
+    }
+    assert_eq!(
+        files_in(&tree.path("var/processed/set/originals")).len(),
+        dropped
+    );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}

@@ -879,3 +879,208 @@ fn settings_report_every_problem_at_once() {
         "{stderr}"
     );
 }
+
+#[test]
+fn filters_linear_light_adjustments_and_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    // A one-pixel black/white checkerboard: averaged in gamma space it is sRGB 128 (too
+    // dark); averaged in linear light it is sRGB ~188.
+    let board = image::RgbImage::from_fn(512, 512, |x, y| {
+        if (x + y) % 2 == 0 {
+            image::Rgb([255, 255, 255])
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    });
+    let board_path = dir.path().join("board.png");
+    board.save(&board_path).unwrap();
+    let limits = DecodeLimits::default();
+    let mean = |staged: &normalise::Staged| {
+        let image = load(staged.temp.as_ref().unwrap()).image.to_rgb8();
+        image.pixels().map(|p| f64::from(p[0])).sum::<f64>()
+            / (image.width() * image.height()) as f64
+    };
+    let mut options = no_checks(NormaliseOptions::new(
+        Resolution::parse("128").unwrap(),
+        FitMode::Center,
+    ));
+    options.filter = normalise::ResizeFilter::Box;
+    let gamma = normalise::stage(&board_path, "g", &options, &limits, &images, None).unwrap();
+    options.linear_light = true;
+    let linear = normalise::stage(&board_path, "l", &options, &limits, &images, None).unwrap();
+    assert!(
+        (mean(&gamma) - 127.5).abs() < 2.0,
+        "gamma-space mean {}",
+        mean(&gamma)
+    );
+    assert!(
+        (mean(&linear) - 187.5).abs() < 2.0,
+        "linear-light mean {}",
+        mean(&linear)
+    );
+    // Every filter gives the exact size.
+    for filter in [
+        "lanczos3", "bicubic", "mitchell", "bilinear", "box", "nearest",
+    ] {
+        options.filter = filter.parse().unwrap();
+        options.linear_light = false;
+        let staged = normalise::stage(
+            &testdata("photo_exif_orientation6.jpg"),
+            filter,
+            &options,
+            &limits,
+            &images,
+            None,
+        )
+        .unwrap();
+        let out = load(staged.temp.as_ref().unwrap()).image;
+        assert_eq!((out.width(), out.height()), (128, 128), "{filter}");
+    }
+
+    // The adjustments through the binary, in order, each recorded; WebP and TIFF outputs
+    // carry the sRGB profile.
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    stage(&input, "photo_exif_orientation6.jpg");
+    let adjust = [
+        "--white-balance",
+        "white-patch",
+        "--contrast-stretch",
+        "0.5,99.5",
+        "--clahe",
+        "2",
+        "--saturation",
+        "1.2",
+        "--vibrance",
+        "0.3",
+        "--denoise",
+        "bilateral",
+        "--sharpen",
+        "0.3,1,2",
+    ];
+    for format in ["webp", "tiff"] {
+        let out = format!("set-{format}");
+        let mut args = vec![
+            "normalise",
+            "in",
+            out.as_str(),
+            "--preset",
+            "sd15",
+            "--format",
+            format,
+        ];
+        args.extend(adjust);
+        run_ok(dir.path(), &args);
+        let record = &records(&dir.path().join(&out))[0];
+        let ops: Vec<&str> = record["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["op"].as_str().unwrap())
+            .collect();
+        let wanted = [
+            "white-balance",
+            "contrast-stretch",
+            "clahe",
+            "saturation",
+            "denoise",
+            "unsharp-mask",
+        ];
+        let at: Vec<usize> = wanted
+            .iter()
+            .map(|w| {
+                ops.iter()
+                    .position(|o| o == w)
+                    .unwrap_or_else(|| panic!("{w} not in {ops:?}"))
+            })
+            .collect();
+        assert!(at.windows(2).all(|p| p[0] < p[1]), "order {ops:?}");
+        let path = output_of(&dir.path().join(&out), record);
+        assert!(path
+            .to_string_lossy()
+            .ends_with(if format == "webp" { ".webp" } else { ".tif" }));
+        let loaded = load(&path);
+        assert_eq!((loaded.image.width(), loaded.image.height()), (512, 512));
+        assert_eq!(
+            loaded.icc_profile.as_deref(),
+            Some(colour::srgb_icc().as_slice()),
+            "{format}"
+        );
+    }
+    let plain = load(&dir.path().join("set-webp/images/0001.webp")).image;
+    run_ok(
+        dir.path(),
+        &[
+            "normalise",
+            "in",
+            "plain",
+            "--preset",
+            "sd15",
+            "--format",
+            "webp",
+        ],
+    );
+    let untouched = load(&dir.path().join("plain/images/0001.webp")).image;
+    let p = common::psnr(&plain, &untouched);
+    assert!(p < 30.0, "the adjustments changed little: {p:.1} dB");
+}
+
+#[test]
+fn a_too_small_source_is_enlarged_by_the_named_model_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    stage(&input, "photo_coffee_600x400.png");
+    let models = common::shared_dir().join("models");
+    run_ok(
+        dir.path(),
+        &[
+            "normalise",
+            "in",
+            "set",
+            "--preset",
+            "sd15",
+            "--mode",
+            "bucket",
+            "--upscale-model",
+            "waifu2x-upconv7-photo-x2",
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+    );
+    let record = &records(&dir.path().join("set"))[0];
+    assert_eq!(record["verdict"], "accepted", "{}", record["reasons"]);
+    let upscale = record["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["op"] == "upscale")
+        .unwrap();
+    assert_eq!(upscale["to"], "1200x800");
+    let out = load(&output_of(&dir.path().join("set"), record)).image;
+    assert_eq!((out.width(), out.height()), (640, 384));
+    // Without the model it is rejected, with the factor it would need.
+    run_ok(
+        dir.path(),
+        &[
+            "normalise",
+            "in",
+            "bare",
+            "--preset",
+            "sd15",
+            "--mode",
+            "bucket",
+        ],
+    );
+    let bare = &records(&dir.path().join("bare"))[0];
+    assert!(
+        bare["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("would need 1.07x enlarging"),
+        "{}",
+        bare["reasons"]
+    );
+}

@@ -1003,9 +1003,18 @@ impl DatasetIndex {
                 let base = self.name_for(&staged, options, number, &date);
                 let mut name = format!("{base}.{ext}");
                 let mut k = 2;
-                while self.images_dir.join(&name).exists()
-                    || self.entries.iter().any(|e| e.name == name)
-                {
+                // A name is taken when an entry of the set (an image with its sidecar) has
+                // it. An image without a sidecar is what an admission interrupted by a crash
+                // left behind: its job runs again and takes the same name over.
+                let taken = |name: &str| {
+                    let stem = Path::new(name)
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy();
+                    self.entries.iter().any(|e| e.name == name)
+                        || self.images_dir.join(format!("{stem}.json")).exists()
+                };
+                while taken(&name) {
                     name = format!("{base}_{k}.{ext}");
                     k += 1;
                 }
