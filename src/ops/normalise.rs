@@ -1394,6 +1394,7 @@ impl<'de> Deserialize<'de> for Limit {
 /// of `darkroom normalise` are the same (`min_sharpness` / `--min-sharpness`).
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Fit, resampling and colour")]
 pub struct NormaliseSettings {
     /// Resolution: sd15 (512), sd15-768, sdxl (1024), sdxl-1280, flux (1024), flux-1280, or
     /// a size like 768 or 832x1216. Default sdxl.
