@@ -6,6 +6,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // A write past RLIMIT_FSIZE must fail with EFBIG (an error the job reports and retries)
+    // instead of killing the process with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to ignore, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = cli::Cli::parse();
     if let Some(code) = cli::run_daemon_command(&cli.command) {
         std::process::exit(code);

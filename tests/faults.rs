@@ -121,3 +121,414 @@ fn a_symlink_out_of_the_tree_is_neither_followed_nor_opened() {
         "the link itself is left alone"
     );
 }
+
+/// Hidden temp files left anywhere under `dir` (there must be none once jobs are done).
+fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".darkroom-tmp-")
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// `strace`, which the durability tests run the daemon under (scripts/test installs it).
+fn strace() -> &'static str {
+    let ok = std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "strace is needed for the durability tests: scripts/test installs the Debian package strace");
+    "strace"
+}
+
+/// Writes a PNG whose zTXt and iTXt chunks (keyword `keyword`) inflate to `mib` MiB each,
+/// made with Python's zlib in a streaming loop, so neither side ever holds the inflated text.
+fn with_text_bomb(png: &std::path::Path, out: &std::path::Path, keyword: &str, mib: usize) {
+    let script = r#"
+import sys, zlib, struct
+src, dst, keyword, mib = sys.argv[1], sys.argv[2], sys.argv[3].encode(), int(sys.argv[4])
+png = open(src, 'rb').read()
+def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+co = zlib.compressobj(9)
+block = b' ' * (1 << 20)
+parts = [co.compress(block) for _ in range(mib)]
+data = b''.join(parts) + co.flush()
+bomb = chunk(b'zTXt', keyword + b'\0\0' + data) + chunk(b'iTXt', keyword + b'\0\x01\0\0\0' + data)
+open(dst, 'wb').write(png[:33] + bomb + png[33:])
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(png)
+        .arg(out)
+        .args([keyword, &mib.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn text_chunks_that_inflate_to_hundreds_of_mib_are_never_inflated() {
+    // An input whose text chunks inflate to 2 x 400 MiB: processed as the image it is, and
+    // the daemon's peak memory stays far below the bomb.
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let staging = tree.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let bomb = staging.join("comment_bomb.png");
+    with_text_bomb(&testdata("photo_coffee_600x400.png"), &bomb, "Comment", 400);
+    assert!(
+        std::fs::metadata(&bomb).unwrap().len() < 4 << 20,
+        "the bomb is small on disk"
+    );
+    std::fs::rename(&bomb, tree.inbox().join("comment_bomb.png")).unwrap();
+    tree.wait_for("the bomb's proxy", || {
+        proxies(&tree)
+            .iter()
+            .any(|n| n.starts_with("comment_bomb_dr"))
+    });
+    let peak = tree.peak_rss_mib();
+    assert!(peak < 250.0, "the daemon peaked at {peak:.0} MiB");
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+
+    // `darkroom merge` reads darkroom's own metadata from the delta's iTXt chunk: a bomb
+    // under that keyword is ignored (the sidecar metadata file is used), under an address
+    // space limit that inflating it would break.
+    let dir = tempfile::tempdir().unwrap();
+    common::stage(dir.path(), "photo_coffee_600x400.png");
+    common::run_ok(
+        dir.path(),
+        &["split", "photo_coffee_600x400.png", "256", "256"],
+    );
+    with_text_bomb(
+        &dir.path().join("photo_coffee_600x400_proxy.png"),
+        &dir.path().join("delta_bomb.png"),
+        darkroom::io::metadata::PNG_KEYWORD,
+        600,
+    );
+    std::fs::copy(
+        dir.path().join("photo_coffee_600x400_proxy_metadata.txt"),
+        dir.path().join("delta_bomb_metadata.txt"),
+    )
+    .unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--as=1000000000", "--"])
+        .arg(env!("CARGO_BIN_EXE_darkroom"))
+        .args([
+            "merge",
+            "photo_coffee_600x400.png",
+            "delta_bomb.png",
+            "--output-image",
+            "merged.png",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "merge under a 1 GB address-space limit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("merged.png").is_file());
+}
+
+#[test]
+fn writes_failing_with_efbig_keep_the_source_and_retry_until_they_succeed() {
+    let mut tree = Tree::new(&config_text("max_attempts = 30", ""));
+    // Files the daemon writes may not grow past 120 kB (the soft limit; the hard one stays
+    // unlimited so it can be lifted later): the journal and logs fit, the 512x512 proxy of
+    // the coffee photo does not.
+    tree.start_wrapped(&["prlimit", "--fsize=120000:unlimited", "--"], &[]);
+    let source = tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    tree.wait_for("the write to fail", || {
+        tree.log().contains("File too large")
+    });
+    tree.wait_for("a retry", || {
+        tree.log().matches("File too large").count() >= 2
+    });
+    assert!(tree.log().contains("it will be retried"), "{}", tree.log());
+    assert!(source.is_file(), "the source must stay in the inbox");
+    assert!(
+        proxies(&tree).is_empty(),
+        "no truncated output: {:?}",
+        proxies(&tree)
+    );
+    assert!(
+        temp_files(&tree.path("var")).is_empty(),
+        "temp files left: {:?}",
+        temp_files(&tree.path("var"))
+    );
+    // The limit lifted on the running daemon: the next retry succeeds.
+    let lifted = std::process::Command::new("prlimit")
+        .args(["--pid", &tree.daemon_pid().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    tree.wait_for("the proxy", || {
+        proxies(&tree).iter().any(|n| n.starts_with("coffee_dr"))
+    });
+    let proxy = files_in(&tree.exchange_out()).remove(0);
+    assert!(
+        std::fs::metadata(&proxy).unwrap().len() > 120_000,
+        "the proxy must exceed the limit, or the test tests nothing"
+    );
+    let decoded = common::load(&proxy).image;
+    assert_eq!((decoded.width(), decoded.height()), (512, 512));
+    assert!(temp_files(&tree.path("var")).is_empty());
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn kill_9_right_after_an_output_rename_before_the_journal_commit_leaves_no_duplicate() {
+    let strace = strace();
+    let mut tree = Tree::new(&config_text("", ""));
+    let var = tree.path("var");
+    // The proxy: strace holds the thread 5 s right after the rename that publishes it, so
+    // the kill lands before the journal records the split.
+    let proxy = tree.exchange_out().join("coffee_dr000001_proxy.png");
+    let delay = |path: &std::path::Path| {
+        vec![
+            strace.to_string(),
+            "-f".into(),
+            "-qq".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-P".into(),
+            path.display().to_string(),
+            "-e".into(),
+            "trace=rename,renameat,renameat2".into(),
+            "-e".into(),
+            "inject=rename,renameat,renameat2:delay_exit=5000000".into(),
+            "-e".into(),
+            "signal=none".into(),
+        ]
+    };
+    let wrapper = delay(&proxy);
+    tree.start_wrapped(&wrapper.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    tree.wait_for("the proxy renamed into place", || proxy.is_file());
+    assert!(
+        !tree.log().contains("proxy written"),
+        "the journal step came first: the test tests nothing"
+    );
+    unsafe { libc::kill(tree.daemon_pid(), libc::SIGKILL) };
+    tree.wait_exit();
+    tree.start();
+    tree.wait_for("the split recorded", || split_jobs(&tree) == 1);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        proxies(&tree),
+        ["coffee_dr000001_proxy.png"],
+        "exactly one proxy"
+    );
+    assert!(temp_files(&var).is_empty(), "{:?}", temp_files(&var));
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+
+    // The merged output: the same, between its rename and the journal's merge record.
+    let output = tree.path("var/processed/photos/images/coffee.png");
+    let wrapper = delay(&output);
+    tree.start_wrapped(&wrapper.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    common::daemon::write_graded_proxy(
+        &proxy,
+        &tree.exchange_in(),
+        "coffee_dr000001_proxy.png",
+        20,
+        true,
+    );
+    tree.wait_for("the merged output renamed into place", || output.is_file());
+    unsafe { libc::kill(tree.daemon_pid(), libc::SIGKILL) };
+    tree.wait_exit();
+    tree.start();
+    let originals = tree.path("var/processed/photos/originals");
+    tree.wait_for("the merge recorded and the original filed", || {
+        files_in(&originals).len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let outputs = files_in(&tree.path("var/processed/photos/images"));
+    assert_eq!(outputs, [output.clone()], "exactly one merged output");
+    assert_eq!(
+        files_in(&tree.path("var/processed/photos/returns")).len(),
+        1
+    );
+    assert!(files_in(&tree.inbox()).is_empty() && files_in(&tree.exchange_in()).is_empty());
+    assert!(temp_files(&var).is_empty(), "{:?}", temp_files(&var));
+    let merges = tree
+        .processing_log()
+        .iter()
+        .filter(|t| t["kind"] == "merge" && t["to"] == "done")
+        .count();
+    assert_eq!(merges, 1, "the journal agrees with the disk");
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+/// One line of an strace log: the syscall and the paths it names (fds shown with `-y`).
+fn syscalls(trace: &str) -> Vec<(String, Vec<String>)> {
+    trace
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split_once(' ')?.1.trim_start();
+            let (name, args) = rest.split_once('(')?;
+            let mut paths = Vec::new();
+            // Quoted paths ("...") and fd paths (3</a/b>).
+            let mut chars = args.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                let close = match c {
+                    '"' => '"',
+                    '<' => '>',
+                    _ => continue,
+                };
+                let end = args[i + 1..].find(close).map(|e| i + 1 + e)?;
+                paths.push(args[i + 1..end].to_string());
+                while chars.peek().is_some_and(|(j, _)| *j <= end) {
+                    chars.next();
+                }
+            }
+            Some((name.to_string(), paths))
+        })
+        .collect()
+}
+
+#[test]
+fn durability_order_is_fsync_then_rename_then_directory_fsync_then_the_source_moves() {
+    let strace = strace();
+    let config = format!(
+        "{}\n[[rule]]\nname = \"set\"\nrecipe = \"normalise\"\npreset = \"sd15\"\ncaption_template = \"{{stem}}\"\n",
+        config_text("", "")
+    );
+    let mut tree = Tree::new(&config);
+    let trace_path = tree.path("trace.txt");
+    let trace_arg = trace_path.display().to_string();
+    tree.start_wrapped(
+        &[
+            strace,
+            "-f",
+            "-y",
+            "-qq",
+            "-o",
+            &trace_arg,
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-e",
+            "signal=none",
+        ],
+        &[],
+    );
+    // A normalise job (image, caption, sidecar, then the original), and a full round trip
+    // (proxy; merged output, then the original and the return).
+    std::fs::copy(
+        testdata("photo_exif_orientation6.jpg"),
+        tree.path("var/inbox/set/photo.jpg"),
+    )
+    .unwrap();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    common::daemon::write_graded_proxy(
+        &proxy,
+        &tree.exchange_in(),
+        "coffee_dr000002_proxy.png",
+        20,
+        true,
+    );
+    let originals = tree.path("var/processed/photos/originals");
+    tree.wait_for("the merge", || files_in(&originals).len() == 1);
+    tree.wait_for("the normalise job", || {
+        files_in(&tree.path("var/processed/set/originals")).len() == 1
+    });
+    unsafe { libc::kill(tree.daemon_pid(), libc::SIGTERM) };
+    assert_eq!(tree.wait_exit().code(), Some(0));
+
+    let calls = syscalls(&std::fs::read_to_string(&trace_path).unwrap());
+    let position = |pred: &dyn Fn(&(String, Vec<String>)) -> bool, after: usize| {
+        calls
+            .iter()
+            .enumerate()
+            .skip(after)
+            .find(|(_, c)| pred(c))
+            .map(|(i, _)| i)
+    };
+    let is_rename = |c: &(String, Vec<String>)| c.0.starts_with("rename");
+    let is_sync = |c: &(String, Vec<String>)| c.0 == "fsync" || c.0 == "fdatasync";
+    let mut checked = 0;
+    let mut last_dir_sync = std::collections::HashMap::new();
+    for (i, (name, paths)) in calls.iter().enumerate() {
+        if !name.starts_with("rename") {
+            continue;
+        }
+        // rename(from, to), or renameat(dirfd<dir>, from, dirfd<dir>, to).
+        let (from, to) = match paths.len() {
+            2 => (&paths[0], &paths[1]),
+            4 => (&paths[1], &paths[3]),
+            _ => continue,
+        };
+        let dir = std::path::Path::new(to)
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        if from.contains(".darkroom-tmp-") {
+            // An output: its temp file synced before the rename, its folder after.
+            let synced = calls[..i]
+                .iter()
+                .rposition(|c| is_sync(c) && c.1.first() == Some(from));
+            assert!(synced.is_some(), "{to}: renamed without an fsync of {from}");
+            let dir_synced = position(&|c| is_sync(c) && c.1.first() == Some(&dir), i + 1);
+            assert!(
+                dir_synced.is_some(),
+                "{to}: its folder never synced after the rename"
+            );
+            last_dir_sync.insert(to.clone(), dir_synced.unwrap());
+            checked += 1;
+        }
+    }
+    // Each original moved only after every output of its job was durable.
+    for (original, outputs) in [
+        (
+            "/inbox/set/photo.jpg",
+            vec![
+                "/processed/set/images/0001.png",
+                "/processed/set/images/0001.txt",
+                "/processed/set/images/0001.json",
+            ],
+        ),
+        (
+            "/inbox/photos/coffee.png",
+            vec![
+                "/processed/photos/images/coffee.png",
+                "/metadata/photos/coffee.json",
+            ],
+        ),
+    ] {
+        let moved = position(
+            &|c| is_rename(c) && c.1.iter().any(|p| p.ends_with(original)),
+            0,
+        )
+        .unwrap_or_else(|| panic!("{original} never moved"));
+        for output in outputs {
+            let (_, synced) = last_dir_sync
+                .iter()
+                .find(|(to, _)| to.ends_with(output))
+                .unwrap_or_else(|| panic!("{output} not written through a temp file"));
+            assert!(
+                *synced < moved,
+                "{original} moved before {output} was durable"
+            );
+        }
+    }
+    assert!(checked >= 8, "only {checked} atomic writes seen");
+}

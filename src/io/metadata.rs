@@ -109,16 +109,23 @@ impl ProxyMetadata {
     }
 }
 
+/// Largest embedded metadata text inflated (darkroom writes about 1 KiB): a compressed chunk
+/// that inflates to more is ignored, so a text-chunk bomb cannot take memory.
+pub const EMBEDDED_TEXT_LIMIT: usize = 1 << 20;
+
 /// Reads darkroom's iTXt metadata from a PNG's header chunks, if the file is a PNG with one.
 pub fn read_embedded(png_bytes: &[u8]) -> Option<ProxyMetadata> {
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
     let reader = decoder.read_info().ok()?;
     let info = reader.info();
-    info.utf8_text
+    let mut chunk = info
+        .utf8_text
         .iter()
-        .find(|chunk| chunk.keyword == PNG_KEYWORD)
-        .and_then(|chunk| chunk.get_text().ok())
-        .and_then(|text| ProxyMetadata::parse(&text, "embedded PNG metadata").ok())
+        .find(|chunk| chunk.keyword == PNG_KEYWORD)?
+        .clone();
+    chunk.decompress_text_with_limit(EMBEDDED_TEXT_LIMIT).ok()?;
+    let text = chunk.get_text().ok()?;
+    ProxyMetadata::parse(&text, "embedded PNG metadata").ok()
 }
 
 #[cfg(test)]

@@ -61,6 +61,12 @@ impl Tree {
 
     /// Starts `darkroom serve` with extra environment variables.
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        self.start_wrapped(&[], env);
+    }
+
+    /// Starts `darkroom serve` under a wrapper command (`prlimit ...`, `setpriv ...`,
+    /// `strace ...`), which gets the darkroom binary and its arguments appended.
+    pub fn start_wrapped(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "daemon already running");
         self.starts += 1;
         let stderr = std::fs::OpenOptions::new()
@@ -68,7 +74,14 @@ impl Tree {
             .append(true)
             .open(&self.stderr_path)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_darkroom"));
+        let mut command = match wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_darkroom")),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_darkroom"));
+                c
+            }
+        };
         command
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -93,6 +106,30 @@ impl Tree {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// The darkroom process: the child itself, or the child of a wrapper that forks it
+    /// (strace).
+    pub fn daemon_pid(&self) -> i32 {
+        let pid = self.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .map_or(pid, |c| c.parse().unwrap())
+    }
+
+    /// The daemon's peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib / 1024.0
     }
 
     pub fn signal(&self, signal: i32) {
