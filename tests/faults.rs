@@ -360,7 +360,11 @@ fn kill_9_right_after_an_output_rename_before_the_journal_commit_leaves_no_dupli
     });
     std::thread::sleep(Duration::from_millis(800));
     let outputs = files_in(&tree.path("var/processed/photos/images"));
-    assert_eq!(outputs, [output.clone()], "exactly one merged output");
+    assert_eq!(
+        outputs,
+        std::slice::from_ref(&output),
+        "exactly one merged output"
+    );
     assert_eq!(
         files_in(&tree.path("var/processed/photos/returns")).len(),
         1
@@ -377,8 +381,11 @@ fn kill_9_right_after_an_output_rename_before_the_journal_commit_leaves_no_dupli
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
 
-/// One line of an strace log: the syscall and the paths it names (fds shown with `-y`).
-fn syscalls(trace: &str) -> Vec<(String, Vec<String>)> {
+/// A syscall of an strace log and the paths it names (fds shown with `-y`).
+type Syscall = (String, Vec<String>);
+
+/// The lines of an strace log as syscalls.
+fn syscalls(trace: &str) -> Vec<Syscall> {
     trace
         .lines()
         .filter_map(|line| {
@@ -454,7 +461,7 @@ fn durability_order_is_fsync_then_rename_then_directory_fsync_then_the_source_mo
     assert_eq!(tree.wait_exit().code(), Some(0));
 
     let calls = syscalls(&std::fs::read_to_string(&trace_path).unwrap());
-    let position = |pred: &dyn Fn(&(String, Vec<String>)) -> bool, after: usize| {
+    let position = |pred: &dyn Fn(&Syscall) -> bool, after: usize| {
         calls
             .iter()
             .enumerate()
@@ -462,8 +469,8 @@ fn durability_order_is_fsync_then_rename_then_directory_fsync_then_the_source_mo
             .find(|(_, c)| pred(c))
             .map(|(i, _)| i)
     };
-    let is_rename = |c: &(String, Vec<String>)| c.0.starts_with("rename");
-    let is_sync = |c: &(String, Vec<String>)| c.0 == "fsync" || c.0 == "fdatasync";
+    let is_rename = |c: &Syscall| c.0.starts_with("rename");
+    let is_sync = |c: &Syscall| c.0 == "fsync" || c.0 == "fdatasync";
     let mut checked = 0;
     let mut last_dir_sync = std::collections::HashMap::new();
     for (i, (name, paths)) in calls.iter().enumerate() {
