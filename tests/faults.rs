@@ -539,3 +539,74 @@ fn durability_order_is_fsync_then_rename_then_directory_fsync_then_the_source_mo
     }
     assert!(checked >= 8, "only {checked} atomic writes seen");
 }
+
+#[test]
+fn an_unreadable_input_and_a_read_only_output_folder_are_retried_until_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tree = Tree::new(&config_text("max_attempts = 40", ""));
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // Permissions do not bind root: the daemon runs as nobody, owning its tree.
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(tree.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::set_permissions(tree.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        tree.start_wrapped(
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ],
+            &[],
+        );
+    } else {
+        tree.start();
+    }
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // chmod 000 on an input: logged, retried with backoff, the file kept; processed once it
+    // is readable again.
+    let staging = tree.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let locked = staging.join("locked.png");
+    std::fs::copy(testdata("photo_coffee_600x400.png"), &locked).unwrap();
+    set_mode(&locked, 0o000);
+    std::fs::rename(&locked, tree.inbox().join("locked.png")).unwrap();
+    let locked = tree.inbox().join("locked.png");
+    tree.wait_for("two failed reads", || {
+        tree.log().matches("Permission denied").count() >= 2
+    });
+    assert!(tree.log().contains("it will be retried"));
+    assert!(locked.is_file() && proxies(&tree).is_empty());
+    set_mode(&locked, 0o644);
+    tree.wait_for("the proxy", || {
+        proxies(&tree).iter().any(|n| n.starts_with("locked_dr"))
+    });
+
+    // A read-only output folder: the same, and no stray temp file.
+    let out = tree.exchange_out();
+    set_mode(&out, 0o555);
+    let before = tree.log().matches("Permission denied").count();
+    tree.drop_file("photo_coffee_600x400.png", "second.png");
+    tree.wait_for("two failed writes", || {
+        tree.log().matches("Permission denied").count() >= before + 2
+    });
+    assert!(
+        tree.inbox().join("second.png").is_file(),
+        "the source is kept"
+    );
+    assert!(!proxies(&tree).iter().any(|n| n.starts_with("second_dr")));
+    set_mode(&out, 0o755);
+    tree.wait_for("the second proxy", || {
+        proxies(&tree).iter().any(|n| n.starts_with("second_dr"))
+    });
+    assert!(temp_files(&tree.path("var")).is_empty());
+    assert_eq!(split_jobs(&tree), 2, "one job each, not one per retry");
+    unsafe { libc::kill(tree.daemon_pid(), libc::SIGTERM) };
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}

@@ -58,6 +58,8 @@ pub struct Claim {
     pub root: usize,
     pub path: PathBuf,
     pub stat: FileStat,
+    /// Earlier attempts to claim this file that failed (unreadable, say).
+    pub failures: u32,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,9 @@ struct Candidate {
     stable_since: Instant,
     /// A close-write or a rename into place was seen since the last change.
     complete_hint: bool,
+    /// After a failed claim: not before this time (unless an event says the file changed).
+    not_before: Option<Instant>,
+    failures: u32,
 }
 
 /// The watcher and the candidates waiting to be claimed.
@@ -137,6 +142,22 @@ impl Intake {
     pub fn stop(&mut self) {
         self.watcher = None;
         self.candidates.clear();
+    }
+
+    /// A claim that failed (the file could not be read): the file is looked at again after
+    /// `delay`, or as soon as an event says it changed.
+    pub fn retry_claim(&mut self, claim: Claim, delay: Duration) {
+        let now = Instant::now();
+        let candidate = self.candidates.entry(claim.path).or_insert(Candidate {
+            root: claim.root,
+            stat: claim.stat,
+            stable_since: now.checked_sub(self.window).unwrap_or(now),
+            complete_hint: true,
+            not_before: None,
+            failures: 0,
+        });
+        candidate.failures = claim.failures + 1;
+        candidate.not_before = Some(now + delay);
     }
 
     /// Files seen but not yet claimed.
@@ -229,6 +250,8 @@ impl Intake {
         match self.candidates.get_mut(path) {
             Some(candidate) if candidate.stat == stat => {
                 candidate.complete_hint |= complete_hint;
+                // Something happened to the file (a chmod, say): a waiting retry goes now.
+                candidate.not_before = None;
             }
             Some(candidate) => {
                 candidate.stat = stat;
@@ -243,6 +266,8 @@ impl Intake {
                         stat,
                         stable_since,
                         complete_hint,
+                        not_before: None,
+                        failures: 0,
                     },
                 );
             }
@@ -343,6 +368,9 @@ impl Intake {
                 gone.push(path.clone());
                 continue;
             };
+            if candidate.not_before.is_some_and(|t| now < t) {
+                continue;
+            }
             let stat = FileStat::of(&metadata);
             if stat != candidate.stat {
                 candidate.stat = stat;
@@ -376,6 +404,7 @@ impl Intake {
                     root: candidate.root,
                     path,
                     stat: candidate.stat,
+                    failures: candidate.failures,
                 });
             }
         }

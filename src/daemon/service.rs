@@ -471,7 +471,22 @@ impl Daemon {
     fn claim_ready(&mut self) {
         for claim in self.intake.poll() {
             if let Err(e) = self.claim(&claim) {
-                tracing::warn!(file = %claim.path.display(), error = format!("{e:#}"), "cannot claim file");
+                // Unreadable now (permissions, a flaky mount): looked at again later, with
+                // the jobs' backoff, capped at a minute; nothing is forgotten.
+                let delay = self
+                    .config
+                    .daemon
+                    .retry_backoff
+                    .saturating_mul(1 << claim.failures.min(8))
+                    .min(Duration::from_secs(60));
+                tracing::warn!(
+                    file = %claim.path.display(),
+                    error = format!("{e:#}"),
+                    failures = claim.failures + 1,
+                    retry_in_seconds = format!("{:.1}", delay.as_secs_f64()),
+                    "cannot claim file; it will be retried"
+                );
+                self.intake.retry_claim(claim, delay);
             }
         }
     }
