@@ -610,3 +610,165 @@ fn an_unreadable_input_and_a_read_only_output_folder_are_retried_until_fixed() {
     unsafe { libc::kill(tree.daemon_pid(), libc::SIGTERM) };
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn nested_folders_made_at_once_have_every_file_processed() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    // mkdir -p a/b/c and files written into c straight away: the watch on c is added only
+    // after its files may already be there.
+    let deep = tree.inbox().join("a/b/c");
+    std::fs::create_dir_all(&deep).unwrap();
+    let bytes = std::fs::read(testdata("tiny_17x9.png")).unwrap();
+    for i in 0..20u8 {
+        let mut variant = common::load(&testdata("tiny_17x9.png")).image.to_rgb8();
+        variant.put_pixel(0, 0, image::Rgb([i, 0, 0]));
+        variant.save(deep.join(format!("n{i:02}.png"))).unwrap();
+    }
+    std::fs::write(tree.inbox().join("a/top.png"), &bytes).unwrap();
+    tree.wait_for("21 proxies", || proxies(&tree).len() == 21);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(split_jobs(&tree), 21, "each file once");
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_pixel_bomb_is_quarantined_before_allocation_and_the_daemon_stays_small_and_alive() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    tree.drop_file("bomb_png_100000x100000.png", "bomb.png");
+    let sidecar = tree.path("var/failed/photos/bomb.png.error.json");
+    tree.wait_for("the bomb set aside", || sidecar.is_file());
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    assert!(
+        text.contains("100000x100000") && text.contains("refused before decoding"),
+        "{text}"
+    );
+    let peak = tree.peak_rss_mib();
+    assert!(peak < 100.0, "peak RSS {peak:.0} MiB for a 30 GB header");
+    tree.drop_file("photo_coffee_600x400.png", "after.png");
+    tree.wait_for("the next file", || {
+        proxies(&tree).iter().any(|n| n.starts_with("after_dr"))
+    });
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn sighup_with_a_good_config_while_jobs_run_loses_no_job() {
+    let mut tree = Tree::new(&config_text("workers = 1", ""));
+    tree.start();
+    let inbox = tree.inbox();
+    for i in 0..30u8 {
+        let mut variant = common::load(&testdata("photo_coffee_600x400.png"))
+            .image
+            .to_rgb8();
+        variant.put_pixel(0, 0, image::Rgb([i, 0, 0]));
+        variant.save(inbox.join(format!("q{i:02}.png"))).unwrap();
+    }
+    tree.wait_for("the first proxy", || !proxies(&tree).is_empty());
+    let good = format!(
+        "{}\n[[rule]]\nname = \"art\"\nrecipe = \"split-to-proxy\"\nsize = \"25%\"\n",
+        config_text("workers = 1", "")
+    );
+    std::fs::write(&tree.config, good).unwrap();
+    tree.signal(libc::SIGHUP);
+    tree.wait_for("the reload", || {
+        tree.log().contains("configuration reloaded")
+    });
+    assert!(
+        proxies(&tree).len() < 30,
+        "the reload came after the work: the test tests nothing"
+    );
+    std::fs::copy(
+        testdata("tiny_17x9.png"),
+        tree.path("var/inbox/art/new.png"),
+    )
+    .unwrap();
+    tree.wait_for("every queued job and the new rule's", || {
+        proxies(&tree).len() == 30 && !files_in(&tree.path("var/exchange/out/art")).is_empty()
+    });
+    assert_eq!(split_jobs(&tree), 31);
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn a_misbehaving_model_tool_never_touches_the_original() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let original = tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let original_bytes = std::fs::read(&original).unwrap();
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    let proxy_name = proxy.file_name().unwrap().to_string_lossy().into_owned();
+    let exchange_in = tree.exchange_in();
+    // A wrong-size return and a corrupt one, named after the proxy.
+    image::RgbImage::new(100, 100)
+        .save(exchange_in.join(format!("small_{proxy_name}")))
+        .unwrap();
+    let good = std::fs::read(&proxy).unwrap();
+    std::fs::write(
+        exchange_in.join(format!("cut_{proxy_name}")),
+        &good[..good.len() / 2],
+    )
+    .unwrap();
+    let failed = tree.path("var/failed/photos");
+    tree.wait_for("both bad returns set aside", || {
+        files_in(&failed)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".error.json"))
+            .count()
+            == 2
+    });
+    let reasons: Vec<String> = files_in(&failed)
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with(".error.json"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("100x100")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("truncated") || r.contains("corrupt")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        std::fs::read(&original).unwrap(),
+        original_bytes,
+        "the original is untouched"
+    );
+    assert!(files_in(&tree.path("var/processed/photos/images")).is_empty());
+    // Two good returns of the same proxy: merged twice, as variations.
+    common::daemon::write_graded_proxy(&proxy, &exchange_in, &proxy_name, 10, true);
+    common::daemon::write_graded_proxy(
+        &proxy,
+        &exchange_in,
+        &format!("second_{proxy_name}"),
+        30,
+        true,
+    );
+    let images = tree.path("var/processed/photos/images");
+    tree.wait_for("two merged variations", || files_in(&images).len() == 2);
+    let names: Vec<String> = files_in(&images)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // (Variant numbers are given at pairing, so the two refused returns used 1 and 2.)
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("coffee") && n.ends_with(".png")),
+        "{names:?}"
+    );
+    let means: Vec<f64> = files_in(&images)
+        .iter()
+        .map(|p| common::daemon::mean_level(p))
+        .collect();
+    assert!(
+        (means[0] - means[1]).abs() > 5.0,
+        "the two variations differ: {means:?}"
+    );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
