@@ -606,6 +606,9 @@ fn an_unreadable_input_and_a_read_only_output_folder_are_retried_until_fixed() {
         proxies(&tree).iter().any(|n| n.starts_with("second_dr"))
     });
     assert!(temp_files(&tree.path("var")).is_empty());
+    // The proxy is on disk just before the journal's record of it.
+    tree.wait_for("both splits recorded", || split_jobs(&tree) >= 2);
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(split_jobs(&tree), 2, "one job each, not one per retry");
     unsafe { libc::kill(tree.daemon_pid(), libc::SIGTERM) };
     assert_eq!(tree.wait_exit().code(), Some(0));
@@ -689,6 +692,8 @@ fn sighup_with_a_good_config_while_jobs_run_loses_no_job() {
     tree.wait_for("every queued job and the new rule's", || {
         proxies(&tree).len() == 30 && !files_in(&tree.path("var/exchange/out/art")).is_empty()
     });
+    tree.wait_for("31 splits recorded", || split_jobs(&tree) >= 31);
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(split_jobs(&tree), 31);
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
@@ -769,6 +774,62 @@ fn a_misbehaving_model_tool_never_touches_the_original() {
         (means[0] - means[1]).abs() > 5.0,
         "the two variations differ: {means:?}"
     );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+/// A valid 16384x16384 RGB PNG of black (805 MB decoded, about 800 KB on disk): decoding and
+/// resampling it takes seconds, standing in for a decode that hangs.
+fn write_huge_black_png(path: &std::path::Path) {
+    let script = r#"
+import sys, zlib, struct
+side = 16384
+def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+co = zlib.compressobj(1)
+row = b'\0' * (1 + side * 3)
+idat = b''.join(co.compress(row) for _ in range(side)) + co.flush()
+ihdr = struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0)
+open(sys.argv[1], 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', idat) + chunk(b'IEND', b''))
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_job_past_job_timeout_is_set_aside_its_late_output_dropped_and_a_fresh_worker_goes_on() {
+    let mut tree = Tree::new(&config_text("workers = 1\njob_timeout = \"300ms\"", ""));
+    tree.start();
+    let staging = tree.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    write_huge_black_png(&staging.join("slow.png"));
+    std::fs::rename(staging.join("slow.png"), tree.inbox().join("slow.png")).unwrap();
+    let sidecar = tree.path("var/failed/photos/slow.png.error.json");
+    tree.wait_for("the slow job set aside", || sidecar.is_file());
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    assert!(
+        text.contains("ran longer than job_timeout (0.3s)"),
+        "{text}"
+    );
+    // The one worker is still busy with it; the fresh one takes the next file.
+    tree.drop_file("photo_coffee_600x400.png", "next.png");
+    tree.wait_for("the next file's proxy", || {
+        proxies(&tree).iter().any(|n| n.starts_with("next_dr"))
+    });
+    tree.wait_for("the late job to come back", || {
+        tree.log().contains("its result is dropped")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !proxies(&tree).iter().any(|n| n.starts_with("slow_dr")),
+        "the late job's proxy was published: {:?}",
+        proxies(&tree)
+    );
+    assert!(temp_files(&tree.path("var")).is_empty());
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
 }

@@ -77,6 +77,9 @@ pub struct DaemonSettings {
     pub max_attempts: u32,
     /// Wait before the first retry; doubled each further attempt.
     pub retry_backoff: Duration,
+    /// Longest a job may run; past it, the job is set aside (its input in `failed/`) and a
+    /// fresh worker takes its place.
+    pub job_timeout: Duration,
     pub limits: DecodeLimits,
 }
 
@@ -362,6 +365,7 @@ struct RawDaemon {
     shutdown_timeout: Option<toml::Value>,
     max_attempts: Option<u32>,
     retry_backoff: Option<toml::Value>,
+    job_timeout: Option<toml::Value>,
     limits: Option<RawLimits>,
 }
 
@@ -375,6 +379,7 @@ const DAEMON_KEYS: &[&str] = &[
     "shutdown_timeout",
     "max_attempts",
     "retry_backoff",
+    "job_timeout",
     "limits",
 ];
 
@@ -635,6 +640,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Parses `"2s"`, `"500ms"`, `"10m"`, `"24h"`, `"1.5s"` or a bare number of seconds.
+/// A duration as a person writes it: `90s`, `30m`, `2h`, `1.5s`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 3600.0 && secs % 3600.0 == 0.0 {
+        format!("{}h", secs / 3600.0)
+    } else if secs >= 60.0 && secs % 60.0 == 0.0 {
+        format!("{}m", secs / 60.0)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 pub fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
     let seconds = match value {
         toml::Value::Integer(n) => *n as f64,
@@ -752,6 +769,13 @@ fn resolve_daemon(
         line,
         problems,
     );
+    let job_timeout = duration_or(
+        raw.job_timeout,
+        Duration::from_secs(30 * 60),
+        "daemon.job_timeout".into(),
+        line,
+        problems,
+    );
     let retry_backoff = duration_or(
         raw.retry_backoff,
         Duration::from_secs(5),
@@ -787,6 +811,7 @@ fn resolve_daemon(
         shutdown_timeout,
         max_attempts: max_attempts.max(1),
         retry_backoff,
+        job_timeout,
         limits,
     }
 }

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +61,17 @@ enum Work {
     },
 }
 
+impl Work {
+    fn job_id(&self) -> i64 {
+        match self {
+            Work::Split { job_id, .. }
+            | Work::Merge { job_id, .. }
+            | Work::Upscale { job_id, .. }
+            | Work::Normalise { job_id, .. } => *job_id,
+        }
+    }
+}
+
 enum Outcome {
     Split(Result<Box<ProxyWritten>, OpError>),
     Merge(Result<Merged, OpError>),
@@ -93,8 +105,15 @@ struct Daemon {
     log: ProcessingLog,
     intake: Intake,
     events: Sender<Event>,
-    work: Sender<Work>,
+    work: Sender<Dispatched>,
+    work_queue: WorkQueue,
+    lane: ModelLane,
+    workers_spawned: usize,
     in_flight: HashMap<i64, Instant>,
+    /// Cancel flags of running jobs.
+    cancels: HashMap<i64, Arc<AtomicBool>>,
+    /// Jobs set aside after their time limit whose workers have not come back yet.
+    abandoned: std::collections::HashSet<i64>,
     last_job: String,
     last_status: String,
     /// When the STATUS line and the deadlines were last looked at (at most once a second).
@@ -154,34 +173,53 @@ fn start_intake(config: &Config, events: &Sender<Event>) -> anyhow::Result<Intak
     .context("cannot watch the configured folders")
 }
 
-fn spawn_workers(count: usize, events: &Sender<Event>, lane: &ModelLane) -> Sender<Work> {
-    let (sender, receiver) = mpsc::channel::<Work>();
+/// A job handed to a worker, with the flag that cancels its late outputs.
+struct Dispatched {
+    work: Work,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The workers' shared queue.
+type WorkQueue = Arc<Mutex<Receiver<Dispatched>>>;
+
+fn spawn_workers(
+    count: usize,
+    events: &Sender<Event>,
+    lane: &ModelLane,
+) -> (Sender<Dispatched>, WorkQueue) {
+    let (sender, receiver) = mpsc::channel::<Dispatched>();
     let receiver = Arc::new(Mutex::new(receiver));
     for index in 0..count {
-        let receiver = Arc::clone(&receiver);
-        let events = events.clone();
-        let lane = lane.clone();
-        std::thread::Builder::new()
-            .name(format!("darkroom-worker-{index}"))
-            .spawn(move || loop {
-                let next = receiver.lock().map(|r| r.recv());
-                let Ok(Ok(work)) = next else {
-                    return;
-                };
-                let (job_id, outcome) = run_work(work, &lane);
-                if events
-                    .send(Event::Finished {
-                        job_id,
-                        outcome: Box::new(outcome),
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-            })
-            .expect("spawning a worker thread");
+        spawn_worker(index, &receiver, events, lane);
     }
-    sender
+    (sender, receiver)
+}
+
+fn spawn_worker(index: usize, receiver: &WorkQueue, events: &Sender<Event>, lane: &ModelLane) {
+    let receiver = Arc::clone(receiver);
+    let events = events.clone();
+    let lane = lane.clone();
+    std::thread::Builder::new()
+        .name(format!("darkroom-worker-{index}"))
+        .spawn(move || loop {
+            let next = receiver.lock().map(|r| r.recv());
+            let Ok(Ok(dispatched)) = next else {
+                return;
+            };
+            crate::io::atomic::set_job_cancel_flag(Some(dispatched.cancel));
+            let (job_id, outcome) = run_work(dispatched.work, &lane);
+            crate::io::atomic::set_job_cancel_flag(None);
+            if events
+                .send(Event::Finished {
+                    job_id,
+                    outcome: Box::new(outcome),
+                })
+                .is_err()
+            {
+                return;
+            }
+        })
+        .expect("spawning a worker thread");
 }
 
 fn run_work(work: Work, lane: &ModelLane) -> (i64, Outcome) {
@@ -261,7 +299,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open {}", trees.processing_log().display()))?;
     let (events, inbox) = mpsc::channel::<Event>();
     spawn_signal_thread(&events)?;
-    let work = spawn_workers(config.daemon.workers, &events, &ModelLane::start());
+    let lane = ModelLane::start();
+    let (work, work_queue) = spawn_workers(config.daemon.workers, &events, &lane);
+    let workers_spawned = config.daemon.workers;
     let intake = start_intake(&config, &events)?;
     let mut daemon = Daemon {
         config,
@@ -271,7 +311,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         intake,
         events,
         work,
+        work_queue,
+        lane,
+        workers_spawned,
         in_flight: HashMap::new(),
+        cancels: HashMap::new(),
+        abandoned: Default::default(),
         last_job: "none yet".into(),
         last_status: String::new(),
         last_housekeeping: Instant::now(),
@@ -370,6 +415,7 @@ impl Daemon {
                 return self.drain(&inbox);
             }
             self.claim_ready();
+            self.check_job_timeouts();
             let housekeeping = self.last_housekeeping.elapsed() >= Duration::from_secs(1);
             if housekeeping {
                 self.check_deadlines();
@@ -540,6 +586,53 @@ impl Daemon {
         Ok(())
     }
 
+    /// Hands a job to the workers with a fresh cancel flag.
+    fn send_work(&mut self, work: Work) -> Result<(), mpsc::SendError<Dispatched>> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels.insert(work.job_id(), Arc::clone(&cancel));
+        self.work.send(Dispatched { work, cancel })
+    }
+
+    /// Jobs running longer than `job_timeout` are set aside: their input is quarantined with
+    /// the reason, their late outputs are refused (the cancel flag), and a fresh worker takes
+    /// the place of the one still busy with them.
+    fn check_job_timeouts(&mut self) {
+        let limit = self.config.daemon.job_timeout;
+        let overdue: Vec<i64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, started)| started.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.in_flight.remove(&id);
+            if let Some(flag) = self.cancels.remove(&id) {
+                flag.store(true, Ordering::SeqCst);
+            }
+            self.abandoned.insert(id);
+            spawn_worker(
+                self.workers_spawned,
+                &self.work_queue,
+                &self.events,
+                &self.lane,
+            );
+            self.workers_spawned += 1;
+            let limit_text = crate::daemon::config::format_duration(limit);
+            tracing::error!(
+                job = id,
+                job_timeout = %limit_text,
+                "job ran past job_timeout; set aside, and a fresh worker takes its place"
+            );
+            if let Ok(Some(job)) = self.journal.get(id) {
+                let error = OpError::TimedOut {
+                    path: job.path.display().to_string(),
+                    limit: limit_text,
+                };
+                self.fail(&job, &error);
+            }
+        }
+    }
+
     /// Starts queued jobs while workers are free.
     fn dispatch(&mut self) {
         let free = self
@@ -591,14 +684,13 @@ impl Daemon {
         self.journal.start_attempt(job.id, State::Running)?;
         self.record(job, State::Running, None);
         self.in_flight.insert(job.id, Instant::now());
-        self.work
-            .send(Work::Split {
-                job_id: job.id,
-                original: job.path.clone(),
-                options: Box::new(options.clone()),
-                limits: self.config.daemon.limits,
-            })
-            .context("the workers are gone")?;
+        self.send_work(Work::Split {
+            job_id: job.id,
+            original: job.path.clone(),
+            options: Box::new(options.clone()),
+            limits: self.config.daemon.limits,
+        })
+        .context("the workers are gone")?;
         Ok(true)
     }
 
@@ -673,12 +765,11 @@ impl Daemon {
         self.journal.start_attempt(job.id, State::Running)?;
         self.record(job, State::Running, None);
         self.in_flight.insert(job.id, Instant::now());
-        self.work
-            .send(Work::Upscale {
-                job_id: job.id,
-                work: Box::new(work),
-            })
-            .context("the workers are gone")?;
+        self.send_work(Work::Upscale {
+            job_id: job.id,
+            work: Box::new(work),
+        })
+        .context("the workers are gone")?;
         Ok(true)
     }
 
@@ -705,12 +796,11 @@ impl Daemon {
         self.journal.start_attempt(job.id, State::Running)?;
         self.record(job, State::Running, None);
         self.in_flight.insert(job.id, Instant::now());
-        self.work
-            .send(Work::Normalise {
-                job_id: job.id,
-                work: Box::new(work),
-            })
-            .context("the workers are gone")?;
+        self.send_work(Work::Normalise {
+            job_id: job.id,
+            work: Box::new(work),
+        })
+        .context("the workers are gone")?;
         Ok(true)
     }
 
@@ -792,12 +882,11 @@ impl Daemon {
         self.journal.start_attempt(job.id, State::Merging)?;
         self.record(&job, State::Merging, None);
         self.in_flight.insert(job.id, Instant::now());
-        self.work
-            .send(Work::Merge {
-                job_id: job.id,
-                work: Box::new(work),
-            })
-            .context("the workers are gone")?;
+        self.send_work(Work::Merge {
+            job_id: job.id,
+            work: Box::new(work),
+        })
+        .context("the workers are gone")?;
         Ok(true)
     }
 
@@ -939,6 +1028,15 @@ impl Daemon {
 
     /// Records a finished worker result.
     fn finish(&mut self, job_id: i64, outcome: Outcome) {
+        self.cancels.remove(&job_id);
+        if self.abandoned.remove(&job_id) {
+            tracing::warn!(
+                job = job_id,
+                "a job set aside after job_timeout came back; its result is dropped"
+            );
+            drop(outcome);
+            return;
+        }
         let started = self.in_flight.remove(&job_id);
         let Ok(Some(job)) = self.journal.get(job_id) else {
             tracing::error!(job = job_id, "finished job missing from the journal");
@@ -1132,12 +1230,27 @@ impl Daemon {
         let now = journal::now();
         let expiry = self.journal.next_deadline().ok().flatten();
         let retry = self.journal.next_retry_at(now).ok().flatten();
-        let earliest = [expiry, retry].into_iter().flatten().reduce(f64::min)?;
-        let wait = Duration::from_secs_f64(((earliest - now).max(0.0) + 0.01).min(3600.0));
-        // Deadlines are acted on by the housekeeping pass, at most once a second.
-        let housekeeping_in =
-            Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
-        Some(wait.max(housekeeping_in))
+        // Job time limits are checked on every pass, so they wake the loop on time.
+        let job_timeout = self
+            .in_flight
+            .values()
+            .map(|started| {
+                self.config
+                    .daemon
+                    .job_timeout
+                    .saturating_sub(started.elapsed())
+                    + Duration::from_millis(10)
+            })
+            .min();
+        let earliest = [expiry, retry].into_iter().flatten().reduce(f64::min);
+        // Other deadlines are acted on by the housekeeping pass, at most once a second.
+        let housekeeping = earliest.map(|earliest| {
+            let wait = Duration::from_secs_f64(((earliest - now).max(0.0) + 0.01).min(3600.0));
+            let housekeeping_in =
+                Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
+            wait.max(housekeeping_in)
+        });
+        [housekeeping, job_timeout].into_iter().flatten().min()
     }
 
     /// Marks proxies with no return in time as expired; closes windows past their grace.

@@ -109,6 +109,7 @@ pub fn free_name(dir: &Path, file_name: &str, tag: &str) -> PathBuf {
 /// systems a copy to a temp file in the target folder, synced and renamed, before the source
 /// is removed. The source disappears only once the target is durable.
 pub fn move_durably(from: &Path, to: &Path) -> std::io::Result<()> {
+    atomic::check_not_cancelled()?;
     let to_dir = atomic::parent_dir(to);
     ensure_dir(&to_dir)?;
     match std::fs::rename(from, to) {

@@ -5,9 +5,39 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Prefix of darkroom's temp files; hidden, so watchers and users skip them.
 pub const TEMP_PREFIX: &str = ".darkroom-tmp-";
+
+thread_local! {
+    /// The running job's cancel flag (set by the daemon's worker thread around each job).
+    static JOB_CANCELLED: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ties this thread's publishing writes and moves to a job's cancel flag (`None` unties it).
+/// A job the daemon set aside for running past its time limit may still wake up later; its
+/// late outputs are then refused instead of appearing beside the set-aside input.
+pub fn set_job_cancel_flag(flag: Option<Arc<AtomicBool>>) {
+    JOB_CANCELLED.with(|c| *c.borrow_mut() = flag);
+}
+
+/// Fails once this thread's job has been cancelled. Called right before anything is
+/// published (renamed into place or moved).
+pub fn check_not_cancelled() -> std::io::Result<()> {
+    let cancelled = JOB_CANCELLED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    });
+    if cancelled {
+        return Err(std::io::Error::other(
+            "the job ran past job_timeout and was set aside; its late output is dropped",
+        ));
+    }
+    Ok(())
+}
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -21,6 +51,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     temp.write_all(bytes)?;
     temp.flush()?;
     temp.as_file().sync_all()?;
+    check_not_cancelled()?;
     temp.persist(path).map_err(|e| e.error)?;
     sync_dir(&dir)
 }

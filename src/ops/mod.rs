@@ -53,6 +53,9 @@ pub enum OpError {
         reason: String,
         details: Box<serde_json::Value>,
     },
+    /// A daemon job that ran past `job_timeout`.
+    #[error("{path}: the job ran longer than job_timeout ({limit}) and was set aside")]
+    TimedOut { path: String, limit: String },
     #[error("{0}")]
     Usage(String),
     #[error("internal error: {0}")]
@@ -100,7 +103,10 @@ impl OpError {
     pub fn is_permanent(&self) -> bool {
         match self {
             OpError::Decode { source, .. } => source.is_permanent(),
-            OpError::Mismatch { .. } | OpError::Usage(_) | OpError::Rejected { .. } => true,
+            OpError::Mismatch { .. }
+            | OpError::Usage(_)
+            | OpError::Rejected { .. }
+            | OpError::TimedOut { .. } => true,
             OpError::Write { .. }
             | OpError::DiskFull { .. }
             | OpError::External { .. }
@@ -119,7 +125,9 @@ impl OpError {
             }
             OpError::Write { .. } | OpError::DiskFull { .. } => ExitKind::CantCreate,
             OpError::Usage(_) => ExitKind::Usage,
-            OpError::External { .. } | OpError::Internal(_) => ExitKind::Failure,
+            OpError::External { .. } | OpError::Internal(_) | OpError::TimedOut { .. } => {
+                ExitKind::Failure
+            }
         }
     }
 }

@@ -1026,6 +1026,7 @@ impl DatasetIndex {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        atomic::check_not_cancelled().map_err(|e| OpError::write(&image_path, e))?;
         temp.persist(&image_path)
             .map_err(|e| OpError::write(&image_path, e.error))?;
         atomic::sync_dir(&self.images_dir).map_err(|e| OpError::write(&self.images_dir, e))?;
