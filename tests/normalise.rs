@@ -24,6 +24,17 @@ fn no_checks(mut options: NormaliseOptions) -> NormaliseOptions {
     options
 }
 
+/// A temp folder with `in/` holding copies of the named corpus files.
+fn input_folder(names: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for name in names {
+        stage(&input, name);
+    }
+    (dir, input)
+}
+
 fn records(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metadata/processing_log.jsonl"))
         .unwrap()
@@ -109,17 +120,12 @@ fn every_preset_and_mode_gives_the_exact_size_or_a_too_small_rejection() {
 
 #[test]
 fn bucketing_picks_the_expected_buckets_and_exif_rotation_comes_out_upright() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    for name in [
+    let (dir, _) = input_folder(&[
         "photo_bus_4032x3024_p3.jpg",
         "photo_exif_orientation6.jpg",
         "panorama_4032x1008_4to1.jpg",
         "painting_peppercarrot_ep01_p03.jpg",
-    ] {
-        stage(&input, name);
-    }
+    ]);
     let out = dir.path().join("set");
     run_ok(
         dir.path(),
@@ -230,10 +236,7 @@ fn display_p3_photo_comes_out_srgb_tagged_with_converted_colours() {
 
     // End to end: the PNG says sRGB (an sRGB chunk, no P3 profile) and the sidecar says
     // what was converted.
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    stage(&input, "photo_bus_4032x3024_p3.jpg");
+    let (dir, _) = input_folder(&["photo_bus_4032x3024_p3.jpg"]);
     run_ok(
         dir.path(),
         &[
@@ -280,16 +283,11 @@ fn png_chunks(bytes: &[u8]) -> Vec<&[u8]> {
 
 #[test]
 fn sixteen_bit_grey_and_rgba_inputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    for name in [
+    let (dir, _) = input_folder(&[
         "hdr_room_16bit_hlg.png",
         "anime_eileen_320x720_rgba.png",
         "gray_camera_512.png",
-    ] {
-        stage(&input, name);
-    }
+    ]);
     let common_args = ["--preset", "320", "--mode", "pad", "--min-sharpness", "off"];
     let mut args = vec!["normalise", "in", "flat"];
     args.extend(common_args);
@@ -493,11 +491,10 @@ fn scores_rank_blur_and_noise_and_near_duplicates_are_flagged() {
 
 #[test]
 fn captions_are_copied_or_templated_and_names_follow_the_scheme() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    stage(&input, "photo_exif_orientation6.jpg");
-    stage(&input, "painting_peppercarrot_ep01_p03.jpg");
+    let (dir, input) = input_folder(&[
+        "photo_exif_orientation6.jpg",
+        "painting_peppercarrot_ep01_p03.jpg",
+    ]);
     std::fs::write(
         input.join("photo_exif_orientation6.txt"),
         "  a man on a bridge, sunset \n",
@@ -593,10 +590,7 @@ fn captions_are_copied_or_templated_and_names_follow_the_scheme() {
 
 #[test]
 fn bad_files_are_rejected_with_reasons_and_the_batch_completes() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    for name in [
+    let (dir, input) = input_folder(&[
         "broken_truncated.jpg",
         "broken_truncated.png",
         "broken_text_named.jpg",
@@ -604,9 +598,7 @@ fn bad_files_are_rejected_with_reasons_and_the_batch_completes() {
         "tiny_17x9.png",
         "photo_exif_orientation6.jpg",
         "painting_peppercarrot_ep01_p03.jpg",
-    ] {
-        stage(&input, name);
-    }
+    ]);
     let out = run_ok(
         dir.path(),
         &[
@@ -689,19 +681,14 @@ fn chromium(html: &Path, dir: &Path) -> (DynamicImage, String) {
 
 #[test]
 fn the_html_report_renders_in_chromium_and_lists_what_the_json_lists() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    for name in [
+    let (dir, input) = input_folder(&[
         "photo_exif_orientation6.jpg",
         "painting_peppercarrot_ep01_p03.jpg",
         "panorama_4032x1008_4to1.jpg",
         "anime_eileen_320x720_rgba.png",
         "broken_truncated.jpg",
         "tiny_17x9.png",
-    ] {
-        stage(&input, name);
-    }
+    ]);
     std::fs::copy(
         testdata("photo_exif_orientation6.jpg"),
         input.join("zz_same_photo.jpg"),
@@ -786,11 +773,10 @@ fn the_html_report_renders_in_chromium_and_lists_what_the_json_lists() {
 
 #[test]
 fn validate_rechecks_a_set_and_reports_what_changed() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    stage(&input, "photo_exif_orientation6.jpg");
-    stage(&input, "painting_peppercarrot_ep01_p03.jpg");
+    let (dir, _) = input_folder(&[
+        "photo_exif_orientation6.jpg",
+        "painting_peppercarrot_ep01_p03.jpg",
+    ]);
     run_ok(
         dir.path(),
         &[
@@ -1029,10 +1015,7 @@ fn filters_linear_light_adjustments_and_formats() {
 
 #[test]
 fn a_too_small_source_is_enlarged_by_the_named_model_on_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir_all(&input).unwrap();
-    stage(&input, "photo_coffee_600x400.png");
+    let (dir, _) = input_folder(&["photo_coffee_600x400.png"]);
     let models = common::shared_dir().join("models");
     run_ok(
         dir.path(),
