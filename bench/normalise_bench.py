@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare_pil import cpu_name, timed  # the same timing (wait4: wall, peak RSS, CPU)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DARKROOM_SHARED", ROOT.parent / "shared"))
 PHOTOS = [
@@ -68,24 +70,6 @@ for i, path in enumerate(sorted(src.iterdir())):
     out = im.resize((bw, bh), Image.LANCZOS, box=(left, top, left + cw, top + ch))
     out.save(dst / f"{i + 1:04d}.png")
 '''
-
-
-def timed(cmd):
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    if status != 0:
-        sys.exit(f"{cmd} failed: {err}")
-    return elapsed, usage.ru_maxrss / 1024.0
-
-
-def cpu_name():
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def make_inputs(folder, copies):
@@ -139,7 +123,7 @@ def main():
             for p in extra:
                 p.unlink()
             shutil.rmtree(tmp / "dark", ignore_errors=True)
-            seconds, rss = timed([args.darkroom, "normalise", str(tmp / "in"), str(tmp / "dark"),
+            seconds, rss, _ = timed([args.darkroom, "normalise", str(tmp / "in"), str(tmp / "dark"),
                                   "--preset", "sdxl", "--mode", "bucket", *off])
             print(f"\n1,000 images at once, all cores: {seconds:.1f} s ({1000 / seconds:.1f} images/s), peak RSS {rss:.0f} MiB")
 
