@@ -29,7 +29,7 @@ impl Luma {
             |p: &[u8]| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
         let data: Vec<f32> = match image {
             DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(weigh).collect(),
-            DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).map(weigh).collect(),
+            DynamicImage::ImageRgba8(b) => return Luma::of_rgba8(b),
             DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| f32::from(v)).collect(),
             other => other
                 .to_rgb8()
@@ -41,6 +41,20 @@ impl Luma {
         Luma {
             width: image.width() as usize,
             height: image.height() as usize,
+            data,
+        }
+    }
+
+    /// [`Luma::of`] an RGBA buffer, without wrapping (and copying) it into an image.
+    pub fn of_rgba8(buffer: &image::RgbaImage) -> Luma {
+        let data = buffer
+            .as_raw()
+            .chunks_exact(4)
+            .map(|p| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]))
+            .collect();
+        Luma {
+            width: buffer.width() as usize,
+            height: buffer.height() as usize,
             data,
         }
     }

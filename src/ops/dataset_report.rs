@@ -93,13 +93,6 @@ pub fn locate(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.to_path_buf(), dir.join("metadata"))
 }
 
-fn now_rfc3339() -> String {
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    crate::daemon::trees::rfc3339(seconds)
-}
-
 /// Builds the report of the set from its processing log (no file decoded) and writes all
 /// three report files. Used after every image in the daemon and at the end of a run.
 pub fn write_reports(images_dir: &Path, metadata_dir: &Path) -> Result<Report, OpError> {
@@ -402,7 +395,7 @@ fn assemble(
     counts.insert("duplicate_groups", duplicate_groups.len());
     counts.insert("problems", problems.len());
     Report {
-        generated: now_rfc3339(),
+        generated: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
         darkroom_version: env!("CARGO_PKG_VERSION"),
         images_dir: images_dir.display().to_string(),
         checked,

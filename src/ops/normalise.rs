@@ -337,12 +337,6 @@ pub struct Staged {
 }
 
 /// Source stem, for names and captions.
-fn stem_of(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into())
-}
-
 /// Fits a source into the set: decode, plan, resample, colour, adjust, score. Writes the
 /// encoded image to a temp file in `images_dir` when it passes the per-image checks.
 /// Errors are for files that could not be read at all (the caller sets them aside).
@@ -403,7 +397,7 @@ pub fn stage(
     let mut record = Record {
         id: id.to_string(),
         source: info,
-        when: crate::daemon::trees::rfc3339(now()),
+        when: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
         ..Record::default()
     };
     let reject = |mut record: Record, reason: String, ops: Vec<serde_json::Value>| {
@@ -415,7 +409,7 @@ pub fn stage(
             temp: None,
             thumbnail: None,
             phash: None,
-            stem: stem_of(source),
+            stem: crate::daemon::round_trip::stem_of(source),
             caption_source: None,
         }
     };
@@ -499,7 +493,7 @@ pub fn stage(
 
     // Scores on the output (before any letterbox, which would dilute them); clipping counts
     // only pixels that were opaque, not a background flattened in.
-    let luma = quality::Luma::of(&DynamicImage::ImageRgba8(pixels.clone()));
+    let luma = quality::Luma::of_rgba8(&pixels);
     let (clipped_dark, clipped_bright) = match &opaque {
         Some(mask) => quality::clipping_where(&luma, mask),
         None => quality::clipping(&luma),
@@ -517,7 +511,7 @@ pub fn stage(
     let reasons = verdict(&scores, &options.thresholds);
 
     let keep_alpha = had_alpha && options.alpha == AlphaPolicy::Keep;
-    let mut output = if plan.canvas != plan.resize_to {
+    let output = if plan.canvas != plan.resize_to {
         let [r, g, b] = options.pad_colour;
         let mut canvas =
             RgbaImage::from_pixel(plan.canvas.0, plan.canvas.1, image::Rgba([r, g, b, 255]));
@@ -536,11 +530,6 @@ pub fn stage(
     } else {
         pixels
     };
-    if !keep_alpha {
-        for p in output.pixels_mut() {
-            p[3] = 255;
-        }
-    }
     let final_image = if keep_alpha {
         DynamicImage::ImageRgba8(output)
     } else {
@@ -560,7 +549,7 @@ pub fn stage(
             temp: None,
             thumbnail,
             phash: Some(phash),
-            stem: stem_of(source),
+            stem: crate::daemon::round_trip::stem_of(source),
             caption_source,
         });
     }
@@ -573,19 +562,13 @@ pub fn stage(
         temp: Some(temp),
         thumbnail,
         phash: Some(phash),
-        stem: stem_of(source),
+        stem: crate::daemon::round_trip::stem_of(source),
         caption_source,
     })
 }
 
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Reasons the scores fail the thresholds (empty: accepted).
@@ -631,13 +614,17 @@ fn detail_of(image: &DynamicImage) -> dataset::DetailProfile {
     let factor = (256.0 / f64::from(long)).min(1.0);
     let w = ((f64::from(image.width()) * factor).round() as u32).max(1);
     let h = ((f64::from(image.height()) * factor).round() as u32).max(1);
-    let small = DynamicImage::ImageRgb8(image.to_rgb8());
-    let mut dst = DynamicImage::ImageRgb8(image::RgbImage::new(w, h));
+    // Box-resampled in the image's own layout: no full-size copy first.
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
-    if Resizer::new().resize(&small, &mut dst, &options).is_err() {
-        dst = small;
-    }
-    quality::detail_profile(&quality::Luma::of(&dst))
+    let small = crate::core::resample::blank_like(image, w, h)
+        .ok()
+        .and_then(|mut dst| {
+            Resizer::new()
+                .resize(image, &mut dst, &options)
+                .ok()
+                .map(|_| dst)
+        });
+    quality::detail_profile(&quality::Luma::of(small.as_ref().unwrap_or(image)))
 }
 
 /// Crops and resamples by the plan, in gamma space or (optionally) linear light.
@@ -1062,19 +1049,14 @@ impl DatasetIndex {
             record.thumbnail = write_thumbnail(&thumbs, &stem, bytes);
         }
         let sidecar = self.images_dir.join(format!("{stem}.json"));
-        let mut text = serde_json::to_string_pretty(&serde_json::json!({
-            "darkroom_version": env!("CARGO_PKG_VERSION"),
-            "options": options.describe(),
-        }))
-        .expect("json");
         // The sidecar is the record plus the options; written last, so it vouches for the rest.
-        if let (Ok(serde_json::Value::Object(mut head)), Ok(serde_json::Value::Object(body))) = (
-            serde_json::from_str::<serde_json::Value>(&text),
-            serde_json::to_value(&record),
-        ) {
-            head.extend(body);
-            text = serde_json::to_string_pretty(&head).expect("json");
+        let mut sidecar_json = serde_json::Map::new();
+        sidecar_json.insert("darkroom_version".into(), env!("CARGO_PKG_VERSION").into());
+        sidecar_json.insert("options".into(), options.describe());
+        if let Ok(serde_json::Value::Object(body)) = serde_json::to_value(&record) {
+            sidecar_json.extend(body);
         }
+        let text = serde_json::to_string_pretty(&sidecar_json).expect("json");
         atomic::write_atomic(&sidecar, text.as_bytes()).map_err(|e| OpError::write(&sidecar, e))?;
         if previous.is_none() {
             self.entries.push(IndexEntry {
@@ -1283,7 +1265,7 @@ pub fn normalise_batch(
                     },
                     verdict: "rejected".into(),
                     reasons: vec![format!("unreadable: {e}")],
-                    when: crate::daemon::trees::rfc3339(now()),
+                    when: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
                     ..Record::default()
                 }
             }
