@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::daemon::{config_text, files_in, Tree};
+use common::daemon::{config_text, files_in, temp_files, Tree};
 use common::testdata;
 use std::time::Duration;
 
@@ -120,27 +120,6 @@ fn a_symlink_out_of_the_tree_is_neither_followed_nor_opened() {
         std::fs::symlink_metadata(tree.inbox().join("passwd.png")).is_ok(),
         "the link itself is left alone"
     );
-}
-
-/// Hidden temp files left anywhere under `dir` (there must be none once jobs are done).
-fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".darkroom-tmp-")
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// `strace`, which the durability tests run the daemon under (scripts/test installs it).

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::daemon::{files_in, Tree};
+use common::daemon::{files_in, temp_files, Tree};
 use common::testdata;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -78,25 +78,6 @@ fn count_files(dir: &Path) -> usize {
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .count()
     })
-}
-
-fn temp_files_under(dir: &Path) -> usize {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else if e
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".darkroom-tmp-")
-            {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 /// Waits (up to `limit`) for `done`, failing if nothing moves for `stall`.
@@ -295,7 +276,7 @@ fn a_kill_9_loop_during_a_run_leaves_one_output_per_input_and_the_journal_agrees
         count,
         "the originals wait in the inbox for their returns"
     );
-    assert_eq!(temp_files_under(&tree.path("var")), 0, "temp files left");
+    assert_eq!(temp_files(&tree.path("var")).len(), 0, "temp files left");
     let states = journal_states(&tree);
     assert_eq!(
         states.get("awaiting-return"),
@@ -319,16 +300,10 @@ fn a_kill_9_loop_during_a_run_leaves_one_output_per_input_and_the_journal_agrees
 }
 
 fn rss_and_fds(pid: i32) -> (f64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();
-    (kib / 1024.0, fds)
+    (common::daemon::proc_status_mib(pid, "VmRSS"), fds)
 }
 
 #[test]

@@ -122,14 +122,7 @@ impl Tree {
 
     /// The daemon's peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib / 1024.0
+        proc_status_mib(self.daemon_pid(), "VmHWM")
     }
 
     pub fn signal(&self, signal: i32) {
@@ -278,4 +271,36 @@ pub fn write_graded_proxy(
 pub fn mean_level(path: &Path) -> f64 {
     let image = image::open(path).unwrap().to_rgb8();
     image.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() / image.as_raw().len() as f64
+}
+
+/// Hidden temp files left anywhere under `dir` (there must be none once jobs are done).
+pub fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".darkroom-tmp-")
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// A memory line (`VmRSS`, `VmHWM`, ...) of `/proc/PID/status`, in MiB.
+pub fn proc_status_mib(pid: i32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"));
+    kib / 1024.0
 }
