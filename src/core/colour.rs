@@ -27,10 +27,21 @@ impl ColourResult {
 }
 
 /// The sRGB profile outputs are tagged with (JPEG, WebP, TIFF; PNG gets an `sRGB` chunk).
+/// Its header date is fixed, so the same input gives the same output bytes whenever it runs.
 pub fn srgb_icc() -> Vec<u8> {
-    ColorProfile::new_srgb()
-        .encode()
-        .expect("the built-in sRGB profile encodes")
+    static PROFILE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let mut profile = ColorProfile::new_srgb()
+            .encode()
+            .expect("the built-in sRGB profile encodes");
+        // moxcms stamps the encoding time into the header (bytes 24..36, six big-endian u16s);
+        // the profile ID is left zero, so the date can be rewritten without a checksum.
+        const DATE: [u16; 6] = [2024, 1, 1, 0, 0, 0];
+        for (i, field) in DATE.iter().enumerate() {
+            profile[24 + 2 * i..26 + 2 * i].copy_from_slice(&field.to_be_bytes());
+        }
+        profile
+    });
+    PROFILE.clone()
 }
 
 /// Converts `image` from `icc` to sRGB. Grey images (and grey profiles) are left alone.
@@ -158,5 +169,17 @@ mod tests {
         let (kept, result) = to_srgb(image, Some(b"not a profile"));
         assert!(matches!(result, ColourResult::Kept(_)));
         assert_eq!(kept.to_rgb8().get_pixel(0, 0).0, [200, 60, 60]);
+    }
+
+    #[test]
+    fn the_srgb_profile_carries_a_fixed_date_so_outputs_are_reproducible() {
+        let profile = srgb_icc();
+        // Bytes 24..36 of an ICC header are the creation date: 2024-01-01 00:00:00.
+        assert_eq!(
+            &profile[24..36],
+            &[0x07, 0xe8, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]
+        );
+        let parsed = ColorProfile::new_from_slice(&profile).unwrap();
+        assert!(parsed.is_matrix_shaper());
     }
 }
