@@ -412,6 +412,18 @@ pub struct ModelArgs {
     /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (required).
     #[arg(long, default_value = "auto")]
     provider: darkroom::io::onnx::Provider,
+    /// Tiles stacked into one model run (same-size tiles only). More can fill a GPU; on a
+    /// CPU 1 is as fast. A batch that fails is rerun one tile at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch: u16,
+    /// The value range of the model's tensors: 0..1 (the shipped models), -1..1 or 0..255.
+    #[arg(
+        long,
+        default_value = "0..1",
+        value_name = "RANGE",
+        allow_hyphen_values = true
+    )]
+    input_range: darkroom::io::onnx::ValueRange,
     /// Before the model: gray-world white balance (the three channel means made equal).
     #[arg(long, help_heading = "Corrections")]
     white_balance: bool,
@@ -460,6 +472,8 @@ impl ModelArgs {
             onnxruntime,
             threads: 0,
             provider: darkroom::io::onnx::Provider::default(),
+            batch: 1,
+            input_range: darkroom::io::onnx::ValueRange::Unit,
             white_balance: false,
             exposure: None,
             deblock: false,
@@ -501,6 +515,8 @@ impl ModelArgs {
                     denoise: self.denoise,
                 },
                 smooth: self.smooth,
+                batch: usize::from(self.batch),
+                range: self.input_range,
             },
         ))
     }

@@ -36,24 +36,53 @@ fn spans(length: u32, tile: u32) -> Vec<(u32, u32)> {
 }
 
 /// The tiles of a `width x height` image: cores of at most `tile` pixels a side (0: the
-/// whole image in one tile), each read with `context` pixels around it.
+/// whole image in one tile), each read with at least `context` pixels around it where the
+/// image goes on. Every tile reads a window of the same size (the largest core plus the
+/// context, shifted inwards at the borders, so border tiles see more context, never less):
+/// tiles of one size can be stacked into one batch.
 pub fn plan(width: u32, height: u32, tile: u32, context: u32) -> Vec<Tile> {
+    let rows = spans(height, tile);
+    let columns = spans(width, tile);
+    let window_width = (columns.iter().map(|c| c.1).max().unwrap_or(0) + 2 * context).min(width);
+    let window_height = (rows.iter().map(|r| r.1).max().unwrap_or(0) + 2 * context).min(height);
+    let place = |start: u32, size: u32, limit: u32| start.saturating_sub(context).min(limit - size);
     let mut tiles = Vec::new();
-    for (y, h) in spans(height, tile) {
-        for (x, w) in spans(width, tile) {
+    for &(y, h) in &rows {
+        for &(x, w) in &columns {
             let core = Rect {
                 x,
                 y,
                 width: w,
                 height: h,
             };
-            tiles.push(Tile {
-                core,
-                input: expand(core, context, width, height),
-            });
+            let input = Rect {
+                x: place(x, window_width, width),
+                y: place(y, window_height, height),
+                width: window_width,
+                height: window_height,
+            };
+            tiles.push(Tile { core, input });
         }
     }
     tiles
+}
+
+/// `tiles` in runs of at most `batch` tiles that read windows of one size, in plan order.
+pub fn batches(tiles: &[Tile], batch: usize) -> Vec<Vec<Tile>> {
+    let mut out: Vec<Vec<Tile>> = Vec::new();
+    for tile in tiles {
+        match out.last_mut() {
+            Some(last)
+                if last.len() < batch.max(1)
+                    && (last[0].input.width, last[0].input.height)
+                        == (tile.input.width, tile.input.height) =>
+            {
+                last.push(*tile)
+            }
+            _ => out.push(vec![*tile]),
+        }
+    }
+    out
 }
 
 /// `core` grown by `context` on every side, clamped to the image.
@@ -277,26 +306,38 @@ mod tests {
     }
 
     #[test]
-    fn context_is_clamped_at_the_border() {
+    fn windows_are_one_size_shifted_inwards_at_the_border() {
         let t = plan(100, 100, 50, 8);
-        assert_eq!(
-            t[0].input,
-            Rect {
-                x: 0,
-                y: 0,
-                width: 58,
-                height: 58
-            }
-        );
-        assert_eq!(
-            t[3].input,
-            Rect {
-                x: 42,
-                y: 42,
-                width: 58,
-                height: 58
-            }
-        );
+        let window = |x, y| Rect {
+            x,
+            y,
+            width: 66,
+            height: 66,
+        };
+        assert_eq!(t[0].input, window(0, 0));
+        assert_eq!(t[3].input, window(34, 34));
+        // Uneven cores (34 + 33 + 33): one window size, at least the context where the
+        // image goes on, never past the border.
+        for tile in plan(100, 70, 34, 5) {
+            let (c, i) = (tile.core, tile.input);
+            assert_eq!((i.width, i.height), (44, 34));
+            assert!(c.x - i.x >= c.x.min(5) && c.y - i.y >= c.y.min(5));
+            assert!(i.x + i.width >= (c.x + c.width + 5).min(100));
+            assert!(i.y + i.height >= (c.y + c.height + 5).min(70));
+            assert!(i.x + i.width <= 100 && i.y + i.height <= 70);
+        }
+        // A window never outgrows the image.
+        assert_eq!(plan(20, 10, 16, 8)[0].input.width, 20);
+    }
+
+    #[test]
+    fn batches_hold_same_size_windows_in_plan_order() {
+        let tiles = plan(300, 200, 64, 8);
+        let groups = batches(&tiles, 4);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), tiles.len());
+        assert!(groups.iter().all(|g| g.len() <= 4));
+        assert_eq!(groups.concat(), tiles);
+        assert!(batches(&tiles, 0).iter().all(|g| g.len() == 1));
     }
 
     #[test]

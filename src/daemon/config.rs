@@ -54,6 +54,12 @@ pub struct ModelSpec {
     pub context: u32,
     /// Domains this model serves (`photo`, `anime`, `sd-anime`, `digital-art`, ...).
     pub domains: Vec<String>,
+    /// The scale the model must have (checked when it loads); else probed at the first load.
+    pub scale: Option<u32>,
+    /// The value range of the model's tensors.
+    pub range: crate::io::onnx::ValueRange,
+    /// Tiles per run.
+    pub batch: usize,
 }
 
 /// The `[daemon]` table, resolved.
@@ -330,6 +336,9 @@ struct RawModel {
     context: Option<u32>,
     #[serde(default)]
     domains: Vec<String>,
+    scale: Option<u32>,
+    input_range: Option<String>,
+    batch: Option<usize>,
 }
 
 /// The keys of an upscale rule beyond [`MODEL_RULE_KEYS`].
@@ -865,7 +874,15 @@ fn resolve_models(
         let mut table = spanned.into_inner();
         reject_unknown_keys(
             &mut table,
-            &["path", "tile", "context", "domains"],
+            &[
+                "path",
+                "tile",
+                "context",
+                "domains",
+                "scale",
+                "input_range",
+                "batch",
+            ],
             &label,
             line,
             problems,
@@ -889,6 +906,28 @@ fn resolve_models(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let range = match raw.input_range.as_deref().map(str::parse) {
+            None => crate::io::onnx::ValueRange::Unit,
+            Some(Ok(range)) => range,
+            Some(Err(e)) => {
+                problems.push(format!("{label}.input_range"), Some(line), e);
+                crate::io::onnx::ValueRange::Unit
+            }
+        };
+        if raw.scale.is_some_and(|s| !(1..=16).contains(&s)) {
+            problems.push(
+                format!("{label}.scale"),
+                Some(line),
+                "must be 1 to 16 (or left out: the scale is then measured)".to_string(),
+            );
+        }
+        if raw.batch.is_some_and(|b| !(1..=64).contains(&b)) {
+            problems.push(
+                format!("{label}.batch"),
+                Some(line),
+                "must be 1 to 64 tiles per run".to_string(),
+            );
+        }
         models.insert(
             name.clone(),
             ModelSpec {
@@ -899,6 +938,9 @@ fn resolve_models(
                 path,
                 tile: raw.tile.unwrap_or(256),
                 domains: raw.domains,
+                scale: raw.scale,
+                range,
+                batch: raw.batch.unwrap_or(1),
             },
         );
     }

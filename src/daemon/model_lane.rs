@@ -4,7 +4,7 @@
 //! worker threads, which hand images to the lane and wait for the result.
 
 use crate::daemon::config::{ModelSpec, RuntimeSettings};
-use crate::io::onnx::{self, Model, ModelError};
+use crate::io::onnx::{self, LoadOptions, Model, ModelError};
 use crate::ops::upscale::upscale_passes;
 use image::DynamicImage;
 use std::collections::HashMap;
@@ -88,13 +88,20 @@ fn serve(
     let spec = &request.spec;
     if !sessions.contains_key(&spec.path) {
         let runtime = onnx::runtime(request.runtime.onnxruntime.as_deref())?;
-        let threads = if request.runtime.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            request.runtime.threads
+        let defaults = LoadOptions::default();
+        let options = LoadOptions {
+            threads: if request.runtime.threads == 0 {
+                defaults.threads
+            } else {
+                request.runtime.threads
+            },
+            provider: request.runtime.provider,
+            range: spec.range,
+            batch: spec.batch,
+            expected_scale: spec.scale,
         };
         let started = Instant::now();
-        let model = Model::load(&spec.path, runtime, threads, request.runtime.provider)?;
+        let model = Model::load(&spec.path, runtime, options)?;
         tracing::info!(
             model = %spec.name,
             path = %spec.path.display(),

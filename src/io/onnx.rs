@@ -6,7 +6,7 @@
 //! `onnxruntime-gpu` wheel). Where it was found is logged. When it is not found, model work
 //! fails with one line that says how to install it, and nothing else is affected.
 
-use crate::core::tiling::{self, Planar, Rect};
+use crate::core::tiling::{self, Planar, Rect, Tile};
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use std::path::{Path, PathBuf};
@@ -181,7 +181,101 @@ pub fn runtime(explicit: Option<&Path>) -> Result<&'static Runtime, ModelError> 
         .map_err(Clone::clone)
 }
 
-/// An image-to-image model: NCHW, 3 channels in and out, float32, values in 0..1.
+/// The element type of a model's image tensors, read from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Float32,
+    Float16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Float32 => "float32",
+            Precision::Float16 => "float16",
+        }
+    }
+}
+
+/// The range of pixel values a model's tensors use (darkroom works in 0..1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValueRange {
+    /// 0..1, the convention of the shipped models.
+    #[default]
+    Unit,
+    /// -1..1 (many GAN and diffusion-era networks).
+    Signed,
+    /// 0..255.
+    Byte,
+}
+
+impl ValueRange {
+    fn to_model(self, v: f32) -> f32 {
+        match self {
+            ValueRange::Unit => v,
+            ValueRange::Signed => v * 2.0 - 1.0,
+            ValueRange::Byte => v * 255.0,
+        }
+    }
+
+    fn to_unit(self, v: f32) -> f32 {
+        match self {
+            ValueRange::Unit => v,
+            ValueRange::Signed => (v + 1.0) * 0.5,
+            ValueRange::Byte => v / 255.0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueRange::Unit => "0..1",
+            ValueRange::Signed => "-1..1",
+            ValueRange::Byte => "0..255",
+        }
+    }
+}
+
+impl std::str::FromStr for ValueRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().replace(' ', "").as_str() {
+            "0..1" | "0-1" | "0,1" => Ok(ValueRange::Unit),
+            "-1..1" | "-1-1" | "-1,1" => Ok(ValueRange::Signed),
+            "0..255" | "0-255" | "0,255" => Ok(ValueRange::Byte),
+            _ => Err(format!("'{text}': use \"0..1\", \"-1..1\" or \"0..255\"")),
+        }
+    }
+}
+
+/// How a model is loaded and run.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Intra-op threads (at least 1).
+    pub threads: usize,
+    pub provider: Provider,
+    /// The range the model's tensors use.
+    pub range: ValueRange,
+    /// Tiles per run (same-size tiles are stacked on the batch axis). 1 on a CPU, where
+    /// stacking gains nothing; more can fill a GPU.
+    pub batch: usize,
+    /// The scale the configuration says the model has: checked against the probe.
+    pub expected_scale: Option<u32>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            provider: Provider::Auto,
+            range: ValueRange::Unit,
+            batch: 1,
+            expected_scale: None,
+        }
+    }
+}
+
+/// An image-to-image model: NCHW, 3 channels in and out, float32 or float16.
 pub struct Model {
     pub path: PathBuf,
     pub name: String,
@@ -189,8 +283,13 @@ pub struct Model {
     pub scale: u32,
     pub input_name: String,
     pub output_name: String,
-    /// The execution provider that runs it.
+    pub input_precision: Precision,
+    pub output_precision: Precision,
+    /// The execution provider that runs it ("CUDA" or "CPU"; "CPU" after a fallback).
     pub provider: String,
+    /// How it was loaded; `batch` drops to 1 when a batch fails.
+    pub options: LoadOptions,
+    runtime: &'static Runtime,
     session: Session,
 }
 
@@ -201,13 +300,62 @@ fn tensor_info(value: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
     }
 }
 
+/// Builds a session on `provider` (CUDA falling back to the CPU, loudly, under `Auto`).
+fn build_session(
+    path: &Path,
+    bytes: &[u8],
+    runtime: &Runtime,
+    threads: usize,
+    provider: Provider,
+) -> Result<(Session, &'static str), ModelError> {
+    let bad = |reason: String| ModelError::BadModel {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut builder = Session::builder(&runtime.environment)
+        .map_err(|e| bad(e.to_string()))?
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut provider_name = "CPU";
+    if provider != Provider::Cpu {
+        let cuda = ort::ep::CUDA::default().build().error_on_failure();
+        match builder.with_execution_providers([cuda]) {
+            Ok(with_cuda) => {
+                builder = with_cuda;
+                provider_name = "CUDA";
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                if provider == Provider::Cuda {
+                    return Err(ModelError::ProviderUnavailable { reason });
+                }
+                builder = e.recover();
+                // A GPU build whose CUDA libraries fail to load would otherwise fall
+                // back to the CPU silently: say so loudly. The CPU wheel has no CUDA.
+                let gpu_build = runtime
+                    .library
+                    .parent()
+                    .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").is_file());
+                if gpu_build {
+                    tracing::warn!(model = %path.display(), %reason, "the CUDA provider failed to load; running on the CPU");
+                } else {
+                    tracing::info!(model = %path.display(), "this ONNX Runtime has no CUDA provider; running on the CPU");
+                }
+            }
+        }
+    }
+    let session = builder
+        .commit_from_memory(bytes)
+        .map_err(|e| bad(format!("not a valid ONNX model: {e}")))?;
+    Ok((session, provider_name))
+}
+
 impl Model {
-    /// Loads and checks a model file.
+    /// Loads and checks a model file, then probes its scale with one small run.
     pub fn load(
         path: &Path,
-        runtime: &Runtime,
-        threads: usize,
-        provider: Provider,
+        runtime: &'static Runtime,
+        options: LoadOptions,
     ) -> Result<Model, ModelError> {
         let bad = |reason: String| ModelError::BadModel {
             path: path.display().to_string(),
@@ -215,41 +363,8 @@ impl Model {
         };
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let sha256 = crate::io::decode::sha256_hex(&bytes);
-        let mut builder = Session::builder(&runtime.environment)
-            .map_err(|e| bad(e.to_string()))?
-            .with_intra_threads(threads.max(1))
-            .map_err(|e| bad(e.to_string()))?;
-        let mut provider_name = "CPU";
-        if provider != Provider::Cpu {
-            let cuda = ort::ep::CUDA::default().build().error_on_failure();
-            match builder.with_execution_providers([cuda]) {
-                Ok(with_cuda) => {
-                    builder = with_cuda;
-                    provider_name = "CUDA";
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    if provider == Provider::Cuda {
-                        return Err(ModelError::ProviderUnavailable { reason });
-                    }
-                    builder = e.recover();
-                    // A GPU build whose CUDA libraries fail to load would otherwise fall
-                    // back to the CPU silently: say so loudly. The CPU wheel has no CUDA.
-                    let gpu_build = runtime
-                        .library
-                        .parent()
-                        .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").is_file());
-                    if gpu_build {
-                        tracing::warn!(model = %path.display(), %reason, "the CUDA provider failed to load; running on the CPU");
-                    } else {
-                        tracing::info!(model = %path.display(), "this ONNX Runtime has no CUDA provider; running on the CPU");
-                    }
-                }
-            }
-        }
-        let session = builder
-            .commit_from_memory(&bytes)
-            .map_err(|e| bad(format!("not a valid ONNX model: {e}")))?;
+        let (session, provider_name) =
+            build_session(path, &bytes, runtime, options.threads, options.provider)?;
         let (input, output) = match (session.inputs(), session.outputs()) {
             ([input], [output, ..]) => (input, output),
             (inputs, outputs) => {
@@ -260,21 +375,33 @@ impl Model {
                 )))
             }
         };
-        for (role, outlet) in [("input", input), ("output", output)] {
-            match tensor_info(outlet.dtype()) {
-                Some((TensorElementType::Float32, shape)) if shape.len() == 4 && (shape[1] == 3 || shape[1] < 0) => {}
-                Some((TensorElementType::Float16, _)) => {
+        let mut precisions = [Precision::Float32; 2];
+        for (i, (role, outlet)) in [("input", input), ("output", output)]
+            .into_iter()
+            .enumerate()
+        {
+            let (ty, shape) = match tensor_info(outlet.dtype()) {
+                Some(info) => info,
+                None => {
                     return Err(bad(format!(
-                        "its {role} '{}' is float16; darkroom runs float32 image models (convert it, or export with fp32 inputs)",
+                        "its {role} '{}' is not a tensor; darkroom needs an image-to-image network with NCHW tensors of 3 channels",
                         outlet.name()
                     )))
                 }
-                other => {
-                    return Err(bad(format!(
-                        "its {role} '{}' is {other:?}; darkroom needs an image-to-image network with float32 NCHW tensors of 3 channels",
-                        outlet.name()
-                    )))
-                }
+            };
+            precisions[i] = match ty {
+                TensorElementType::Float32 => Precision::Float32,
+                TensorElementType::Float16 => Precision::Float16,
+                other => return Err(bad(format!(
+                    "its {role} '{}' is {other:?}; darkroom runs float32 or float16 image networks",
+                    outlet.name()
+                ))),
+            };
+            if shape.len() != 4 || !(shape[1] == 3 || shape[1] < 0) {
+                return Err(bad(format!(
+                    "its {role} '{}' has shape {shape:?}; darkroom needs an image-to-image network with NCHW tensors of 3 channels",
+                    outlet.name()
+                )));
             }
         }
         let input_name = input.name().to_string();
@@ -295,7 +422,11 @@ impl Model {
             scale: declared_scale.unwrap_or(1),
             input_name,
             output_name,
+            input_precision: precisions[0],
+            output_precision: precisions[1],
             provider: provider_name.into(),
+            options,
+            runtime,
             session,
         };
         // Probe: one small run gives the real scale (and fails early on a broken graph).
@@ -309,6 +440,12 @@ impl Model {
             )));
         }
         let scale = out.width / 16;
+        if let Some(expected) = options.expected_scale.filter(|&e| e != scale) {
+            return Err(bad(format!(
+                "the configuration says scale {expected}, but a 16x16 input gave {}x{} (scale {scale}): fix `scale` or remove it",
+                out.width, out.height
+            )));
+        }
         if declared_scale.is_some_and(|d| d != scale) {
             tracing::warn!(model = %path.display(), declared = ?declared_scale, measured = scale, "the model's scale metadata is wrong; using the measured scale");
         }
@@ -318,47 +455,104 @@ impl Model {
 
     /// Runs the model on one planar RGB tile (values 0..1); returns the raw output.
     pub fn run(&mut self, tile: &Planar) -> Result<Planar, ModelError> {
-        self.run_with(tile, |data, width, height| Planar {
-            channels: 3,
-            width,
-            height,
-            data: data.to_vec(),
+        self.run_batch_with(std::slice::from_ref(tile), |data, _, width, height| {
+            Planar {
+                channels: 3,
+                width,
+                height,
+                data: data.to_vec(),
+            }
         })
     }
 
-    /// Runs the model on one tile and hands the raw planar output (and its width and
-    /// height) to `take`, without copying it first.
-    pub fn run_with<T>(
+    /// Runs the model once on `tiles` (all of one size) stacked on the batch axis and hands
+    /// the raw planar output (the tiles one after another, values 0..1 as darkroom counts
+    /// them), the count, and each output's width and height to `take`.
+    pub fn run_batch_with<T>(
         &mut self,
-        tile: &Planar,
-        take: impl FnOnce(&[f32], u32, u32) -> T,
+        tiles: &[Planar],
+        take: impl FnOnce(&[f32], usize, u32, u32) -> T,
     ) -> Result<T, ModelError> {
         let fail = |reason: String| ModelError::Inference {
             path: self.path.display().to_string(),
             reason,
         };
-        let shape = [1usize, 3, tile.height as usize, tile.width as usize];
-        let input = TensorRef::from_array_view((shape, tile.data.as_slice()))
-            .map_err(|e| fail(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input_name.as_str() => input])
-            .map_err(|e| fail(e.to_string()))?;
+        let Some(first) = tiles.first() else {
+            return Err(fail("no tiles to run".into()));
+        };
+        let (n, width, height) = (tiles.len(), first.width, first.height);
+        if tiles
+            .iter()
+            .any(|t| (t.width, t.height, t.channels) != (width, height, 3))
+        {
+            return Err(fail("the tiles of a batch differ in size".into()));
+        }
+        let range = self.options.range;
+        let shape = [n, 3, height as usize, width as usize];
+        let stacked: Vec<f32>;
+        let samples: &[f32] = if n == 1 && range == ValueRange::Unit {
+            &first.data
+        } else {
+            stacked = tiles
+                .iter()
+                .flat_map(|t| t.data.iter().map(|&v| range.to_model(v)))
+                .collect();
+            &stacked
+        };
+        let halves: Vec<half::f16>;
+        let outputs = match self.input_precision {
+            Precision::Float32 => {
+                let input = TensorRef::from_array_view((shape, samples))
+                    .map_err(|e| fail(e.to_string()))?;
+                self.session
+                    .run(ort::inputs![self.input_name.as_str() => input])
+            }
+            Precision::Float16 => {
+                halves = samples.iter().map(|&v| half::f16::from_f32(v)).collect();
+                let input = TensorRef::from_array_view((shape, halves.as_slice()))
+                    .map_err(|e| fail(e.to_string()))?;
+                self.session
+                    .run(ort::inputs![self.input_name.as_str() => input])
+            }
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let value = outputs
             .get(&self.output_name)
             .ok_or_else(|| fail("no output".into()))?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| fail(e.to_string()))?;
-        if shape.len() != 4 || shape[1] != 3 {
-            return Err(fail(format!("unexpected output shape {:?}", &shape[..])));
+        let converted: Vec<f32>;
+        let (shape, data): (Vec<i64>, &[f32]) = match self.output_precision {
+            Precision::Float32 => {
+                let (shape, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| fail(e.to_string()))?;
+                if range == ValueRange::Unit {
+                    (shape.to_vec(), data)
+                } else {
+                    converted = data.iter().map(|&v| range.to_unit(v)).collect();
+                    (shape.to_vec(), &converted)
+                }
+            }
+            Precision::Float16 => {
+                let (shape, data) = value
+                    .try_extract_tensor::<half::f16>()
+                    .map_err(|e| fail(e.to_string()))?;
+                converted = data.iter().map(|v| range.to_unit(v.to_f32())).collect();
+                (shape.to_vec(), &converted)
+            }
+        };
+        if shape.len() != 4 || shape[0] != n as i64 || shape[1] != 3 {
+            return Err(fail(format!(
+                "unexpected output shape {shape:?} for a batch of {n}"
+            )));
         }
-        Ok(take(data, shape[3] as u32, shape[2] as u32))
+        Ok(take(data, n, shape[3] as u32, shape[2] as u32))
     }
 
-    /// Upscales a whole planar RGB image tile by tile (see [`tiling`]); `progress` gets
-    /// (tiles done, tiles in all). A tile that fails is split in four and retried, down to
-    /// 32 px, before the error is returned.
+    /// Upscales a whole planar RGB image tile by tile (see [`tiling`]), `options.batch`
+    /// same-size tiles per run; `progress` gets (tiles done, tiles in all). A failed batch is
+    /// run tile by tile (and later batches hold one tile); a failed tile is split in four and
+    /// retried, down to 32 px; on CUDA, a 32-px tile that still fails moves the model to the
+    /// CPU for good. Each step is logged.
     pub fn upscale(
         &mut self,
         image: &Planar,
@@ -370,31 +564,44 @@ impl Model {
         let mut out = Planar::new(3, image.width * s, image.height * s);
         let tiles = tiling::plan(image.width, image.height, tile, context);
         let total = tiles.len();
-        for (done, t) in tiles.iter().enumerate() {
-            self.run_core(image, t.core, context, &mut out)?;
-            progress(done + 1, total);
+        let mut done = 0;
+        for group in tiling::batches(&tiles, self.options.batch) {
+            self.run_tiles(image, &group, context, &mut out)?;
+            done += group.len();
+            progress(done, total);
         }
         out.clamp_unit();
         Ok(out)
     }
 
-    fn run_core(
+    fn run_tiles(
         &mut self,
         image: &Planar,
-        core: Rect,
+        group: &[Tile],
         context: u32,
         out: &mut Planar,
     ) -> Result<(), ModelError> {
         let s = self.scale;
-        let input = tiling::expand(core, context, image.width, image.height);
-        let from = Rect {
-            x: (core.x - input.x) * s,
-            y: (core.y - input.y) * s,
-            width: core.width * s,
-            height: core.height * s,
-        };
-        let pasted = self.run_with(&image.crop(input), |data, width, height| {
-            out.paste_slice(data, width, height, from, core.x * s, core.y * s)
+        let inputs: Vec<Planar> = group.iter().map(|t| image.crop(t.input)).collect();
+        let pasted = self.run_batch_with(&inputs, |data, n, width, height| {
+            let per = data.len() / n.max(1);
+            for (i, t) in group.iter().enumerate() {
+                let from = Rect {
+                    x: (t.core.x - t.input.x) * s,
+                    y: (t.core.y - t.input.y) * s,
+                    width: t.core.width * s,
+                    height: t.core.height * s,
+                };
+                out.paste_slice(
+                    &data[i * per..(i + 1) * per],
+                    width,
+                    height,
+                    from,
+                    t.core.x * s,
+                    t.core.y * s,
+                )?;
+            }
+            Ok(())
         });
         match pasted {
             Ok(Ok(())) => Ok(()),
@@ -402,14 +609,64 @@ impl Model {
                 path: self.path.display().to_string(),
                 reason,
             }),
-            Err(e) if core.width > 32 && core.height > 32 => {
-                tracing::warn!(error = %e, tile = ?core, "tile failed; retrying it as four smaller tiles");
-                for part in tiling::quarter(core) {
-                    self.run_core(image, part, context, out)?;
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
+            Err(e) => self.recover(image, group, context, out, e),
         }
+    }
+
+    /// What to do when a run fails: smaller batches, then smaller tiles, then the CPU.
+    fn recover(
+        &mut self,
+        image: &Planar,
+        group: &[Tile],
+        context: u32,
+        out: &mut Planar,
+        error: ModelError,
+    ) -> Result<(), ModelError> {
+        if group.len() > 1 {
+            tracing::warn!(%error, tiles = group.len(), "a batch of tiles failed; running one tile at a time from now on");
+            self.options.batch = 1;
+            for t in group {
+                self.run_tiles(image, std::slice::from_ref(t), context, out)?;
+            }
+            return Ok(());
+        }
+        let core = group[0].core;
+        if core.width > 32 && core.height > 32 {
+            tracing::warn!(%error, tile = ?core, "tile failed; retrying it as four tiles of half the side");
+            for part in tiling::quarter(core) {
+                let tile = Tile {
+                    core: part,
+                    input: tiling::expand(part, context, image.width, image.height),
+                };
+                self.run_tiles(image, &[tile], context, out)?;
+            }
+            return Ok(());
+        }
+        if self.provider == "CUDA" {
+            tracing::warn!(%error, model = %self.path.display(), "CUDA failed even on a small tile; the model runs on the CPU from now on");
+            self.move_to_cpu()?;
+            return self.run_tiles(image, group, context, out);
+        }
+        Err(error)
+    }
+
+    /// Rebuilds the session on the CPU provider (same model, same threads).
+    fn move_to_cpu(&mut self) -> Result<(), ModelError> {
+        let bad = |reason: String| ModelError::BadModel {
+            path: self.path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(&self.path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let (session, provider) = build_session(
+            &self.path,
+            &bytes,
+            self.runtime,
+            self.options.threads,
+            Provider::Cpu,
+        )?;
+        self.session = session;
+        self.provider = provider.into();
+        self.options.provider = Provider::Cpu;
+        Ok(())
     }
 }

@@ -41,6 +41,10 @@ pub struct UpscaleOptions {
     pub smooth: Option<crate::core::corrections::Smoothing>,
     /// Execution provider. Default auto (CUDA when available, else CPU).
     pub provider: onnx::Provider,
+    /// Tiles per model run. Default (0) 1.
+    pub batch: usize,
+    /// The value range of the model's tensors. Default 0..1.
+    pub range: onnx::ValueRange,
 }
 
 /// Passes of a `scale`x model needed for `width x height` to reach `target` on both sides
@@ -173,12 +177,19 @@ pub(crate) fn model_error(e: ModelError) -> OpError {
 /// Loads a model with the runtime found on this machine.
 pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpError> {
     let runtime = onnx::runtime(options.runtime.as_deref()).map_err(model_error)?;
-    let threads = if options.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        options.threads
+    let defaults = onnx::LoadOptions::default();
+    let load = onnx::LoadOptions {
+        threads: if options.threads == 0 {
+            defaults.threads
+        } else {
+            options.threads
+        },
+        provider: options.provider,
+        range: options.range,
+        batch: options.batch.max(1),
+        expected_scale: None,
     };
-    Model::load(path, runtime, threads, options.provider).map_err(model_error)
+    Model::load(path, runtime, load).map_err(model_error)
 }
 
 /// Upscales a decoded image with a loaded model. Pure apart from the model run.
