@@ -649,13 +649,13 @@ fn a_file_dropped_into_an_upscale_rule_comes_out_upscaled_with_its_sidecar() {
 
     let images = tree.path("var/processed/art/images");
     tree.wait_for("two upscaled images", || files_in(&images).len() == 2);
-    let tiny = load(&images.join("tiny_anime.png"));
+    let tiny = load(&images.join("tiny_x4_anime.png"));
     assert_eq!((tiny.image.width(), tiny.image.height()), (68, 36));
     assert_eq!(
         tiny.icc_profile,
         load(&testdata("tiny_17x9.png")).icc_profile
     );
-    let sprite_out = load(&images.join("sprite_anime.png"));
+    let sprite_out = load(&images.join("sprite_x4_anime.png"));
     assert_eq!(
         (sprite_out.image.width(), sprite_out.image.height()),
         (160, 192)
@@ -663,10 +663,10 @@ fn a_file_dropped_into_an_upscale_rule_comes_out_upscaled_with_its_sidecar() {
     assert!(sprite_out.image.color().has_alpha());
 
     tree.wait_for("the metadata", || {
-        tree.path("var/metadata/art/tiny_anime.json").is_file()
+        tree.path("var/metadata/art/tiny_x4_anime.json").is_file()
     });
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(tree.path("var/metadata/art/tiny_anime.json")).unwrap(),
+        &std::fs::read_to_string(tree.path("var/metadata/art/tiny_x4_anime.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(meta["recipe"], "upscale");
@@ -712,8 +712,8 @@ fn enhance_rules_keep_the_size_and_run_the_model_on_the_full_image_or_on_a_proxy
         .unwrap();
     }
     for (rule, via) in [("full", "full"), ("viaproxy", "proxy")] {
-        let output = tree.path(&format!("var/processed/{rule}/images/coffee_photo.png"));
-        let metadata = tree.path(&format!("var/metadata/{rule}/coffee_photo.json"));
+        let output = tree.path(&format!("var/processed/{rule}/images/coffee_enhanced_photo.png"));
+        let metadata = tree.path(&format!("var/metadata/{rule}/coffee_enhanced_photo.json"));
         tree.wait_for(&format!("the {rule} output"), || metadata.is_file());
         let enhanced = load(&output).image;
         assert_eq!((enhanced.width(), enhanced.height()), (600, 400), "{rule}");

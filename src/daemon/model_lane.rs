@@ -22,13 +22,26 @@ pub struct LaneResult {
     pub seconds: f64,
 }
 
-struct Request {
+struct UpscaleRequest {
     spec: ModelSpec,
     runtime: RuntimeSettings,
     passes: u32,
     target: Option<(u32, u32)>,
     image: DynamicImage,
     reply: Sender<Result<LaneResult, ModelError>>,
+}
+
+/// Called with a model's scale once the lane has loaded it.
+pub type ScaleReply = Box<dyn FnOnce(Result<u32, ModelError>) + Send>;
+
+enum Request {
+    Upscale(UpscaleRequest),
+    /// Load the model (as its first job would) and report its scale.
+    Probe {
+        spec: ModelSpec,
+        runtime: RuntimeSettings,
+        reply: ScaleReply,
+    },
 }
 
 /// A handle to the lane thread; clone it freely.
@@ -46,8 +59,17 @@ impl ModelLane {
             .spawn(move || {
                 let mut sessions: HashMap<PathBuf, Model> = HashMap::new();
                 for request in receiver {
-                    let result = serve(&mut sessions, &request);
-                    let _ = request.reply.send(result);
+                    match request {
+                        Request::Upscale(request) => {
+                            let result = serve(&mut sessions, &request);
+                            let _ = request.reply.send(result);
+                        }
+                        Request::Probe {
+                            spec,
+                            runtime,
+                            reply,
+                        } => reply(session(&mut sessions, &spec, &runtime).map(|m| m.scale)),
+                    }
                 }
             })
             .expect("spawning the model lane");
@@ -68,34 +90,52 @@ impl ModelLane {
             reason: "the model lane stopped".into(),
         };
         self.sender
-            .send(Request {
+            .send(Request::Upscale(UpscaleRequest {
                 spec: spec.clone(),
                 runtime: runtime.clone(),
                 passes,
                 target,
                 image,
                 reply,
-            })
+            }))
             .map_err(|_| gone())?;
         answer.recv().map_err(|_| gone())?
     }
+
+    /// Asks for the scale of `spec`'s model without waiting: the lane loads it (after the
+    /// work queued before) and calls `reply`.
+    pub fn probe(&self, spec: &ModelSpec, runtime: &RuntimeSettings, reply: ScaleReply) {
+        let request = Request::Probe {
+            spec: spec.clone(),
+            runtime: runtime.clone(),
+            reply,
+        };
+        if let Err(mpsc::SendError(Request::Probe { spec, reply, .. })) = self.sender.send(request)
+        {
+            reply(Err(ModelError::Inference {
+                path: spec.path.display().to_string(),
+                reason: "the model lane stopped".into(),
+            }));
+        }
+    }
 }
 
-fn serve(
-    sessions: &mut HashMap<PathBuf, Model>,
-    request: &Request,
-) -> Result<LaneResult, ModelError> {
-    let spec = &request.spec;
+/// The session of `spec`'s model, loaded on first use and kept.
+fn session<'a>(
+    sessions: &'a mut HashMap<PathBuf, Model>,
+    spec: &ModelSpec,
+    settings: &RuntimeSettings,
+) -> Result<&'a mut Model, ModelError> {
     if !sessions.contains_key(&spec.path) {
-        let runtime = onnx::runtime(request.runtime.onnxruntime.as_deref())?;
+        let runtime = onnx::runtime(settings.onnxruntime.as_deref())?;
         let defaults = LoadOptions::default();
         let options = LoadOptions {
-            threads: if request.runtime.threads == 0 {
+            threads: if settings.threads == 0 {
                 defaults.threads
             } else {
-                request.runtime.threads
+                settings.threads
             },
-            provider: request.runtime.provider,
+            provider: settings.provider,
             range: spec.range,
             batch: spec.batch,
             expected_scale: spec.scale,
@@ -112,7 +152,15 @@ fn serve(
         );
         sessions.insert(spec.path.clone(), model);
     }
-    let model = sessions.get_mut(&spec.path).expect("inserted above");
+    Ok(sessions.get_mut(&spec.path).expect("inserted above"))
+}
+
+fn serve(
+    sessions: &mut HashMap<PathBuf, Model>,
+    request: &UpscaleRequest,
+) -> Result<LaneResult, ModelError> {
+    let spec = &request.spec;
+    let model = session(sessions, spec, &request.runtime)?;
     let started = Instant::now();
     let tiles = crate::core::tiling::plan(
         request.image.width(),

@@ -37,6 +37,21 @@ enum Event {
     Fs(notify::Result<notify::Event>),
     Signal(i32),
     Finished { job_id: i64, outcome: Box<Outcome> },
+    /// The model lane loaded a model and measured its scale (or could not).
+    ModelScale {
+        model: PathBuf,
+        scale: Result<u32, String>,
+    },
+}
+
+/// What the daemon knows of a model's scale (it names upscale outputs `{stem}_x{scale}_...`).
+#[derive(Debug, Clone, PartialEq)]
+enum ScaleKnown {
+    /// The lane is loading the model; its jobs wait.
+    Probing,
+    Known(u32),
+    /// The model cannot be loaded: its jobs run and fail with the reason.
+    Unavailable,
 }
 
 /// Work handed to a worker thread.
@@ -120,6 +135,8 @@ struct Daemon {
     last_housekeeping: Instant,
     /// Jobs of rules no longer in the config, warned about once.
     orphans_warned: std::collections::HashSet<i64>,
+    /// Model scales measured by the lane, by model path (cleared on reload).
+    model_scales: HashMap<PathBuf, ScaleKnown>,
 }
 
 /// Creates every folder the config names.
@@ -321,6 +338,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         last_status: String::new(),
         last_housekeeping: Instant::now(),
         orphans_warned: Default::default(),
+        model_scales: HashMap::new(),
     };
     daemon.recover()?;
     daemon.claim_ready();
@@ -404,6 +422,7 @@ impl Daemon {
                 match event {
                     Event::Fs(event) => self.intake.on_event(event),
                     Event::Finished { job_id, outcome } => self.finish(job_id, *outcome),
+                    Event::ModelScale { model, scale } => self.learn_scale(model, scale),
                     Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => self.reload(),
                     Event::Signal(signal) => {
                         tracing::info!(signal, "stopping: no new work is taken");
@@ -488,6 +507,7 @@ impl Daemon {
                             );
                         }
                         self.config = Arc::new(config);
+                        self.model_scales.clear();
                         tracing::info!(rules = self.config.rules.len(), "configuration reloaded");
                     }
                     Err(e) => tracing::error!(
@@ -714,20 +734,81 @@ impl Daemon {
             .then(|| Self::destination(&self.trees.originals(&rule.name), job))
     }
 
-    /// Starts an upscale job: its output name is fixed (and recorded) before it runs.
+    /// The scale of `spec`'s model: from the config, from an earlier probe, or `Probing`
+    /// while the lane loads it (a probe is started if none runs).
+    fn model_scale(&mut self, spec: &config::ModelSpec) -> ScaleKnown {
+        if let Some(scale) = spec.scale {
+            return ScaleKnown::Known(scale);
+        }
+        if let Some(known) = self.model_scales.get(&spec.path) {
+            return known.clone();
+        }
+        self.model_scales
+            .insert(spec.path.clone(), ScaleKnown::Probing);
+        let events = self.events.clone();
+        let model = spec.path.clone();
+        self.lane.probe(
+            spec,
+            &self.config.runtime,
+            Box::new(move |scale| {
+                let _ = events.send(Event::ModelScale {
+                    model,
+                    scale: scale.map_err(|e| e.to_string()),
+                });
+            }),
+        );
+        ScaleKnown::Probing
+    }
+
+    fn learn_scale(&mut self, model: PathBuf, scale: Result<u32, String>) {
+        let known = match scale {
+            Ok(scale) => ScaleKnown::Known(scale),
+            Err(error) => {
+                tracing::error!(model = %model.display(), %error, "the model cannot be loaded; its jobs will fail with this reason");
+                ScaleKnown::Unavailable
+            }
+        };
+        self.model_scales.insert(model, known);
+    }
+
+    /// The name part an upscale's output carries: `x4_` (the scale, to the power of the
+    /// passes), `3840x2160_` for a target size, `enhanced_` for an enhance; `None` while the
+    /// model's scale is being measured.
+    fn output_tag(&mut self, recipe: &Upscale) -> Option<String> {
+        if recipe.enhance.is_some() {
+            return Some("enhanced_".into());
+        }
+        if let Some((w, h)) = recipe.target {
+            return Some(format!("{w}x{h}_"));
+        }
+        match self.model_scale(&recipe.model) {
+            ScaleKnown::Probing => None,
+            ScaleKnown::Known(scale) => Some(format!(
+                "x{}_",
+                u64::from(scale).pow(recipe.passes.max(1))
+            )),
+            ScaleKnown::Unavailable => Some(String::new()),
+        }
+    }
+
+    /// Starts an upscale job: its output name is fixed (and recorded) before it runs. Until
+    /// the model's scale is known (the first job of a model, on its first load), it waits.
     fn start_upscale(&mut self, job: &Job, rule: &Rule, recipe: &Upscale) -> anyhow::Result<bool> {
         let output = match &job.output_path {
             Some(path) => path.clone(),
             None => {
+                let Some(tag) = self.output_tag(recipe) else {
+                    return Ok(false);
+                };
                 let images = self.trees.images(&rule.name);
                 let stem = round_trip::stem_of(&job.claimed_path);
                 let ext = &recipe.output_format;
-                let mut path = images.join(format!("{stem}_{}.{ext}", recipe.model.name));
+                let model = &recipe.model.name;
+                let mut path = images.join(format!("{stem}_{tag}{model}.{ext}"));
                 if self.journal.output_taken(&path, -1)? {
                     path = images.join(format!(
-                        "{stem}_{}_{}.{ext}",
+                        "{stem}_{}_{tag}{model}.{ext}",
                         pairing::job_token(job.id),
-                        recipe.model.name
                     ));
                 }
                 self.journal.set_output(job.id, &path)?;
