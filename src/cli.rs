@@ -394,9 +394,14 @@ pub struct ModelArgs {
     /// Model file, or a name in --models-dir.
     #[arg(long, short)]
     model: String,
-    /// Tile size in input pixels; 0 = the whole image in one run.
-    #[arg(long, default_value_t = 256)]
-    tile: u32,
+    /// Tile size in input pixels; 0 = the whole image in one run; auto = the largest tile
+    /// that fits --memory-budget-mib (the model's working memory is measured once).
+    #[arg(long, default_value = "256", value_name = "N|auto")]
+    tile: darkroom::core::tiling::TileSize,
+    /// Memory one model run may use, for --tile auto (default: a quarter of the available
+    /// memory; 4096 on CUDA).
+    #[arg(long, value_name = "MIB")]
+    memory_budget_mib: Option<u64>,
     /// Context pixels around each tile (default: the model's recommended context).
     #[arg(long)]
     context: Option<u32>,
@@ -466,7 +471,8 @@ impl ModelArgs {
     ) -> ModelArgs {
         ModelArgs {
             model: model.to_string(),
-            tile: 256,
+            tile: darkroom::core::tiling::TileSize::Fixed(256),
+            memory_budget_mib: None,
             context: None,
             models_dir,
             onnxruntime,
@@ -501,6 +507,7 @@ impl ModelArgs {
             ops::upscale::UpscaleOptions {
                 output,
                 tile: self.tile,
+                memory_budget: self.memory_budget_mib.map(|mib| mib << 20),
                 context: self.context,
                 runtime: self.onnxruntime.clone(),
                 threads: self.threads,
@@ -969,11 +976,14 @@ fn normalise_command(
         Some(name) => {
             let args = ModelArgs::for_normalise(name, models_dir, onnxruntime);
             let (path, options) = args.resolve(None)?;
-            let model = ops::upscale::load_model(&path, &options)?;
+            let mut model = ops::upscale::load_model(&path, &options)?;
             let context = options
                 .context
                 .unwrap_or_else(|| ops::upscale::recommended_context(&model.name));
-            Some((std::sync::Mutex::new(model), options.tile, context))
+            let tile = model
+                .tile_side(options.tile, options.memory_budget, context)
+                .map_err(ops::upscale::model_error)?;
+            Some((std::sync::Mutex::new(model), tile, context))
         }
     };
     let upscaler = model.as_ref().map(|(model, tile, context)| {

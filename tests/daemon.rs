@@ -712,7 +712,9 @@ fn enhance_rules_keep_the_size_and_run_the_model_on_the_full_image_or_on_a_proxy
         .unwrap();
     }
     for (rule, via) in [("full", "full"), ("viaproxy", "proxy")] {
-        let output = tree.path(&format!("var/processed/{rule}/images/coffee_enhanced_photo.png"));
+        let output = tree.path(&format!(
+            "var/processed/{rule}/images/coffee_enhanced_photo.png"
+        ));
         let metadata = tree.path(&format!("var/metadata/{rule}/coffee_enhanced_photo.json"));
         tree.wait_for(&format!("the {rule} output"), || metadata.is_file());
         let enhanced = load(&output).image;

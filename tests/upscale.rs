@@ -501,3 +501,76 @@ fn float16_models_and_other_value_ranges_give_the_float32_result() {
     let diff = max_abs_diff(&reference, &got);
     assert!(diff <= 2, "CLI fp16 -1..1 differs by {diff}/255");
 }
+
+/// Runs `command` to its end; returns its exit status and peak resident memory in MiB.
+fn run_measured(command: &mut std::process::Command) -> (std::process::ExitStatus, f64) {
+    use std::os::unix::process::ExitStatusExt;
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is a plain out-struct; the pid is our own child, reaped here once.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    (
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as f64 / 1024.0,
+    )
+}
+
+#[test]
+fn tile_auto_fits_the_memory_budget_and_matches_the_untiled_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crop("photo_coffee_600x400.png", 0, 0, 320, 240);
+    input.save(dir.path().join("in.png")).unwrap();
+    let name = "waifu2x-upconv7-photo-x2";
+    let upscale = |tile: &str, output: &str| {
+        let mut command = darkroom();
+        command
+            .current_dir(dir.path())
+            .args(["upscale", "in.png", "--model"])
+            .arg(model_path(name))
+            .args(["--tile", tile, "--memory-budget-mib", "48", "-o", output]);
+        command
+    };
+    let (status, whole_mib) = run_measured(&mut upscale("0", "whole.png"));
+    assert!(status.success());
+    let (status, auto_mib) = run_measured(&mut upscale("auto", "auto.png"));
+    assert!(status.success());
+    // The model needs about 4 KiB per pixel: 77k pixels at once is ~300 MiB; 48 MiB with
+    // the 2x margin allows a window of about 80 px: 48- or 64-px tiles with 8 px of context.
+    assert!(
+        auto_mib < whole_mib - 120.0,
+        "tile auto peaked at {auto_mib:.0} MiB, the whole image at {whole_mib:.0} MiB"
+    );
+    let whole = load(&dir.path().join("whole.png")).image;
+    let auto = load(&dir.path().join("auto.png")).image;
+    assert!(max_abs_diff(&whole, &auto) <= 1);
+
+    let out = upscale("auto", "again.png")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let log: String = log
+        .split('\x1b')
+        .map(|part| {
+            part.split_once('m').map_or(
+                part,
+                |(code, rest)| if code.starts_with('[') { rest } else { part },
+            )
+        })
+        .collect();
+    let tile: u32 = log
+        .lines()
+        .find(|l| l.contains("tile size from the memory budget"))
+        .and_then(|l| l.split("tile=").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no tile in the log:\n{log}"));
+    // 48 or 64 depending on the few percent the measurement varies by.
+    assert!((32..=64).contains(&tile), "tile {tile}");
+}

@@ -12,6 +12,52 @@
 
 pub use super::geometry::Rect;
 
+/// How big tiles are: a fixed side in input pixels (0: the whole image at once), or the
+/// largest that fits a memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileSize {
+    Fixed(u32),
+    Auto,
+}
+
+impl Default for TileSize {
+    fn default() -> Self {
+        TileSize::Fixed(256)
+    }
+}
+
+impl std::str::FromStr for TileSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(TileSize::Auto);
+        }
+        text.parse().map(TileSize::Fixed).map_err(|_| {
+            format!("'{text}': a tile is a side in pixels (0 = whole image) or \"auto\"")
+        })
+    }
+}
+
+impl std::fmt::Display for TileSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TileSize::Fixed(side) => write!(f, "{side}"),
+            TileSize::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// The largest tile side (a multiple of 16, at least 32) whose window, the tile plus
+/// `context` on each side, needs no more than `budget` bytes at `bytes_per_pixel` of
+/// working memory per input pixel.
+pub fn tile_for_budget(budget: u64, bytes_per_pixel: f64, context: u32) -> u32 {
+    let window = (budget as f64 / bytes_per_pixel.max(1.0)).sqrt();
+    let side = (window - 2.0 * f64::from(context)).clamp(0.0, 16_384.0) as u32;
+    (side / 16 * 16).max(32)
+}
+
 /// One tile: the core it produces and the (larger) input region it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tile {
@@ -328,6 +374,18 @@ mod tests {
         }
         // A window never outgrows the image.
         assert_eq!(plan(20, 10, 16, 8)[0].input.width, 20);
+    }
+
+    #[test]
+    fn the_budget_tile_is_the_largest_window_that_fits() {
+        // 1 GiB at 4 KiB per pixel: a 512-px window; minus 2 x 32 context: 448.
+        assert_eq!(tile_for_budget(1 << 30, 4096.0, 32), 448);
+        // Rounded down to 16, never below 32.
+        assert_eq!(tile_for_budget(1 << 30, 4096.0, 30), 448);
+        assert_eq!(tile_for_budget(1 << 20, 4096.0, 64), 32);
+        assert_eq!("auto".parse::<TileSize>(), Ok(TileSize::Auto));
+        assert_eq!("0".parse::<TileSize>(), Ok(TileSize::Fixed(0)));
+        assert!("big".parse::<TileSize>().is_err());
     }
 
     #[test]

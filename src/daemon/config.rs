@@ -41,6 +41,9 @@ pub struct RuntimeSettings {
     pub threads: usize,
     /// `auto` (CUDA when available), `cpu` or `cuda` (required).
     pub provider: crate::io::onnx::Provider,
+    /// Memory one model run may use, for models with `tile = "auto"`; default: see
+    /// `io::onnx::default_memory_budget`.
+    pub memory_budget: Option<u64>,
 }
 
 /// One `[models.<name>]` table.
@@ -48,8 +51,8 @@ pub struct RuntimeSettings {
 pub struct ModelSpec {
     pub name: String,
     pub path: PathBuf,
-    /// Tile size in input pixels (0: whole image).
-    pub tile: u32,
+    /// Tile size in input pixels (0: whole image), or `auto` (from the memory budget).
+    pub tile: crate::core::tiling::TileSize,
     /// Context pixels around each tile.
     pub context: u32,
     /// Domains this model serves (`photo`, `anime`, `sd-anime`, `digital-art`, ...).
@@ -326,13 +329,14 @@ struct RawRuntime {
     onnxruntime: Option<PathBuf>,
     threads: Option<usize>,
     provider: Option<String>,
+    memory_budget_mib: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModel {
     path: PathBuf,
-    tile: Option<u32>,
+    tile: Option<toml::Value>,
     context: Option<u32>,
     #[serde(default)]
     domains: Vec<String>,
@@ -837,7 +841,7 @@ fn resolve_runtime(
     let mut table = spanned.into_inner();
     reject_unknown_keys(
         &mut table,
-        &["onnxruntime", "threads", "provider"],
+        &["onnxruntime", "threads", "provider", "memory_budget_mib"],
         "runtime",
         line,
         problems,
@@ -859,6 +863,7 @@ fn resolve_runtime(
         onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
         threads: raw.threads.unwrap_or(0),
         provider,
+        memory_budget: raw.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
     }
 }
 
@@ -906,6 +911,23 @@ fn resolve_models(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let tile = match &raw.tile {
+            None => crate::core::tiling::TileSize::default(),
+            Some(toml::Value::Integer(side)) if (0..=65_535).contains(side) => {
+                crate::core::tiling::TileSize::Fixed(*side as u32)
+            }
+            Some(toml::Value::String(text)) if text.trim().eq_ignore_ascii_case("auto") => {
+                crate::core::tiling::TileSize::Auto
+            }
+            Some(other) => {
+                problems.push(
+                    format!("{label}.tile"),
+                    Some(line),
+                    format!("{other:?}: a side in pixels (0 = whole image) or \"auto\""),
+                );
+                crate::core::tiling::TileSize::default()
+            }
+        };
         let range = match raw.input_range.as_deref().map(str::parse) {
             None => crate::io::onnx::ValueRange::Unit,
             Some(Ok(range)) => range,
@@ -936,7 +958,7 @@ fn resolve_models(
                     .context
                     .unwrap_or_else(|| crate::ops::upscale::recommended_context(&stem)),
                 path,
-                tile: raw.tile.unwrap_or(256),
+                tile,
                 domains: raw.domains,
                 scale: raw.scale,
                 range,
@@ -1576,6 +1598,31 @@ mod tests {
                 errors.contains(&format!("rule[0] 'm'.{key}")),
                 "{key}: {errors}"
             );
+        }
+    }
+
+    #[test]
+    fn model_tables_take_auto_tiles_batches_ranges_and_a_scale() {
+        let path = format!(
+            "{}/../shared/models/waifu2x-upconv7-photo-x2.onnx",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let config = parse(&format!(
+            "[runtime]\nmemory_budget_mib = 2048\n\n[models.photo]\npath = \"{path}\"\ntile = \"auto\"\nbatch = 4\ninput_range = \"-1..1\"\nscale = 2\n\n[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n"
+        ))
+        .unwrap();
+        let spec = &config.models["photo"];
+        assert_eq!(spec.tile, crate::core::tiling::TileSize::Auto);
+        assert_eq!((spec.batch, spec.scale), (4, Some(2)));
+        assert_eq!(spec.range, crate::io::onnx::ValueRange::Signed);
+        assert_eq!(config.runtime.memory_budget, Some(2 << 30));
+        let errors = parse(&format!(
+            "[models.photo]\npath = \"{path}\"\ntile = \"big\"\nbatch = 0\ninput_range = \"0..2\"\nscale = 0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for key in ["tile", "batch", "input_range", "scale"] {
+            assert!(errors.contains(&format!("models.photo.{key}")), "{key}: {errors}");
         }
     }
 

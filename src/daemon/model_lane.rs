@@ -18,6 +18,8 @@ pub struct LaneResult {
     pub model_sha256: String,
     pub scale: u32,
     pub provider: String,
+    /// The tile side it ran with (`auto` resolved).
+    pub tile: u32,
     pub tiles: usize,
     pub seconds: f64,
 }
@@ -162,10 +164,11 @@ fn serve(
     let spec = &request.spec;
     let model = session(sessions, spec, &request.runtime)?;
     let started = Instant::now();
+    let tile = model.tile_side(spec.tile, request.runtime.memory_budget, spec.context)?;
     let tiles = crate::core::tiling::plan(
         request.image.width(),
         request.image.height(),
-        spec.tile,
+        tile,
         spec.context,
     )
     .len();
@@ -173,7 +176,7 @@ fn serve(
         upscale_passes(
             &request.image,
             model,
-            spec.tile,
+            tile,
             spec.context,
             request.passes,
             request.target,
@@ -191,6 +194,7 @@ fn serve(
         model_sha256: model.sha256.clone(),
         scale: model.scale,
         provider: model.provider.clone(),
+        tile,
         tiles,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -36,7 +36,10 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 enum Event {
     Fs(notify::Result<notify::Event>),
     Signal(i32),
-    Finished { job_id: i64, outcome: Box<Outcome> },
+    Finished {
+        job_id: i64,
+        outcome: Box<Outcome>,
+    },
     /// The model lane loaded a model and measured its scale (or could not).
     ModelScale {
         model: PathBuf,
@@ -783,10 +786,9 @@ impl Daemon {
         }
         match self.model_scale(&recipe.model) {
             ScaleKnown::Probing => None,
-            ScaleKnown::Known(scale) => Some(format!(
-                "x{}_",
-                u64::from(scale).pow(recipe.passes.max(1))
-            )),
+            ScaleKnown::Known(scale) => {
+                Some(format!("x{}_", u64::from(scale).pow(recipe.passes.max(1))))
+            }
             ScaleKnown::Unavailable => Some(String::new()),
         }
     }

@@ -120,7 +120,9 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
         object.insert(
             "tiling".into(),
             serde_json::json!({
-                "tile": work.recipe.model.tile,
+                "tile": result.tile,
+                "tile_setting": work.recipe.model.tile.to_string(),
+                "batch": work.recipe.model.batch,
                 "context": work.recipe.model.context,
                 "tiles": result.tiles,
                 "passes": work.recipe.passes,

@@ -25,6 +25,23 @@ pub fn available_memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// This process's resident memory now and its peak since start (or since
+/// [`reset_peak_resident`]), in bytes, from /proc/self/status.
+pub fn resident_bytes() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Starts the peak of [`resident_bytes`] again from the current resident size (Linux 4.0+);
+/// false when the kernel refuses.
+pub fn reset_peak_resident() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Formats bytes as megabytes with one decimal, as the disk-space error shows them.
 pub fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_000_000.0)
@@ -37,6 +54,16 @@ mod tests {
     #[test]
     fn reports_some_free_space_for_the_temp_dir() {
         assert!(free_disk_bytes(&std::env::temp_dir()).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_peak_resident_size_follows_a_large_allocation() {
+        let (before, _) = resident_bytes().unwrap();
+        assert!(reset_peak_resident());
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
+        let (_, peak) = resident_bytes().unwrap();
+        assert!(peak >= before + (60 << 20), "{before} -> {peak}");
+        drop(std::hint::black_box(block));
     }
 
     #[test]

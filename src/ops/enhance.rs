@@ -133,7 +133,9 @@ pub fn enhance(
     let context = options
         .context
         .unwrap_or_else(|| recommended_context(&model.name));
-    let tile = options.tile;
+    let tile = model
+        .tile_side(options.tile, options.memory_budget, context)
+        .map_err(model_error)?;
     let image = options.pre.apply(loaded.image);
     let result = enhance_image(image, via, &mut |image| {
         upscale_image(image, model, tile, context, progress).map_err(model_error)

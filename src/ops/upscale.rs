@@ -21,8 +21,12 @@ use std::time::Instant;
 pub struct UpscaleOptions {
     /// Output path; its extension picks the format. Default `{stem}_x{scale}_{model}.png`.
     pub output: Option<PathBuf>,
-    /// Tile size in input pixels; 0 runs the whole image at once. Default 256.
-    pub tile: u32,
+    /// Tile size in input pixels (0 runs the whole image at once), or `auto`: the largest
+    /// that fits `memory_budget`. Default 256.
+    pub tile: crate::core::tiling::TileSize,
+    /// Memory one model run may use, for `tile = auto`. Default: see
+    /// [`onnx::default_memory_budget`].
+    pub memory_budget: Option<u64>,
     /// Context pixels on each side of a tile. Default: the model's recommended context.
     pub context: Option<u32>,
     /// Path of libonnxruntime. Default: found by [`onnx::locate`].
@@ -166,7 +170,7 @@ pub fn resolve_model(name_or_path: &str, models_dir: &Path) -> Result<PathBuf, O
 
 /// A model error as an operation error: a broken model is the model file's fault (exit 65), a
 /// failed run an external failure, a missing runtime a usage problem (exit 64).
-pub(crate) fn model_error(e: ModelError) -> OpError {
+pub fn model_error(e: ModelError) -> OpError {
     match e {
         ModelError::Inference { path, reason } => OpError::External { path, reason },
         ModelError::BadModel { path, reason } => OpError::Mismatch { path, reason },
@@ -317,10 +321,12 @@ pub fn upscale(
     });
     let format =
         OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
-    let tile = options.tile;
     let context = options
         .context
         .unwrap_or_else(|| recommended_context(&model.name));
+    let tile = model
+        .tile_side(options.tile, options.memory_budget, context)
+        .map_err(model_error)?;
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
     let image = options.pre.apply(loaded.image);
