@@ -446,6 +446,10 @@ pub struct ModelArgs {
     /// Before the model: edge-preserving denoise, bilateral[:SIGMA_PIXELS,SIGMA_LEVELS].
     #[arg(long, value_name = "bilateral[:S,R]", help_heading = "Corrections")]
     denoise: Option<Bilateral>,
+    /// Before the model (after --denoise): an ONNX denoiser, a model file or a name in
+    /// --models-dir, run at the image's size (one that enlarges is brought back).
+    #[arg(long, value_name = "MODEL", help_heading = "Corrections")]
+    denoise_model: Option<String>,
     /// After the model: median[:RADIUS] or bilateral[:S,R] against GAN swirls.
     #[arg(
         long,
@@ -484,6 +488,7 @@ impl ModelArgs {
             exposure: None,
             deblock: false,
             denoise: None,
+            denoise_model: None,
             smooth: None,
             sharpen: None,
         }
@@ -502,6 +507,11 @@ impl ModelArgs {
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models")
             });
         let path = ops::upscale::resolve_model(&self.model, &models_dir)?;
+        let denoise_model = self
+            .denoise_model
+            .as_deref()
+            .map(|name| ops::upscale::resolve_model(name, &models_dir))
+            .transpose()?;
         Ok((
             path,
             ops::upscale::UpscaleOptions {
@@ -522,6 +532,7 @@ impl ModelArgs {
                     denoise: self.denoise,
                 },
                 smooth: self.smooth,
+                denoise_model,
                 batch: usize::from(self.batch),
                 range: self.input_range,
             },

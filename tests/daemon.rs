@@ -629,7 +629,7 @@ fn upscale_config(runtime_line: &str) -> String {
     let models = common::shared_dir().join("models");
     format!(
         "{}\n[runtime]\n{runtime_line}\n\n[models.anime]\npath = \"{}\"\ntile = 16\ncontext = 32\ndomains = [\"anime\"]\n\n\
-         [[rule]]\nname = \"art\"\nrecipe = \"upscale\"\ndomain = \"anime\"\nsharpen = \"0.5\"\n",
+         [[rule]]\nname = \"art\"\nrecipe = \"upscale\"\ndomain = \"anime\"\nsharpen = \"0.5\"\ndenoise_model = \"anime\"\n",
         config_text("max_attempts = 2", ""),
         models.join("realesr-animevideov3-x4.onnx").display()
     )
@@ -679,6 +679,7 @@ fn a_file_dropped_into_an_upscale_rule_comes_out_upscaled_with_its_sidecar() {
     assert_eq!(meta["tiling"]["context"], 32);
     assert_eq!(meta["tiling"]["tiles"], 2, "17x9 in 16-px tiles");
     assert_eq!(meta["tiling"]["sharpen"]["amount"], 0.5);
+    assert_eq!(meta["corrections"]["denoise_model"], "anime");
     assert_eq!(
         names(&tree.path("var/processed/art/originals")),
         ["sprite.png", "tiny.png"]

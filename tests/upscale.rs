@@ -574,3 +574,43 @@ fn tile_auto_fits_the_memory_budget_and_matches_the_untiled_result() {
     // 48 or 64 depending on the few percent the measurement varies by.
     assert!((32..=64).contains(&tile), "tile {tile}");
 }
+
+#[test]
+fn an_onnx_denoiser_runs_before_the_model_at_the_input_size() {
+    use darkroom::ops::enhance::{enhance_image, Via};
+    let dir = tempfile::tempdir().unwrap();
+    let input = crop("photo_coffee_600x400.png", 200, 100, 48, 40);
+    input.save(dir.path().join("in.png")).unwrap();
+    let (main, denoiser) = ("realesr-animevideov3-x4", "waifu2x-upconv7-photo-x2");
+    let out = darkroom()
+        .current_dir(dir.path())
+        .args(["upscale", "in.png", "--model"])
+        .arg(model_path(main))
+        .arg("--denoise-model")
+        .arg(model_path(denoiser))
+        .args(["--tile", "0", "-o", "out.png"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = load(&dir.path().join("out.png")).image;
+
+    // The same by hand: the denoiser at the input's size, then the model.
+    let mut first = model(denoiser);
+    let cleaned = enhance_image(input.clone(), &Via::Full, &mut |image| {
+        Ok(upscale_image(image, &mut first, 0, 0, &mut |_, _| {}).unwrap())
+    })
+    .unwrap();
+    assert_eq!(cleaned.dimensions(), (48, 40));
+    let mut m = model(main);
+    let expected = upscale_image(&cleaned, &mut m, 0, 0, &mut |_, _| {}).unwrap();
+    assert!(max_abs_diff(&expected, &got) <= 1);
+    let plain = upscale_image(&input, &mut m, 0, 0, &mut |_, _| {}).unwrap();
+    assert!(
+        max_abs_diff(&plain, &got) > 1,
+        "the denoiser changed nothing"
+    );
+}

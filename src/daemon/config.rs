@@ -157,6 +157,9 @@ pub struct Upscale {
     pub enhance: Option<crate::ops::enhance::Via>,
     /// Corrections before the model (run on the worker).
     pub pre: crate::core::corrections::PreFilters,
+    /// A model run before the main one at the input's size (an ONNX denoiser; a model
+    /// that enlarges is brought back to the input's size), after `pre`.
+    pub denoise_model: Option<ModelSpec>,
     /// Smoothing after the model, before `sharpen` (run on the worker).
     pub smooth: Option<crate::core::corrections::Smoothing>,
 }
@@ -174,6 +177,7 @@ struct RawModelRule {
     exposure: Option<String>,
     deblock: Option<bool>,
     denoise: Option<String>,
+    denoise_model: Option<String>,
     smooth: Option<String>,
 }
 
@@ -186,6 +190,7 @@ const MODEL_RULE_KEYS: &[&str] = &[
     "exposure",
     "deblock",
     "denoise",
+    "denoise_model",
     "smooth",
 ];
 
@@ -195,6 +200,7 @@ struct ModelRule {
     output_format: String,
     sharpen: Option<crate::core::filters::Unsharp>,
     pre: crate::core::corrections::PreFilters,
+    denoise_model: Option<ModelSpec>,
     smooth: Option<crate::core::corrections::Smoothing>,
 }
 
@@ -232,10 +238,25 @@ impl ModelRule {
         let smooth = parse_key(raw.smooth.as_deref(), label, "smooth", line, problems);
         let sharpen = parse_key(raw.sharpen.as_deref(), label, "sharpen", line, problems);
         let output_format = check_output_format(raw.output_format, label, line, problems);
+        let denoise_model = raw.denoise_model.as_ref().and_then(|name| {
+            let found = models.get(name).cloned();
+            if found.is_none() {
+                problems.push(
+                    format!("{label}.denoise_model"),
+                    Some(line),
+                    format!(
+                        "no [models.{name}] (models: {})",
+                        models.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+            found
+        });
         let model =
             resolve_upscale_model((&raw.model, &raw.domain), models, label, line, problems)?;
         Some(ModelRule {
             model,
+            denoise_model,
             output_format,
             sharpen,
             pre: crate::core::corrections::PreFilters {
@@ -1104,6 +1125,7 @@ fn resolve_rule(
                 sharpen: shared.sharpen,
                 enhance: None,
                 pre: shared.pre,
+                denoise_model: shared.denoise_model,
                 smooth: shared.smooth,
             })
         }
@@ -1160,6 +1182,7 @@ fn resolve_rule(
                 sharpen: shared.sharpen,
                 enhance: Some(via),
                 pre: shared.pre,
+                denoise_model: shared.denoise_model,
                 smooth: shared.smooth,
             })
         }
@@ -1622,7 +1645,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         for key in ["tile", "batch", "input_range", "scale"] {
-            assert!(errors.contains(&format!("models.photo.{key}")), "{key}: {errors}");
+            assert!(
+                errors.contains(&format!("models.photo.{key}")),
+                "{key}: {errors}"
+            );
         }
     }
 

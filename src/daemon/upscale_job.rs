@@ -11,7 +11,7 @@ use crate::daemon::trees::write_json_atomic;
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::OutputFormat;
 use crate::io::{atomic, onnx::ModelError};
-use crate::ops::enhance::enhance_image;
+use crate::ops::enhance::{enhance_image, Via};
 use crate::ops::{write_image, OpError};
 use image::DynamicImage;
 use std::path::PathBuf;
@@ -59,6 +59,15 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     let (width, height) = (loaded.image.width(), loaded.image.height());
     // Corrections run here on the worker, leaving the model lane to the model.
     let input = work.recipe.pre.apply(loaded.image);
+    // An ONNX denoiser runs on the lane too, at the input's size, before the main model.
+    let input = match &work.recipe.denoise_model {
+        None => input,
+        Some(denoiser) => enhance_image(input, &Via::Full, &mut |image| {
+            lane.upscale(denoiser, &work.runtime, (1, None), image.clone())
+                .map(|out| out.image)
+                .map_err(model_error)
+        })?,
+    };
     let run_model = |image: DynamicImage| {
         lane.upscale(
             &work.recipe.model,
@@ -136,6 +145,7 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
             "corrections".into(),
             serde_json::json!({
                 "pre": work.recipe.pre.describe(),
+                "denoise_model": work.recipe.denoise_model.as_ref().map(|m| &m.name),
                 "smooth": work.recipe.smooth.map(|s| format!("{s:?}")),
             }),
         );

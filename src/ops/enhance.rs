@@ -136,7 +136,7 @@ pub fn enhance(
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
         .map_err(model_error)?;
-    let image = options.pre.apply(loaded.image);
+    let image = super::upscale::apply_denoise_model(options.pre.apply(loaded.image), options)?;
     let result = enhance_image(image, via, &mut |image| {
         upscale_image(image, model, tile, context, progress).map_err(model_error)
     })?;

@@ -41,6 +41,9 @@ pub struct UpscaleOptions {
     pub sharpen: Option<crate::core::filters::Unsharp>,
     /// Corrections before the model (white balance, exposure, deblock, denoise). Default none.
     pub pre: crate::core::corrections::PreFilters,
+    /// A model run at the input's size after `pre` and before the main model (an ONNX
+    /// denoiser; one that enlarges is brought back to the input's size). Default none.
+    pub denoise_model: Option<PathBuf>,
     /// Median or bilateral smoothing after the model, before any sharpening. Default none.
     pub smooth: Option<crate::core::corrections::Smoothing>,
     /// Execution provider. Default auto (CUDA when available, else CPU).
@@ -196,6 +199,25 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
     Model::load(path, runtime, load).map_err(model_error)
 }
 
+/// Runs `options.denoise_model` (when set) over `image` at its own size: loaded here, tiled
+/// at its recommended context, brought back to the input's size.
+pub fn apply_denoise_model(
+    image: DynamicImage,
+    options: &UpscaleOptions,
+) -> Result<DynamicImage, OpError> {
+    let Some(path) = &options.denoise_model else {
+        return Ok(image);
+    };
+    let mut denoiser = load_model(path, options)?;
+    let context = recommended_context(&denoiser.name);
+    let tile = denoiser
+        .tile_side(options.tile, options.memory_budget, context)
+        .map_err(model_error)?;
+    crate::ops::enhance::enhance_image(image, &crate::ops::enhance::Via::Full, &mut |image| {
+        upscale_image(image, &mut denoiser, tile, context, &mut |_, _| {}).map_err(model_error)
+    })
+}
+
 /// Upscales a decoded image with a loaded model. Pure apart from the model run.
 pub fn upscale_image(
     image: &DynamicImage,
@@ -329,7 +351,7 @@ pub fn upscale(
         .map_err(model_error)?;
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
-    let image = options.pre.apply(loaded.image);
+    let image = apply_denoise_model(options.pre.apply(loaded.image), options)?;
     let result = upscale_passes(
         &image,
         model,
