@@ -503,6 +503,7 @@ fn float16_models_and_other_value_ranges_give_the_float32_result() {
 }
 
 /// Runs `command` to its end; returns its exit status and peak resident memory in MiB.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives the peak memory
 fn run_measured(command: &mut std::process::Command) -> (std::process::ExitStatus, f64) {
     use std::os::unix::process::ExitStatusExt;
     let child = command
