@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{darkroom, load, psnr, shared_dir, stage, testdata};
+use common::{darkroom, load, psnr, run_ok, shared_dir, stage, testdata};
 use darkroom::io::onnx::Model;
 use darkroom::ops::upscale::{load_model, upscale_image, UpscaleOptions};
 use image::{imageops, DynamicImage, GenericImageView};
@@ -476,11 +476,14 @@ fn float16_models_and_other_value_ranges_give_the_float32_result() {
     // The command line: an fp16 model in -1..1, four tiles per run.
     let both = model_variant(dir.path(), name, &["--fp16", "--range", "signed"]);
     input.save(dir.path().join("in.png")).unwrap();
-    let out = darkroom()
-        .current_dir(dir.path())
-        .args(["upscale", "in.png", "--model"])
-        .arg(&both)
-        .args([
+    let both = both.to_str().unwrap();
+    run_ok(
+        dir.path(),
+        &[
+            "upscale",
+            "in.png",
+            "--model",
+            both,
             "--input-range",
             "-1..1",
             "--batch",
@@ -489,13 +492,7 @@ fn float16_models_and_other_value_ranges_give_the_float32_result() {
             "24",
             "-o",
             "out.png",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let got = load(&dir.path().join("out.png")).image;
     let diff = max_abs_diff(&reference, &got);
@@ -583,19 +580,21 @@ fn an_onnx_denoiser_runs_before_the_model_at_the_input_size() {
     let input = crop("photo_coffee_600x400.png", 200, 100, 48, 40);
     input.save(dir.path().join("in.png")).unwrap();
     let (main, denoiser) = ("realesr-animevideov3-x4", "waifu2x-upconv7-photo-x2");
-    let out = darkroom()
-        .current_dir(dir.path())
-        .args(["upscale", "in.png", "--model"])
-        .arg(model_path(main))
-        .arg("--denoise-model")
-        .arg(model_path(denoiser))
-        .args(["--tile", "0", "-o", "out.png"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (main_path, denoiser_path) = (model_path(main), model_path(denoiser));
+    run_ok(
+        dir.path(),
+        &[
+            "upscale",
+            "in.png",
+            "--model",
+            main_path.to_str().unwrap(),
+            "--denoise-model",
+            denoiser_path.to_str().unwrap(),
+            "--tile",
+            "0",
+            "-o",
+            "out.png",
+        ],
     );
     let got = load(&dir.path().join("out.png")).image;
 

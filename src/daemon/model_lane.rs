@@ -130,13 +130,8 @@ fn session<'a>(
 ) -> Result<&'a mut Model, ModelError> {
     if !sessions.contains_key(&spec.path) {
         let runtime = onnx::runtime(settings.onnxruntime.as_deref())?;
-        let defaults = LoadOptions::default();
         let options = LoadOptions {
-            threads: if settings.threads == 0 {
-                defaults.threads
-            } else {
-                settings.threads
-            },
+            threads: LoadOptions::threads_or_cores(settings.threads),
             provider: settings.provider,
             range: spec.range,
             batch: spec.batch,

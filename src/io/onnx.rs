@@ -263,10 +263,21 @@ pub struct LoadOptions {
     pub expected_scale: Option<u32>,
 }
 
+impl LoadOptions {
+    /// `configured` intra-op threads, or one per core for 0.
+    pub fn threads_or_cores(configured: usize) -> usize {
+        if configured == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            configured
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: LoadOptions::threads_or_cores(0),
             provider: Provider::Auto,
             range: ValueRange::Unit,
             batch: 1,
@@ -676,17 +687,7 @@ impl Model {
         let probe = Planar::new(3, SIDE, SIDE);
         let mut cpu_copy = None;
         if self.provider != "CPU" {
-            let bytes = std::fs::read(&self.path).map_err(|e| ModelError::BadModel {
-                path: self.path.display().to_string(),
-                reason: format!("cannot read: {e}"),
-            })?;
-            let (session, _) = build_session(
-                &self.path,
-                &bytes,
-                self.runtime,
-                self.options.threads,
-                Provider::Cpu,
-            )?;
+            let session = self.cpu_session()?;
             cpu_copy = Some(std::mem::replace(&mut self.session, session));
         }
         let reset = crate::io::system::reset_peak_resident();
@@ -735,22 +736,26 @@ impl Model {
         }
     }
 
-    /// Rebuilds the session on the CPU provider (same model, same threads).
-    fn move_to_cpu(&mut self) -> Result<(), ModelError> {
-        let bad = |reason: String| ModelError::BadModel {
+    /// A new session of this model on the CPU provider (same threads).
+    fn cpu_session(&self) -> Result<Session, ModelError> {
+        let bytes = std::fs::read(&self.path).map_err(|e| ModelError::BadModel {
             path: self.path.display().to_string(),
-            reason,
-        };
-        let bytes = std::fs::read(&self.path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let (session, provider) = build_session(
+            reason: format!("cannot read: {e}"),
+        })?;
+        let (session, _) = build_session(
             &self.path,
             &bytes,
             self.runtime,
             self.options.threads,
             Provider::Cpu,
         )?;
-        self.session = session;
-        self.provider = provider.into();
+        Ok(session)
+    }
+
+    /// Rebuilds the session on the CPU provider for good.
+    fn move_to_cpu(&mut self) -> Result<(), ModelError> {
+        self.session = self.cpu_session()?;
+        self.provider = "CPU".into();
         self.options.provider = Provider::Cpu;
         Ok(())
     }

@@ -184,13 +184,8 @@ pub fn model_error(e: ModelError) -> OpError {
 /// Loads a model with the runtime found on this machine.
 pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpError> {
     let runtime = onnx::runtime(options.runtime.as_deref()).map_err(model_error)?;
-    let defaults = onnx::LoadOptions::default();
     let load = onnx::LoadOptions {
-        threads: if options.threads == 0 {
-            defaults.threads
-        } else {
-            options.threads
-        },
+        threads: onnx::LoadOptions::threads_or_cores(options.threads),
         provider: options.provider,
         range: options.range,
         batch: options.batch.max(1),
