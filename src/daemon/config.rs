@@ -239,18 +239,13 @@ impl ModelRule {
         let sharpen = parse_key(raw.sharpen.as_deref(), label, "sharpen", line, problems);
         let output_format = check_output_format(raw.output_format, label, line, problems);
         let denoise_model = raw.denoise_model.as_ref().and_then(|name| {
-            let found = models.get(name).cloned();
-            if found.is_none() {
-                problems.push(
-                    format!("{label}.denoise_model"),
-                    Some(line),
-                    format!(
-                        "no [models.{name}] (models: {})",
-                        models.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                );
-            }
-            found
+            model_named(
+                name,
+                models,
+                &format!("{label}.denoise_model"),
+                line,
+                problems,
+            )
         });
         let model =
             resolve_upscale_model((&raw.model, &raw.domain), models, label, line, problems)?;
@@ -1188,23 +1183,20 @@ fn resolve_rule(
         }
         "normalise" | "normalize" => {
             let mut table = table;
+            let key = format!("{label}.upscale_model");
             let upscale_model = match table.remove("upscale_model") {
                 None => None,
-                Some(value) => match value.as_str().and_then(|n| context.models.get(n)) {
-                    Some(spec) => Some(spec.clone()),
-                    None => {
-                        let names: Vec<&str> = context.models.keys().map(String::as_str).collect();
-                        problems.push(
-                            format!("{label}.upscale_model"),
-                            Some(line),
-                            format!(
-                                "{value:?} names no [models.<name>] table; models: {}",
-                                names.join(", ")
-                            ),
-                        );
-                        None
-                    }
-                },
+                Some(toml::Value::String(name)) => {
+                    model_named(&name, context.models, &key, line, problems)
+                }
+                Some(other) => {
+                    problems.push(
+                        key,
+                        Some(line),
+                        format!("{other:?}: the name of a [models.<name>] table"),
+                    );
+                    None
+                }
             };
             let settings: crate::ops::normalise::NormaliseSettings =
                 table_or_default(table, &label, line, problems);
@@ -1406,6 +1398,26 @@ fn check_output_format(
 
 /// The model of an upscale or enhance rule: by `model` name, or the first model serving
 /// `domain`.
+/// The `[models.<name>]` table a rule's `key` names, or a problem listing the models.
+fn model_named(
+    name: &str,
+    models: &std::collections::BTreeMap<String, ModelSpec>,
+    key: &str,
+    line: usize,
+    problems: &mut Problems,
+) -> Option<ModelSpec> {
+    let found = models.get(name).cloned();
+    if found.is_none() {
+        let names = models.keys().cloned().collect::<Vec<_>>().join(", ");
+        problems.push(
+            key.to_string(),
+            Some(line),
+            format!("no [models.{name}] table; models: {names}"),
+        );
+    }
+    found
+}
+
 fn resolve_upscale_model(
     (model, domain): (&Option<String>, &Option<String>),
     models: &std::collections::BTreeMap<String, ModelSpec>,
@@ -1415,17 +1427,7 @@ fn resolve_upscale_model(
 ) -> Option<ModelSpec> {
     let names = || models.keys().cloned().collect::<Vec<_>>().join(", ");
     match (model, domain) {
-        (Some(name), None) => match models.get(name) {
-            Some(spec) => Some(spec.clone()),
-            None => {
-                problems.push(
-                    format!("{label}.model"),
-                    Some(line),
-                    format!("no [models.{name}] table; models: {}", names()),
-                );
-                None
-            }
-        },
+        (Some(name), None) => model_named(name, models, &format!("{label}.model"), line, problems),
         (None, Some(domain)) => match models.values().find(|m| m.domains.contains(domain)) {
             Some(spec) => Some(spec.clone()),
             None => {
@@ -1647,6 +1649,23 @@ mod tests {
         for key in ["tile", "batch", "input_range", "scale"] {
             assert!(
                 errors.contains(&format!("models.photo.{key}")),
+                "{key}: {errors}"
+            );
+        }
+        // Every key that names a model table says which names exist.
+        let errors = parse(&format!(
+            "[models.photo]\npath = \"{path}\"\n\n[[rule]]\nname = \"u\"\nrecipe = \"upscale\"\nmodel = \"phot\"\ndenoise_model = \"clean\"\n\n[[rule]]\nname = \"n\"\nrecipe = \"normalise\"\nupscale_model = \"big\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for (key, name) in [
+            ("'u'.model", "phot"),
+            ("'u'.denoise_model", "clean"),
+            ("'n'.upscale_model", "big"),
+        ] {
+            assert!(
+                errors.contains(key)
+                    && errors.contains(&format!("no [models.{name}] table; models: photo")),
                 "{key}: {errors}"
             );
         }
