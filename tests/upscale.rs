@@ -553,21 +553,12 @@ fn tile_auto_fits_the_memory_budget_and_matches_the_untiled_result() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    let log: String = log
-        .split('\x1b')
-        .map(|part| {
-            part.split_once('m').map_or(
-                part,
-                |(code, rest)| if code.starts_with('[') { rest } else { part },
-            )
-        })
-        .collect();
     let tile: u32 = log
         .lines()
         .find(|l| l.contains("tile size from the memory budget"))
         .and_then(|l| l.split("tile=").nth(1))
         .and_then(|t| t.split_whitespace().next())
-        .and_then(|t| t.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("no tile in the log:\n{log}"));
     // 48 or 64 depending on the few percent the measurement varies by.
     assert!((32..=64).contains(&tile), "tile {tile}");

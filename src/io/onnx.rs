@@ -188,15 +188,6 @@ pub enum Precision {
     Float16,
 }
 
-impl Precision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Float32 => "float32",
-            Precision::Float16 => "float16",
-        }
-    }
-}
-
 /// The range of pixel values a model's tensors use (darkroom works in 0..1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ValueRange {
@@ -223,14 +214,6 @@ impl ValueRange {
             ValueRange::Unit => v,
             ValueRange::Signed => (v + 1.0) * 0.5,
             ValueRange::Byte => v / 255.0,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ValueRange::Unit => "0..1",
-            ValueRange::Signed => "-1..1",
-            ValueRange::Byte => "0..255",
         }
     }
 }
