@@ -82,35 +82,41 @@ fn spans(length: u32, tile: u32) -> Vec<(u32, u32)> {
 }
 
 /// The tiles of a `width x height` image: cores of at most `tile` pixels a side (0: the
-/// whole image in one tile), each read with at least `context` pixels around it where the
-/// image goes on. Every tile reads a window of the same size (the largest core plus the
-/// context, shifted inwards at the borders, so border tiles see more context, never less):
-/// tiles of one size can be stacked into one batch.
+/// whole image in one tile), each read with `context` pixels around it (clamped at the image
+/// border, where the model sees the same edge an untiled run sees).
 pub fn plan(width: u32, height: u32, tile: u32, context: u32) -> Vec<Tile> {
-    let rows = spans(height, tile);
-    let columns = spans(width, tile);
-    let window_width = (columns.iter().map(|c| c.1).max().unwrap_or(0) + 2 * context).min(width);
-    let window_height = (rows.iter().map(|r| r.1).max().unwrap_or(0) + 2 * context).min(height);
-    let place = |start: u32, size: u32, limit: u32| start.saturating_sub(context).min(limit - size);
     let mut tiles = Vec::new();
-    for &(y, h) in &rows {
-        for &(x, w) in &columns {
+    for (y, h) in spans(height, tile) {
+        for (x, w) in spans(width, tile) {
             let core = Rect {
                 x,
                 y,
                 width: w,
                 height: h,
             };
-            let input = Rect {
-                x: place(x, window_width, width),
-                y: place(y, window_height, height),
-                width: window_width,
-                height: window_height,
-            };
-            tiles.push(Tile { core, input });
+            tiles.push(Tile {
+                core,
+                input: expand(core, context, width, height),
+            });
         }
     }
     tiles
+}
+
+/// Grows every window of `tiles` to the size of the largest (shifted inwards at the image
+/// border, so each keeps all it read before and more), making them one size: such tiles can
+/// be stacked into one batch. Only for batches: the larger border windows cost work.
+pub fn one_window_size(tiles: &mut [Tile], width: u32, height: u32) {
+    let window_width = tiles.iter().map(|t| t.input.width).max().unwrap_or(0);
+    let window_height = tiles.iter().map(|t| t.input.height).max().unwrap_or(0);
+    for tile in tiles {
+        tile.input = Rect {
+            x: tile.input.x.min(width - window_width),
+            y: tile.input.y.min(height - window_height),
+            width: window_width,
+            height: window_height,
+        };
+    }
 }
 
 /// `tiles` in runs of at most `batch` tiles that read windows of one size, in plan order.
@@ -352,28 +358,37 @@ mod tests {
     }
 
     #[test]
-    fn windows_are_one_size_shifted_inwards_at_the_border() {
+    fn context_is_clamped_at_the_border() {
         let t = plan(100, 100, 50, 8);
-        let window = |x, y| Rect {
+        let window = |x, y, size| Rect {
             x,
             y,
-            width: 66,
-            height: 66,
+            width: size,
+            height: size,
         };
-        assert_eq!(t[0].input, window(0, 0));
-        assert_eq!(t[3].input, window(34, 34));
-        // Uneven cores (34 + 33 + 33): one window size, at least the context where the
-        // image goes on, never past the border.
-        for tile in plan(100, 70, 34, 5) {
-            let (c, i) = (tile.core, tile.input);
-            assert_eq!((i.width, i.height), (44, 34));
-            assert!(c.x - i.x >= c.x.min(5) && c.y - i.y >= c.y.min(5));
-            assert!(i.x + i.width >= (c.x + c.width + 5).min(100));
-            assert!(i.y + i.height >= (c.y + c.height + 5).min(70));
+        assert_eq!(t[0].input, window(0, 0, 58));
+        assert_eq!(t[3].input, window(42, 42, 58));
+    }
+
+    #[test]
+    fn one_window_size_grows_windows_inwards_keeping_what_they_read() {
+        // Uneven cores (34 + 33 + 33, 24 + 23 + 23): the middle windows are the largest,
+        // 33 + 2 x 5 by 23 + 2 x 5.
+        let before = plan(100, 70, 34, 5);
+        let mut tiles = before.clone();
+        one_window_size(&mut tiles, 100, 70);
+        for (old, new) in before.iter().zip(&tiles) {
+            let (o, i) = (old.input, new.input);
+            assert_eq!((i.width, i.height), (43, 33));
+            assert_eq!(old.core, new.core);
+            assert!(i.x <= o.x && i.y <= o.y);
+            assert!(i.x + i.width >= o.x + o.width && i.y + i.height >= o.y + o.height);
             assert!(i.x + i.width <= 100 && i.y + i.height <= 70);
         }
-        // A window never outgrows the image.
-        assert_eq!(plan(20, 10, 16, 8)[0].input.width, 20);
+        // Two tiles a side: every window is already one size, nothing grows.
+        let mut two = plan(100, 100, 50, 8);
+        one_window_size(&mut two, 100, 100);
+        assert_eq!(two, plan(100, 100, 50, 8));
     }
 
     #[test]
@@ -390,7 +405,8 @@ mod tests {
 
     #[test]
     fn batches_hold_same_size_windows_in_plan_order() {
-        let tiles = plan(300, 200, 64, 8);
+        let mut tiles = plan(300, 200, 64, 8);
+        one_window_size(&mut tiles, 300, 200);
         let groups = batches(&tiles, 4);
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), tiles.len());
         assert!(groups.iter().all(|g| g.len() <= 4));

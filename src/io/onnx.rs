@@ -571,7 +571,10 @@ impl Model {
     ) -> Result<Planar, ModelError> {
         let s = self.scale;
         let mut out = Planar::new(3, image.width * s, image.height * s);
-        let tiles = tiling::plan(image.width, image.height, tile, context);
+        let mut tiles = tiling::plan(image.width, image.height, tile, context);
+        if self.options.batch > 1 {
+            tiling::one_window_size(&mut tiles, image.width, image.height);
+        }
         let total = tiles.len();
         let mut done = 0;
         for group in tiling::batches(&tiles, self.options.batch) {
