@@ -87,6 +87,14 @@ fn the_round_trip_pairs_returns_by_name_suffix_job_id_and_content() {
         );
     }
     // The original moved only after its first output, the returns are filed, nothing is left.
+    // Returns are filed after the merged output is durable: wait for the fourth merge's record.
+    tree.wait_for("four merges recorded", || {
+        tree.processing_log()
+            .iter()
+            .filter(|t| t["kind"] == "merge" && t["to"] == "done")
+            .count()
+            == 4
+    });
     assert_eq!(
         names(&tree.path("var/processed/photos/originals")),
         ["bus.jpg"]
@@ -229,11 +237,11 @@ fn a_corrupt_file_is_quarantined_and_the_next_good_file_still_completes() {
     }
     let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
     assert_eq!(image::image_dimensions(&proxy).unwrap(), (512, 512));
-    assert!(
-        tree.status().contains("recent failures: 2"),
-        "{}",
-        tree.status()
-    );
+    // The journal records a failure after the file is moved aside, so the status may lag the
+    // folder by a moment.
+    tree.wait_for("both failures in the status", || {
+        tree.status().contains("recent failures: 2")
+    });
     assert!(tree.log().contains("moved aside with an error sidecar"));
 }
 
@@ -680,10 +688,10 @@ fn a_file_dropped_into_an_upscale_rule_comes_out_upscaled_with_its_sidecar() {
     assert_eq!(meta["tiling"]["tiles"], 2, "17x9 in 16-px tiles");
     assert_eq!(meta["tiling"]["sharpen"]["amount"], 0.5);
     assert_eq!(meta["corrections"]["denoise_model"], "anime");
-    assert_eq!(
-        names(&tree.path("var/processed/art/originals")),
-        ["sprite.png", "tiny.png"]
-    );
+    // Originals are filed after their outputs are durable.
+    let originals = tree.path("var/processed/art/originals");
+    tree.wait_for("both originals filed", || names(&originals).len() == 2);
+    assert_eq!(names(&originals), ["sprite.png", "tiny.png"]);
     assert!(tree.log().contains("model loaded"));
     assert_eq!(
         tree.log().matches("model loaded").count(),
@@ -833,6 +841,9 @@ fn a_normalise_rule_builds_a_training_set_with_captions_rejects_and_reports() {
     assert_eq!((enlarged.width(), enlarged.height()), (640, 384));
     // Originals and the caption that came with one are filed once the outputs are durable.
     let originals = tree.path("var/processed/lora/originals");
+    tree.wait_for("the coffee's original filed", || {
+        originals.join("coffee.png").is_file()
+    });
     for name in ["bus.jpg", "bus.txt", "coffee.png"] {
         assert!(originals.join(name).is_file(), "{name} not filed");
     }
