@@ -13,6 +13,7 @@ fn main() {
     println!("|---|---|---|---|");
     for filter in [FilterChoice::Adaptive, FilterChoice::Paeth] {
         for (level, strategy) in [
+            (0u32, Strategy::Runs),
             (2u32, Strategy::Default),
             (6, Strategy::Default),
             (2, Strategy::Rle),
@@ -32,8 +33,13 @@ fn main() {
                 times.push(start.elapsed());
             }
             times.sort();
+            let deflate = if strategy == Strategy::Runs {
+                "darkroom Runs".to_string()
+            } else {
+                format!("zlib level {level} {strategy:?}")
+            };
             println!(
-                "| {filter:?} | level {level} {strategy:?} | {:.0} ms | {size} |",
+                "| {filter:?} | {deflate} | {:.0} ms | {size} |",
                 times[1].as_secs_f64() * 1000.0
             );
         }

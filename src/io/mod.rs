@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod decode;
+pub mod deflate;
 pub mod encode;
 pub mod exif;
 pub mod external;
