@@ -16,6 +16,8 @@ const BLOCK_BYTES: usize = 64 * 1024;
 /// Shortest run coded as a match; shorter runs are cheaper as literals.
 const MIN_RUN: usize = 4;
 const MAX_RUN: usize = 258;
+/// The most bytes one stored block holds.
+const STORED_BYTES: usize = 65_535;
 const END_OF_BLOCK: usize = 256;
 /// Literal/length symbols: 256 literals, end of block, 29 length codes.
 const LITLEN_SYMBOLS: usize = 286;
@@ -38,12 +40,8 @@ pub fn deflate_runs(data: &[u8], is_last: bool, out: &mut Vec<u8>) {
     out.reserve(data.len() / 2 + 64);
     let mut bits = BitWriter::new(out);
     let mut block = Block::default();
-    let count = data.len().div_ceil(BLOCK_BYTES).max(1);
-    for (index, raw) in data
-        .chunks(BLOCK_BYTES)
-        .chain(data.is_empty().then_some(data))
-        .enumerate()
-    {
+    let count = chunk_count(data.len(), BLOCK_BYTES);
+    for (index, raw) in chunks_or_one_empty(data, BLOCK_BYTES).enumerate() {
         block.analyse(raw);
         block.write(&mut bits, raw, is_last && index + 1 == count);
     }
@@ -69,8 +67,8 @@ struct Block {
 
 impl Block {
     /// Finds the runs of `raw` (bytes equal to the one before them, `MIN_RUN` or more in a
-    /// row) and counts every symbol. Runs stay inside the block; the last 8 bytes of a block
-    /// are always literals.
+    /// row) and counts every symbol. Runs stay inside the block, and none starts in the last
+    /// few bytes (fewer than 8) that no whole word reaches: those are coded as literals.
     fn analyse(&mut self, raw: &[u8]) {
         const STARTS: u64 = 0x0000_0080_8080_8080; // bytes 0..=4 of a word
         self.litlen_freq.clear();
@@ -105,7 +103,7 @@ impl Block {
             k = start + run;
             literals_from = k;
         }
-        count_bytes(&mut histograms, &raw[literals_from.min(n)..]);
+        count_bytes(&mut histograms, &raw[literals_from..]);
         for (symbol, f) in self.litlen_freq[..256].iter_mut().enumerate() {
             *f += histograms.iter().map(|h| h[symbol]).sum::<u32>();
         }
@@ -131,7 +129,7 @@ impl Block {
         }
         // Stored blocks (at most 65,535 bytes each): 3 header bits, alignment, 4 length bytes.
         let stored_bits =
-            raw.len().div_ceil(65_535).max(1) as u64 * (3 + 7 + 32) + 8 * raw.len() as u64;
+            chunk_count(raw.len(), STORED_BYTES) as u64 * (3 + 7 + 32) + 8 * raw.len() as u64;
         if stored_bits < dynamic_bits {
             write_stored(bits, raw, final_block);
             return;
@@ -215,14 +213,20 @@ fn length_code(length: usize) -> usize {
     }
 }
 
+/// `data` in chunks of `size`, or one empty chunk when `data` is empty: a stream, and a
+/// stored block, always has at least one block.
+fn chunks_or_one_empty(data: &[u8], size: usize) -> impl Iterator<Item = &[u8]> {
+    data.chunks(size).chain(data.is_empty().then_some(data))
+}
+
+/// How many chunks `chunks_or_one_empty` gives for `len` bytes.
+fn chunk_count(len: usize, size: usize) -> usize {
+    len.div_ceil(size).max(1)
+}
+
 fn write_stored(bits: &mut BitWriter<'_>, raw: &[u8], final_block: bool) {
-    let chunks: Vec<&[u8]> = if raw.is_empty() {
-        vec![raw]
-    } else {
-        raw.chunks(65_535).collect()
-    };
-    let count = chunks.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
+    let count = chunk_count(raw.len(), STORED_BYTES);
+    for (i, chunk) in chunks_or_one_empty(raw, STORED_BYTES).enumerate() {
         bits.put(u32::from(final_block && i + 1 == count), 1);
         bits.put(0, 2);
         bits.align();
