@@ -908,9 +908,18 @@ fn kill_9_while_normalising_leaves_exactly_one_image_per_input_after_restart() {
         "panorama_4032x1008_4to1.jpg",
         "painting_peppercarrot_ep01_p03.jpg",
     ];
+    let pngs = || {
+        files_in(&images)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .count()
+    };
     let (mut dropped, mut interrupted) = (0, 0);
-    for (round, kill_after) in [800u64, 1100].into_iter().enumerate() {
+    // The first round is killed once its first image is in the set, the second once its
+    // third is: mid-run however fast the machine (a fixed sleep was not).
+    for (round, kill_after) in [1usize, 3].into_iter().enumerate() {
         tree.start();
+        let before = pngs();
         for copy in 0..6 {
             for name in photos {
                 dropped += 1;
@@ -921,7 +930,7 @@ fn kill_9_while_normalising_leaves_exactly_one_image_per_input_after_restart() {
                 .unwrap();
             }
         }
-        std::thread::sleep(Duration::from_millis(kill_after));
+        tree.wait_for("the round's first images", || pngs() >= before + kill_after);
         tree.kill_hard();
         // The kill came while jobs were still waiting or running.
         let left = files_in(&inbox).len();
@@ -933,12 +942,6 @@ fn kill_9_while_normalising_leaves_exactly_one_image_per_input_after_restart() {
         "no kill landed while work was left: the test tests nothing"
     );
     tree.start();
-    let pngs = || {
-        files_in(&images)
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "png"))
-            .count()
-    };
     tree.wait_for("every input in the set", || {
         files_in(&inbox).is_empty() && pngs() == dropped && files_in(&images).len() == 3 * dropped
     });

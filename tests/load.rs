@@ -237,10 +237,13 @@ fn a_kill_9_loop_during_a_run_leaves_one_output_per_input_and_the_journal_agrees
     let files = variants_of("photo_coffee_600x400.png", count);
     let inbox = tree.inbox();
     let out = tree.exchange_out();
-    // The files arrive in waves through the loop, so every kill finds work waiting or running.
+    // The files arrive in waves through the loop. Each kill waits for a random point inside
+    // the work still to do (from "nothing of this wave started" to "one file short"), so it
+    // lands mid-run however fast the machine is; a random sleep alone let a fast CI machine
+    // finish each wave before the kill.
     let wave = count.div_ceil(kills);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let (mut dropped, mut mid_run) = (0, 0);
+    let (mut dropped, mut mid_run, mut mid_write) = (0, 0, 0);
     for _ in 0..kills {
         for bytes in files.iter().skip(dropped).take(wave) {
             std::fs::write(inbox.join(format!("k{dropped:05}.png")), bytes).unwrap();
@@ -249,16 +252,25 @@ fn a_kill_9_loop_during_a_run_leaves_one_output_per_input_and_the_journal_agrees
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(20 + rng % 250));
+        let done = count_files(&out);
+        let kill_at = done + (rng as usize) % (dropped - done).max(1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_files(&out) < kill_at && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         mid_run += usize::from(count_files(&out) < dropped);
+        mid_write += usize::from(!temp_files(&tree.path("var")).is_empty());
         tree.kill_hard();
         tree.start();
     }
-    eprintln!("kill loop: {mid_run} of {kills} kills landed with work waiting or running");
-    // Kills are random: at least a quarter must have hit pending work, or the run tested
-    // little (typically a third do).
+    eprintln!(
+        "kill loop: {mid_run} of {kills} kills landed with work waiting or running, \
+         {mid_write} with a temp file seen just before"
+    );
+    // A kill can still miss when the daemon finishes the last files between the poll and
+    // the signal; most must land, or the run tested little.
     assert!(
-        mid_run * 4 >= kills,
+        mid_run * 2 >= kills,
         "only {mid_run} of {kills} kills landed mid-run"
     );
     drain(
