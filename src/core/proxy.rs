@@ -36,10 +36,39 @@ fn pad_to_canvas(
         return Ok(scaled);
     }
     let mut canvas = blank_like(&scaled, geometry.canvas_width, geometry.canvas_height)?;
-    canvas
-        .copy_from(&scaled, geometry.pad_left, geometry.pad_top)
-        .map_err(|e| ResampleError::Resize(e.to_string()))?;
+    let (x, y) = (geometry.pad_left, geometry.pad_top);
+    match (&mut canvas, &scaled) {
+        (DynamicImage::ImageLuma8(c), DynamicImage::ImageLuma8(s)) => paste_rows(c, s, x, y),
+        (DynamicImage::ImageLumaA8(c), DynamicImage::ImageLumaA8(s)) => paste_rows(c, s, x, y),
+        (DynamicImage::ImageRgb8(c), DynamicImage::ImageRgb8(s)) => paste_rows(c, s, x, y),
+        (DynamicImage::ImageRgba8(c), DynamicImage::ImageRgba8(s)) => paste_rows(c, s, x, y),
+        _ => canvas
+            .copy_from(&scaled, x, y)
+            .map_err(|e| ResampleError::Resize(e.to_string()))?,
+    }
     Ok(canvas)
+}
+
+/// Copies `image` into `canvas` at (`x`, `y`) a row at a time (the generic `copy_from` goes
+/// pixel by pixel through RGBA). The caller's geometry keeps `image` inside `canvas`.
+fn paste_rows<P: image::Pixel>(
+    canvas: &mut image::ImageBuffer<P, Vec<P::Subpixel>>,
+    image: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+    x: u32,
+    y: u32,
+) {
+    let channels = usize::from(P::CHANNEL_COUNT);
+    let canvas_row = canvas.width() as usize * channels;
+    let row = image.width() as usize * channels;
+    if row == 0 {
+        return;
+    }
+    let offset = x as usize * channels;
+    let target: &mut [P::Subpixel] = canvas;
+    for (r, source) in image.as_raw().chunks_exact(row).enumerate() {
+        let start = (y as usize + r) * canvas_row + offset;
+        target[start..start + row].copy_from_slice(source);
+    }
 }
 
 /// Rounds a 16-bit image to 8 bits (`round(v * 255 / 65535)`), keeping the channel layout.
@@ -85,6 +114,52 @@ mod tests {
         assert_eq!(proxy.dimensions(), (16, 16));
         assert_eq!(proxy.get_pixel(0, 0).0, [0, 0, 0, 0]);
         assert_eq!(proxy.get_pixel(8, 8).0, [200, 100, 50, 255]);
+    }
+
+    #[test]
+    fn padding_pastes_every_row_where_the_generic_copy_does() {
+        // Distinct values per pixel and channel, so a row off by one or a shifted column shows.
+        let gradient = |w: u32, h: u32, channels: u32| {
+            (0..w * h * channels)
+                .map(|i| (i * 7 % 251) as u8)
+                .collect::<Vec<u8>>()
+        };
+        let (w, h) = (13, 5);
+        let layouts = [
+            DynamicImage::ImageLuma8(
+                image::ImageBuffer::from_raw(w, h, gradient(w, h, 1)).unwrap(),
+            ),
+            DynamicImage::ImageLumaA8(
+                image::ImageBuffer::from_raw(w, h, gradient(w, h, 2)).unwrap(),
+            ),
+            DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, gradient(w, h, 3)).unwrap()),
+            DynamicImage::ImageRgba8(
+                image::ImageBuffer::from_raw(w, h, gradient(w, h, 4)).unwrap(),
+            ),
+        ];
+        for scaled in layouts {
+            for (canvas_width, canvas_height) in [(13, 11), (17, 5), (20, 11)] {
+                let g = ProxyGeometry {
+                    original_width: w * 3,
+                    original_height: h * 3,
+                    canvas_width,
+                    canvas_height,
+                    scaled_width: w,
+                    scaled_height: h,
+                    pad_left: (canvas_width - w) / 2,
+                    pad_top: (canvas_height - h) / 2,
+                };
+                let mut expected = blank_like(&scaled, g.canvas_width, g.canvas_height).unwrap();
+                expected.copy_from(&scaled, g.pad_left, g.pad_top).unwrap();
+                let pasted = pad_to_canvas(scaled.clone(), &g).unwrap();
+                assert_eq!(
+                    pasted,
+                    expected,
+                    "{:?} into {canvas_width}x{canvas_height}",
+                    scaled.color()
+                );
+            }
+        }
     }
 
     #[test]

@@ -139,15 +139,17 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, 
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
         return Err(DecodeError::TruncatedJpeg);
     }
-    let decoded =
-        std::panic::catch_unwind(|| decode_sniffed(bytes, format, limits)).map_err(|panic| {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            DecodeError::DecoderPanic(text)
-        })??;
+    let (decoded, sha256) = while_hashing(bytes, || {
+        std::panic::catch_unwind(|| decode_sniffed(bytes, format, limits))
+    });
+    let decoded = decoded.map_err(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        DecodeError::DecoderPanic(text)
+    })??;
     let (image, icc_profile, exif_orientation, exif) = decoded;
     Ok(LoadedImage {
         image,
@@ -155,8 +157,18 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, 
         icc_profile,
         exif_orientation,
         exif,
-        sha256: sha256_hex(bytes),
+        sha256,
         file_bytes: bytes.len() as u64,
+    })
+}
+
+/// Runs `work` while another thread hashes `bytes` (a 4-MB file's SHA-256 is a few
+/// milliseconds that a decode need not wait for); returns both.
+fn while_hashing<T>(bytes: &[u8], work: impl FnOnce() -> T) -> (T, String) {
+    std::thread::scope(|scope| {
+        let hash = scope.spawn(|| sha256_hex(bytes));
+        let result = work();
+        (result, hash.join().expect("hashing does not panic"))
     })
 }
 
@@ -312,7 +324,8 @@ fn reduced_jpeg(
         return None; // no reduction possible: the full decoder (zune-jpeg) is faster
     }
     let icc = decoder.icc_profile();
-    let pixels = decoder.decode().ok()?;
+    let (pixels, sha256) = while_hashing(bytes, || decoder.decode());
+    let pixels = pixels.ok()?;
     let (w, h) = (u32::from(w), u32::from(h));
     let mut image = match decoder.info()?.pixel_format {
         jpeg_decoder::PixelFormat::RGB24 => {
@@ -331,7 +344,7 @@ fn reduced_jpeg(
             icc_profile: icc,
             exif_orientation: orientation_to_exif(orientation),
             exif: None,
-            sha256: sha256_hex(bytes),
+            sha256,
             file_bytes: bytes.len() as u64,
         },
         full_width: full_w,
@@ -379,9 +392,8 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
                 if marker == 0xDA {
                     // Entropy-coded data follows until a marker that is not RST or stuffing.
                     loop {
-                        while i < bytes.len() && bytes[i] != 0xFF {
-                            i += 1;
-                        }
+                        i = memchr::memchr(0xFF, &bytes[i.min(bytes.len())..])
+                            .map_or(bytes.len(), |at| i + at);
                         if i + 1 >= bytes.len() {
                             return false;
                         }
