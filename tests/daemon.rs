@@ -792,6 +792,16 @@ fn a_normalise_rule_builds_a_training_set_with_captions_rejects_and_reports() {
     )
     .unwrap();
     tree.wait_for("the bus in the set", || images.join("0001.json").is_file());
+    // The claim names the rule's recipe, in the log and in the processing log.
+    assert!(
+        tree.log().contains("recipe=\"normalise\""),
+        "{}",
+        tree.log()
+    );
+    assert!(tree
+        .processing_log()
+        .iter()
+        .any(|t| t["to"] == "queued" && t["rule"] == "lora" && t["recipe"] == "normalise"));
     // A recompressed copy of the bus, a broken file, and a photo too small for sd15 (600x400
     // needs 1.07x for its 640x384 bucket: the rule's model enlarges it).
     let bus = load(&testdata("photo_bus_4032x3024_p3.jpg")).image;

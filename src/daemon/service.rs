@@ -592,9 +592,13 @@ impl Daemon {
             return Ok(());
         }
         let id = self.journal.insert(&rule, kind, &identity, State::Queued)?;
+        // The journal's kind says where the file came from (an inbox or the exchange);
+        // the recipe says what will be done with it.
+        let recipe = self.config.rule(&rule).map_or("", |r| r.recipe.name());
         tracing::info!(
             job = id,
             rule = %rule,
+            recipe,
             kind = kind.as_str(),
             file = %claim.path.display(),
             bytes = claim.stat.size,
@@ -602,8 +606,9 @@ impl Daemon {
         );
         if let Some(job) = self.journal.get(id)? {
             self.log.record(json!({
-                "job": id, "kind": kind.as_str(), "rule": rule, "file": job.path,
-                "from": null, "to": "queued", "sha256": job.sha256, "bytes": job.size,
+                "job": id, "kind": kind.as_str(), "rule": rule, "recipe": recipe,
+                "file": job.path, "from": null, "to": "queued", "sha256": job.sha256,
+                "bytes": job.size,
             }));
         }
         Ok(())
