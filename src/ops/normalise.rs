@@ -481,19 +481,36 @@ pub fn stage(
         converted
     };
     let had_alpha = converted.color().has_alpha();
-    let mut pixels: RgbaImage = converted.to_rgba8();
-    drop(converted);
-    let opaque: Option<Vec<bool>> =
-        had_alpha.then(|| pixels.pixels().map(|p| p[3] == 255).collect());
-    if let (true, AlphaPolicy::Flatten(bg)) = (had_alpha, options.alpha) {
-        flatten(&mut pixels, bg);
-        operations.push(serde_json::json!({"op": "flatten-alpha", "background": hex_colour(bg)}));
-    }
-    adjust_pixels(&mut pixels, &options.adjust, &mut operations);
-
+    // An opaque RGB result with no adjustments and no letterbox goes to the encoder as it is:
+    // the RGBA working copy (and the copy back to RGB) would change nothing.
+    let untouched = matches!(converted, DynamicImage::ImageRgb8(_))
+        && options.adjust == Adjustments::default()
+        && plan.canvas == plan.resize_to;
     // Scores on the output (before any letterbox, which would dilute them); clipping counts
     // only pixels that were opaque, not a background flattened in.
-    let luma = quality::Luma::of_rgba8(&pixels);
+    let (luma, opaque, working) = if untouched {
+        (
+            quality::Luma::of(&converted),
+            None,
+            Working::Untouched(converted),
+        )
+    } else {
+        let mut pixels: RgbaImage = converted.to_rgba8();
+        drop(converted);
+        let opaque: Option<Vec<bool>> =
+            had_alpha.then(|| pixels.pixels().map(|p| p[3] == 255).collect());
+        if let (true, AlphaPolicy::Flatten(bg)) = (had_alpha, options.alpha) {
+            flatten(&mut pixels, bg);
+            operations
+                .push(serde_json::json!({"op": "flatten-alpha", "background": hex_colour(bg)}));
+        }
+        adjust_pixels(&mut pixels, &options.adjust, &mut operations);
+        (
+            quality::Luma::of_rgba8(&pixels),
+            opaque,
+            Working::Rgba(pixels),
+        )
+    };
     let (clipped_dark, clipped_bright) = match &opaque {
         Some(mask) => quality::clipping_where(&luma, mask),
         None => quality::clipping(&luma),
@@ -511,29 +528,37 @@ pub fn stage(
     let reasons = verdict(&scores, &options.thresholds);
 
     let keep_alpha = had_alpha && options.alpha == AlphaPolicy::Keep;
-    let output = if plan.canvas != plan.resize_to {
-        let [r, g, b] = options.pad_colour;
-        let mut canvas =
-            RgbaImage::from_pixel(plan.canvas.0, plan.canvas.1, image::Rgba([r, g, b, 255]));
-        image::imageops::replace(
-            &mut canvas,
-            &pixels,
-            i64::from(plan.offset.0),
-            i64::from(plan.offset.1),
-        );
-        operations.push(serde_json::json!({
-            "op": "pad", "colour": hex_colour(options.pad_colour),
-            "canvas": format!("{}x{}", plan.canvas.0, plan.canvas.1),
-            "offset": [plan.offset.0, plan.offset.1],
-        }));
-        canvas
-    } else {
-        pixels
-    };
-    let final_image = if keep_alpha {
-        DynamicImage::ImageRgba8(output)
-    } else {
-        DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(output).to_rgb8())
+    let final_image = match working {
+        Working::Untouched(image) => image,
+        Working::Rgba(pixels) => {
+            let output = if plan.canvas != plan.resize_to {
+                let [r, g, b] = options.pad_colour;
+                let mut canvas = RgbaImage::from_pixel(
+                    plan.canvas.0,
+                    plan.canvas.1,
+                    image::Rgba([r, g, b, 255]),
+                );
+                image::imageops::replace(
+                    &mut canvas,
+                    &pixels,
+                    i64::from(plan.offset.0),
+                    i64::from(plan.offset.1),
+                );
+                operations.push(serde_json::json!({
+                    "op": "pad", "colour": hex_colour(options.pad_colour),
+                    "canvas": format!("{}x{}", plan.canvas.0, plan.canvas.1),
+                    "offset": [plan.offset.0, plan.offset.1],
+                }));
+                canvas
+            } else {
+                pixels
+            };
+            if keep_alpha {
+                DynamicImage::ImageRgba8(output)
+            } else {
+                DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(output).to_rgb8())
+            }
+        }
     };
     record.scores = Some(scores);
     record.operations = operations;
@@ -705,6 +730,13 @@ fn linear_to_srgb(v: f32) -> f32 {
     }
 }
 
+/// The output being built: the converted image as it is, or an RGBA working copy for
+/// alpha, adjustments or a letterbox.
+enum Working {
+    Untouched(DynamicImage),
+    Rgba(RgbaImage),
+}
+
 /// Composites onto `bg` (in sRGB values, as browsers do) and makes the image opaque.
 fn flatten(pixels: &mut RgbaImage, bg: [u8; 3]) {
     for p in pixels.pixels_mut() {
@@ -787,8 +819,14 @@ fn thumbnail(image: &DynamicImage) -> Option<Vec<u8>> {
     let factor = (192.0 / f64::from(long)).min(1.0);
     let w = ((f64::from(image.width()) * factor).round() as u32).max(1);
     let h = ((f64::from(image.height()) * factor).round() as u32).max(1);
-    let rgb = DynamicImage::ImageRgb8(image.to_rgb8());
-    let small = crate::core::resample::resize_lanczos3(&rgb, w, h).ok()?;
+    let copy;
+    let rgb = if let DynamicImage::ImageRgb8(_) = image {
+        image
+    } else {
+        copy = DynamicImage::ImageRgb8(image.to_rgb8());
+        &copy
+    };
+    let small = crate::core::resample::resize_lanczos3(rgb, w, h).ok()?;
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
         .encode_image(&small)
