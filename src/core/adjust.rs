@@ -9,11 +9,8 @@
 //! - saturation: distance from grey scaled by a factor; vibrance: the same, weighted towards
 //!   pixels that are not yet saturated.
 
+use crate::core::quality::pixel_luma as luma;
 use image::RgbaImage;
-
-fn luma(p: &[u8]) -> f32 {
-    0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])
-}
 
 fn to_u8(v: f32) -> u8 {
     v.round().clamp(0.0, 255.0) as u8

@@ -23,19 +23,22 @@ pub struct Luma {
     pub data: Vec<f32>,
 }
 
+/// Rec. 601 luma of an RGB(A) pixel's first three bytes, the weighting every score uses.
+pub fn pixel_luma(p: &[u8]) -> f32 {
+    0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])
+}
+
 impl Luma {
     pub fn of(image: &DynamicImage) -> Luma {
-        let weigh =
-            |p: &[u8]| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
         let data: Vec<f32> = match image {
-            DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(weigh).collect(),
+            DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(pixel_luma).collect(),
             DynamicImage::ImageRgba8(b) => return Luma::of_rgba8(b),
             DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| f32::from(v)).collect(),
             other => other
                 .to_rgb8()
                 .as_raw()
                 .chunks_exact(3)
-                .map(weigh)
+                .map(pixel_luma)
                 .collect(),
         };
         Luma {
@@ -62,18 +65,16 @@ impl Luma {
         }
         let region = (x, y, width, height);
         let stride = image.width() as usize;
-        let weigh =
-            |p: &[u8]| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
         let mut data = Vec::with_capacity(width as usize * height as usize);
         match image {
             DynamicImage::ImageRgb8(b) => {
                 for row in rows(b.as_raw(), stride * 3, 3, region) {
-                    data.extend(row.chunks_exact(3).map(weigh));
+                    data.extend(row.chunks_exact(3).map(pixel_luma));
                 }
             }
             DynamicImage::ImageRgba8(b) => {
                 for row in rows(b.as_raw(), stride * 4, 4, region) {
-                    data.extend(row.chunks_exact(4).map(weigh));
+                    data.extend(row.chunks_exact(4).map(pixel_luma));
                 }
             }
             DynamicImage::ImageLuma8(b) => {
@@ -92,11 +93,7 @@ impl Luma {
 
     /// [`Luma::of`] an RGBA buffer, without wrapping (and copying) it into an image.
     pub fn of_rgba8(buffer: &image::RgbaImage) -> Luma {
-        let data = buffer
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]))
-            .collect();
+        let data = buffer.as_raw().chunks_exact(4).map(pixel_luma).collect();
         Luma {
             width: buffer.width() as usize,
             height: buffer.height() as usize,

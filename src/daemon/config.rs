@@ -1396,8 +1396,6 @@ fn check_output_format(
     format
 }
 
-/// The model of an upscale or enhance rule: by `model` name, or the first model serving
-/// `domain`.
 /// The `[models.<name>]` table a rule's `key` names, or a problem listing the models.
 fn model_named(
     name: &str,
@@ -1418,6 +1416,8 @@ fn model_named(
     found
 }
 
+/// The model of an upscale or enhance rule: by `model` name, or the first model serving
+/// `domain`.
 fn resolve_upscale_model(
     (model, domain): (&Option<String>, &Option<String>),
     models: &std::collections::BTreeMap<String, ModelSpec>,

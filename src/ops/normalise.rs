@@ -532,24 +532,7 @@ pub fn stage(
         Working::Untouched(image) => image,
         Working::Rgba(pixels) => {
             let output = if plan.canvas != plan.resize_to {
-                let [r, g, b] = options.pad_colour;
-                let mut canvas = RgbaImage::from_pixel(
-                    plan.canvas.0,
-                    plan.canvas.1,
-                    image::Rgba([r, g, b, 255]),
-                );
-                image::imageops::replace(
-                    &mut canvas,
-                    &pixels,
-                    i64::from(plan.offset.0),
-                    i64::from(plan.offset.1),
-                );
-                operations.push(serde_json::json!({
-                    "op": "pad", "colour": hex_colour(options.pad_colour),
-                    "canvas": format!("{}x{}", plan.canvas.0, plan.canvas.1),
-                    "offset": [plan.offset.0, plan.offset.1],
-                }));
-                canvas
+                letterbox(&pixels, &plan, options.pad_colour, &mut operations)
             } else {
                 pixels
             };
@@ -735,6 +718,31 @@ fn linear_to_srgb(v: f32) -> f32 {
 enum Working {
     Untouched(DynamicImage),
     Rgba(RgbaImage),
+}
+
+/// `pixels` centred on the plan's canvas in `colour` (the `pad` mode), recorded in
+/// `operations`.
+fn letterbox(
+    pixels: &RgbaImage,
+    plan: &FitPlan,
+    colour: [u8; 3],
+    operations: &mut Vec<serde_json::Value>,
+) -> RgbaImage {
+    let [r, g, b] = colour;
+    let mut canvas =
+        RgbaImage::from_pixel(plan.canvas.0, plan.canvas.1, image::Rgba([r, g, b, 255]));
+    image::imageops::replace(
+        &mut canvas,
+        pixels,
+        i64::from(plan.offset.0),
+        i64::from(plan.offset.1),
+    );
+    operations.push(serde_json::json!({
+        "op": "pad", "colour": hex_colour(colour),
+        "canvas": format!("{}x{}", plan.canvas.0, plan.canvas.1),
+        "offset": [plan.offset.0, plan.offset.1],
+    }));
+    canvas
 }
 
 /// Composites onto `bg` (in sRGB values, as browsers do) and makes the image opaque.
