@@ -163,8 +163,13 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, 
 }
 
 /// Runs `work` while another thread hashes `bytes` (a 4-MB file's SHA-256 is a few
-/// milliseconds that a decode need not wait for); returns both.
+/// milliseconds that a decode need not wait for); returns both. A small file is hashed in
+/// line: its hash takes less than starting a thread.
 fn while_hashing<T>(bytes: &[u8], work: impl FnOnce() -> T) -> (T, String) {
+    const HASH_IN_LINE_BELOW: usize = 1 << 20;
+    if bytes.len() < HASH_IN_LINE_BELOW {
+        return (work(), sha256_hex(bytes));
+    }
     std::thread::scope(|scope| {
         let hash = scope.spawn(|| sha256_hex(bytes));
         let result = work();
