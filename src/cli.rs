@@ -674,6 +674,13 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), OpError> {
     let limits = cli.limits.resolve();
+    if matches!(
+        cli.command,
+        Command::Normalise { .. } | Command::BatchSplit { .. }
+    ) && !darkroom::io::system::reuse_freed_memory()
+    {
+        tracing::debug!("the allocator kept its defaults (large buffers are mapped per image)");
+    }
     match cli.command {
         Command::Serve { .. } | Command::CheckConfig { .. } | Command::Status { .. } => {
             unreachable!("daemon commands run through run_daemon_command")

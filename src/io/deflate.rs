@@ -186,19 +186,31 @@ fn count_bytes(histograms: &mut [[u32; 256]; 4], bytes: &[u8]) {
     }
 }
 
-/// Writes `bytes` as literals, two codes (at most 30 bits) per write.
+/// Writes `bytes` as literals, two codes (at most 30 bits) per step, with the bit buffer and
+/// the stage position in locals (registers) for the loop.
 #[inline]
 fn write_literals(bits: &mut BitWriter<'_>, bytes: &[u8], literal: &[u32; 256]) {
+    let (mut buffer, mut count, mut used) = (bits.buffer, bits.count, bits.used);
     let mut pairs = bytes.chunks_exact(2);
     for pair in &mut pairs {
         let first = literal[usize::from(pair[0])];
         let second = literal[usize::from(pair[1])];
         let first_len = first >> 16;
-        bits.put(
-            (first & 0xFFFF) | (second & 0xFFFF) << first_len,
-            (first_len + (second >> 16)) as u8,
-        );
+        let value = (first & 0xFFFF) | (second & 0xFFFF) << first_len;
+        buffer |= u64::from(value) << count;
+        count += first_len + (second >> 16);
+        if count >= 32 {
+            bits.stage[used..used + 4].copy_from_slice(&(buffer as u32).to_le_bytes());
+            used += 4;
+            buffer >>= 32;
+            count -= 32;
+            if used == STAGE_BYTES {
+                bits.out.extend_from_slice(&bits.stage);
+                used = 0;
+            }
+        }
     }
+    (bits.buffer, bits.count, bits.used) = (buffer, count, used);
     if let [last] = pairs.remainder() {
         let packed = literal[usize::from(*last)];
         bits.put(packed & 0xFFFF, (packed >> 16) as u8);
@@ -454,7 +466,13 @@ struct BitWriter<'a> {
     out: &'a mut Vec<u8>,
     buffer: u64,
     count: u32,
+    /// Whole 32-bit words wait here and go to `out` 4 KiB at a time: a store per word
+    /// instead of a `Vec` capacity check (the literal loop is the encoder's hot path).
+    stage: [u8; STAGE_BYTES],
+    used: usize,
 }
+
+const STAGE_BYTES: usize = 4096;
 
 impl<'a> BitWriter<'a> {
     fn new(out: &'a mut Vec<u8>) -> Self {
@@ -462,20 +480,27 @@ impl<'a> BitWriter<'a> {
             out,
             buffer: 0,
             count: 0,
+            stage: [0; STAGE_BYTES],
+            used: 0,
         }
     }
 
-    /// Adds the low `len` (at most 32) bits of `value`; whole 32-bit words go out at once, so
-    /// fewer than 32 bits stay buffered between calls.
+    /// Adds the low `len` (at most 32) bits of `value`; whole 32-bit words go to the stage,
+    /// so fewer than 32 bits stay buffered between calls.
     #[inline(always)]
     fn put(&mut self, value: u32, len: u8) {
         self.buffer |= u64::from(value) << self.count;
         self.count += u32::from(len);
         if self.count >= 32 {
-            self.out
-                .extend_from_slice(&(self.buffer as u32).to_le_bytes());
+            self.stage[self.used..self.used + 4]
+                .copy_from_slice(&(self.buffer as u32).to_le_bytes());
+            self.used += 4;
             self.buffer >>= 32;
             self.count -= 32;
+            if self.used == STAGE_BYTES {
+                self.out.extend_from_slice(&self.stage);
+                self.used = 0;
+            }
         }
     }
 
@@ -484,8 +509,11 @@ impl<'a> BitWriter<'a> {
         self.count = self.count.div_ceil(8) * 8;
     }
 
-    /// Writes every buffered whole byte.
+    /// Writes the stage and every buffered whole byte to `out` (which may then be written
+    /// to directly).
     fn flush(&mut self) {
+        self.out.extend_from_slice(&self.stage[..self.used]);
+        self.used = 0;
         while self.count >= 8 {
             self.out.push(self.buffer as u8);
             self.buffer >>= 8;

@@ -42,6 +42,29 @@ pub fn reset_peak_resident() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Lets glibc's malloc keep large freed buffers for the next image instead of handing them
+/// back. By default a block over 32 MiB (a decoded 12-MP photo is 36 MB) is mapped fresh and
+/// unmapped when freed, so every image of a batch pays a page fault per 4 KiB of its buffers
+/// again; with the mapping threshold raised and trimming off, the memory of one image is
+/// reused by the next (normalise benchmark: about 8% less CPU time, README "Speed").
+/// For one-shot batch commands only: a long-running service should give the memory of a
+/// large image back. Returns false where the allocator refused (or is not glibc's).
+pub fn reuse_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const LARGE: libc::c_int = 1 << 30;
+        // SAFETY: mallopt only changes allocator parameters; any value is handled by glibc.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, LARGE) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Formats bytes as megabytes with one decimal, as the disk-space error shows them.
 pub fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_000_000.0)
