@@ -200,14 +200,9 @@ fn write_literals(bits: &mut BitWriter<'_>, bytes: &[u8], literal: &[u32; 256]) 
         buffer |= u64::from(value) << count;
         count += first_len + (second >> 16);
         if count >= 32 {
-            bits.stage[used..used + 4].copy_from_slice(&(buffer as u32).to_le_bytes());
-            used += 4;
+            stage_word(&mut bits.stage, &mut used, bits.out, buffer as u32);
             buffer >>= 32;
             count -= 32;
-            if used == STAGE_BYTES {
-                bits.out.extend_from_slice(&bits.stage);
-                used = 0;
-            }
         }
     }
     (bits.buffer, bits.count, bits.used) = (buffer, count, used);
@@ -474,6 +469,17 @@ struct BitWriter<'a> {
 
 const STAGE_BYTES: usize = 4096;
 
+/// Appends `word` (little-endian) to the stage at `used`, and the full stage to `out`.
+#[inline(always)]
+fn stage_word(stage: &mut [u8; STAGE_BYTES], used: &mut usize, out: &mut Vec<u8>, word: u32) {
+    stage[*used..*used + 4].copy_from_slice(&word.to_le_bytes());
+    *used += 4;
+    if *used == STAGE_BYTES {
+        out.extend_from_slice(stage);
+        *used = 0;
+    }
+}
+
 impl<'a> BitWriter<'a> {
     fn new(out: &'a mut Vec<u8>) -> Self {
         BitWriter {
@@ -492,15 +498,14 @@ impl<'a> BitWriter<'a> {
         self.buffer |= u64::from(value) << self.count;
         self.count += u32::from(len);
         if self.count >= 32 {
-            self.stage[self.used..self.used + 4]
-                .copy_from_slice(&(self.buffer as u32).to_le_bytes());
-            self.used += 4;
+            stage_word(
+                &mut self.stage,
+                &mut self.used,
+                self.out,
+                self.buffer as u32,
+            );
             self.buffer >>= 32;
             self.count -= 32;
-            if self.used == STAGE_BYTES {
-                self.out.extend_from_slice(&self.stage);
-                self.used = 0;
-            }
         }
     }
 
