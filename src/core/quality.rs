@@ -461,6 +461,7 @@ pub fn detail_profile(luma: &Luma) -> crate::core::dataset::DetailProfile {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_looked_up_luma_equals_the_weighted_sum() {
@@ -509,7 +510,6 @@ mod tests {
         }
         assert_eq!(kth_smallest_non_negative(&[3.5], 0), 3.5);
     }
-    use super::*;
 
     #[test]
     fn a_region_reads_the_same_luma_as_a_cropped_copy() {
@@ -547,7 +547,6 @@ mod tests {
         }
     }
 
-    /// A deterministic pseudo-random value in [-1, 1].
     /// The scores as first written, pixel by pixel: the reference the row-sliced versions
     /// must reproduce.
     fn naive_noise_and_blockiness(patches: &[Luma], block: usize) -> (f64, f64) {
@@ -628,6 +627,7 @@ mod tests {
         );
     }
 
+    /// A deterministic pseudo-random value in [-1, 1].
     fn hash_noise(x: usize, y: usize) -> f32 {
         let mut v = (x as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ (y as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
