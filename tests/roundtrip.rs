@@ -379,3 +379,41 @@ fn dct_reduced_proxy_stays_within_48_db_of_a_full_resolution_lanczos_proxy() {
         "reduced proxy only {p:.2} dB from the full-resolution one"
     );
 }
+
+#[test]
+fn proxies_resampled_from_the_reduced_planes_stay_close_to_full_resolution_lanczos_proxies() {
+    // `split` takes a JPEG's proxy straight from the DCT-reduced YCbCr planes (luma and
+    // half-resolution chroma each resampled from its own grid, converted to RGB at proxy
+    // size). The bus has restart markers, the panorama none (the speculative two-thread path).
+    use darkroom::core::geometry::{ProxyGeometry, Target};
+    use darkroom::core::proxy::make_proxy;
+    for name in ["photo_bus_4032x3024_p3.jpg", "panorama_4032x1008_4to1.jpg"] {
+        let path = testdata(name);
+        let target = Target::pixels(512, 512);
+        let full = load(&path);
+        let g = ProxyGeometry::plan(full.image.width(), full.image.height(), target);
+        let reference = make_proxy(&full.image, &g).unwrap();
+        let needed = |w: u32, h: u32| {
+            let g = ProxyGeometry::plan(w, h, target);
+            (g.scaled_width, g.scaled_height)
+        };
+        let limits = Default::default();
+        let source = darkroom::io::decode::load_proxy_sized(&path, &limits, &needed).unwrap();
+        assert_eq!(
+            (source.loaded.image.width(), source.loaded.image.height()),
+            (g.scaled_width, g.scaled_height),
+            "{name}: resampled while decoding"
+        );
+        assert_eq!(source.loaded.icc_profile, full.icc_profile);
+        assert_eq!(source.loaded.sha256, full.sha256);
+        let proxy = make_proxy(&source.loaded.image, &g).unwrap();
+        let p = psnr(&proxy, &reference);
+        assert!(
+            p > 48.0,
+            "{name}: planar proxy only {p:.2} dB from the full-resolution one"
+        );
+        // The same proxy every time (merge rebuilds it to fit the edit).
+        let again = darkroom::io::decode::load_proxy_sized(&path, &limits, &needed).unwrap();
+        assert!(again.loaded.image.as_bytes() == source.loaded.image.as_bytes());
+    }
+}

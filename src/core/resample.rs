@@ -45,7 +45,10 @@ pub fn resize_lanczos3_owned(
     width: u32,
     height: u32,
 ) -> Result<DynamicImage, ResampleError> {
-    if !image.color().has_alpha() || (image.width(), image.height()) == (width, height) {
+    if (image.width(), image.height()) == (width, height) {
+        return Ok(image);
+    }
+    if !image.color().has_alpha() {
         return resize_lanczos3(&image, width, height);
     }
     let fail = |e: &dyn std::fmt::Display| ResampleError::Resize(e.to_string());

@@ -6,6 +6,7 @@
 //! being passed on with the decoder's grey fill, and a decoder panic is turned into an error
 //! for that file. EXIF orientation is applied so callers always see the upright image.
 
+use super::jpeg_reduced;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use sha2::{Digest, Sha256};
 use std::io::{Cursor, Read};
@@ -98,7 +99,7 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, DecodeError> {
     if size > limit {
         return Err(DecodeError::FileTooLarge { size, limit });
     }
-    let mut bytes = Vec::with_capacity(size as usize);
+    let mut bytes = crate::io::system::with_capacity_large(size as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(DecodeError::FileTooLarge {
@@ -265,9 +266,38 @@ pub fn load_for_proxy(
     limits: &DecodeLimits,
     needed: &dyn Fn(u32, u32) -> (u32, u32),
 ) -> Result<ProxySource, DecodeError> {
+    load_reduced(path, limits, needed, Finish::Reduced)
+}
+
+/// [`load_for_proxy`] for a caller that resamples the whole image to exactly the `needed`
+/// size (a proxy): where darkroom's own reduced JPEG decoder takes the file, the image comes
+/// back already resampled to that size, each YCbCr plane from its own grid, so the
+/// reduced image is never upsampled and converted to RGB pixel by pixel. Other files come
+/// back as from [`load_for_proxy`]; either way the caller's resampling finishes the job.
+pub fn load_proxy_sized(
+    path: &Path,
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+) -> Result<ProxySource, DecodeError> {
+    load_reduced(path, limits, needed, Finish::ResampledToNeeded)
+}
+
+/// How far a reduced decode goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Reduced,
+    ResampledToNeeded,
+}
+
+fn load_reduced(
+    path: &Path,
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+    finish: Finish,
+) -> Result<ProxySource, DecodeError> {
     let bytes = read_bounded(path, limits.max_file_bytes)?;
     if sniff(&bytes)? == ImageFormat::Jpeg && jpeg_is_complete(&bytes) {
-        if let Some(source) = reduced_jpeg(&bytes, limits, needed) {
+        if let Some(source) = reduced_jpeg(&bytes, limits, needed, finish) {
             return Ok(source);
         }
     }
@@ -283,6 +313,7 @@ fn reduced_jpeg(
     bytes: &[u8],
     limits: &DecodeLimits,
     needed: &dyn Fn(u32, u32) -> (u32, u32),
+    finish: Finish,
 ) -> Option<ProxySource> {
     use image::metadata::Orientation;
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -312,6 +343,11 @@ fn reduced_jpeg(
         (stored_w, stored_h)
     };
     let (need_w, need_h) = needed(full_w, full_h);
+    let resample_to = if swapped {
+        (need_h, need_w)
+    } else {
+        (need_w, need_h)
+    };
     // Keep a reducing gap of 2, as Pillow's thumbnail does: the DCT reduction stops at twice
     // the final size and the Lanczos filter does the last step, so the proxy stays within a
     // hair of a full-resolution Lanczos downscale (README: "split and DCT-domain reduction").
@@ -324,23 +360,44 @@ fn reduced_jpeg(
     } else {
         (need_w, need_h)
     };
-    let (w, h) = decoder.scale(req_w as u16, req_h as u16).ok()?;
-    if (u32::from(w), u32::from(h)) == (stored_w, stored_h) {
-        return None; // no reduction possible: the full decoder (zune-jpeg) is faster
-    }
+    // The most reduction (N of every 8 pixels kept) that leaves both sides at least the
+    // needed size; none possible: the full decoder (zune-jpeg) is faster. (jpeg-decoder's
+    // own `scale` is satisfied by either side alone, so it is only asked for this size.)
+    let scaled_side = |side: u32, n: u32| (side * n).div_ceil(8);
+    let kept = [1, 2, 4]
+        .into_iter()
+        .find(|&n| scaled_side(stored_w, n) >= req_w && scaled_side(stored_h, n) >= req_h)?;
+    let (w, h) = (scaled_side(stored_w, kept), scaled_side(stored_h, kept));
     let icc = decoder.icc_profile();
-    let (pixels, sha256) = while_hashing(bytes, || decoder.decode());
-    let pixels = pixels.ok()?;
-    let (w, h) = (u32::from(w), u32::from(h));
-    let mut image = match decoder.info()?.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => {
-            DynamicImage::ImageRgb8(image::ImageBuffer::from_raw(w, h, pixels)?)
+    let (image, sha256) = while_hashing(bytes, || {
+        match jpeg_reduced::decode_planes(bytes, kept as usize, true) {
+            Some(planes) if planes.size() == (w, h) => {
+                tracing::debug!(entropy = ?planes.entropy, "reduced JPEG decode");
+                match finish {
+                    Finish::Reduced => planes.into_image(),
+                    Finish::ResampledToNeeded => planes.resized(resample_to.0, resample_to.1),
+                }
+            }
+            // Not a file for the two-thread decoder (progressive, CMYK, damaged...).
+            _ => {
+                let scaled = decoder.scale(w as u16, h as u16).ok()?;
+                if (u32::from(scaled.0), u32::from(scaled.1)) != (w, h) {
+                    return None;
+                }
+                let pixels = decoder.decode().ok()?;
+                match decoder.info()?.pixel_format {
+                    jpeg_decoder::PixelFormat::RGB24 => {
+                        image::ImageBuffer::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
+                    }
+                    jpeg_decoder::PixelFormat::L8 => {
+                        image::ImageBuffer::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
+                    }
+                    _ => None,
+                }
+            }
         }
-        jpeg_decoder::PixelFormat::L8 => {
-            DynamicImage::ImageLuma8(image::ImageBuffer::from_raw(w, h, pixels)?)
-        }
-        _ => return None,
-    };
+    });
+    let mut image = image?;
     image.apply_orientation(orientation);
     Some(ProxySource {
         loaded: LoadedImage {

@@ -7,6 +7,7 @@ pub mod deflate;
 pub mod encode;
 pub mod exif;
 pub mod external;
+pub mod jpeg_reduced;
 pub mod metadata;
 pub mod onnx;
 pub mod png_encode;

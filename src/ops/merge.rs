@@ -262,7 +262,7 @@ fn rebuild_proxy(
 ) -> Result<DynamicImage, OpError> {
     let needed = |_: u32, _: u32| (geometry.scaled_width, geometry.scaled_height);
     let source =
-        decode::load_for_proxy(path, limits, &needed).map_err(|e| OpError::decode(path, e))?;
+        decode::load_proxy_sized(path, limits, &needed).map_err(|e| OpError::decode(path, e))?;
     make_proxy_owned(source.loaded.image, geometry).map_err(|e| OpError::Internal(e.to_string()))
 }
 

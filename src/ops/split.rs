@@ -26,7 +26,8 @@ pub struct BuiltProxy {
     pub icc_profile: Option<Vec<u8>>,
 }
 
-/// Decodes an original for its proxy (a JPEG possibly reduced in the DCT domain).
+/// Decodes an original for its proxy (a JPEG possibly reduced in the DCT domain, or already
+/// resampled to the proxy's scaled size).
 pub fn load_source(
     path: &Path,
     target: Target,
@@ -36,7 +37,7 @@ pub fn load_source(
         let g = ProxyGeometry::plan(w, h, target);
         (g.scaled_width, g.scaled_height)
     };
-    decode::load_for_proxy(path, limits, &needed).map_err(|e| OpError::decode(path, e))
+    decode::load_proxy_sized(path, limits, &needed).map_err(|e| OpError::decode(path, e))
 }
 
 /// Builds the proxy of a decoded original, consuming it (its alpha is premultiplied in place

@@ -1,0 +1,169 @@
+//! Reduced-size decoding of baseline JPEGs, for proxies: each 8x8 block is transformed
+//! straight to N x N pixels (N = 4, 2 or 1) from its N x N lowest frequencies (the DCT
+//! scaling of libjpeg 7 and later), and the entropy-coded data is decoded on two threads.
+//!
+//! Huffman decoding is serial by nature and is most of a reduced decode's time. With restart
+//! markers the two halves start at a marker; without them the second thread starts decoding
+//! at the middle of the data as if an MCU began there. JPEG's Huffman codes resynchronise
+//! within a few blocks, so that thread's MCU boundaries soon fall on the true ones; the first
+//! thread, arriving at the middle, looks for the first MCU boundary at which both threads
+//! stood at the same bit and takes the second thread's blocks from there (a decoder's state at
+//! an MCU boundary is its bit position alone; DC values are kept as differences until the
+//! end). When the threads never meet, the first thread decodes on alone: the same pixels,
+//! just slower. Tests check the two-thread result equals the one-thread result exactly.
+//!
+//! Only what proxies of photos need is decoded here: 8-bit baseline (or extended) Huffman,
+//! one interleaved scan, one or three components sampled 1x or 2x. Anything else (progressive,
+//! arithmetic coding, CMYK or RGB-coded files, several scans) and any damage gives `None`,
+//! and the caller decodes with `jpeg-decoder`, which reports errors the usual way.
+
+mod entropy;
+mod header;
+mod pixels;
+
+use entropy::{decode_entropy, undo_dc_prediction, EntropyData, ScanTables};
+use header::{Header, Layout};
+use pixels::{inverse_transform, to_pixels, ycbcr_to_rgb};
+
+/// A decoded, reduced image: 8-bit gray (1 channel) or RGB (3 channels), rows packed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reduced {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u8,
+    pub pixels: Vec<u8>,
+    /// How the entropy-coded data was shared between threads (for tests and logs).
+    pub entropy: EntropySplit,
+}
+
+/// How the Huffman decoding was split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntropySplit {
+    /// One thread decoded everything (small data, or asked for).
+    Serial,
+    /// Two threads, split at a restart marker.
+    AtRestartMarker,
+    /// Two threads; the second one's MCU boundaries met the first one's at this MCU.
+    Speculative { met_at_mcu: usize },
+    /// Two threads tried, but they never met: the first thread decoded on alone.
+    SpeculativeUnmet,
+}
+
+/// Below this much entropy-coded data, a second thread costs more than it saves.
+const PARALLEL_FROM_BYTES: usize = 256 * 1024;
+
+/// Decodes `bytes` at `n`/8 of its size (`n` = 4, 2 or 1) to pixels, on two threads when
+/// `two_threads` and the data is large enough to be worth it.
+pub fn decode_with(bytes: &[u8], n: usize, two_threads: bool) -> Option<Reduced> {
+    let planes = decode_planes(bytes, n, two_threads)?;
+    let pixels = to_pixels(&planes.planes, &planes.layout, planes.parallel);
+    Some(Reduced {
+        width: planes.layout.out_width as u32,
+        height: planes.layout.out_height as u32,
+        channels: planes.channels(),
+        pixels,
+        entropy: planes.entropy,
+    })
+}
+
+/// A reduced JPEG as its component planes (luma, and chroma at its own resolution), before
+/// any upsampling or colour conversion.
+pub struct Planes {
+    layout: Layout,
+    /// In scan order, each `plane_width x plane_height` (whole MCUs).
+    planes: Vec<Vec<u8>>,
+    parallel: bool,
+    pub entropy: EntropySplit,
+}
+
+/// Decodes `bytes` at `n`/8 of its size into its planes; see [`decode_with`].
+pub fn decode_planes(bytes: &[u8], n: usize, two_threads: bool) -> Option<Planes> {
+    if !matches!(n, 1 | 2 | 4) {
+        return None;
+    }
+    let header = Header::parse(bytes)?;
+    let layout = Layout::of(&header, n)?;
+    let data = EntropyData::unstuff(&bytes[header.scan_start..])?;
+    let tables = ScanTables::of(&header, n)?;
+    let parallel = two_threads && data.bytes.len() >= PARALLEL_FROM_BYTES;
+    let (mut coefficients, entropy) =
+        decode_entropy(&data, &layout, &tables, header.restart_interval, parallel)?;
+    undo_dc_prediction(&mut coefficients, &layout, header.restart_interval);
+    let planes = inverse_transform(&coefficients, &layout, &tables, parallel);
+    Some(Planes {
+        layout,
+        planes,
+        parallel,
+        entropy,
+    })
+}
+
+impl Planes {
+    /// The reduced image's size.
+    pub fn size(&self) -> (u32, u32) {
+        (self.layout.out_width as u32, self.layout.out_height as u32)
+    }
+
+    /// 1 (gray) or 3 (RGB).
+    pub fn channels(&self) -> u8 {
+        if self.layout.components.len() == 1 {
+            1
+        } else {
+            3
+        }
+    }
+
+    /// The reduced image itself: chroma upsampled, converted to RGB.
+    pub fn into_image(self) -> Option<image::DynamicImage> {
+        let (width, height) = self.size();
+        let pixels = to_pixels(&self.planes, &self.layout, self.parallel);
+        if self.channels() == 1 {
+            image::GrayImage::from_raw(width, height, pixels).map(image::DynamicImage::ImageLuma8)
+        } else {
+            image::RgbImage::from_raw(width, height, pixels).map(image::DynamicImage::ImageRgb8)
+        }
+    }
+
+    /// The image Lanczos3-resampled to `width x height`: each plane from its own grid
+    /// (chroma from its half-resolution samples, which lie centred on the luma pixels they
+    /// cover, as JFIF places them), then converted to RGB at the small size. Resampling is
+    /// linear, so this is the RGB image resampled, less the work of upsampling chroma and
+    /// converting every reduced pixel; only values that the filter's overshoot takes out of
+    /// gamut are clamped at another point.
+    pub fn resized(self, width: u32, height: u32) -> Option<image::DynamicImage> {
+        use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+        let (out_w, out_h) = (self.layout.out_width as f64, self.layout.out_height as f64);
+        let mut resizer = Resizer::new();
+        let mut by_frame = vec![Vec::new(); self.planes.len()];
+        for (plane, c) in self.planes.into_iter().zip(&self.layout.components) {
+            let source =
+                image::GrayImage::from_raw(c.plane_width as u32, c.plane_height as u32, plane)?;
+            let mut target = image::GrayImage::new(width, height);
+            let options = ResizeOptions::new()
+                .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+                .crop(
+                    0.0,
+                    0.0,
+                    out_w / c.upsample_x as f64,
+                    out_h / c.upsample_y as f64,
+                );
+            resizer.resize(&source, &mut target, &options).ok()?;
+            by_frame[c.frame_index] = target.into_raw();
+        }
+        if by_frame.len() == 1 {
+            let luma = by_frame.pop()?;
+            return image::GrayImage::from_raw(width, height, luma)
+                .map(image::DynamicImage::ImageLuma8);
+        }
+        let mut rgb = vec![0u8; by_frame[0].len() * 3];
+        for (((out, &l), &cb), &cr) in rgb
+            .chunks_exact_mut(3)
+            .zip(&by_frame[0])
+            .zip(&by_frame[1])
+            .zip(&by_frame[2])
+        {
+            out.copy_from_slice(&ycbcr_to_rgb(l, cb, cr));
+        }
+        image::RgbImage::from_raw(width, height, rgb).map(image::DynamicImage::ImageRgb8)
+    }
+}

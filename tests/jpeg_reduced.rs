@@ -1,0 +1,197 @@
+//! darkroom's own reduced-size JPEG decoder (`io::jpeg_reduced`) against `jpeg-decoder`'s
+//! scaled decoding of the same real files, its two-thread entropy decoding against its own
+//! one-thread decoding (bit-exact), and damaged files (no panic, and nothing but `None` or a
+//! deterministic image).
+
+mod common;
+
+use common::testdata;
+use darkroom::io::jpeg_reduced::{decode_with, EntropySplit, Reduced};
+
+/// jpeg-decoder's decode of `bytes` at `n`/8 scale: (width, height, pixels).
+fn reference(bytes: &[u8], n: usize) -> (u32, u32, Vec<u8>) {
+    let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    decoder.read_info().unwrap();
+    let info = decoder.info().unwrap();
+    let want = |side: u16| ((usize::from(side) * n).div_ceil(8)) as u16;
+    let (w, h) = decoder.scale(want(info.width), want(info.height)).unwrap();
+    let pixels = decoder.decode().unwrap();
+    (u32::from(w), u32::from(h), pixels)
+}
+
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let se: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    if se == 0.0 {
+        return f64::INFINITY;
+    }
+    10.0 * (255f64.powi(2) / (se / a.len() as f64)).log10()
+}
+
+fn both_ways(bytes: &[u8], n: usize) -> (Option<Reduced>, Option<Reduced>) {
+    (decode_with(bytes, n, false), decode_with(bytes, n, true))
+}
+
+#[test]
+fn real_photos_decode_as_jpeg_decoder_does_and_two_threads_equal_one() {
+    // The bus has restart markers (DRI 252); the panorama and the EXIF-6 photo have none, so
+    // their second thread starts speculatively in the middle of the data.
+    let cases = [
+        ("photo_bus_4032x3024_p3.jpg", true),
+        ("panorama_4032x1008_4to1.jpg", false),
+        ("photo_exif_orientation6.jpg", false),
+    ];
+    for (name, has_restarts) in cases {
+        let bytes = std::fs::read(testdata(name)).unwrap();
+        for n in [4, 2, 1] {
+            let (serial, parallel) = both_ways(&bytes, n);
+            let (serial, parallel) = (serial.unwrap(), parallel.unwrap());
+            assert_eq!(serial.entropy, EntropySplit::Serial);
+            if has_restarts {
+                assert_eq!(parallel.entropy, EntropySplit::AtRestartMarker, "{name}");
+            } else {
+                assert!(
+                    matches!(parallel.entropy, EntropySplit::Speculative { met_at_mcu } if met_at_mcu > 0),
+                    "{name}: the threads met ({:?})",
+                    parallel.entropy
+                );
+            }
+            assert!(
+                serial.pixels == parallel.pixels,
+                "{name} n={n}: two threads gave other pixels than one"
+            );
+            let (w, h, expected) = reference(&bytes, n);
+            assert_eq!((parallel.width, parallel.height), (w, h), "{name} n={n}");
+            assert_eq!(parallel.channels, 3);
+            let p = psnr(&parallel.pixels, &expected);
+            // Both are DCT-domain reductions with fancy chroma upsampling; they differ in the
+            // arithmetic only (jpeg-decoder keeps libjpeg's integer IDCTs).
+            assert!(p > 44.0, "{name} n={n}: {p:.2} dB from jpeg-decoder");
+        }
+    }
+}
+
+#[test]
+fn odd_sizes_and_gray_images_match_jpeg_decoder() {
+    use image::codecs::jpeg::JpegEncoder;
+    use image::{ExtendedColorType, ImageEncoder};
+    for (w, h) in [(1u32, 1u32), (17, 9), (33, 65), (250, 17), (9, 300)] {
+        let rgb: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = (i % w, i / w);
+                [(x * 7 + y) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]
+            })
+            .collect();
+        let gray: Vec<u8> = rgb.chunks(3).map(|p| p[0] / 2 + p[1] / 2).collect();
+        for (pixels, colour, channels) in [
+            (&rgb, ExtendedColorType::Rgb8, 3u8),
+            (&gray, ExtendedColorType::L8, 1u8),
+        ] {
+            let mut file = Vec::new();
+            JpegEncoder::new_with_quality(&mut file, 90)
+                .write_image(pixels, w, h, colour)
+                .unwrap();
+            for n in [4, 2, 1] {
+                let ours = decode_with(&file, n, false).expect("a baseline JPEG");
+                let expected_size = ((w * n as u32).div_ceil(8), (h * n as u32).div_ceil(8));
+                assert_eq!((ours.width, ours.height), expected_size, "{w}x{h} n={n}");
+                assert_eq!(ours.channels, channels);
+                if (w, h) == (1, 1) {
+                    // jpeg-decoder takes 1/8 for any request a 1x1 image meets; the one pixel
+                    // is the block's mean either way.
+                    continue;
+                }
+                let (rw, rh, expected) = reference(&file, n);
+                assert_eq!((rw, rh), expected_size);
+                let p = psnr(&ours.pixels, &expected);
+                assert!(p > 35.0, "{w}x{h} {colour:?} n={n}: {p:.2} dB");
+            }
+        }
+    }
+}
+
+#[test]
+fn files_it_does_not_handle_are_left_to_jpeg_decoder() {
+    // Progressive.
+    let painting = std::fs::read(testdata("painting_peppercarrot_ep01_p03.jpg")).unwrap();
+    assert!(decode_with(&painting, 4, true).is_none());
+    // Truncated (no end-of-image marker), text, and a PNG.
+    for name in [
+        "broken_truncated.jpg",
+        "broken_text_named.jpg",
+        "tiny_17x9.png",
+    ] {
+        let bytes = std::fs::read(testdata(name)).unwrap();
+        assert!(decode_with(&bytes, 2, true).is_none(), "{name}");
+    }
+    // No reduction asked for: the full decoder is zune-jpeg's.
+    let bus = std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap();
+    assert!(decode_with(&bus, 8, true).is_none());
+}
+
+#[test]
+fn a_restart_marker_missing_from_the_data_is_refused() {
+    let bytes = std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap();
+    // Drop the first RST marker of the scan data (FF D0..D7 after the SOS).
+    let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let rst = sos
+        + bytes[sos..]
+            .windows(2)
+            .position(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+            .unwrap();
+    let mut damaged = bytes.clone();
+    damaged.drain(rst..rst + 2);
+    assert!(decode_with(&damaged, 2, true).is_none());
+    assert!(decode_with(&damaged, 2, false).is_none());
+}
+
+#[test]
+fn damaged_scan_data_never_panics_and_two_threads_still_equal_one() {
+    // Overwrite bytes all through the scan data of a photo without restart markers, where
+    // the second thread's speculative start meets the damage; then cut the data short.
+    let original = std::fs::read(testdata("photo_exif_orientation6.jpg")).unwrap();
+    let sos = original.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let data_start =
+        sos + 2 + usize::from(u16::from_be_bytes([original[sos + 2], original[sos + 3]]));
+    let data_end = original.len() - 2;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut decoded = 0;
+    for round in 0..48 {
+        let mut bytes = original.clone();
+        let at = data_start + (next() as usize) % (data_end - data_start);
+        let length = 1 + (next() as usize) % 16;
+        for b in &mut bytes[at..(at + length).min(data_end)] {
+            *b = next() as u8;
+        }
+        if round % 4 == 3 {
+            // Cut the data at `at` and end the image there.
+            bytes.truncate(at);
+            bytes.extend_from_slice(&[0xFF, 0xD9]);
+        }
+        let (serial, parallel) = both_ways(&bytes, 2);
+        match (serial, parallel) {
+            (Some(a), Some(b)) => {
+                assert!(a.pixels == b.pixels, "round {round}: threads disagree");
+                decoded += 1;
+            }
+            (None, None) => {}
+            (a, b) => panic!(
+                "round {round}: one way decoded, the other did not ({} / {})",
+                a.is_some(),
+                b.is_some()
+            ),
+        }
+    }
+    // Random bytes mostly make an invalid code somewhere; some land where they decode.
+    assert!(decoded < 48, "damage was noticed at least once");
+}
