@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the proxy round trip on the 12-MP photo of the shared corpus:
 //! split (decode + proxy + PNG), delta, merge (additive and guided, in memory), and the PNG
-//! encoder alone.
+//! encoder alone; and the reduced-size JPEG decoder against jpeg-decoder's scaled decoding.
 //! `cargo bench` runs them; `bench/compare_pil.py` compares the CLI against PIL.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -97,5 +97,48 @@ fn round_trip(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trip);
+/// darkroom's reduced-size JPEG decoder against jpeg-decoder's scaled decoding, on the
+/// 12-MP photo at half size (what a 512-px proxy keeps, with the reducing gap of 2).
+fn reduced_decode(c: &mut Criterion) {
+    use darkroom::io::jpeg_reduced::decode_with;
+    let path = photo();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut group = c.benchmark_group("photo_12mp_half_size");
+    group.sample_size(10);
+    group.bench_function("jpeg-decoder, scaled", |b| {
+        b.iter(|| {
+            let mut decoder = jpeg_decoder::Decoder::new(std::io::Cursor::new(&bytes));
+            decoder.scale(2016, 1512).unwrap();
+            black_box(decoder.decode().unwrap())
+        })
+    });
+    for (name, two_threads) in [
+        ("darkroom, one thread", false),
+        ("darkroom, two threads", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(decode_with(&bytes, 4, two_threads).unwrap()))
+        });
+    }
+    let limits = decode::DecodeLimits::default();
+    let target = Target::pixels(512, 512);
+    let needed = |w: u32, h: u32| {
+        let g = ProxyGeometry::plan(w, h, target);
+        (g.scaled_width, g.scaled_height)
+    };
+    group.bench_function(
+        "split to 512: decode resampled from the planes + proxy + png",
+        |b| {
+            b.iter(|| {
+                let source = decode::load_proxy_sized(&path, &limits, &needed).unwrap();
+                let g = ProxyGeometry::plan(source.full_width, source.full_height, target);
+                let proxy = make_proxy(&source.loaded.image, &g).unwrap();
+                black_box(png_encode::encode(&proxy, None, &[], &PngOptions::default()).unwrap())
+            })
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, round_trip, reduced_decode);
 criterion_main!(benches);

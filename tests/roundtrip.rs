@@ -352,19 +352,42 @@ fn help_teaches_with_examples() {
     }
 }
 
+/// The original decoded at full resolution, its proxy geometry for `target`, and the proxy
+/// made from the full-resolution pixels (the reference for reduced decodes).
+fn full_resolution_proxy(
+    path: &std::path::Path,
+    target: darkroom::core::geometry::Target,
+) -> (
+    darkroom::io::decode::LoadedImage,
+    darkroom::core::geometry::ProxyGeometry,
+    image::DynamicImage,
+) {
+    let full = load(path);
+    let g = darkroom::core::geometry::ProxyGeometry::plan(
+        full.image.width(),
+        full.image.height(),
+        target,
+    );
+    let reference = darkroom::core::proxy::make_proxy(&full.image, &g).unwrap();
+    (full, g, reference)
+}
+
+/// The `needed` size a split asks the decoder for: the proxy's scaled size.
+fn scaled_size_for(target: darkroom::core::geometry::Target) -> impl Fn(u32, u32) -> (u32, u32) {
+    move |w, h| {
+        let g = darkroom::core::geometry::ProxyGeometry::plan(w, h, target);
+        (g.scaled_width, g.scaled_height)
+    }
+}
+
 #[test]
 fn dct_reduced_proxy_stays_within_48_db_of_a_full_resolution_lanczos_proxy() {
-    use darkroom::core::geometry::{ProxyGeometry, Target};
+    use darkroom::core::geometry::Target;
     use darkroom::core::proxy::make_proxy;
     let path = testdata("photo_bus_4032x3024_p3.jpg");
     let target = Target::pixels(512, 512);
-    let full = load(&path);
-    let g = ProxyGeometry::plan(full.image.width(), full.image.height(), target);
-    let reference = make_proxy(&full.image, &g).unwrap();
-    let needed = |w: u32, h: u32| {
-        let g = ProxyGeometry::plan(w, h, target);
-        (g.scaled_width, g.scaled_height)
-    };
+    let (full, g, reference) = full_resolution_proxy(&path, target);
+    let needed = scaled_size_for(target);
     let source = darkroom::io::decode::load_for_proxy(&path, &Default::default(), &needed).unwrap();
     assert!(
         source.loaded.image.width() < full.image.width(),
@@ -385,18 +408,13 @@ fn proxies_resampled_from_the_reduced_planes_stay_close_to_full_resolution_lancz
     // `split` takes a JPEG's proxy straight from the DCT-reduced YCbCr planes (luma and
     // half-resolution chroma each resampled from its own grid, converted to RGB at proxy
     // size). The bus has restart markers, the panorama none (the speculative two-thread path).
-    use darkroom::core::geometry::{ProxyGeometry, Target};
+    use darkroom::core::geometry::Target;
     use darkroom::core::proxy::make_proxy;
     for name in ["photo_bus_4032x3024_p3.jpg", "panorama_4032x1008_4to1.jpg"] {
         let path = testdata(name);
         let target = Target::pixels(512, 512);
-        let full = load(&path);
-        let g = ProxyGeometry::plan(full.image.width(), full.image.height(), target);
-        let reference = make_proxy(&full.image, &g).unwrap();
-        let needed = |w: u32, h: u32| {
-            let g = ProxyGeometry::plan(w, h, target);
-            (g.scaled_width, g.scaled_height)
-        };
+        let (full, g, reference) = full_resolution_proxy(&path, target);
+        let needed = scaled_size_for(target);
         let limits = Default::default();
         let source = darkroom::io::decode::load_proxy_sized(&path, &limits, &needed).unwrap();
         assert_eq!(

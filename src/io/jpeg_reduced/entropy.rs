@@ -527,47 +527,44 @@ pub(super) fn decode_speculatively(
     let total = layout.mcu_count();
     let middle_bit = data.bytes.len() / 2 * 8;
     std::thread::scope(|scope| {
-        let second = scope.spawn(|| decode_from_middle(&data.bytes, layout, tables, total));
-        let mut bits = Bits::new(&data.bytes, 0);
-        let mut mcu = 0;
-        // Alone up to the middle.
-        while mcu < total {
-            if bits.count < 32 {
-                bits.refill();
-            }
-            if bits.position() >= middle_bit {
-                break;
-            }
-            decode_mcu(
-                &mut bits,
-                layout,
-                tables,
-                &mut coefficients[mcu * per_mcu..][..per_mcu],
-            )?;
-            mcu += 1;
-        }
-        let found = second.join().ok()?;
-        // On, until this thread stands at an MCU start where the second thread stood.
+        let mut second =
+            Some(scope.spawn(|| decode_from_middle(&data.bytes, layout, tables, total)));
+        let mut found: Option<FromTheMiddle> = None;
         let mut cursor = 0;
-        while mcu < total {
+        let mut bits = Bits::new(&data.bytes, 0);
+        for mcu in 0..total {
             if bits.count < 32 {
                 bits.refill();
             }
             let here = bits.position();
-            while cursor < found.starts.len() && found.starts[cursor] < here {
-                cursor += 1;
-            }
-            if cursor == found.starts.len() {
-                break;
-            }
-            if found.starts[cursor] == here {
-                let wanted = total - mcu;
-                let theirs = found.coefficients.get(cursor * per_mcu..)?;
-                if theirs.len() / per_mcu >= wanted {
-                    coefficients[mcu * per_mcu..].copy_from_slice(&theirs[..wanted * per_mcu]);
-                    return Some(EntropySplit::Speculative { met_at_mcu: mcu });
+            if here >= middle_bit {
+                if let Some(handle) = second.take() {
+                    found = Some(handle.join().ok()?);
                 }
-                break; // the second thread stopped short (damaged data): finish alone
+                // Past the middle: is this an MCU start where the second thread stood?
+                if let Some(theirs) = found.as_ref() {
+                    while cursor < theirs.starts.len() && theirs.starts[cursor] < here {
+                        cursor += 1;
+                    }
+                    let give_up = match theirs.starts.get(cursor) {
+                        Some(&start) if start == here => {
+                            let wanted = (total - mcu) * per_mcu;
+                            let first = cursor * per_mcu;
+                            match theirs.coefficients.get(first..first + wanted) {
+                                Some(blocks) => {
+                                    coefficients[mcu * per_mcu..].copy_from_slice(blocks);
+                                    return Some(EntropySplit::Speculative { met_at_mcu: mcu });
+                                }
+                                None => true, // it stopped short (damaged data)
+                            }
+                        }
+                        Some(_) => false,
+                        None => true, // past all its starts
+                    };
+                    if give_up {
+                        found = None; // finish alone
+                    }
+                }
             }
             decode_mcu(
                 &mut bits,
@@ -575,15 +572,8 @@ pub(super) fn decode_speculatively(
                 tables,
                 &mut coefficients[mcu * per_mcu..][..per_mcu],
             )?;
-            mcu += 1;
         }
-        decode_run(
-            &mut bits,
-            layout,
-            tables,
-            &mut coefficients[mcu * per_mcu..],
-        )?;
-        Some(EntropySplit::SpeculativeUnmet)
+        (!bits.overran()).then_some(EntropySplit::SpeculativeUnmet)
     })
 }
 
