@@ -61,14 +61,19 @@ impl Strategy {
     }
 }
 
+impl PngOptions {
+    /// The defaults, for `const` settings built from them.
+    pub const DEFAULT: PngOptions = PngOptions {
+        level: 2,
+        band_bytes: 1 << 20,
+        filter: FilterChoice::Adaptive,
+        strategy: Strategy::Runs,
+    };
+}
+
 impl Default for PngOptions {
     fn default() -> Self {
-        PngOptions {
-            level: 2,
-            band_bytes: 1 << 20,
-            filter: FilterChoice::Adaptive,
-            strategy: Strategy::Runs,
-        }
+        PngOptions::DEFAULT
     }
 }
 
