@@ -39,17 +39,17 @@ impl EntropyData {
 
 /// A big-endian bit reader over unstuffed data; reads past the end give zero bits.
 #[derive(Clone)]
-pub(super) struct Bits<'a> {
-    pub(super) data: &'a [u8],
+struct Bits<'a> {
+    data: &'a [u8],
     /// Next byte to load.
-    pub(super) at: usize,
+    at: usize,
     /// Bits not yet consumed, left-aligned; `count` of them are valid.
-    pub(super) buffer: u64,
-    pub(super) count: u32,
+    buffer: u64,
+    count: u32,
 }
 
 impl<'a> Bits<'a> {
-    pub(super) fn new(data: &'a [u8], at: usize) -> Bits<'a> {
+    fn new(data: &'a [u8], at: usize) -> Bits<'a> {
         Bits {
             data,
             at,
@@ -59,19 +59,19 @@ impl<'a> Bits<'a> {
     }
 
     /// The bit offset of the next unread bit.
-    pub(super) fn position(&self) -> usize {
+    fn position(&self) -> usize {
         self.at * 8 - self.count as usize
     }
 
     /// Whether more bits have been read than the data holds.
-    pub(super) fn overran(&self) -> bool {
+    fn overran(&self) -> bool {
         self.position() > self.data.len() * 8
     }
 
     /// Tops the buffer up to at least 56 valid bits. The bits past `count` are either zero
     /// or the true next bits, so loading the same bytes again is harmless.
     #[inline(always)]
-    pub(super) fn refill(&mut self) {
+    fn refill(&mut self) {
         let word = match self.data.get(self.at..self.at + 8) {
             Some(eight) => u64::from_be_bytes(eight.try_into().expect("eight bytes")),
             None => {
@@ -90,19 +90,19 @@ impl<'a> Bits<'a> {
     }
 
     #[inline(always)]
-    pub(super) fn peek(&self, bits: u32) -> u64 {
+    fn peek(&self, bits: u32) -> u64 {
         self.buffer >> (64 - bits)
     }
 
     #[inline(always)]
-    pub(super) fn consume(&mut self, bits: u32) {
+    fn consume(&mut self, bits: u32) {
         self.buffer <<= bits;
         self.count -= bits;
     }
 
     /// `bits` more bits as a signed coefficient (JPEG's "receive and extend").
     #[inline(always)]
-    pub(super) fn signed(&mut self, bits: u32) -> i32 {
+    fn signed(&mut self, bits: u32) -> i32 {
         if bits == 0 {
             return 0;
         }
@@ -113,35 +113,35 @@ impl<'a> Bits<'a> {
 }
 
 /// Bits decoded per table lookup; longer codes take the slow path.
-pub(super) const LOOKUP_BITS: u32 = 9;
+const LOOKUP_BITS: u32 = 9;
 
 /// Bits looked at for decoding a code and its value bits in one table lookup.
-pub(super) const FAST_BITS: u32 = 10;
+const FAST_BITS: u32 = 10;
 
 /// A Huffman decoding table.
-pub(super) struct Huffman {
+struct Huffman {
     /// By the next FAST_BITS bits, when the code and the value bits after it fit in them:
     /// value << 16 | zero run << 8 | bits used; 0 when they do not. For AC tables an
     /// end-of-block has value 0 and run 0, a run of sixteen zeros value 0 and run 16.
-    pub(super) fast: Box<[i32; 1 << FAST_BITS]>,
+    fast: Box<[i32; 1 << FAST_BITS]>,
     /// By the next LOOKUP_BITS bits: code length << 8 | symbol, or 0 for a longer code.
-    pub(super) lookup: Box<[u16; 1 << LOOKUP_BITS]>,
+    lookup: Box<[u16; 1 << LOOKUP_BITS]>,
     /// For each length, the largest code of that length (-1: none), and the offset from a
     /// code to its symbol's index.
-    pub(super) max_code: [i32; 17],
-    pub(super) offset: [i32; 17],
-    pub(super) symbols: Vec<u8>,
+    max_code: [i32; 17],
+    offset: [i32; 17],
+    symbols: Vec<u8>,
 }
 
 /// Which coefficients a table codes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Class {
+enum Class {
     Dc,
     Ac,
 }
 
 impl Huffman {
-    pub(super) fn new(spec: &HuffmanSpec, class: Class) -> Option<Huffman> {
+    fn new(spec: &HuffmanSpec, class: Class) -> Option<Huffman> {
         let mut lookup = Box::new([0u16; 1 << LOOKUP_BITS]);
         let mut max_code = [-1i32; 17];
         let mut offset = [0i32; 17];
@@ -180,7 +180,7 @@ impl Huffman {
 
     /// The next symbol; the buffer must hold at least 16 valid bits.
     #[inline(always)]
-    pub(super) fn decode(&self, bits: &mut Bits) -> Option<u8> {
+    fn decode(&self, bits: &mut Bits) -> Option<u8> {
         let entry = self.lookup[bits.peek(LOOKUP_BITS) as usize];
         if entry != 0 {
             bits.consume(u32::from(entry >> 8));
@@ -199,10 +199,7 @@ impl Huffman {
 }
 
 /// The one-lookup table of [`Huffman::fast`], from the code lookup.
-pub(super) fn fast_table(
-    lookup: &[u16; 1 << LOOKUP_BITS],
-    class: Class,
-) -> Box<[i32; 1 << FAST_BITS]> {
+fn fast_table(lookup: &[u16; 1 << LOOKUP_BITS], class: Class) -> Box<[i32; 1 << FAST_BITS]> {
     let mut fast = Box::new([0i32; 1 << FAST_BITS]);
     for (bits, entry) in fast.iter_mut().enumerate() {
         let code = lookup[bits >> (FAST_BITS - LOOKUP_BITS)];
@@ -232,7 +229,7 @@ pub(super) fn fast_table(
 
 /// JPEG's sign extension of `size` raw bits into a coefficient.
 #[inline(always)]
-pub(super) fn extend(raw: i32, size: u32) -> i32 {
+fn extend(raw: i32, size: u32) -> i32 {
     if size == 0 {
         0
     } else if raw < 1 << (size - 1) {
@@ -243,7 +240,7 @@ pub(super) fn extend(raw: i32, size: u32) -> i32 {
 }
 
 /// The zigzag position of each coefficient in natural (row-major) order.
-pub(super) const ZIGZAG_TO_NATURAL: [usize; 64] = [
+const ZIGZAG_TO_NATURAL: [usize; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
     13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
     52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
@@ -251,15 +248,15 @@ pub(super) const ZIGZAG_TO_NATURAL: [usize; 64] = [
 
 /// Everything a scan's decoding needs, per component in scan order.
 pub(super) struct ScanTables {
-    pub(super) dc: Vec<Huffman>,
-    pub(super) ac: Vec<Huffman>,
+    dc: Vec<Huffman>,
+    ac: Vec<Huffman>,
     /// Dequantisation factors of the n x n kept coefficients, row-major.
     pub(super) quant: Vec<Vec<i32>>,
     /// For each zigzag index, where the coefficient is kept in an n x n block (or none).
-    pub(super) kept_slot: [u8; 64],
+    kept_slot: [u8; 64],
 }
 
-pub(super) const NOT_KEPT: u8 = u8::MAX;
+const NOT_KEPT: u8 = u8::MAX;
 
 impl ScanTables {
     pub(super) fn of(header: &Header, n: usize) -> Option<ScanTables> {
@@ -297,7 +294,7 @@ impl ScanTables {
 /// Decodes one MCU into `out` (its kept coefficients, blocks in scan order; DC values as
 /// differences from the previous block's).
 #[inline]
-pub(super) fn decode_mcu(
+fn decode_mcu(
     bits: &mut Bits,
     layout: &Layout,
     tables: &ScanTables,
@@ -321,7 +318,7 @@ pub(super) fn decode_mcu(
 
 /// Decodes one block's DC difference and AC coefficients, keeping those `kept_slot` places.
 #[inline(always)]
-pub(super) fn decode_block(
+fn decode_block(
     bits: &mut Bits,
     dc: &Huffman,
     ac: &Huffman,
@@ -389,8 +386,9 @@ pub(super) fn decode_block(
     Some(())
 }
 
-/// Decodes MCUs `range` from `bits` into `out` (one MCU's coefficients after another).
-pub(super) fn decode_run(
+/// Decodes MCUs from `bits` into `out` (one MCU's coefficients after another), as many as
+/// it holds, and checks the data did not run out.
+fn decode_run(
     bits: &mut Bits,
     layout: &Layout,
     tables: &ScanTables,
@@ -461,15 +459,15 @@ pub(super) fn decode_entropy(
 }
 
 /// What the second thread decoded from the middle: each MCU's start bit and coefficients.
-pub(super) struct FromTheMiddle {
-    pub(super) starts: Vec<usize>,
-    pub(super) coefficients: Vec<i16>,
+struct FromTheMiddle {
+    starts: Vec<usize>,
+    coefficients: Vec<i16>,
 }
 
 /// The second thread's work: decode from the middle byte as if an MCU began there, at most
 /// `limit` MCUs. A decoding error (likely before the codes resynchronise) starts over from
 /// the next byte.
-pub(super) fn decode_from_middle(
+fn decode_from_middle(
     data: &[u8],
     layout: &Layout,
     tables: &ScanTables,
@@ -513,11 +511,11 @@ pub(super) fn decode_from_middle(
 }
 
 /// Where a decoding error is taken for the end of the data rather than for a false start.
-pub(super) const END_SLACK_BITS: usize = 64;
+const END_SLACK_BITS: usize = 64;
 
 /// Decodes the MCUs on two threads, the second starting in the middle of the data; see the
 /// module's notes.
-pub(super) fn decode_speculatively(
+fn decode_speculatively(
     data: &EntropyData,
     layout: &Layout,
     tables: &ScanTables,

@@ -99,7 +99,7 @@ impl Header {
         (header.components.len() == 1 || colour_coded).then_some(header)
     }
 
-    pub(super) fn read_frame(&mut self, body: &[u8]) -> Option<()> {
+    fn read_frame(&mut self, body: &[u8]) -> Option<()> {
         if !self.components.is_empty() || *body.first()? != 8 {
             return None; // a second frame, or 12-bit samples
         }
@@ -124,7 +124,7 @@ impl Header {
         Some(())
     }
 
-    pub(super) fn read_huffman(&mut self, mut body: &[u8]) -> Option<()> {
+    fn read_huffman(&mut self, mut body: &[u8]) -> Option<()> {
         while !body.is_empty() {
             let (class, id) = (body[0] >> 4, usize::from(body[0] & 15));
             let counts: [u8; 16] = body.get(1..17)?.try_into().ok()?;
@@ -144,7 +144,7 @@ impl Header {
         Some(())
     }
 
-    pub(super) fn read_quant(&mut self, mut body: &[u8]) -> Option<()> {
+    fn read_quant(&mut self, mut body: &[u8]) -> Option<()> {
         while !body.is_empty() {
             let (precision, id) = (body[0] >> 4, usize::from(body[0] & 15));
             if id > 3 || precision > 1 {
@@ -169,7 +169,7 @@ impl Header {
         Some(())
     }
 
-    pub(super) fn read_scan(&mut self, body: &[u8]) -> Option<()> {
+    fn read_scan(&mut self, body: &[u8]) -> Option<()> {
         let count = usize::from(*body.first()?);
         if count != self.components.len() {
             return None; // components in separate scans

@@ -7,7 +7,7 @@ use super::header::{ComponentLayout, Layout};
 /// The n-point inverse DCT basis, transposed: `basis[u][x]` = C(u) cos((2x + 1) u pi / 2n),
 /// with C(0) = 1/sqrt(2). An n x n block of the kept coefficients F (scaled by n/8 so a flat
 /// block keeps its level) gives f(x, y) = 1/4 sum C(u) C(v) F(u, v) cos(..x..) cos(..y..).
-pub(super) fn idct_basis<const N: usize>() -> [[f32; N]; N] {
+fn idct_basis<const N: usize>() -> [[f32; N]; N] {
     let mut basis = [[0f32; N]; N];
     for (u, row) in basis.iter_mut().enumerate() {
         for (x, value) in row.iter_mut().enumerate() {
@@ -26,7 +26,7 @@ pub(super) fn idct_basis<const N: usize>() -> [[f32; N]; N] {
 /// Dequantises and inverse-transforms one block's N x N coefficients (row-major) into `out`
 /// (N rows of `stride`), level-shifted, rounded and clamped to 0..=255.
 #[inline(always)]
-pub(super) fn idct_block<const N: usize>(
+fn idct_block<const N: usize>(
     coefficients: &[i16],
     quant: &[i32],
     basis: &[[f32; N]; N],
@@ -73,21 +73,21 @@ pub(super) fn idct_block<const N: usize>(
 
 /// Four lanes, for the 4x4 transform's butterflies (the compiler keeps them in one vector
 /// register).
-pub(super) type Lanes = [i32; 4];
+type Lanes = [i32; 4];
 
 #[inline(always)]
-pub(super) fn lanes(f: impl Fn(usize) -> i32) -> Lanes {
+fn lanes(f: impl Fn(usize) -> i32) -> Lanes {
     [f(0), f(1), f(2), f(3)]
 }
 
 /// Fixed-point fraction bits of the butterfly constants.
-pub(super) const FRACTION_BITS: u32 = 12;
+const FRACTION_BITS: u32 = 12;
 
 /// The 4-point inverse DCT of [`idct_basis`] on four lanes at once, by butterflies (the even
 /// part from F0 and F2, both weighted 1/sqrt 2, the odd part from F1 and F3), in fixed point:
 /// the results carry FRACTION_BITS more bits than the inputs.
 #[inline(always)]
-pub(super) fn idct4_lanes(f: [Lanes; 4]) -> [Lanes; 4] {
+fn idct4_lanes(f: [Lanes; 4]) -> [Lanes; 4] {
     const HALF_SQRT_2: i32 = 2896; // 2^12 / sqrt 2
     const C1: i32 = 3784; // 2^12 cos(pi/8)
     const C3: i32 = 1567; // 2^12 cos(3pi/8)
@@ -115,7 +115,7 @@ pub(super) fn idct4_lanes(f: [Lanes; 4]) -> [Lanes; 4] {
 /// [`idct_block`] for 4x4 (half-size decoding, the common proxy case): the same transform
 /// by butterflies in fixed point, four columns or rows at a time.
 #[inline(always)]
-pub(super) fn idct_4x4(coefficients: &[i16], quant: &[i32], out: &mut [u8], stride: usize) {
+fn idct_4x4(coefficients: &[i16], quant: &[i32], out: &mut [u8], stride: usize) {
     // An 8-bit JPEG's dequantised coefficients stay under 2^13, so nothing overflows below.
     let f = |v: usize, u: usize| i32::from(coefficients[v * 4 + u]).wrapping_mul(quant[v * 4 + u]);
     // Along u, a lane per v: t[x][v] = sum_u basis[u][x] F[v][u], rounded back to whole units.
@@ -160,7 +160,7 @@ pub(super) fn inverse_transform(
     }
 }
 
-pub(super) fn transform_planes<const N: usize>(
+fn transform_planes<const N: usize>(
     coefficients: &[i16],
     layout: &Layout,
     tables: &ScanTables,
@@ -192,7 +192,7 @@ pub(super) fn transform_planes<const N: usize>(
 
 /// Transforms the MCU rows from `first_row` on into `bands` (per component, the plane lines
 /// those rows cover).
-pub(super) fn transform_mcu_rows<const N: usize>(
+fn transform_mcu_rows<const N: usize>(
     coefficients: &[i16],
     layout: &Layout,
     tables: &ScanTables,
@@ -279,7 +279,7 @@ pub(super) fn to_pixels(planes: &[Vec<u8>], layout: &Layout, parallel: bool) -> 
 /// One output line `y` of a chroma plane at the luma plane's resolution: a 3:1 blend with
 /// the nearer neighbour line and column where the plane has half the resolution, so each
 /// output pixel is weighted by distance as libjpeg's fancy upsampling does.
-pub(super) fn upsampled_line(
+fn upsampled_line(
     plane: &[u8],
     component: &ComponentLayout,
     y: usize,
@@ -341,7 +341,7 @@ pub(super) fn ycbcr_to_rgb(l: u8, cb: u8, cr: u8) -> [u8; 3] {
 }
 
 #[inline(always)]
-pub(super) fn ycbcr_to_rgb_i32(l: i32, cb: i32, cr: i32) -> [u8; 3] {
+fn ycbcr_to_rgb_i32(l: i32, cb: i32, cr: i32) -> [u8; 3] {
     let (cb, cr) = (cb - 128, cr - 128);
     let r = l + ((91_881 * cr + 32_768) >> 16);
     let g = l + ((-22_554 * cb - 46_802 * cr + 32_768) >> 16);
