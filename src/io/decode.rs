@@ -343,6 +343,7 @@ fn reduced_jpeg(
         (stored_w, stored_h)
     };
     let (need_w, need_h) = needed(full_w, full_h);
+    // The needed size as the file stores the image (what its planes are resampled to).
     let resample_to = if swapped {
         (need_h, need_w)
     } else {
@@ -351,15 +352,7 @@ fn reduced_jpeg(
     // Keep a reducing gap of 2, as Pillow's thumbnail does: the DCT reduction stops at twice
     // the final size and the Lanczos filter does the last step, so the proxy stays within a
     // hair of a full-resolution Lanczos downscale (README: "split and DCT-domain reduction").
-    let (need_w, need_h) = (need_w * REDUCING_GAP, need_h * REDUCING_GAP);
-    if need_w > full_w || need_h > full_h {
-        return None;
-    }
-    let (req_w, req_h) = if swapped {
-        (need_h, need_w)
-    } else {
-        (need_w, need_h)
-    };
+    let (req_w, req_h) = (resample_to.0 * REDUCING_GAP, resample_to.1 * REDUCING_GAP);
     // The most reduction (N of every 8 pixels kept) that leaves both sides at least the
     // needed size; none possible: the full decoder (zune-jpeg) is faster. (jpeg-decoder's
     // own `scale` is satisfied by either side alone, so it is only asked for this size.)
