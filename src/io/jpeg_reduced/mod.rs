@@ -56,12 +56,12 @@ const PARALLEL_FROM_BYTES: usize = 256 * 1024;
 /// `two_threads` and the data is large enough to be worth it.
 pub fn decode_with(bytes: &[u8], n: usize, two_threads: bool) -> Option<Reduced> {
     let planes = decode_planes(bytes, n, two_threads)?;
-    let pixels = to_pixels(&planes.planes, &planes.layout, planes.parallel);
+    let (width, height) = planes.size();
     Some(Reduced {
-        width: planes.layout.out_width as u32,
-        height: planes.layout.out_height as u32,
+        width,
+        height,
         channels: planes.channels(),
-        pixels,
+        pixels: planes.pixels(),
         entropy: planes.entropy,
     })
 }
@@ -113,10 +113,15 @@ impl Planes {
         }
     }
 
-    /// The reduced image itself: chroma upsampled, converted to RGB.
+    /// The reduced image's pixels, rows packed: chroma upsampled, converted to RGB.
+    fn pixels(&self) -> Vec<u8> {
+        to_pixels(&self.planes, &self.layout, self.parallel)
+    }
+
+    /// The reduced image itself, as [`Planes::pixels`].
     pub fn into_image(self) -> Option<image::DynamicImage> {
         let (width, height) = self.size();
-        let pixels = to_pixels(&self.planes, &self.layout, self.parallel);
+        let pixels = self.pixels();
         if self.channels() == 1 {
             image::GrayImage::from_raw(width, height, pixels).map(image::DynamicImage::ImageLuma8)
         } else {
