@@ -411,19 +411,15 @@ pub(super) fn decode_entropy(
     let per_mcu = layout.coefficients_per_mcu();
     let total = layout.mcu_count();
     let mut coefficients = crate::io::system::zeroed_large(total * per_mcu);
-    let restarts = !data.restarts.is_empty();
-    if restarts
-        && (restart_interval == 0 || data.restarts.len() + 1 != total.div_ceil(restart_interval))
-    {
-        return None; // markers the header did not announce, or too few or too many
-    }
-    let interval = restart_interval;
-    if restarts {
+    if !data.restarts.is_empty() {
+        if restart_interval == 0 || data.restarts.len() + 1 != total.div_ceil(restart_interval) {
+            return None; // markers the header did not announce, or too few or too many
+        }
         let starts: Vec<usize> = std::iter::once(0)
             .chain(data.restarts.iter().copied())
             .collect();
         let decode_intervals = |first: usize, out: &mut [i16]| -> Option<()> {
-            for (i, mcus) in out.chunks_mut(interval * per_mcu).enumerate() {
+            for (i, mcus) in out.chunks_mut(restart_interval * per_mcu).enumerate() {
                 let start = starts[first + i];
                 let end = starts
                     .get(first + i + 1)
@@ -434,13 +430,13 @@ pub(super) fn decode_entropy(
             }
             Some(())
         };
-        let intervals = starts.len();
-        if !parallel || intervals < 2 {
+        if !parallel {
             decode_intervals(0, &mut coefficients)?;
             return Some((coefficients, EntropySplit::Serial));
         }
-        let half = intervals / 2;
-        let (first, second) = coefficients.split_at_mut(half * interval * per_mcu);
+        // At least two intervals here (there is a marker).
+        let half = starts.len() / 2;
+        let (first, second) = coefficients.split_at_mut(half * restart_interval * per_mcu);
         let (a, b) = rayon::join(
             || decode_intervals(0, first),
             || decode_intervals(half, second),
