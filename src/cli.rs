@@ -676,7 +676,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
     let limits = cli.limits.resolve();
     if matches!(
         cli.command,
-        Command::Normalise { .. } | Command::BatchSplit { .. }
+        Command::Normalise { .. } | Command::BatchSplit { .. } | Command::Split { .. }
     ) && !darkroom::io::system::reuse_freed_memory()
     {
         tracing::debug!("the allocator kept its defaults (large buffers are mapped per image)");

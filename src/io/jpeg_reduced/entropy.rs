@@ -1,8 +1,7 @@
-//! The entropy-coded data: unstuffing, the bit reader, Huffman tables, MCU decoding, and
-//! sharing the decoding between two threads (see the module above).
+//! The entropy-coded data: unstuffing, the bit reader, Huffman tables and MCU decoding
+//! (how two threads share it is in `parallel`).
 
 use super::header::{Header, HuffmanSpec, Layout};
-use super::EntropySplit;
 
 /// The entropy-coded segment with byte stuffing removed, and where each restart interval
 /// begins in it.
@@ -252,26 +251,41 @@ pub(super) struct ScanTables {
     ac: Vec<Huffman>,
     /// Dequantisation factors of the n x n kept coefficients, row-major.
     pub(super) quant: Vec<Vec<i32>>,
-    /// For each zigzag index, where the coefficient is kept in an n x n block (or none).
-    kept_slot: [u8; 64],
+    /// For each zigzag index, where the coefficient is kept in an n x n block, or
+    /// [`DISCARDED`]. Indices past 63 (a corrupt run, refused after the block) discard too, so
+    /// the decoding loop stores every coefficient without a branch or a bounds check.
+    kept_slot: [u8; KEPT_SLOT_LEN],
+    /// The highest zigzag index kept (0 when only DC is).
+    last_kept: usize,
 }
 
-const NOT_KEPT: u8 = u8::MAX;
+/// The slot of a block's scratch array that takes the coefficients not kept.
+const DISCARDED: u8 = 16;
+
+/// A block's scratch array: the 16 slots of the kept coefficients (at most 4 x 4) and the
+/// discarded one, rounded up to a power of two so a mask bounds the index.
+const KEPT_SCRATCH: usize = 32;
+
+/// The zigzag index can reach 63 + 15 (a zero run) + 1 before the block is refused; a power
+/// of two, so a mask bounds the index.
+const KEPT_SLOT_LEN: usize = 128;
 
 impl ScanTables {
     pub(super) fn of(header: &Header, n: usize) -> Option<ScanTables> {
-        let mut kept_slot = [NOT_KEPT; 64];
+        let mut kept_slot = [DISCARDED; KEPT_SLOT_LEN];
         for (zigzag, &natural) in ZIGZAG_TO_NATURAL.iter().enumerate() {
             let (row, col) = (natural / 8, natural % 8);
             if row < n && col < n {
                 kept_slot[zigzag] = (row * n + col) as u8;
             }
         }
+        let last_kept = (0..64).rev().find(|&k| kept_slot[k] != DISCARDED)?;
         let mut tables = ScanTables {
             dc: Vec::new(),
             ac: Vec::new(),
             quant: Vec::new(),
             kept_slot,
+            last_kept,
         };
         for s in &header.scan {
             let dc = header.dc.get(s.dc_table)?.as_ref()?;
@@ -280,8 +294,8 @@ impl ScanTables {
             tables.ac.push(Huffman::new(ac, Class::Ac)?);
             let q = header.quant[header.components[s.frame_index].quant_table].as_ref()?;
             let mut factors = vec![0i32; n * n];
-            for (zigzag, &slot) in kept_slot.iter().enumerate() {
-                if slot != NOT_KEPT {
+            for (zigzag, &slot) in kept_slot.iter().enumerate().take(64) {
+                if slot != DISCARDED {
                     factors[usize::from(slot)] = i32::from(q[zigzag]);
                 }
             }
@@ -291,46 +305,131 @@ impl ScanTables {
     }
 }
 
-/// Decodes one MCU into `out` (its kept coefficients, blocks in scan order; DC values as
-/// differences from the previous block's).
-#[inline]
+/// Components a scan can hold (JPEG allows four; this decoder takes one or three).
+pub(super) const MAX_SCAN_COMPONENTS: usize = 4;
+
+/// A decoder's state between MCUs: where it is in the data and each component's DC
+/// prediction (the last block's DC value). DC values are kept modulo 2^16 (wrapping), so a
+/// run decoded from a wrong start differs from the true values by a constant per component:
+/// the second thread's blocks are corrected by that constant (see `parallel`).
+#[derive(Clone)]
+pub(super) struct McuReader<'a> {
+    bits: Bits<'a>,
+    pub(super) predictions: [i16; MAX_SCAN_COMPONENTS],
+}
+
+impl<'a> McuReader<'a> {
+    /// A reader at byte `at` of `data`, every prediction zero (as at the start of the scan or
+    /// of a restart interval).
+    pub(super) fn new(data: &'a [u8], at: usize) -> McuReader<'a> {
+        McuReader {
+            bits: Bits::new(data, at),
+            predictions: [0; MAX_SCAN_COMPONENTS],
+        }
+    }
+
+    /// The bit offset of the next MCU.
+    pub(super) fn position(&self) -> usize {
+        self.bits.position()
+    }
+
+    /// Whether more bits have been read than the data holds.
+    pub(super) fn overran(&self) -> bool {
+        self.bits.overran()
+    }
+}
+
+/// Decodes one MCU into `out` (its kept coefficients, blocks in scan order, DC values as
+/// values: the prediction plus the coded difference, wrapping).
+#[inline(always)]
 fn decode_mcu(
-    bits: &mut Bits,
+    reader: &mut McuReader,
     layout: &Layout,
     tables: &ScanTables,
     out: &mut [i16],
 ) -> Option<()> {
     let per_block = layout.n * layout.n;
-    out.fill(0);
     // The reader in locals (registers) for the whole MCU, not written back per code.
-    let mut local = bits.clone();
+    let mut bits = reader.bits.clone();
+    let mut predictions = reader.predictions;
     for (c, component) in layout.components.iter().enumerate() {
         let (dc, ac) = (&tables.dc[c], &tables.ac[c]);
+        let prediction = &mut predictions[c % MAX_SCAN_COMPONENTS];
         let blocks =
             &mut out[component.first_block * per_block..][..component.h * component.v * per_block];
         for block in blocks.chunks_exact_mut(per_block) {
-            decode_block(&mut local, dc, ac, &tables.kept_slot, block)?;
+            let mut kept = decode_block(&mut bits, dc, ac, &tables.kept_slot, tables.last_kept)?;
+            *prediction = prediction.wrapping_add(kept[0]);
+            kept[0] = *prediction;
+            block.copy_from_slice(&kept[..per_block]);
         }
     }
-    *bits = local;
+    reader.bits = bits;
+    reader.predictions = predictions;
     Some(())
 }
 
-/// Decodes one block's DC difference and AC coefficients, keeping those `kept_slot` places.
+/// One AC code: a run of zeros and a coefficient, sixteen zeros, or the end of the block.
+enum AcCode {
+    Coefficient { run: usize, value: i32 },
+    SixteenZeros,
+    EndOfBlock,
+}
+
+/// Reads the next AC code; `None` for a code the table does not have or a coefficient too
+/// large for 8-bit data.
+#[inline(always)]
+fn next_ac(bits: &mut Bits, ac: &Huffman, ac_fast: &[i32; 1 << FAST_BITS]) -> Option<AcCode> {
+    if bits.count < 32 {
+        bits.refill();
+    }
+    let entry = ac_fast[bits.peek(FAST_BITS) as usize];
+    if entry != 0 {
+        bits.consume((entry & 0xFF) as u32);
+        let run = ((entry >> 8) & 0xFF) as usize;
+        let value = entry >> 16;
+        return Some(match (value, run) {
+            // (The mask is a no-op, runs are at most 15: it bounds the indices computed
+            // from the run.)
+            (0, 0) => AcCode::EndOfBlock,
+            (0, _) => AcCode::SixteenZeros,
+            _ => AcCode::Coefficient {
+                run: run & 15,
+                value,
+            },
+        });
+    }
+    let symbol = ac.decode(bits)?;
+    let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
+    match (size, run) {
+        (0, 15) => Some(AcCode::SixteenZeros),
+        (0, _) => Some(AcCode::EndOfBlock),
+        (1..=10, _) => Some(AcCode::Coefficient {
+            run,
+            value: bits.signed(size),
+        }),
+        _ => None,
+    }
+}
+
+/// Decodes one block's DC difference and AC coefficients into the slots `kept_slot` gives
+/// them (the first n x n, row-major; the rest land in the scratch slot [`DISCARDED`]). Past
+/// `last_kept` (the highest zigzag index kept) the codes are only read through.
 #[inline(always)]
 fn decode_block(
     bits: &mut Bits,
     dc: &Huffman,
     ac: &Huffman,
-    kept_slot: &[u8; 64],
-    block: &mut [i16],
-) -> Option<()> {
+    kept_slot: &[u8; KEPT_SLOT_LEN],
+    last_kept: usize,
+) -> Option<[i16; KEPT_SCRATCH]> {
+    let mut kept = [0i16; KEPT_SCRATCH];
     let (dc_fast, ac_fast) = (&*dc.fast, &*ac.fast);
     if bits.count < 32 {
         bits.refill();
     }
     let entry = dc_fast[bits.peek(FAST_BITS) as usize];
-    block[0] = if entry != 0 {
+    kept[0] = if entry != 0 {
         bits.consume((entry & 0xFF) as u32);
         (entry >> 16) as i16
     } else {
@@ -341,260 +440,107 @@ fn decode_block(
         bits.signed(size) as i16
     };
     let mut k = 1;
-    while k < 64 {
-        if bits.count < 32 {
-            bits.refill();
-        }
-        let entry = ac_fast[bits.peek(FAST_BITS) as usize];
-        let (run, value) = if entry != 0 {
-            bits.consume((entry & 0xFF) as u32);
-            let run = ((entry >> 8) & 0xFF) as usize;
-            let value = entry >> 16;
-            if value == 0 {
-                if run == 0 {
-                    break; // end of block
-                }
-                k += 16;
-                continue;
+    while k <= last_kept {
+        match next_ac(bits, ac, ac_fast)? {
+            AcCode::Coefficient { run, value } => {
+                k += run;
+                let slot = kept_slot[k & (KEPT_SLOT_LEN - 1)];
+                kept[usize::from(slot) & (KEPT_SCRATCH - 1)] = value as i16;
+                k += 1;
             }
-            (run, value)
-        } else {
-            let symbol = ac.decode(bits)?;
-            let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
-            if size == 0 {
-                if run != 15 {
-                    break; // end of block
-                }
-                k += 16;
-                continue;
-            }
-            if size > 10 {
-                return None;
-            }
-            (run, bits.signed(size))
-        };
-        k += run;
-        if k > 63 {
-            return None;
+            AcCode::SixteenZeros => k += 16,
+            AcCode::EndOfBlock => return Some(kept),
         }
-        let slot = kept_slot[k];
-        if slot != NOT_KEPT {
-            block[usize::from(slot)] = value as i16;
-        }
-        k += 1;
     }
-    Some(())
+    while k < 64 {
+        match next_ac(bits, ac, ac_fast)? {
+            AcCode::Coefficient { run, .. } => k += run + 1,
+            AcCode::SixteenZeros => k += 16,
+            AcCode::EndOfBlock => break,
+        }
+    }
+    // A run of zeros or coefficients past the block's 64.
+    (k <= 64).then_some(kept)
 }
 
-/// Decodes MCUs from `bits` into `out` (one MCU's coefficients after another), as many as
-/// it holds, and checks the data did not run out.
-fn decode_run(
-    bits: &mut Bits,
+/// Decodes MCUs into `out` (one MCU's coefficients after another) while the reader is before
+/// `stop_bit`, recording where each began in `starts` if given. Returns how many were decoded,
+/// and whether decoding stopped at an error (bad code) in the next one.
+#[inline(always)]
+fn decode_mcus_any(
+    reader: &mut McuReader,
+    layout: &Layout,
+    tables: &ScanTables,
+    out: &mut [i16],
+    stop_bit: usize,
+    mut starts: Option<&mut Vec<usize>>,
+) -> (usize, bool) {
+    for (index, mcu) in out
+        .chunks_exact_mut(layout.coefficients_per_mcu())
+        .enumerate()
+    {
+        let position = reader.position();
+        if position >= stop_bit {
+            return (index, false);
+        }
+        if let Some(starts) = starts.as_deref_mut() {
+            starts.push(position);
+        }
+        if decode_mcu(reader, layout, tables, mcu).is_none() {
+            if let Some(starts) = starts {
+                starts.pop();
+            }
+            return (index, true);
+        }
+    }
+    (out.len() / layout.coefficients_per_mcu(), false)
+}
+
+/// [`decode_mcus_any`] compiled for BMI2, whose variable shifts the bit reader does two of
+/// per coefficient (without it each is three micro-operations on Intel cores).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi1,bmi2")]
+fn decode_mcus_bmi2(
+    reader: &mut McuReader,
+    layout: &Layout,
+    tables: &ScanTables,
+    out: &mut [i16],
+    stop_bit: usize,
+    starts: Option<&mut Vec<usize>>,
+) -> (usize, bool) {
+    decode_mcus_any(reader, layout, tables, out, stop_bit, starts)
+}
+
+/// Decodes MCUs into `out` (one MCU's coefficients after another) while the reader is before
+/// `stop_bit`, recording where each began in `starts` if given. Returns how many were
+/// decoded, and whether decoding stopped at an error (a bad code) in the next one; the reader
+/// is then left at that MCU's start.
+pub(super) fn decode_mcus(
+    reader: &mut McuReader,
+    layout: &Layout,
+    tables: &ScanTables,
+    out: &mut [i16],
+    stop_bit: usize,
+    starts: Option<&mut Vec<usize>>,
+) -> (usize, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU has BMI2 (and BMI1, which every BMI2 CPU has).
+        return unsafe { decode_mcus_bmi2(reader, layout, tables, out, stop_bit, starts) };
+    }
+    decode_mcus_any(reader, layout, tables, out, stop_bit, starts)
+}
+
+/// Decodes MCUs from `reader` into `out`, as many as it holds, and checks the data did not
+/// run out.
+pub(super) fn decode_run(
+    reader: &mut McuReader,
     layout: &Layout,
     tables: &ScanTables,
     out: &mut [i16],
 ) -> Option<()> {
-    for mcu in out.chunks_exact_mut(layout.coefficients_per_mcu()) {
-        decode_mcu(bits, layout, tables, mcu)?;
-    }
-    (!bits.overran()).then_some(())
-}
-
-/// Decodes all MCUs; returns their coefficients and how the work was split.
-pub(super) fn decode_entropy(
-    data: &EntropyData,
-    layout: &Layout,
-    tables: &ScanTables,
-    restart_interval: usize,
-    parallel: bool,
-) -> Option<(Vec<i16>, EntropySplit)> {
-    let per_mcu = layout.coefficients_per_mcu();
-    let total = layout.mcu_count();
-    let mut coefficients = crate::io::system::zeroed_large(total * per_mcu);
-    if !data.restarts.is_empty() {
-        if restart_interval == 0 || data.restarts.len() + 1 != total.div_ceil(restart_interval) {
-            return None; // markers the header did not announce, or too few or too many
-        }
-        let starts: Vec<usize> = std::iter::once(0)
-            .chain(data.restarts.iter().copied())
-            .collect();
-        let decode_intervals = |first: usize, out: &mut [i16]| -> Option<()> {
-            for (i, mcus) in out.chunks_mut(restart_interval * per_mcu).enumerate() {
-                let start = starts[first + i];
-                let end = starts
-                    .get(first + i + 1)
-                    .copied()
-                    .unwrap_or(data.bytes.len());
-                let mut bits = Bits::new(&data.bytes[..end], start);
-                decode_run(&mut bits, layout, tables, mcus)?;
-            }
-            Some(())
-        };
-        if !parallel {
-            decode_intervals(0, &mut coefficients)?;
-            return Some((coefficients, EntropySplit::Serial));
-        }
-        // At least two intervals here (there is a marker).
-        let half = starts.len() / 2;
-        let (first, second) = coefficients.split_at_mut(half * restart_interval * per_mcu);
-        let (a, b) = rayon::join(
-            || decode_intervals(0, first),
-            || decode_intervals(half, second),
-        );
-        a?;
-        b?;
-        return Some((coefficients, EntropySplit::AtRestartMarker));
-    }
-    if !parallel {
-        let mut bits = Bits::new(&data.bytes, 0);
-        decode_run(&mut bits, layout, tables, &mut coefficients)?;
-        return Some((coefficients, EntropySplit::Serial));
-    }
-    let split = decode_speculatively(data, layout, tables, &mut coefficients)?;
-    Some((coefficients, split))
-}
-
-/// What the second thread decoded from the middle: each MCU's start bit and coefficients.
-struct FromTheMiddle {
-    starts: Vec<usize>,
-    coefficients: Vec<i16>,
-}
-
-/// The second thread's work: decode from the middle byte as if an MCU began there, at most
-/// `limit` MCUs. A decoding error (likely before the codes resynchronise) starts over from
-/// the next byte.
-fn decode_from_middle(
-    data: &[u8],
-    layout: &Layout,
-    tables: &ScanTables,
-    limit: usize,
-) -> FromTheMiddle {
-    let per_mcu = layout.coefficients_per_mcu();
-    let mut found = FromTheMiddle {
-        starts: Vec::with_capacity(limit),
-        coefficients: crate::io::system::zeroed_large(limit * per_mcu),
-    };
-    let mut start = data.len() / 2;
-    'attempt: while start < data.len() {
-        found.starts.clear();
-        let mut bits = Bits::new(data, start);
-        for mcu in found.coefficients.chunks_exact_mut(per_mcu) {
-            if bits.count < 32 {
-                bits.refill();
-            }
-            let position = bits.position();
-            if position >= data.len() * 8 {
-                break 'attempt;
-            }
-            found.starts.push(position);
-            if decode_mcu(&mut bits, layout, tables, mcu).is_none() {
-                found.starts.pop();
-                if position + END_SLACK_BITS >= data.len() * 8 {
-                    break 'attempt; // the padding after the last MCU
-                }
-                start = position / 8 + 1;
-                continue 'attempt;
-            }
-            if bits.overran() {
-                found.starts.pop(); // ran into the zeros past the end: not a true MCU
-                break 'attempt;
-            }
-        }
-        break;
-    }
-    found.coefficients.truncate(found.starts.len() * per_mcu);
-    found
-}
-
-/// Where a decoding error is taken for the end of the data rather than for a false start.
-const END_SLACK_BITS: usize = 64;
-
-/// Decodes the MCUs on two threads, the second starting in the middle of the data; see the
-/// module's notes.
-fn decode_speculatively(
-    data: &EntropyData,
-    layout: &Layout,
-    tables: &ScanTables,
-    coefficients: &mut [i16],
-) -> Option<EntropySplit> {
-    let per_mcu = layout.coefficients_per_mcu();
-    let total = layout.mcu_count();
-    let middle_bit = data.bytes.len() / 2 * 8;
-    std::thread::scope(|scope| {
-        let mut second =
-            Some(scope.spawn(|| decode_from_middle(&data.bytes, layout, tables, total)));
-        let mut found: Option<FromTheMiddle> = None;
-        let mut cursor = 0;
-        let mut bits = Bits::new(&data.bytes, 0);
-        for mcu in 0..total {
-            if bits.count < 32 {
-                bits.refill();
-            }
-            let here = bits.position();
-            if here >= middle_bit {
-                if let Some(handle) = second.take() {
-                    found = Some(handle.join().ok()?);
-                }
-                // Past the middle: is this an MCU start where the second thread stood?
-                if let Some(theirs) = found.as_ref() {
-                    while cursor < theirs.starts.len() && theirs.starts[cursor] < here {
-                        cursor += 1;
-                    }
-                    let give_up = match theirs.starts.get(cursor) {
-                        Some(&start) if start == here => {
-                            let wanted = (total - mcu) * per_mcu;
-                            let first = cursor * per_mcu;
-                            match theirs.coefficients.get(first..first + wanted) {
-                                Some(blocks) => {
-                                    coefficients[mcu * per_mcu..].copy_from_slice(blocks);
-                                    return Some(EntropySplit::Speculative { met_at_mcu: mcu });
-                                }
-                                None => true, // it stopped short (damaged data)
-                            }
-                        }
-                        Some(_) => false,
-                        None => true, // past all its starts
-                    };
-                    if give_up {
-                        found = None; // finish alone
-                    }
-                }
-            }
-            decode_mcu(
-                &mut bits,
-                layout,
-                tables,
-                &mut coefficients[mcu * per_mcu..][..per_mcu],
-            )?;
-        }
-        (!bits.overran()).then_some(EntropySplit::SpeculativeUnmet)
-    })
-}
-
-/// Turns the DC differences into values: a running sum per component, restarted at each
-/// restart interval.
-pub(super) fn undo_dc_prediction(
-    coefficients: &mut [i16],
-    layout: &Layout,
-    restart_interval: usize,
-) {
-    let per_block = layout.n * layout.n;
-    let mut predictions = vec![0i32; layout.components.len()];
-    for (index, mcu) in coefficients
-        .chunks_exact_mut(layout.coefficients_per_mcu())
-        .enumerate()
-    {
-        if restart_interval > 0 && index % restart_interval == 0 {
-            predictions.fill(0);
-        }
-        for (c, component) in layout.components.iter().enumerate() {
-            for b in 0..component.h * component.v {
-                let dc = &mut mcu[(component.first_block + b) * per_block];
-                predictions[c] += i32::from(*dc);
-                *dc = predictions[c].clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
-            }
-        }
-    }
+    let (_, failed) = decode_mcus(reader, layout, tables, out, usize::MAX, None);
+    (!failed && !reader.overran()).then_some(())
 }
 
 #[cfg(test)]

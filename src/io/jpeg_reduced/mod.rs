@@ -7,10 +7,12 @@
 //! at the middle of the data as if an MCU began there. JPEG's Huffman codes resynchronise
 //! within a few blocks, so that thread's MCU boundaries soon fall on the true ones; the first
 //! thread, arriving at the middle, looks for the first MCU boundary at which both threads
-//! stood at the same bit and takes the second thread's blocks from there (a decoder's state at
-//! an MCU boundary is its bit position alone; DC values are kept as differences until the
-//! end). When the threads never meet, the first thread decodes on alone: the same pixels,
-//! just slower. Tests check the two-thread result equals the one-thread result exactly.
+//! stood at the same bit and takes the second thread's blocks from there, in place (a
+//! decoder's state at an MCU boundary is its bit position and the DC predictions; DC values
+//! are kept modulo 2^16, so the second thread's, summed from zero, are off by one constant
+//! per component, added as each block is transformed). When the threads never meet, the
+//! first thread decodes on alone: the same pixels, just slower. Tests check the two-thread
+//! result equals the one-thread result exactly.
 //!
 //! Only what proxies of photos need is decoded here: 8-bit baseline (or extended) Huffman,
 //! one interleaved scan, one or three components sampled 1x or 2x. Anything else (progressive,
@@ -19,9 +21,12 @@
 
 mod entropy;
 mod header;
+#[cfg(target_arch = "x86_64")]
+mod idct_x86;
+mod parallel;
 mod pixels;
 
-use entropy::{decode_entropy, undo_dc_prediction, EntropyData, ScanTables};
+use entropy::{EntropyData, ScanTables};
 use header::{Header, Layout};
 use pixels::{inverse_transform, to_pixels, ycbcr_to_rgb};
 
@@ -86,9 +91,8 @@ pub fn decode_planes(bytes: &[u8], n: usize, two_threads: bool) -> Option<Planes
     let data = EntropyData::unstuff(&bytes[header.scan_start..])?;
     let tables = ScanTables::of(&header, n)?;
     let parallel = two_threads && data.bytes.len() >= PARALLEL_FROM_BYTES;
-    let (mut coefficients, entropy) =
-        decode_entropy(&data, &layout, &tables, header.restart_interval, parallel)?;
-    undo_dc_prediction(&mut coefficients, &layout, header.restart_interval);
+    let (coefficients, entropy) =
+        parallel::decode_entropy(&data, &layout, &tables, header.restart_interval, parallel)?;
     let planes = inverse_transform(&coefficients, &layout, &tables, parallel);
     Some(Planes {
         layout,
@@ -137,38 +141,51 @@ impl Planes {
     /// gamut are clamped at another point.
     pub fn resized(self, width: u32, height: u32) -> Option<image::DynamicImage> {
         use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+        use rayon::prelude::*;
         let (out_w, out_h) = (self.layout.out_width as f64, self.layout.out_height as f64);
-        let mut resizer = Resizer::new();
-        let mut by_frame = vec![Vec::new(); self.planes.len()];
-        for (plane, c) in self.planes.into_iter().zip(&self.layout.components) {
-            let source =
-                image::GrayImage::from_raw(c.plane_width as u32, c.plane_height as u32, plane)?;
-            let mut target = image::GrayImage::new(width, height);
-            let options = ResizeOptions::new()
-                .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
-                .crop(
-                    0.0,
-                    0.0,
-                    out_w / c.upsample_x as f64,
-                    out_h / c.upsample_y as f64,
-                );
-            resizer.resize(&source, &mut target, &options).ok()?;
-            by_frame[c.frame_index] = target.into_raw();
+        // The planes at once (luma is most of the work; fast_image_resize splits each plane's
+        // rows between threads as well).
+        let resized: Vec<(usize, Vec<u8>)> = self
+            .planes
+            .into_par_iter()
+            .zip(&self.layout.components)
+            .map(|(plane, c)| {
+                let source =
+                    image::GrayImage::from_raw(c.plane_width as u32, c.plane_height as u32, plane)?;
+                let mut target = image::GrayImage::new(width, height);
+                let options = ResizeOptions::new()
+                    .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+                    .crop(
+                        0.0,
+                        0.0,
+                        out_w / c.upsample_x as f64,
+                        out_h / c.upsample_y as f64,
+                    );
+                Resizer::new().resize(&source, &mut target, &options).ok()?;
+                Some((c.frame_index, target.into_raw()))
+            })
+            .collect::<Option<_>>()?;
+        let mut by_frame = vec![Vec::new(); resized.len()];
+        for (frame_index, plane) in resized {
+            by_frame[frame_index] = plane;
         }
         if by_frame.len() == 1 {
             let luma = by_frame.pop()?;
             return image::GrayImage::from_raw(width, height, luma)
                 .map(image::DynamicImage::ImageLuma8);
         }
+        let row = width as usize;
         let mut rgb = vec![0u8; by_frame[0].len() * 3];
-        for (((out, &l), &cb), &cr) in rgb
-            .chunks_exact_mut(3)
-            .zip(&by_frame[0])
-            .zip(&by_frame[1])
-            .zip(&by_frame[2])
-        {
-            out.copy_from_slice(&ycbcr_to_rgb(l, cb, cr));
-        }
+        rgb.par_chunks_mut(row * 3)
+            .zip(by_frame[0].par_chunks(row))
+            .zip(by_frame[1].par_chunks(row))
+            .zip(by_frame[2].par_chunks(row))
+            .with_min_len(64)
+            .for_each(|(((out, luma), cb), cr)| {
+                for (((rgb, &l), &cb), &cr) in out.chunks_exact_mut(3).zip(luma).zip(cb).zip(cr) {
+                    rgb.copy_from_slice(&ycbcr_to_rgb(l, cb, cr));
+                }
+            });
         image::RgbImage::from_raw(width, height, rgb).map(image::DynamicImage::ImageRgb8)
     }
 }

@@ -1,8 +1,9 @@
 //! From coefficients to pixels: the reduced inverse DCT, chroma upsampling and colour
 //! conversion.
 
-use super::entropy::ScanTables;
+use super::entropy::{ScanTables, MAX_SCAN_COMPONENTS};
 use super::header::{ComponentLayout, Layout};
+use super::parallel::Coefficients;
 
 /// The n-point inverse DCT basis, transposed: `basis[u][x]` = C(u) cos((2x + 1) u pi / 2n),
 /// with C(0) = 1/sqrt(2). An n x n block of the kept coefficients F (scaled by n/8 so a flat
@@ -35,9 +36,7 @@ fn idct_block<const N: usize>(
 ) {
     let coefficients = &coefficients[..N * N];
     if coefficients[1..].iter().all(|&c| c == 0) {
-        // Flat: DC / 8 everywhere.
-        let level =
-            (f32::from(coefficients[0]) * quant[0] as f32 / 8.0 + 128.5).clamp(0.0, 255.0) as u8;
+        let level = flat_level(coefficients[0], quant[0]);
         for y in 0..N {
             out[y * stride..][..N].fill(level);
         }
@@ -71,6 +70,12 @@ fn idct_block<const N: usize>(
     }
 }
 
+/// A flat block's level (every AC coefficient zero): DC / 8, level-shifted and clamped.
+#[inline(always)]
+pub(super) fn flat_level(dc: i16, quant: i32) -> u8 {
+    (f32::from(dc) * quant as f32 / 8.0 + 128.5).clamp(0.0, 255.0) as u8
+}
+
 /// Four lanes, for the 4x4 transform's butterflies (the compiler keeps them in one vector
 /// register).
 type Lanes = [i32; 4];
@@ -81,28 +86,29 @@ fn lanes(f: impl Fn(usize) -> i32) -> Lanes {
 }
 
 /// Fixed-point fraction bits of the butterfly constants.
-const FRACTION_BITS: u32 = 12;
+pub(super) const FRACTION_BITS: u32 = 12;
+
+/// The butterflies' constants, in FRACTION_BITS fixed point: 1/sqrt 2, cos(pi/8), cos(3pi/8).
+pub(super) const BUTTERFLY: [i32; 3] = [2896, 3784, 1567];
 
 /// The 4-point inverse DCT of [`idct_basis`] on four lanes at once, by butterflies (the even
 /// part from F0 and F2, both weighted 1/sqrt 2, the odd part from F1 and F3), in fixed point:
 /// the results carry FRACTION_BITS more bits than the inputs.
 #[inline(always)]
 fn idct4_lanes(f: [Lanes; 4]) -> [Lanes; 4] {
-    const HALF_SQRT_2: i32 = 2896; // 2^12 / sqrt 2
-    const C1: i32 = 3784; // 2^12 cos(pi/8)
-    const C3: i32 = 1567; // 2^12 cos(3pi/8)
-                          // Wrapping: a damaged file's coefficients give wrong pixels, never an overflow panic.
-    let even0 = lanes(|i| f[0][i].wrapping_add(f[2][i]).wrapping_mul(HALF_SQRT_2));
-    let even1 = lanes(|i| f[0][i].wrapping_sub(f[2][i]).wrapping_mul(HALF_SQRT_2));
+    let [half_sqrt_2, c1, c3] = BUTTERFLY;
+    // Wrapping: a damaged file's coefficients give wrong pixels, never an overflow panic.
+    let even0 = lanes(|i| f[0][i].wrapping_add(f[2][i]).wrapping_mul(half_sqrt_2));
+    let even1 = lanes(|i| f[0][i].wrapping_sub(f[2][i]).wrapping_mul(half_sqrt_2));
     let odd0 = lanes(|i| {
         f[1][i]
-            .wrapping_mul(C1)
-            .wrapping_add(f[3][i].wrapping_mul(C3))
+            .wrapping_mul(c1)
+            .wrapping_add(f[3][i].wrapping_mul(c3))
     });
     let odd1 = lanes(|i| {
         f[1][i]
-            .wrapping_mul(C3)
-            .wrapping_sub(f[3][i].wrapping_mul(C1))
+            .wrapping_mul(c3)
+            .wrapping_sub(f[3][i].wrapping_mul(c1))
     });
     [
         lanes(|i| even0[i].wrapping_add(odd0[i])),
@@ -148,7 +154,7 @@ fn idct_4x4(coefficients: &[i16], quant: &[i32], out: &mut [u8], stride: usize) 
 /// Transforms every block into its component's reduced plane (scan order), the MCU rows
 /// shared between two threads when `parallel`.
 pub(super) fn inverse_transform(
-    coefficients: &[i16],
+    coefficients: &Coefficients,
     layout: &Layout,
     tables: &ScanTables,
     parallel: bool,
@@ -161,7 +167,7 @@ pub(super) fn inverse_transform(
 }
 
 fn transform_planes<const N: usize>(
-    coefficients: &[i16],
+    coefficients: &Coefficients,
     layout: &Layout,
     tables: &ScanTables,
     parallel: bool,
@@ -191,39 +197,82 @@ fn transform_planes<const N: usize>(
 }
 
 /// Transforms the MCU rows from `first_row` on into `bands` (per component, the plane lines
-/// those rows cover).
+/// those rows cover), with vector instructions where the CPU has them.
 fn transform_mcu_rows<const N: usize>(
-    coefficients: &[i16],
+    coefficients: &Coefficients,
+    layout: &Layout,
+    tables: &ScanTables,
+    first_row: usize,
+    bands: Vec<&mut [u8]>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe {
+            transform_mcu_rows_avx2::<N>(coefficients, layout, tables, first_row, bands)
+        };
+    }
+    transform_mcu_rows_any::<N, false>(coefficients, layout, tables, first_row, bands)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn transform_mcu_rows_avx2<const N: usize>(
+    coefficients: &Coefficients,
+    layout: &Layout,
+    tables: &ScanTables,
+    first_row: usize,
+    bands: Vec<&mut [u8]>,
+) {
+    transform_mcu_rows_any::<N, true>(coefficients, layout, tables, first_row, bands)
+}
+
+/// [`transform_mcu_rows`]; `AVX2`: the 4x4 blocks through [`super::idct_x86`] (only in
+/// [`transform_mcu_rows_avx2`]).
+#[inline(always)]
+fn transform_mcu_rows_any<const N: usize, const AVX2: bool>(
+    coefficients: &Coefficients,
     layout: &Layout,
     tables: &ScanTables,
     first_row: usize,
     mut bands: Vec<&mut [u8]>,
 ) {
     let basis = idct_basis::<N>();
-    let per_mcu = layout.coefficients_per_mcu();
     let first = &layout.components[0];
     let rows = bands[0].len() / (first.plane_width * first.v * N);
     for row in 0..rows {
         let mcu_row = first_row + row;
-        let row_coefficients =
-            &coefficients[mcu_row * layout.mcus_across * per_mcu..][..layout.mcus_across * per_mcu];
-        for (mx, mcu) in row_coefficients.chunks_exact(per_mcu).enumerate() {
+        for mx in 0..layout.mcus_across {
+            let (mcu, dc_offset) = coefficients.mcu(mcu_row * layout.mcus_across + mx);
             for (c, component) in layout.components.iter().enumerate() {
                 let stride = component.plane_width;
                 let band = &mut *bands[c];
                 let quant = &tables.quant[c];
+                let dc_offset = dc_offset[c % MAX_SCAN_COMPONENTS];
                 for by in 0..component.v {
                     for bx in 0..component.h {
-                        let block = component.first_block + by * component.h + bx;
+                        let index = component.first_block + by * component.h + bx;
+                        let block = &mcu[index * N * N..][..N * N];
                         let x = (mx * component.h + bx) * N;
                         let y = (row * component.v + by) * N;
-                        idct_block::<N>(
-                            &mcu[block * N * N..],
-                            quant,
-                            &basis,
-                            &mut band[y * stride + x..],
-                            stride,
-                        );
+                        let out = &mut band[y * stride + x..];
+                        #[cfg(target_arch = "x86_64")]
+                        if AVX2 && N == 4 {
+                            let block = block.try_into().expect("16");
+                            let quant = quant[..16].try_into().expect("16");
+                            // SAFETY: AVX2 is set only in transform_mcu_rows_avx2, which runs
+                            // only where the CPU has AVX2.
+                            unsafe {
+                                super::idct_x86::idct_4x4_block(
+                                    block, dc_offset, quant, out, stride,
+                                )
+                            };
+                            continue;
+                        }
+                        let mut block: [i16; 16] =
+                            std::array::from_fn(|i| block.get(i).copied().unwrap_or(0));
+                        block[0] = block[0].wrapping_add(dc_offset);
+                        idct_block::<N>(&block, quant, &basis, out, stride);
                     }
                 }
             }
@@ -351,6 +400,17 @@ fn ycbcr_to_rgb_i32(l: i32, cb: i32, cr: i32) -> [u8; 3] {
         g.clamp(0, 255) as u8,
         b.clamp(0, 255) as u8,
     ]
+}
+
+/// `idct_block::<4>`, for the vector version's test.
+#[cfg(test)]
+pub(super) fn idct_block_4x4_portable(
+    coefficients: &[i16; 16],
+    quant: &[i32; 16],
+    out: &mut [u8],
+    stride: usize,
+) {
+    idct_block::<4>(coefficients, quant, &idct_basis::<4>(), out, stride);
 }
 
 #[cfg(test)]
