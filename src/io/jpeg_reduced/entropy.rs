@@ -463,9 +463,7 @@ fn decode_block(
     (k <= 64).then_some(kept)
 }
 
-/// Decodes MCUs into `out` (one MCU's coefficients after another) while the reader is before
-/// `stop_bit`, recording where each began in `starts` if given. Returns how many were decoded,
-/// and whether decoding stopped at an error (bad code) in the next one.
+/// [`decode_mcus`] for any CPU (inlined into each compiled variant).
 #[inline(always)]
 fn decode_mcus_any(
     reader: &mut McuReader,

@@ -269,10 +269,10 @@ fn transform_mcu_rows_any<const N: usize, const AVX2: bool>(
                             };
                             continue;
                         }
-                        let mut block: [i16; 16] =
-                            std::array::from_fn(|i| block.get(i).copied().unwrap_or(0));
-                        block[0] = block[0].wrapping_add(dc_offset);
-                        idct_block::<N>(&block, quant, &basis, out, stride);
+                        let mut with_dc = [0i16; 16];
+                        with_dc[..N * N].copy_from_slice(block);
+                        with_dc[0] = with_dc[0].wrapping_add(dc_offset);
+                        idct_block::<N>(&with_dc, quant, &basis, out, stride);
                     }
                 }
             }
