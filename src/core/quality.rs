@@ -24,44 +24,89 @@ pub struct Luma {
 }
 
 /// Rec. 601 luma of an RGB(A) pixel's first three bytes, the weighting every score uses:
-/// `0.299 r + 0.587 g + 0.114 b` in `f32`, each product looked up (three loads instead of
-/// three conversions and multiplications, the same roundings, so the same values).
-#[inline]
+/// `0.299 r + 0.587 g + 0.114 b` in `f32`.
+#[inline(always)]
 pub fn pixel_luma(p: &[u8]) -> f32 {
-    WEIGHTED[0][usize::from(p[0])] + WEIGHTED[1][usize::from(p[1])] + WEIGHTED[2][usize::from(p[2])]
+    REC601[0] * f32::from(p[0]) + REC601[1] * f32::from(p[1]) + REC601[2] * f32::from(p[2])
 }
 
 const REC601: [f32; 3] = [0.299, 0.587, 0.114];
 
-/// `REC601[channel] * level` for every 8-bit level.
-static WEIGHTED: [[f32; 256]; 3] = weighted_levels();
-
-const fn weighted_levels() -> [[f32; 256]; 3] {
-    let mut table = [[0f32; 256]; 3];
-    let mut level = 0;
-    while level < 256 {
-        let mut channel = 0;
-        while channel < 3 {
-            table[channel][level] = REC601[channel] * level as f32;
-            channel += 1;
-        }
-        level += 1;
+/// Appends [`pixel_luma`] of each pixel of `row` (`channels` = 3 or 4 bytes a pixel) to
+/// `out`, eight pixels to a vector instruction where the CPU has AVX2 (the same products and
+/// sums, so the same values: about a fifth of the time per pixel).
+fn extend_luma(out: &mut Vec<f32>, row: &[u8], channels: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { extend_luma_avx2(out, row, channels) };
     }
-    table
+    extend_luma_any(out, row, channels);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn extend_luma_avx2(out: &mut Vec<f32>, row: &[u8], channels: usize) {
+    extend_luma_any(out, row, channels);
+}
+
+/// [`extend_luma`] for any CPU (inlined into each compiled variant; a fixed pixel size per
+/// branch lets the compiler vectorise the strided loads).
+#[inline(always)]
+fn extend_luma_any(out: &mut Vec<f32>, row: &[u8], channels: usize) {
+    // Written through a slice, not `Vec::extend`, whose body (a std generic) the compiler
+    // may leave out of line, compiled without the vector instructions.
+    let start = out.len();
+    out.resize(start + row.len() / channels, 0.0);
+    let luma = &mut out[start..];
+    match channels {
+        3 => luma
+            .iter_mut()
+            .zip(row.chunks_exact(3))
+            .for_each(|(l, p)| *l = pixel_luma(p)),
+        _ => luma
+            .iter_mut()
+            .zip(row.chunks_exact(4))
+            .for_each(|(l, p)| *l = pixel_luma(p)),
+    }
+}
+
+/// How many rows ahead [`Luma::of_region`] prefetches.
+const PREFETCH_ROWS_AHEAD: usize = 6;
+
+/// Asks the CPU to start loading the cache lines of `bytes` (only a hint: no effect on
+/// results; nothing on other architectures).
+#[inline(always)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let lines = (0..bytes.len())
+            .step_by(64)
+            .chain(bytes.len().checked_sub(1));
+        for at in lines {
+            // SAFETY: a prefetch never faults, and the address is inside the slice anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(at).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
+/// [`extend_luma`] of a whole buffer.
+fn luma_of_rows(pixels: &[u8], channels: usize) -> Vec<f32> {
+    let mut data = Vec::with_capacity(pixels.len() / channels);
+    extend_luma(&mut data, pixels, channels);
+    data
 }
 
 impl Luma {
     pub fn of(image: &DynamicImage) -> Luma {
         let data: Vec<f32> = match image {
-            DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(pixel_luma).collect(),
+            DynamicImage::ImageRgb8(b) => luma_of_rows(b.as_raw(), 3),
             DynamicImage::ImageRgba8(b) => return Luma::of_rgba8(b),
             DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| f32::from(v)).collect(),
-            other => other
-                .to_rgb8()
-                .as_raw()
-                .chunks_exact(3)
-                .map(pixel_luma)
-                .collect(),
+            other => luma_of_rows(other.to_rgb8().as_raw(), 3),
         };
         Luma {
             width: image.width() as usize,
@@ -88,17 +133,20 @@ impl Luma {
         let region = (x, y, width, height);
         let stride = image.width() as usize;
         let mut data = Vec::with_capacity(width as usize * height as usize);
+        // A region's rows lie an image row apart, too far for the CPU's own prefetching:
+        // each row is asked for a few rows before it is read.
+        let mut extend_rows = |raw: &[u8], channels: usize| {
+            let rows: Vec<&[u8]> = rows(raw, stride * channels, channels, region).collect();
+            for (i, row) in rows.iter().enumerate() {
+                if let Some(ahead) = rows.get(i + PREFETCH_ROWS_AHEAD) {
+                    prefetch(ahead);
+                }
+                extend_luma(&mut data, row, channels);
+            }
+        };
         match image {
-            DynamicImage::ImageRgb8(b) => {
-                for row in rows(b.as_raw(), stride * 3, 3, region) {
-                    data.extend(row.chunks_exact(3).map(pixel_luma));
-                }
-            }
-            DynamicImage::ImageRgba8(b) => {
-                for row in rows(b.as_raw(), stride * 4, 4, region) {
-                    data.extend(row.chunks_exact(4).map(pixel_luma));
-                }
-            }
+            DynamicImage::ImageRgb8(b) => extend_rows(b.as_raw(), 3),
+            DynamicImage::ImageRgba8(b) => extend_rows(b.as_raw(), 4),
             DynamicImage::ImageLuma8(b) => {
                 for row in rows(b.as_raw(), stride, 1, region) {
                     data.extend(row.iter().map(|&v| f32::from(v)));
@@ -115,7 +163,7 @@ impl Luma {
 
     /// [`Luma::of`] an RGBA buffer, without wrapping (and copying) it into an image.
     pub fn of_rgba8(buffer: &image::RgbaImage) -> Luma {
-        let data = buffer.as_raw().chunks_exact(4).map(pixel_luma).collect();
+        let data = luma_of_rows(buffer.as_raw(), 4);
         Luma {
             width: buffer.width() as usize,
             height: buffer.height() as usize,
@@ -144,18 +192,34 @@ pub fn sharpness(luma: &Luma) -> f64 {
     if w < 3 || h < 3 {
         return 0.0;
     }
-    let (mut sum, mut sum2, mut n) = (0f64, 0f64, 0f64);
+    // Four running sums of each (one would make every addition wait for the one before).
+    let (mut sums, mut sums2) = ([0f64; 4], [0f64; 4]);
+    let n = w - 2;
     for y in 1..h - 1 {
         let (above, row, below) = luma.rows_around(y);
-        for x in 1..w - 1 {
-            let v = f64::from(row[x - 1] + row[x + 1] + above[x] + below[x] - 4.0 * row[x]);
-            sum += v;
-            sum2 += v * v;
-            n += 1.0;
+        let (left, centre, right) = (&row[..n], &row[1..=n], &row[2..n + 2]);
+        let (above, below) = (&above[1..=n], &below[1..=n]);
+        let laplacian =
+            |x: usize| f64::from(left[x] + right[x] + above[x] + below[x] - 4.0 * centre[x]);
+        let mut x = 0;
+        while x + 4 <= n {
+            for lane in 0..4 {
+                let v = laplacian(x + lane);
+                sums[lane] += v;
+                sums2[lane] += v * v;
+            }
+            x += 4;
+        }
+        for x in x..n {
+            let v = laplacian(x);
+            sums[0] += v;
+            sums2[0] += v * v;
         }
     }
-    let mean = sum / n;
-    sum2 / n - mean * mean
+    let count = (n * (h - 2)) as f64;
+    let total = |s: [f64; 4]| (s[0] + s[1]) + (s[2] + s[3]);
+    let mean = total(sums) / count;
+    total(sums2) / count - mean * mean
 }
 
 /// Noise sigma in 8-bit levels: Immerkær's operator averaged over the flat pixels only. As
@@ -168,6 +232,24 @@ pub fn noise_sigma(luma: &Luma) -> f64 {
 
 /// [`noise_sigma`] over several patches of one image together (one edge threshold).
 pub fn noise_sigma_of(patches: &[Luma]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { noise_sigma_of_avx2(patches) };
+    }
+    noise_sigma_of_any(patches)
+}
+
+/// [`noise_sigma_of`] with eight-lane vectors for the operators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn noise_sigma_of_avx2(patches: &[Luma]) -> f64 {
+    noise_sigma_of_any(patches)
+}
+
+/// [`noise_sigma_of`] for any CPU (inlined into each compiled variant).
+#[inline(always)]
+fn noise_sigma_of_any(patches: &[Luma]) -> f64 {
     let measured = |l: &&Luma| l.width >= 3 && l.height >= 3;
     let total = patches
         .iter()
@@ -208,16 +290,28 @@ pub fn noise_sigma_of(patches: &[Luma]) -> f64 {
     }
     let cut = (inner * 9 / 10).min(inner - 1);
     let threshold = kth_smallest_non_negative(&gradient, cut);
-    let (mut sum, mut n) = (0f64, 0usize);
-    for (g, r) in gradient.iter().zip(&response) {
-        if *g <= threshold {
-            sum += f64::from(*r);
-            n += 1;
+    // Four running sums in one vector (one sum would make every addition wait for the one
+    // before).
+    let (mut sums, mut n) = ([0f64; 4], 0usize);
+    let mut add = |sum: &mut f64, g: f32, r: f32| {
+        let flat = g <= threshold;
+        *sum += if flat { f64::from(r) } else { 0.0 };
+        n += usize::from(flat);
+    };
+    let (gradients, responses) = (gradient.chunks_exact(4), response.chunks_exact(4));
+    for (&g, &r) in gradients.remainder().iter().zip(responses.remainder()) {
+        add(&mut sums[0], g, r);
+    }
+    for (g4, r4) in gradients.zip(responses) {
+        let (g4, r4): (&[f32; 4], &[f32; 4]) = (g4.try_into().unwrap(), r4.try_into().unwrap());
+        for i in 0..4 {
+            add(&mut sums[i], g4[i], r4[i]);
         }
     }
     if n == 0 {
         return 0.0;
     }
+    let sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
     (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * n as f64)
 }
 
@@ -378,16 +472,29 @@ pub fn clipping_where(luma: &Luma, mask: &[bool]) -> (f64, f64) {
 pub fn phash(luma: &Luma) -> u64 {
     const N: usize = 32;
     let (w, h) = (luma.width.max(1), luma.height.max(1));
-    // Area average onto 32x32.
+    // Area average onto 32x32: the rows of each band summed per column first (independent
+    // additions, which vectorise), then each band's column sums into its 32 cells.
     let mut small = [[0f64; N]; N];
     let mut count = [[0f64; N]; N];
     // Which of the 32 columns each x falls in, worked out once rather than per pixel.
     let column_of: Vec<usize> = (0..luma.width).map(|x| x * N / w).collect();
-    for (y, row) in luma.data.chunks_exact(w).take(luma.height).enumerate() {
-        let by = y * N / h;
-        for (v, &bx) in row.iter().zip(&column_of) {
-            small[by][bx] += f64::from(*v);
-            count[by][bx] += 1.0;
+    let mut column_sums = vec![0f64; luma.width];
+    let mut rows = luma.data.chunks_exact(w).take(luma.height).enumerate();
+    let mut pending = rows.next();
+    while let Some((first, _)) = pending {
+        let by = first * N / h;
+        let mut band_rows = 0.0;
+        column_sums.fill(0.0);
+        while let Some((_, row)) = pending.filter(|&(y, _)| y * N / h == by) {
+            for (sum, v) in column_sums.iter_mut().zip(row) {
+                *sum += f64::from(*v);
+            }
+            band_rows += 1.0;
+            pending = rows.next();
+        }
+        for (sum, &bx) in column_sums.iter().zip(&column_of) {
+            small[by][bx] += sum;
+            count[by][bx] += band_rows;
         }
     }
     for (row, counts) in small.iter_mut().zip(&count) {
@@ -464,13 +571,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_looked_up_luma_equals_the_weighted_sum() {
-        for level in 0..=255u8 {
-            for (channel, weight) in REC601.iter().enumerate() {
-                assert_eq!(
-                    WEIGHTED[channel][usize::from(level)],
-                    weight * f32::from(level)
-                );
+    fn row_luma_equals_the_weighted_sum_of_each_pixel() {
+        // Every level in every channel, rows of odd lengths (vector body and scalar tail).
+        let rgb: Vec<u8> = (0..3 * 1021).map(|i| (i * 7 + i / 3) as u8).collect();
+        for channels in [3, 4] {
+            for length in [1, 7, 8, 9, 255, 1021] {
+                let row = &rgb[..length / channels * channels];
+                let mut out = vec![-1.0];
+                extend_luma(&mut out, row, channels);
+                let expected: Vec<f32> = std::iter::once(-1.0)
+                    .chain(row.chunks_exact(channels).map(|p| {
+                        0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2])
+                    }))
+                    .collect();
+                assert_eq!(out, expected, "{channels} channels, {length} bytes");
             }
         }
         for (r, g, b) in [
@@ -618,7 +732,15 @@ mod tests {
             })
             .collect();
         let (noise, blockiness) = naive_noise_and_blockiness(&patches, 8);
-        assert_eq!(noise_sigma_of(&patches), noise);
+        // The same operator values; only the flat pixels' responses are summed in four
+        // running sums instead of one.
+        let fast_noise = noise_sigma_of(&patches);
+        assert!(
+            (fast_noise - noise).abs() < 1e-12 * noise,
+            "{fast_noise} vs {noise}"
+        );
+        // The vector variant (where the CPU runs one) equals the portable one exactly.
+        assert_eq!(fast_noise, noise_sigma_of_any(&patches));
         let fast = blockiness_of(&patches, 8).unwrap();
         assert!(blockiness > 0.1, "the patches are blocky: {blockiness}");
         assert!(
