@@ -479,22 +479,21 @@ pub fn phash(luma: &Luma) -> u64 {
     // Which of the 32 columns each x falls in, worked out once rather than per pixel.
     let column_of: Vec<usize> = (0..luma.width).map(|x| x * N / w).collect();
     let mut column_sums = vec![0f64; luma.width];
-    let mut rows = luma.data.chunks_exact(w).take(luma.height).enumerate();
-    let mut pending = rows.next();
-    while let Some((first, _)) = pending {
-        let by = first * N / h;
-        let mut band_rows = 0.0;
+    for (by, (cells, counts)) in small.iter_mut().zip(&mut count).enumerate() {
+        // The rows y with y * N / h == by.
+        let band = (by * h).div_ceil(N)..((by + 1) * h).div_ceil(N).min(luma.height);
+        if band.is_empty() {
+            continue;
+        }
         column_sums.fill(0.0);
-        while let Some((_, row)) = pending.filter(|&(y, _)| y * N / h == by) {
+        for row in luma.data.chunks_exact(w).skip(band.start).take(band.len()) {
             for (sum, v) in column_sums.iter_mut().zip(row) {
                 *sum += f64::from(*v);
             }
-            band_rows += 1.0;
-            pending = rows.next();
         }
         for (sum, &bx) in column_sums.iter().zip(&column_of) {
-            small[by][bx] += sum;
-            count[by][bx] += band_rows;
+            cells[bx] += sum;
+            counts[bx] += band.len() as f64;
         }
     }
     for (row, counts) in small.iter_mut().zip(&count) {
