@@ -195,3 +195,170 @@ fn damaged_scan_data_never_panics_and_two_threads_still_equal_one() {
     // Random bytes mostly make an invalid code somewhere; some land where they decode.
     assert!(decoded < 48, "damage was noticed at least once");
 }
+
+/// A full-size decode of `bytes` (zune-jpeg, through `image`), Lanczos3-resampled to
+/// `width x height` as RGB.
+fn full_size_resampled(bytes: &[u8], width: u32, height: u32) -> Vec<u8> {
+    use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+    let full = image::load_from_memory(bytes).unwrap().to_rgb8();
+    let mut target = image::RgbImage::new(width, height);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    Resizer::new().resize(&full, &mut target, &options).unwrap();
+    target.into_raw()
+}
+
+#[test]
+fn every_reduction_from_3_to_7_eighths_is_the_image_and_two_threads_equal_one() {
+    // No jpeg-decoder reference below 1/2 but 1/4 and 1/8: each reduction against the
+    // full-size decode resampled to its size (a different filter, so only close), and two
+    // threads against one, bit for bit, with restart markers (the bus) and without.
+    for (name, has_restarts) in [
+        ("photo_bus_4032x3024_p3.jpg", true),
+        ("panorama_4032x1008_4to1.jpg", false),
+    ] {
+        let bytes = std::fs::read(testdata(name)).unwrap();
+        for n in [3, 5, 6, 7] {
+            let (serial, parallel) = both_ways(&bytes, n);
+            let (serial, parallel) = (serial.unwrap(), parallel.unwrap());
+            assert!(
+                serial.pixels == parallel.pixels,
+                "{name} n={n}: two threads differ"
+            );
+            if !has_restarts {
+                assert!(matches!(parallel.entropy, EntropySplit::Speculative { .. }));
+            }
+            let expected = full_size_resampled(&bytes, parallel.width, parallel.height);
+            let p = psnr(&parallel.pixels, &expected);
+            eprintln!("{name} n={n}: {p:.2} dB from the resampled full-size decode");
+            // (Measured: 38-46 dB for the bus, 34-42 dB for the panorama's fine detail.)
+            assert!(
+                p > 32.0,
+                "{name} n={n}: {p:.2} dB from the resampled full decode"
+            );
+        }
+    }
+}
+
+#[test]
+fn full_size_luma_of_regions_is_the_full_decodes_luma() {
+    use darkroom::io::jpeg_reduced::{decode_planes, decode_planes_with_luma, Region};
+    for name in [
+        "photo_bus_4032x3024_p3.jpg",
+        "panorama_4032x1008_4to1.jpg",
+        "photo_exif_orientation6.jpg",
+    ] {
+        let bytes = std::fs::read(testdata(name)).unwrap();
+        // The full-size decode (zune-jpeg); its luma is Y again (JFIF's weights), up to the
+        // rounding of R, G and B, except where a channel was clipped.
+        let full = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        let (w, h) = (full.width() as usize, full.height() as usize);
+        // Corners, the middle (where the second thread takes over) and the far edge, at
+        // offsets on and off the MCU grid.
+        let regions: Vec<Region> = [
+            (0, 0),
+            (w / 2 - 37, h / 2 - 5),
+            (w - 64, h - 64),
+            (8, h - 70),
+        ]
+        .into_iter()
+        .map(|(x, y)| Region { x, y, size: 64 })
+        .collect();
+        for n in [1, 4, 5, 7] {
+            for two_threads in [false, true] {
+                let (planes, luma) =
+                    decode_planes_with_luma(&bytes, n, two_threads, &regions).unwrap();
+                assert_eq!(luma.len(), regions.len());
+                let (mut worst, mut total, mut count) = (0f64, 0f64, 0usize);
+                for (region, luma) in regions.iter().zip(&luma) {
+                    for y in 0..64 {
+                        for x in 0..64 {
+                            let p = full.get_pixel((region.x + x) as u32, (region.y + y) as u32);
+                            if p.0.iter().any(|&c| c == 0 || c == 255) {
+                                continue;
+                            }
+                            let reference = 0.299 * f64::from(p[0])
+                                + 0.587 * f64::from(p[1])
+                                + 0.114 * f64::from(p[2]);
+                            let diff = (f64::from(luma[y * 64 + x]) - reference).abs();
+                            worst = worst.max(diff);
+                            total += diff;
+                            count += 1;
+                        }
+                    }
+                }
+                let mean = total / count as f64;
+                eprintln!("{name} n={n} two={two_threads}: luma worst {worst:.2}, mean {mean:.3}");
+                // The float transform against libjpeg's integer one, and R, G, B rounded.
+                assert!(
+                    worst <= 2.0 && mean < 0.3,
+                    "{name} n={n}: worst {worst}, mean {mean}"
+                );
+                // The reduced image itself is what decode_planes gives.
+                let alone = decode_planes(&bytes, n, two_threads).unwrap();
+                assert_eq!(planes.size(), alone.size());
+            }
+        }
+        // A region past the image's edge: nothing.
+        let outside = [Region {
+            x: w - 63,
+            y: 0,
+            size: 64,
+        }];
+        assert!(decode_planes_with_luma(&bytes, 4, false, &outside).is_none());
+    }
+}
+
+#[test]
+fn source_scores_of_a_reduced_decode_are_measured_at_full_size() {
+    use darkroom::core::quality;
+    use darkroom::io::decode::{self, DecodeLimits, PatchRequest};
+    let request = PatchRequest {
+        size: 64,
+        max_patches: 256,
+    };
+    // The EXIF-6 photo is stored on its side: its patches are found in the stored image and
+    // turned upright.
+    for name in ["photo_bus_4032x3024_p3.jpg", "photo_exif_orientation6.jpg"] {
+        let path = testdata(name);
+        let limits = DecodeLimits::default();
+        let source =
+            decode::load_for_scoring(&path, &limits, &|w, h| (w / 5, h / 5), request).unwrap();
+        assert!(
+            source.loaded.image.width() < source.full_width,
+            "{name}: reduced"
+        );
+        let patches = source.full_size_patches.expect("full-size patches");
+        let full = decode::load(&path, &limits).unwrap().image;
+        assert_eq!(
+            (full.width(), full.height()),
+            (source.full_width, source.full_height)
+        );
+        let reference = quality::sample_patches(&full, 64, 256);
+        assert_eq!(patches.len(), reference.len());
+        let (noise, expected_noise) = (
+            quality::noise_sigma_of(&patches),
+            quality::noise_sigma_of(&reference),
+        );
+        let (blockiness, expected_blockiness) = (
+            quality::blockiness_of(&patches, 8).unwrap(),
+            quality::blockiness_of(&reference, 8).unwrap(),
+        );
+        eprintln!("{name}: noise {noise:.3} / {expected_noise:.3}, blockiness {blockiness:.4} / {expected_blockiness:.4}");
+        assert!(
+            (noise / expected_noise - 1.0).abs() < 0.03,
+            "{name}: noise {noise} vs {expected_noise}"
+        );
+        assert!(
+            (blockiness - expected_blockiness).abs() < 0.01,
+            "{name}: blockiness {blockiness} vs {expected_blockiness}"
+        );
+        // What measuring the reduced image would have said instead.
+        let reduced =
+            quality::noise_sigma_of(&quality::sample_patches(&source.loaded.image, 64, 256));
+        eprintln!("{name}: noise of the reduced image {reduced:.3}");
+        assert!(
+            (reduced / expected_noise - 1.0).abs() > 0.2,
+            "{name}: {reduced} vs {expected_noise}"
+        );
+    }
+}

@@ -351,12 +351,29 @@ fn kth_smallest_non_negative(values: &[f32], k: usize) -> f32 {
 /// blockiness of a large source are measured on these instead of on every pixel; an image
 /// smaller than one patch is one patch.
 pub fn sample_patches(image: &DynamicImage, size: u32, max_patches: u32) -> Vec<Luma> {
-    let (w, h) = (image.width(), image.height());
-    if w < size || h < size {
-        return vec![Luma::of(image)];
+    match patch_origins(image.width(), image.height(), size, max_patches) {
+        Some(origins) => origins
+            .into_iter()
+            .map(|(x, y)| Luma::of_region(image, x, y, size, size))
+            .collect(),
+        None => vec![Luma::of(image)],
+    }
+}
+
+/// The top-left corners of [`sample_patches`]'s patches in a `width x height` image (rows of
+/// patches top to bottom, each left to right); `None` when the image is smaller than a patch
+/// (the whole image is measured then).
+pub fn patch_origins(
+    width: u32,
+    height: u32,
+    size: u32,
+    max_patches: u32,
+) -> Option<Vec<(u32, u32)>> {
+    if width < size || height < size {
+        return None;
     }
     let per_axis = (f64::from(max_patches).sqrt() as u32).max(1);
-    let (nx, ny) = ((w / size).min(per_axis), (h / size).min(per_axis));
+    let (nx, ny) = ((width / size).min(per_axis), (height / size).min(per_axis));
     let origin = |i: u32, n: u32, length: u32| -> u32 {
         let span = length - size;
         let at = if n > 1 {
@@ -366,14 +383,11 @@ pub fn sample_patches(image: &DynamicImage, size: u32, max_patches: u32) -> Vec<
         };
         (at as u32) / 8 * 8
     };
-    let mut patches = Vec::with_capacity((nx * ny) as usize);
-    for j in 0..ny {
-        for i in 0..nx {
-            let (x, y) = (origin(i, nx, w), origin(j, ny, h));
-            patches.push(Luma::of_region(image, x, y, size, size));
-        }
-    }
-    patches
+    Some(
+        (0..ny)
+            .flat_map(|j| (0..nx).map(move |i| (origin(i, nx, width), origin(j, ny, height))))
+            .collect(),
+    )
 }
 
 /// Block-boundary steps over in-block steps, minus one, on a `block`-pixel grid (8 for a

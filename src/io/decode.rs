@@ -7,6 +7,7 @@
 //! for that file. EXIF orientation is applied so callers always see the upright image.
 
 use super::jpeg_reduced;
+use crate::core::quality::Luma;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use sha2::{Digest, Sha256};
 use std::io::{Cursor, Read};
@@ -253,6 +254,17 @@ pub struct ProxySource {
     pub loaded: LoadedImage,
     pub full_width: u32,
     pub full_height: u32,
+    /// Asked for by [`load_for_scoring`] and given when the image was DCT-reduced: the luma
+    /// of the source-score patches ([`crate::core::quality::patch_origins`] on the upright
+    /// full size), decoded at full size.
+    pub full_size_patches: Option<Vec<Luma>>,
+}
+
+/// The square patches that source scores are measured on ([`crate::core::quality::sample_patches`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PatchRequest {
+    pub size: u32,
+    pub max_patches: u32,
 }
 
 /// Decodes `path` for a proxy. `needed(full_w, full_h)` gives the upright size the proxy
@@ -266,7 +278,20 @@ pub fn load_for_proxy(
     limits: &DecodeLimits,
     needed: &dyn Fn(u32, u32) -> (u32, u32),
 ) -> Result<ProxySource, DecodeError> {
-    load_reduced(path, limits, needed, Finish::Reduced)
+    load_reduced(path, limits, needed, Finish::Reduced, None)
+}
+
+/// [`load_for_proxy`] for a caller that also measures the source on `patches`: where the
+/// image is DCT-reduced, the patches' luma comes back decoded at full size, so the scores
+/// do not depend on how far the decode was reduced; where the reduced decoder cannot give
+/// them, the image is decoded at full size instead.
+pub fn load_for_scoring(
+    path: &Path,
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+    patches: PatchRequest,
+) -> Result<ProxySource, DecodeError> {
+    load_reduced(path, limits, needed, Finish::Reduced, Some(patches))
 }
 
 /// [`load_for_proxy`] for a caller that resamples the whole image to exactly the `needed`
@@ -279,7 +304,7 @@ pub fn load_proxy_sized(
     limits: &DecodeLimits,
     needed: &dyn Fn(u32, u32) -> (u32, u32),
 ) -> Result<ProxySource, DecodeError> {
-    load_reduced(path, limits, needed, Finish::ResampledToNeeded)
+    load_reduced(path, limits, needed, Finish::ResampledToNeeded, None)
 }
 
 /// How far a reduced decode goes.
@@ -294,10 +319,11 @@ fn load_reduced(
     limits: &DecodeLimits,
     needed: &dyn Fn(u32, u32) -> (u32, u32),
     finish: Finish,
+    patches: Option<PatchRequest>,
 ) -> Result<ProxySource, DecodeError> {
     let bytes = read_bounded(path, limits.max_file_bytes)?;
     if sniff(&bytes)? == ImageFormat::Jpeg && jpeg_is_complete(&bytes) {
-        if let Some(source) = reduced_jpeg(&bytes, limits, needed, finish) {
+        if let Some(source) = reduced_jpeg(&bytes, limits, needed, finish, patches) {
             return Ok(source);
         }
     }
@@ -306,6 +332,7 @@ fn load_reduced(
         full_width: loaded.image.width(),
         full_height: loaded.image.height(),
         loaded,
+        full_size_patches: None,
     })
 }
 
@@ -314,6 +341,7 @@ fn reduced_jpeg(
     limits: &DecodeLimits,
     needed: &dyn Fn(u32, u32) -> (u32, u32),
     finish: Finish,
+    patches: Option<PatchRequest>,
 ) -> Option<ProxySource> {
     use image::metadata::Orientation;
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -357,20 +385,46 @@ fn reduced_jpeg(
     // needed size; none possible: the full decoder (zune-jpeg) is faster. (jpeg-decoder's
     // own `scale` is satisfied by either side alone, so it is only asked for this size.)
     let scaled_side = |side: u32, n: u32| (side * n).div_ceil(8);
-    let kept = [1, 2, 4]
-        .into_iter()
-        .find(|&n| scaled_side(stored_w, n) >= req_w && scaled_side(stored_h, n) >= req_h)?;
+    let kept =
+        (1..8).find(|&n| scaled_side(stored_w, n) >= req_w && scaled_side(stored_h, n) >= req_h)?;
     let (w, h) = (scaled_side(stored_w, kept), scaled_side(stored_h, kept));
     let icc = decoder.icc_profile();
+    // The score patches, upright and at full size, and where each lies in the stored image.
+    let patch_squares: Vec<((u32, u32), jpeg_reduced::Region)> = patches
+        .and_then(|p| {
+            let origins =
+                crate::core::quality::patch_origins(full_w, full_h, p.size, p.max_patches)?;
+            Some(
+                origins
+                    .into_iter()
+                    .map(|origin| {
+                        let (x, y) =
+                            stored_square(orientation, (stored_w, stored_h), origin, p.size);
+                        let region = jpeg_reduced::Region {
+                            x: x as usize,
+                            y: y as usize,
+                            size: p.size as usize,
+                        };
+                        (origin, region)
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    let regions: Vec<jpeg_reduced::Region> = patch_squares.iter().map(|&(_, r)| r).collect();
+    let mut full_size_luma = None;
     let (image, sha256) = while_hashing(bytes, || {
-        match jpeg_reduced::decode_planes(bytes, kept as usize, true) {
-            Some(planes) if planes.size() == (w, h) => {
+        match jpeg_reduced::decode_planes_with_luma(bytes, kept as usize, true, &regions) {
+            Some((planes, luma)) if planes.size() == (w, h) => {
                 tracing::debug!(entropy = ?planes.entropy, "reduced JPEG decode");
+                full_size_luma = Some(luma);
                 match finish {
                     Finish::Reduced => planes.into_image(),
                     Finish::ResampledToNeeded => planes.resized(resample_to.0, resample_to.1),
                 }
             }
+            // The scores need full-size patches, which only darkroom's decoder gives.
+            _ if patches.is_some() => None,
             // Not a file for the two-thread decoder (progressive, CMYK, damaged...).
             _ => {
                 let scaled = decoder.scale(w as u16, h as u16).ok()?;
@@ -392,6 +446,21 @@ fn reduced_jpeg(
     });
     let mut image = image?;
     image.apply_orientation(orientation);
+    let full_size_patches = match full_size_luma {
+        Some(luma) if !luma.is_empty() => Some(
+            luma.into_iter()
+                .zip(&regions)
+                .map(|(pixels, region)| {
+                    let side = region.size as u32;
+                    let mut patch =
+                        DynamicImage::ImageLuma8(image::GrayImage::from_raw(side, side, pixels)?);
+                    patch.apply_orientation(orientation);
+                    Some(Luma::of(&patch))
+                })
+                .collect::<Option<Vec<Luma>>>()?,
+        ),
+        _ => None,
+    };
     Some(ProxySource {
         loaded: LoadedImage {
             image,
@@ -404,7 +473,47 @@ fn reduced_jpeg(
         },
         full_width: full_w,
         full_height: full_h,
+        full_size_patches,
     })
+}
+
+/// Where the upright image's `size`-pixel square at `origin` lies in the stored image
+/// (`stored` = its width and height), under EXIF `orientation`: its top-left corner there.
+/// The square's stored pixels, oriented, are the upright ones.
+fn stored_square(
+    orientation: image::metadata::Orientation,
+    stored: (u32, u32),
+    origin: (u32, u32),
+    size: u32,
+) -> (u32, u32) {
+    let far = (origin.0 + size - 1, origin.1 + size - 1);
+    let corners = [origin, (far.0, origin.1), (origin.0, far.1), far];
+    let stored_corners = corners.map(|(x, y)| stored_pixel(orientation, stored, x, y));
+    (
+        stored_corners.iter().map(|c| c.0).min().unwrap_or(0),
+        stored_corners.iter().map(|c| c.1).min().unwrap_or(0),
+    )
+}
+
+/// The stored pixel that `image`'s `apply_orientation(orientation)` puts at upright pixel
+/// `(x, y)`, for a stored image `width x height`.
+fn stored_pixel(
+    orientation: image::metadata::Orientation,
+    (width, height): (u32, u32),
+    x: u32,
+    y: u32,
+) -> (u32, u32) {
+    use image::metadata::Orientation as O;
+    match orientation {
+        O::NoTransforms => (x, y),
+        O::FlipHorizontal => (width - 1 - x, y),
+        O::FlipVertical => (x, height - 1 - y),
+        O::Rotate180 => (width - 1 - x, height - 1 - y),
+        O::Rotate90 => (y, height - 1 - x),
+        O::Rotate270 => (width - 1 - y, x),
+        O::Rotate90FlipH => (y, x),
+        O::Rotate270FlipH => (width - 1 - y, height - 1 - x),
+    }
 }
 
 /// How much larger than the proxy a DCT-reduced decode must stay (Pillow's default is 2).
@@ -468,6 +577,44 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_squares_oriented_are_the_upright_squares() {
+        use image::metadata::Orientation as O;
+        use image::GenericImageView;
+        let (w, h) = (37u32, 23u32);
+        let stored = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        for orientation in [
+            O::NoTransforms,
+            O::Rotate90,
+            O::Rotate180,
+            O::Rotate270,
+            O::FlipHorizontal,
+            O::FlipVertical,
+            O::Rotate90FlipH,
+            O::Rotate270FlipH,
+        ] {
+            let mut upright = DynamicImage::ImageRgb8(stored.clone());
+            upright.apply_orientation(orientation);
+            let (uw, uh) = upright.dimensions();
+            for (origin, size) in [
+                ((0, 0), 5),
+                ((3, 7), 9),
+                ((uw - 11, uh - 11), 11),
+                ((1, 2), 20),
+            ] {
+                let (sx, sy) = stored_square(orientation, (w, h), origin, size);
+                let mut square =
+                    DynamicImage::ImageRgb8(stored.view(sx, sy, size, size).to_image());
+                square.apply_orientation(orientation);
+                assert_eq!(
+                    square.to_rgb8(),
+                    upright.crop_imm(origin.0, origin.1, size, size).to_rgb8(),
+                    "{orientation:?} at {origin:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_minimal_marker_stream_is_complete_and_its_prefixes_are_not() {

@@ -337,6 +337,12 @@ pub struct Staged {
     caption_source: Option<PathBuf>,
 }
 
+/// The source-score patches: up to 256 of 64x64 pixels.
+const SOURCE_PATCHES: decode::PatchRequest = decode::PatchRequest {
+    size: 64,
+    max_patches: 256,
+};
+
 /// Source stem, for names and captions.
 /// Fits a source into the set: decode, plan, resample, colour, adjust, score. Writes the
 /// encoded image to a temp file in `images_dir` when it passes the per-image checks.
@@ -352,14 +358,16 @@ pub fn stage(
     let mut operations = Vec::new();
     let planned_scale =
         |w: u32, h: u32| dataset::plan(options.mode, &options.resolution, w, h, None).scale;
-    let loaded = decode::load_for_proxy(source, limits, &|w, h| {
+    let needed = |w: u32, h: u32| {
         let s = planned_scale(w, h).min(1.0);
         (
             ((f64::from(w) * s).ceil() as u32).max(1),
             ((f64::from(h) * s).ceil() as u32).max(1),
         )
-    })
-    .map_err(|e| OpError::decode(source, e))?;
+    };
+    let mut loaded = decode::load_for_scoring(source, limits, &needed, SOURCE_PATCHES)
+        .map_err(|e| OpError::decode(source, e))?;
+    let full_size_patches = loaded.full_size_patches.take();
     let (full_w, full_h) = (loaded.full_width, loaded.full_height);
     let mut image = loaded.loaded.image;
     let icc = loaded.loaded.icc_profile;
@@ -382,12 +390,18 @@ pub fn stage(
             "decoded": format!("{}x{}", image.width(), image.height()),
         }));
     }
-    // Blockiness on the source, on its (possibly reduced) 8x8 grid.
-    let block = (8.0 * f64::from(image.width()) / f64::from(full_w)).round() as usize;
-    // Noise and blockiness are properties of the source: measured on it as decoded (at
-    // output scale, texture would pass for noise and the block grid would be gone), on up to
-    // 256 patches of 64x64 spread over it (1 MP: a 12-MP photo is not read three times).
-    let patches = quality::sample_patches(&image, 64, 256);
+    // Noise and blockiness are properties of the source: measured on it at full size (at a
+    // smaller scale noise is averaged away and texture passes for noise, and the block grid
+    // is gone), on up to 256 patches of 64x64 spread over it (1 MP: a 12-MP photo is not
+    // read three times). A DCT-reduced JPEG gives those patches decoded at full size.
+    let (patches, block) = match full_size_patches {
+        Some(patches) => (patches, 8),
+        None => (
+            quality::sample_patches(&image, SOURCE_PATCHES.size, SOURCE_PATCHES.max_patches),
+            // On the decoded image's block grid (8 unless a decoder reduced it anyway).
+            (8.0 * f64::from(image.width()) / f64::from(full_w)).round() as usize,
+        ),
+    };
     let blockiness = if block >= 4 {
         quality::blockiness_of(&patches, block)
     } else {

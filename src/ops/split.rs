@@ -51,6 +51,7 @@ pub fn build_proxy(
         loaded,
         full_width,
         full_height,
+        ..
     } = source;
     let geometry = ProxyGeometry::plan(full_width, full_height, target);
     let info = OriginalInfo {

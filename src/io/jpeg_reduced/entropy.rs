@@ -251,20 +251,35 @@ pub(super) struct ScanTables {
     ac: Vec<Huffman>,
     /// Dequantisation factors of the n x n kept coefficients, row-major.
     pub(super) quant: Vec<Vec<i32>>,
-    /// For each zigzag index, where the coefficient is kept in an n x n block, or
-    /// [`DISCARDED`]. Indices past 63 (a corrupt run, refused after the block) discard too, so
-    /// the decoding loop stores every coefficient without a branch or a bounds check.
+    /// For each zigzag index, where the coefficient is kept in an n x n block, or the
+    /// scratch array's discarded slot. Indices past 63 (a corrupt run, refused after the
+    /// block) discard too, so the decoding loop stores every coefficient without a branch or
+    /// a bounds check.
     kept_slot: [u8; KEPT_SLOT_LEN],
     /// The highest zigzag index kept (0 when only DC is).
     last_kept: usize,
+    /// Whether blocks are decoded into [`LARGE_SCRATCH`] (more than 4 x 4 kept).
+    large_blocks: bool,
 }
 
-/// The slot of a block's scratch array that takes the coefficients not kept.
-const DISCARDED: u8 = 16;
+/// A block's scratch array when at most 4 x 4 coefficients are kept: their 16 slots and the
+/// discarded one (slot 16), rounded up to a power of two so a mask bounds the index.
+const SMALL_SCRATCH: usize = 32;
 
-/// A block's scratch array: the 16 slots of the kept coefficients (at most 4 x 4) and the
-/// discarded one, rounded up to a power of two so a mask bounds the index.
-const KEPT_SCRATCH: usize = 32;
+/// A block's scratch array for up to 7 x 7 kept coefficients (49 slots) and the discarded
+/// one (slot 64).
+const LARGE_SCRATCH: usize = 128;
+
+/// The slot of a scratch array of `len` that takes the coefficients not kept: its middle,
+/// past every kept slot.
+const fn discarded_slot(len: usize) -> u8 {
+    (len / 2) as u8
+}
+
+/// Most coefficients kept per block side for a reduced decode (8 would be a full decode,
+/// left to zune-jpeg; only the luma of a few MCUs is decoded at full size here, see
+/// `full_luma`).
+pub(super) const MAX_KEPT: usize = 7;
 
 /// The zigzag index can reach 63 + 15 (a zero run) + 1 before the block is refused; a power
 /// of two, so a mask bounds the index.
@@ -272,20 +287,30 @@ const KEPT_SLOT_LEN: usize = 128;
 
 impl ScanTables {
     pub(super) fn of(header: &Header, n: usize) -> Option<ScanTables> {
-        let mut kept_slot = [DISCARDED; KEPT_SLOT_LEN];
+        if !(1..=8).contains(&n) {
+            return None;
+        }
+        let large_blocks = n > 4;
+        let discarded = discarded_slot(if large_blocks {
+            LARGE_SCRATCH
+        } else {
+            SMALL_SCRATCH
+        });
+        let mut kept_slot = [discarded; KEPT_SLOT_LEN];
         for (zigzag, &natural) in ZIGZAG_TO_NATURAL.iter().enumerate() {
             let (row, col) = (natural / 8, natural % 8);
             if row < n && col < n {
                 kept_slot[zigzag] = (row * n + col) as u8;
             }
         }
-        let last_kept = (0..64).rev().find(|&k| kept_slot[k] != DISCARDED)?;
+        let last_kept = (0..64).rev().find(|&k| kept_slot[k] != discarded)?;
         let mut tables = ScanTables {
             dc: Vec::new(),
             ac: Vec::new(),
             quant: Vec::new(),
             kept_slot,
             last_kept,
+            large_blocks,
         };
         for s in &header.scan {
             let dc = header.dc.get(s.dc_table)?.as_ref()?;
@@ -295,7 +320,7 @@ impl ScanTables {
             let q = header.quant[header.components[s.frame_index].quant_table].as_ref()?;
             let mut factors = vec![0i32; n * n];
             for (zigzag, &slot) in kept_slot.iter().enumerate().take(64) {
-                if slot != DISCARDED {
+                if slot != discarded {
                     factors[usize::from(slot)] = i32::from(q[zigzag]);
                 }
             }
@@ -328,6 +353,19 @@ impl<'a> McuReader<'a> {
         }
     }
 
+    /// A reader at bit `bit` of `data` with these DC predictions: where an MCU began, to
+    /// decode it again.
+    pub(super) fn at_bit(
+        data: &'a [u8],
+        bit: usize,
+        predictions: [i16; MAX_SCAN_COMPONENTS],
+    ) -> McuReader<'a> {
+        let mut bits = Bits::new(data, bit / 8);
+        bits.refill();
+        bits.consume((bit % 8) as u32);
+        McuReader { bits, predictions }
+    }
+
     /// The bit offset of the next MCU.
     pub(super) fn position(&self) -> usize {
         self.bits.position()
@@ -342,7 +380,7 @@ impl<'a> McuReader<'a> {
 /// Decodes one MCU into `out` (its kept coefficients, blocks in scan order, DC values as
 /// values: the prediction plus the coded difference, wrapping).
 #[inline(always)]
-fn decode_mcu(
+fn decode_mcu<const SCRATCH: usize>(
     reader: &mut McuReader,
     layout: &Layout,
     tables: &ScanTables,
@@ -358,7 +396,8 @@ fn decode_mcu(
         let blocks =
             &mut out[component.first_block * per_block..][..component.h * component.v * per_block];
         for block in blocks.chunks_exact_mut(per_block) {
-            let mut kept = decode_block(&mut bits, dc, ac, &tables.kept_slot, tables.last_kept)?;
+            let mut kept =
+                decode_block::<SCRATCH>(&mut bits, dc, ac, &tables.kept_slot, tables.last_kept)?;
             *prediction = prediction.wrapping_add(kept[0]);
             kept[0] = *prediction;
             block.copy_from_slice(&kept[..per_block]);
@@ -413,17 +452,17 @@ fn next_ac(bits: &mut Bits, ac: &Huffman, ac_fast: &[i32; 1 << FAST_BITS]) -> Op
 }
 
 /// Decodes one block's DC difference and AC coefficients into the slots `kept_slot` gives
-/// them (the first n x n, row-major; the rest land in the scratch slot [`DISCARDED`]). Past
-/// `last_kept` (the highest zigzag index kept) the codes are only read through.
+/// them (the first n x n, row-major; the rest land in the discarded slot of the `SCRATCH`
+/// array). Past `last_kept` (the highest zigzag index kept) the codes are only read through.
 #[inline(always)]
-fn decode_block(
+fn decode_block<const SCRATCH: usize>(
     bits: &mut Bits,
     dc: &Huffman,
     ac: &Huffman,
     kept_slot: &[u8; KEPT_SLOT_LEN],
     last_kept: usize,
-) -> Option<[i16; KEPT_SCRATCH]> {
-    let mut kept = [0i16; KEPT_SCRATCH];
+) -> Option<[i16; SCRATCH]> {
+    let mut kept = [0i16; SCRATCH];
     let (dc_fast, ac_fast) = (&*dc.fast, &*ac.fast);
     if bits.count < 32 {
         bits.refill();
@@ -445,7 +484,7 @@ fn decode_block(
             AcCode::Coefficient { run, value } => {
                 k += run;
                 let slot = kept_slot[k & (KEPT_SLOT_LEN - 1)];
-                kept[usize::from(slot) & (KEPT_SCRATCH - 1)] = value as i16;
+                kept[usize::from(slot) & (SCRATCH - 1)] = value as i16;
                 k += 1;
             }
             AcCode::SixteenZeros => k += 16,
@@ -465,7 +504,7 @@ fn decode_block(
 
 /// [`decode_mcus`] for any CPU (inlined into each compiled variant).
 #[inline(always)]
-fn decode_mcus_any(
+fn decode_mcus_any<const SCRATCH: usize>(
     reader: &mut McuReader,
     layout: &Layout,
     tables: &ScanTables,
@@ -484,7 +523,7 @@ fn decode_mcus_any(
         if let Some(starts) = starts.as_deref_mut() {
             starts.push(position);
         }
-        if decode_mcu(reader, layout, tables, mcu).is_none() {
+        if decode_mcu::<SCRATCH>(reader, layout, tables, mcu).is_none() {
             if let Some(starts) = starts {
                 starts.pop();
             }
@@ -498,7 +537,7 @@ fn decode_mcus_any(
 /// per coefficient (without it each is three micro-operations on Intel cores).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi1,bmi2")]
-fn decode_mcus_bmi2(
+fn decode_mcus_bmi2<const SCRATCH: usize>(
     reader: &mut McuReader,
     layout: &Layout,
     tables: &ScanTables,
@@ -506,7 +545,7 @@ fn decode_mcus_bmi2(
     stop_bit: usize,
     starts: Option<&mut Vec<usize>>,
 ) -> (usize, bool) {
-    decode_mcus_any(reader, layout, tables, out, stop_bit, starts)
+    decode_mcus_any::<SCRATCH>(reader, layout, tables, out, stop_bit, starts)
 }
 
 /// Decodes MCUs into `out` (one MCU's coefficients after another) while the reader is before
@@ -524,20 +563,31 @@ pub(super) fn decode_mcus(
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("bmi2") {
         // SAFETY: the CPU has BMI2 (and BMI1, which every BMI2 CPU has).
-        return unsafe { decode_mcus_bmi2(reader, layout, tables, out, stop_bit, starts) };
+        return unsafe {
+            if tables.large_blocks {
+                decode_mcus_bmi2::<LARGE_SCRATCH>(reader, layout, tables, out, stop_bit, starts)
+            } else {
+                decode_mcus_bmi2::<SMALL_SCRATCH>(reader, layout, tables, out, stop_bit, starts)
+            }
+        };
     }
-    decode_mcus_any(reader, layout, tables, out, stop_bit, starts)
+    if tables.large_blocks {
+        decode_mcus_any::<LARGE_SCRATCH>(reader, layout, tables, out, stop_bit, starts)
+    } else {
+        decode_mcus_any::<SMALL_SCRATCH>(reader, layout, tables, out, stop_bit, starts)
+    }
 }
 
-/// Decodes MCUs from `reader` into `out`, as many as it holds, and checks the data did not
-/// run out.
+/// Decodes MCUs from `reader` into `out`, as many as it holds, recording where each began in
+/// `starts`, and checks the data did not run out.
 pub(super) fn decode_run(
     reader: &mut McuReader,
     layout: &Layout,
     tables: &ScanTables,
     out: &mut [i16],
+    starts: &mut Vec<usize>,
 ) -> Option<()> {
-    let (_, failed) = decode_mcus(reader, layout, tables, out, usize::MAX, None);
+    let (_, failed) = decode_mcus(reader, layout, tables, out, usize::MAX, Some(starts));
     (!failed && !reader.overran()).then_some(())
 }
 

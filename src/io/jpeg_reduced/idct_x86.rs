@@ -79,6 +79,72 @@ pub(super) fn idct_4x4_block(
 
 const FRACTION_BITS_I32: i32 = FRACTION_BITS as i32;
 
+/// Dequantises and inverse-transforms one block's N x N coefficients (row-major), its DC
+/// value plus `dc_offset` (wrapping), by the float basis of `pixels::idct_block` (N = 3, 5,
+/// 6 or 7), a row of pixels per register (N of its eight lanes). The same products and sums
+/// in the same order (no fused multiply-adds), so the same pixels as the portable code.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn idct_float_block<const N: usize>(
+    coefficients: &[i16],
+    dc_offset: i16,
+    quant: &[i32],
+    basis: &[[f32; 8]; N],
+    out: &mut [u8],
+    stride: usize,
+) {
+    let coefficients = &coefficients[..N * N];
+    let quant = &quant[..N * N];
+    assert!(
+        out.len() >= (N - 1) * stride + N,
+        "the block's rows fit in `out`"
+    );
+    // The DC value in a register: a copy of the block with it stored would stall the loads
+    // of the block that overlap the 2-byte store.
+    let dc = coefficients[0].wrapping_add(dc_offset);
+    if coefficients[1..].iter().all(|&c| c == 0) {
+        let level = flat_level(dc, quant[0]);
+        for y in 0..N {
+            out[y * stride..][..N].fill(level);
+        }
+        return;
+    }
+    // SAFETY: each row of `basis` holds eight floats.
+    let rows: [__m256; N] = std::array::from_fn(|u| unsafe { _mm256_loadu_ps(basis[u].as_ptr()) });
+    // Along u: t[v] (lanes over x) = sum_u F[v][u] basis[u].
+    let mut t = [_mm256_setzero_ps(); N];
+    for (v, t) in t.iter_mut().enumerate() {
+        for (u, row) in rows.iter().enumerate() {
+            let coefficient = if v + u == 0 {
+                dc
+            } else {
+                coefficients[v * N + u]
+            };
+            let f = f32::from(coefficient) * quant[v * N + u] as f32;
+            *t = _mm256_add_ps(*t, _mm256_mul_ps(_mm256_set1_ps(f), *row));
+        }
+    }
+    // Along v: line y = sum_v basis[v][y] t[v]; then 1/4, the level shift, clamping and
+    // truncation as the portable code's `as u8`.
+    let (quarter, level_shift) = (_mm256_set1_ps(0.25), _mm256_set1_ps(128.5));
+    let (low, high) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+    for y in 0..N {
+        let mut sum = _mm256_setzero_ps();
+        for (v, t) in t.iter().enumerate() {
+            sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_set1_ps(basis[v][y]), *t));
+        }
+        let value = _mm256_add_ps(_mm256_mul_ps(sum, quarter), level_shift);
+        let clamped = _mm256_min_ps(_mm256_max_ps(value, low), high);
+        let words = _mm256_cvttps_epi32(clamped);
+        let packed = _mm_packs_epi32(
+            _mm256_castsi256_si128(words),
+            _mm256_extracti128_si256::<1>(words),
+        );
+        let bytes = _mm_cvtsi128_si64(_mm_packus_epi16(packed, packed)).to_le_bytes();
+        out[y * stride..][..N].copy_from_slice(&bytes[..N]);
+    }
+}
+
 /// `pixels::idct4_lanes`: the 4-point butterflies on four lanes.
 #[target_feature(enable = "avx2")]
 fn butterflies(f: [__m128i; 4]) -> [__m128i; 4] {
@@ -113,7 +179,63 @@ fn transpose([a, b, c, d]: [__m128i; 4]) -> [__m128i; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::jpeg_reduced::pixels::idct_block_4x4_portable;
+    use crate::io::jpeg_reduced::pixels::{
+        idct_basis_padded, idct_block_4x4_portable, idct_block_float_portable,
+    };
+
+    #[test]
+    fn vector_float_transforms_equal_the_portable_ones() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: the vector transforms are not used here");
+            return;
+        }
+        fn check<const N: usize>(seed: &mut u32) {
+            let mut next = |range: i32| {
+                *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((*seed >> 8) as i32).rem_euclid(2 * range + 1) - range
+            };
+            for case in 0..3_000 {
+                let range = [100, 2047, 32767][case % 3];
+                let coefficients: Vec<i16> = (0..N * N)
+                    .map(|i| {
+                        if (case % 4 == 0 && i > 0) || next(3) == 0 {
+                            0
+                        } else {
+                            next(range) as i16
+                        }
+                    })
+                    .collect();
+                let quant: Vec<i32> = (0..N * N)
+                    .map(|_| 1 + next(127).unsigned_abs() as i32)
+                    .collect();
+                let stride = N + (case % 7);
+                let mut expected = vec![0u8; (N - 1) * stride + N];
+                let mut got = expected.clone();
+                let basis = idct_basis_padded::<N>();
+                let dc_offset = if case % 5 == 0 { next(range) as i16 } else { 0 };
+                let mut offset_applied = coefficients.clone();
+                offset_applied[0] = offset_applied[0].wrapping_add(dc_offset);
+                idct_block_float_portable::<N>(&offset_applied, &quant, &mut expected, stride);
+                // SAFETY: the CPU has AVX2 (checked above).
+                unsafe {
+                    idct_float_block::<N>(
+                        &coefficients,
+                        dc_offset,
+                        &quant,
+                        &basis,
+                        &mut got,
+                        stride,
+                    )
+                };
+                assert_eq!(got, expected, "N = {N}: {coefficients:?} {quant:?}");
+            }
+        }
+        let mut seed = 5u32;
+        check::<3>(&mut seed);
+        check::<5>(&mut seed);
+        check::<6>(&mut seed);
+        check::<7>(&mut seed);
+    }
 
     #[test]
     fn vector_4x4_transform_equals_the_portable_one() {

@@ -19,7 +19,10 @@
 //! arithmetic coding, CMYK or RGB-coded files, several scans) and any damage gives `None`,
 //! and the caller decodes with `jpeg-decoder`, which reports errors the usual way.
 
+#[cfg(target_arch = "x86_64")]
+mod colour_x86;
 mod entropy;
+mod full_luma;
 mod header;
 #[cfg(target_arch = "x86_64")]
 mod idct_x86;
@@ -27,6 +30,7 @@ mod parallel;
 mod pixels;
 
 use entropy::{EntropyData, ScanTables};
+pub use full_luma::Region;
 use header::{Header, Layout};
 use pixels::{inverse_transform, to_pixels, ycbcr_to_rgb};
 
@@ -83,7 +87,19 @@ pub struct Planes {
 
 /// Decodes `bytes` at `n`/8 of its size into its planes; see [`decode_with`].
 pub fn decode_planes(bytes: &[u8], n: usize, two_threads: bool) -> Option<Planes> {
-    if !matches!(n, 1 | 2 | 4) {
+    decode_planes_with_luma(bytes, n, two_threads, &[]).map(|(planes, _)| planes)
+}
+
+/// [`decode_planes`], and the luma (Y) of each region of the stored image at full size,
+/// rows packed (for scores that must see the image at the size it was made; see
+/// `full_luma`). `None` as for [`decode_planes`], or when a region leaves the image.
+pub fn decode_planes_with_luma(
+    bytes: &[u8],
+    n: usize,
+    two_threads: bool,
+    regions: &[Region],
+) -> Option<(Planes, Vec<Vec<u8>>)> {
+    if !(1..=entropy::MAX_KEPT).contains(&n) {
         return None;
     }
     let header = Header::parse(bytes)?;
@@ -93,13 +109,21 @@ pub fn decode_planes(bytes: &[u8], n: usize, two_threads: bool) -> Option<Planes
     let parallel = two_threads && data.bytes.len() >= PARALLEL_FROM_BYTES;
     let (coefficients, entropy) =
         parallel::decode_entropy(&data, &layout, &tables, header.restart_interval, parallel)?;
+    let luma = if regions.is_empty() {
+        Vec::new()
+    } else {
+        full_luma::luma_regions(&header, &data, &layout, &coefficients, regions)?
+    };
     let planes = inverse_transform(&coefficients, &layout, &tables, parallel);
-    Some(Planes {
-        layout,
-        planes,
-        parallel,
-        entropy,
-    })
+    Some((
+        Planes {
+            layout,
+            planes,
+            parallel,
+            entropy,
+        },
+        luma,
+    ))
 }
 
 impl Planes {

@@ -6,14 +6,17 @@ use super::entropy::{decode_mcus, decode_run, EntropyData, McuReader, ScanTables
 use super::header::Layout;
 use super::EntropySplit;
 
-/// Every MCU's kept coefficients (blocks in scan order, DC as values): the first thread's
-/// buffer, and from the MCU where the threads met, the second thread's, read in place.
+/// Every MCU's kept coefficients (blocks in scan order, DC as values) and the bit where it
+/// began in the data: the first thread's buffers, and from the MCU where the threads met,
+/// the second thread's, read in place.
 pub(super) struct Coefficients {
     per_mcu: usize,
     /// MCUs from the first, up to `tail_from`.
     head: Vec<i16>,
+    head_starts: Vec<usize>,
     /// MCU `tail_from + i` is MCU `tail_skip + i` of this buffer.
     tail: Vec<i16>,
+    tail_starts: Vec<usize>,
     tail_from: usize,
     tail_skip: usize,
     /// What the tail's DC values lack, per component: the second thread started its
@@ -22,11 +25,13 @@ pub(super) struct Coefficients {
 }
 
 impl Coefficients {
-    fn whole(per_mcu: usize, head: Vec<i16>) -> Coefficients {
+    fn whole(per_mcu: usize, head: Vec<i16>, head_starts: Vec<usize>) -> Coefficients {
         Coefficients {
             per_mcu,
             head,
+            head_starts,
             tail: Vec::new(),
+            tail_starts: Vec::new(),
             tail_from: usize::MAX,
             tail_skip: 0,
             tail_dc_offset: [0; MAX_SCAN_COMPONENTS],
@@ -48,6 +53,17 @@ impl Coefficients {
                 &self.tail[at * self.per_mcu..][..self.per_mcu],
                 self.tail_dc_offset,
             )
+        }
+    }
+
+    /// The bit of the unstuffed data where MCU `index` began.
+    pub(super) fn start_bit(&self, index: usize) -> Option<usize> {
+        if index < self.tail_from {
+            self.head_starts.get(index).copied()
+        } else {
+            self.tail_starts
+                .get(index - self.tail_from + self.tail_skip)
+                .copied()
         }
     }
 }
@@ -73,7 +89,8 @@ pub(super) fn decode_entropy(
             .chain(data.restarts.iter().copied())
             .collect();
         // Each interval starts with fresh predictions, so its DC values come out whole.
-        let decode_intervals = |first: usize, out: &mut [i16]| -> Option<()> {
+        let decode_intervals = |first: usize, out: &mut [i16]| -> Option<Vec<usize>> {
+            let mut mcu_starts = Vec::with_capacity(out.len() / per_mcu);
             for (i, mcus) in out.chunks_mut(restart_interval * per_mcu).enumerate() {
                 let start = starts[first + i];
                 let end = starts
@@ -81,14 +98,14 @@ pub(super) fn decode_entropy(
                     .copied()
                     .unwrap_or(data.bytes.len());
                 let mut reader = McuReader::new(&data.bytes[..end], start);
-                decode_run(&mut reader, layout, tables, mcus)?;
+                decode_run(&mut reader, layout, tables, mcus, &mut mcu_starts)?;
             }
-            Some(())
+            Some(mcu_starts)
         };
         if !parallel {
-            decode_intervals(0, &mut coefficients)?;
+            let starts = decode_intervals(0, &mut coefficients)?;
             return Some((
-                Coefficients::whole(per_mcu, coefficients),
+                Coefficients::whole(per_mcu, coefficients, starts),
                 EntropySplit::Serial,
             ));
         }
@@ -99,18 +116,19 @@ pub(super) fn decode_entropy(
             || decode_intervals(0, first),
             || decode_intervals(half, second),
         );
-        a?;
-        b?;
+        let mut starts = a?;
+        starts.extend(b?);
         return Some((
-            Coefficients::whole(per_mcu, coefficients),
+            Coefficients::whole(per_mcu, coefficients, starts),
             EntropySplit::AtRestartMarker,
         ));
     }
     if !parallel {
         let mut reader = McuReader::new(&data.bytes, 0);
-        decode_run(&mut reader, layout, tables, &mut coefficients)?;
+        let mut starts = Vec::with_capacity(total);
+        decode_run(&mut reader, layout, tables, &mut coefficients, &mut starts)?;
         return Some((
-            Coefficients::whole(per_mcu, coefficients),
+            Coefficients::whole(per_mcu, coefficients, starts),
             EntropySplit::Serial,
         ));
     }
@@ -199,11 +217,18 @@ fn decode_speculatively(
     let per_mcu = layout.coefficients_per_mcu();
     let total = layout.mcu_count();
     let middle_bit = data.bytes.len() / 2 * 8;
+    let mut head_starts = Vec::with_capacity(total);
     let ((mut reader, first_half, failed), theirs) = rayon::join(
         || {
             let mut reader = McuReader::new(&data.bytes, 0);
-            let (decoded, failed) =
-                decode_mcus(&mut reader, layout, tables, &mut head, middle_bit, None);
+            let (decoded, failed) = decode_mcus(
+                &mut reader,
+                layout,
+                tables,
+                &mut head,
+                middle_bit,
+                Some(&mut head_starts),
+            );
             (reader, decoded, failed)
         },
         || decode_from_middle(&data.bytes, layout, tables, total),
@@ -232,7 +257,9 @@ fn decode_speculatively(
                 let coefficients = Coefficients {
                     per_mcu,
                     head,
+                    head_starts,
                     tail: theirs.coefficients,
+                    tail_starts: theirs.starts,
                     tail_from: mcu,
                     tail_skip: cursor,
                     tail_dc_offset,
@@ -243,14 +270,21 @@ fn decode_speculatively(
             None => break, // past all its starts: finish alone
         }
         let one = &mut head[mcu * per_mcu..][..per_mcu];
-        if decode_mcus(&mut reader, layout, tables, one, usize::MAX, None).1 {
+        let starts = Some(&mut head_starts);
+        if decode_mcus(&mut reader, layout, tables, one, usize::MAX, starts).1 {
             return None;
         }
         mcu += 1;
     }
-    decode_run(&mut reader, layout, tables, &mut head[mcu * per_mcu..])?;
+    decode_run(
+        &mut reader,
+        layout,
+        tables,
+        &mut head[mcu * per_mcu..],
+        &mut head_starts,
+    )?;
     Some((
-        Coefficients::whole(per_mcu, head),
+        Coefficients::whole(per_mcu, head, head_starts),
         EntropySplit::SpeculativeUnmet,
     ))
 }

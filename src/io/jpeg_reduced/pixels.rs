@@ -24,6 +24,12 @@ fn idct_basis<const N: usize>() -> [[f32; N]; N] {
     basis
 }
 
+/// [`idct_basis`] with each row padded to eight lanes (for the vector transform).
+pub(super) fn idct_basis_padded<const N: usize>() -> [[f32; 8]; N] {
+    let basis = idct_basis::<N>();
+    std::array::from_fn(|u| std::array::from_fn(|x| if x < N { basis[u][x] } else { 0.0 }))
+}
+
 /// Dequantises and inverse-transforms one block's N x N coefficients (row-major) into `out`
 /// (N rows of `stride`), level-shifted, rounded and clamped to 0..=255.
 #[inline(always)]
@@ -68,6 +74,31 @@ fn idct_block<const N: usize>(
             row[x] = (sum[x] * 0.25 + 128.5).clamp(0.0, 255.0) as u8;
         }
     }
+}
+
+/// The 8-point basis (a full-size transform, for `full_luma`).
+pub(super) fn idct_basis_8x8() -> [[f32; 8]; 8] {
+    idct_basis::<8>()
+}
+
+/// A full-size 8x8 block (64 coefficients, row-major) to pixels by the float basis (as
+/// `idct_block`), with AVX2 where the CPU has it.
+pub(super) fn idct_8x8(
+    coefficients: &[i16],
+    quant: &[i32],
+    basis: &[[f32; 8]; 8],
+    out: &mut [u8],
+    stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe {
+            super::idct_x86::idct_float_block::<8>(coefficients, 0, quant, basis, out, stride)
+        };
+        return;
+    }
+    idct_block::<8>(coefficients, quant, basis, out, stride);
 }
 
 /// A flat block's level (every AC coefficient zero): DC / 8, level-shifted and clamped.
@@ -160,7 +191,11 @@ pub(super) fn inverse_transform(
     parallel: bool,
 ) -> Vec<Vec<u8>> {
     match layout.n {
+        7 => transform_planes::<7>(coefficients, layout, tables, parallel),
+        6 => transform_planes::<6>(coefficients, layout, tables, parallel),
+        5 => transform_planes::<5>(coefficients, layout, tables, parallel),
         4 => transform_planes::<4>(coefficients, layout, tables, parallel),
+        3 => transform_planes::<3>(coefficients, layout, tables, parallel),
         2 => transform_planes::<2>(coefficients, layout, tables, parallel),
         _ => transform_planes::<1>(coefficients, layout, tables, parallel),
     }
@@ -238,6 +273,7 @@ fn transform_mcu_rows_any<const N: usize, const AVX2: bool>(
     mut bands: Vec<&mut [u8]>,
 ) {
     let basis = idct_basis::<N>();
+    let basis_padded = idct_basis_padded::<N>();
     let first = &layout.components[0];
     let rows = bands[0].len() / (first.plane_width * first.v * N);
     for row in 0..rows {
@@ -269,7 +305,22 @@ fn transform_mcu_rows_any<const N: usize, const AVX2: bool>(
                             };
                             continue;
                         }
-                        let mut with_dc = [0i16; 16];
+                        #[cfg(target_arch = "x86_64")]
+                        if AVX2 && N >= 3 {
+                            // SAFETY: as above.
+                            unsafe {
+                                super::idct_x86::idct_float_block::<N>(
+                                    block,
+                                    dc_offset,
+                                    quant,
+                                    &basis_padded,
+                                    out,
+                                    stride,
+                                )
+                            };
+                            continue;
+                        }
+                        let mut with_dc = [0i16; 64];
                         with_dc[..N * N].copy_from_slice(block);
                         with_dc[0] = with_dc[0].wrapping_add(dc_offset);
                         idct_block::<N>(&with_dc, quant, &basis, out, stride);
@@ -299,21 +350,13 @@ pub(super) fn to_pixels(planes: &[Vec<u8>], layout: &Layout, parallel: bool) -> 
     }
     let mut out = vec![0u8; width * height * 3];
     let convert = |first_line: usize, rows: &mut [u8]| {
-        let mut chroma = [vec![0i32; width], vec![0i32; width]];
-        let mut column = Vec::new();
-        let luma = &layout.components[by_frame[0]];
-        for (i, out_row) in rows.chunks_exact_mut(width * 3).enumerate() {
-            let y = first_line + i;
-            let luma_row = &planes[by_frame[0]][y * luma.plane_width..];
-            for (k, line) in chroma.iter_mut().enumerate() {
-                let c = &layout.components[by_frame[k + 1]];
-                upsampled_line(&planes[by_frame[k + 1]], c, y, &mut column, line);
-            }
-            for (x, rgb) in out_row.chunks_exact_mut(3).enumerate() {
-                let l = i32::from(luma_row[x]);
-                rgb.copy_from_slice(&ycbcr_to_rgb_i32(l, chroma[0][x], chroma[1][x]));
-            }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            unsafe { super::colour_x86::convert_rows(planes, layout, by_frame, first_line, rows) };
+            return;
         }
+        convert_rows(planes, layout, by_frame, first_line, rows);
     };
     if parallel && height >= 2 {
         let half = height / 2;
@@ -323,6 +366,33 @@ pub(super) fn to_pixels(planes: &[Vec<u8>], layout: &Layout, parallel: bool) -> 
         convert(0, &mut out);
     }
     out
+}
+
+/// Converts the output lines from `first_line` on into `rows` (packed RGB) for a
+/// three-component image; `by_frame` gives the scan index of Y, Cb and Cr.
+pub(super) fn convert_rows(
+    planes: &[Vec<u8>],
+    layout: &Layout,
+    by_frame: [usize; 3],
+    first_line: usize,
+    rows: &mut [u8],
+) {
+    let width = layout.out_width;
+    let mut chroma = [vec![0i32; width], vec![0i32; width]];
+    let mut column = Vec::new();
+    let luma = &layout.components[by_frame[0]];
+    for (i, out_row) in rows.chunks_exact_mut(width * 3).enumerate() {
+        let y = first_line + i;
+        let luma_row = &planes[by_frame[0]][y * luma.plane_width..];
+        for (k, line) in chroma.iter_mut().enumerate() {
+            let c = &layout.components[by_frame[k + 1]];
+            upsampled_line(&planes[by_frame[k + 1]], c, y, &mut column, line);
+        }
+        for (x, rgb) in out_row.chunks_exact_mut(3).enumerate() {
+            let l = i32::from(luma_row[x]);
+            rgb.copy_from_slice(&ycbcr_to_rgb_i32(l, chroma[0][x], chroma[1][x]));
+        }
+    }
 }
 
 /// One output line `y` of a chroma plane at the luma plane's resolution: a 3:1 blend with
@@ -402,6 +472,17 @@ fn ycbcr_to_rgb_i32(l: i32, cb: i32, cr: i32) -> [u8; 3] {
     ]
 }
 
+/// `idct_block::<N>` by the float basis (N = 3 or 5 to 7), for the vector version's test.
+#[cfg(test)]
+pub(super) fn idct_block_float_portable<const N: usize>(
+    coefficients: &[i16],
+    quant: &[i32],
+    out: &mut [u8],
+    stride: usize,
+) {
+    idct_block::<N>(coefficients, quant, &idct_basis::<N>(), out, stride);
+}
+
 /// `idct_block::<4>`, for the vector version's test.
 #[cfg(test)]
 pub(super) fn idct_block_4x4_portable(
@@ -420,13 +501,23 @@ mod tests {
     #[test]
     fn a_flat_block_keeps_its_level_at_every_size() {
         fn flat<const N: usize>() -> Vec<u8> {
-            let mut coefficients = [0i16; 16];
+            let mut coefficients = [0i16; 64];
             coefficients[0] = 10; // x quant 8 = 80 -> level 80 / 8 = 10 above 128
             let mut out = vec![0u8; N * N];
-            idct_block::<N>(&coefficients, &[8; 16], &idct_basis::<N>(), &mut out, N);
+            idct_block::<N>(&coefficients, &[8; 64], &idct_basis::<N>(), &mut out, N);
             out
         }
-        for out in [flat::<1>(), flat::<2>(), flat::<4>()] {
+        let every_size = [
+            flat::<1>(),
+            flat::<2>(),
+            flat::<3>(),
+            flat::<4>(),
+            flat::<5>(),
+            flat::<6>(),
+            flat::<7>(),
+            flat::<8>(),
+        ];
+        for out in every_size {
             assert!(out.iter().all(|&p| p == 138), "{out:?}");
         }
         // The same level through the full transform (a zero AC term breaks the flat path).
