@@ -389,8 +389,8 @@ fn reduced_jpeg(
         (1..8).find(|&n| scaled_side(stored_w, n) >= req_w && scaled_side(stored_h, n) >= req_h)?;
     let (w, h) = (scaled_side(stored_w, kept), scaled_side(stored_h, kept));
     let icc = decoder.icc_profile();
-    // The score patches, upright and at full size, and where each lies in the stored image.
-    let patch_squares: Vec<((u32, u32), jpeg_reduced::Region)> = patches
+    // Where the score patches (on the upright full size) lie in the stored image.
+    let regions: Vec<jpeg_reduced::Region> = patches
         .and_then(|p| {
             let origins =
                 crate::core::quality::patch_origins(full_w, full_h, p.size, p.max_patches)?;
@@ -400,18 +400,16 @@ fn reduced_jpeg(
                     .map(|origin| {
                         let (x, y) =
                             stored_square(orientation, (stored_w, stored_h), origin, p.size);
-                        let region = jpeg_reduced::Region {
+                        jpeg_reduced::Region {
                             x: x as usize,
                             y: y as usize,
                             size: p.size as usize,
-                        };
-                        (origin, region)
+                        }
                     })
                     .collect(),
             )
         })
         .unwrap_or_default();
-    let regions: Vec<jpeg_reduced::Region> = patch_squares.iter().map(|&(_, r)| r).collect();
     let mut full_size_luma = None;
     let (image, sha256) = while_hashing(bytes, || {
         match jpeg_reduced::decode_planes_with_luma(bytes, kept as usize, true, &regions) {

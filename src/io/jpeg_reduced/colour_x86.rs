@@ -4,7 +4,7 @@
 //! below).
 
 use super::header::{ComponentLayout, Layout};
-use super::pixels::ycbcr_to_rgb;
+use super::pixels::{chroma_lines, ycbcr_to_rgb};
 use std::arch::x86_64::*;
 
 /// Converts the output lines from `first_line` on into `rows` (packed RGB), as
@@ -42,25 +42,22 @@ pub(super) fn convert_rows(
 /// side (`column[x + 1]` is column x).
 #[target_feature(enable = "avx2")]
 fn vertical(plane: &[u8], component: &ComponentLayout, y: usize, column: &mut Vec<i16>) {
-    let (stride, rows) = (component.plane_width, component.plane_height);
+    let stride = component.plane_width;
     column.resize(stride + 2, 0);
     let body = &mut column[1..=stride];
-    if component.upsample_y == 2 {
-        let sy = y / 2;
-        let far = if y.is_multiple_of(2) {
-            sy.saturating_sub(1)
-        } else {
-            (sy + 1).min(rows - 1)
-        };
-        let near_row = &plane[sy * stride..][..stride];
-        let far_row = &plane[far * stride..][..stride];
-        for ((c, &a), &b) in body.iter_mut().zip(near_row).zip(far_row) {
-            *c = 3 * i16::from(a) + i16::from(b);
+    let (near, far) = chroma_lines(component, y);
+    let near_row = &plane[near * stride..][..stride];
+    match far {
+        Some(far) => {
+            let far_row = &plane[far * stride..][..stride];
+            for ((c, &a), &b) in body.iter_mut().zip(near_row).zip(far_row) {
+                *c = 3 * i16::from(a) + i16::from(b);
+            }
         }
-    } else {
-        let near_row = &plane[y.min(rows - 1) * stride..][..stride];
-        for (c, &a) in body.iter_mut().zip(near_row) {
-            *c = 4 * i16::from(a);
+        None => {
+            for (c, &a) in body.iter_mut().zip(near_row) {
+                *c = 4 * i16::from(a);
+            }
         }
     }
     column[0] = column[1];

@@ -10,7 +10,7 @@
 use super::entropy::{decode_mcus, EntropyData, McuReader, ScanTables, MAX_SCAN_COMPONENTS};
 use super::header::{Header, Layout};
 use super::parallel::Coefficients;
-use super::pixels::{idct_8x8, idct_basis_8x8};
+use super::pixels::{idct_8x8, idct_basis};
 
 /// A square of the stored image (before any EXIF orientation), in full-size pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl<'a> FullDecode<'a> {
                 header.restart_interval
             },
             luma_scan,
-            basis: idct_basis_8x8(),
+            basis: idct_basis::<8>(),
         })
     }
 

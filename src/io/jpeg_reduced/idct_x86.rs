@@ -3,7 +3,7 @@
 //! portable code's exactly (tested below), four lanes at a time with the transposes between
 //! the passes done in registers.
 
-use super::pixels::{flat_level, BUTTERFLY, FRACTION_BITS};
+use super::pixels::{fill_flat, BUTTERFLY, FRACTION_BITS};
 use std::arch::x86_64::*;
 
 /// Dequantises and inverse-transforms one block's 4x4 coefficients (row-major), its DC value
@@ -42,11 +42,12 @@ pub(super) fn idct_4x4_block(
     // Flat (every AC coefficient zero): the portable code's shortcut, same level.
     let ac_mask = _mm_set_epi16(-1, -1, -1, -1, -1, -1, -1, 0);
     if _mm_testz_si128(rows01, ac_mask) == 1 && _mm_testz_si128(rows23, rows23) == 1 {
-        let level = flat_level(coefficients[0].wrapping_add(dc_offset), quant[0]);
-        for y in 0..4 {
-            out[y * stride..][..4].fill(level);
-        }
-        return;
+        return fill_flat::<4>(
+            coefficients[0].wrapping_add(dc_offset),
+            quant[0],
+            out,
+            stride,
+        );
     }
     // Dequantised rows: lanes over u, one register per v.
     let f = [
@@ -103,11 +104,7 @@ pub(super) fn idct_float_block<const N: usize>(
     // of the block that overlap the 2-byte store.
     let dc = coefficients[0].wrapping_add(dc_offset);
     if coefficients[1..].iter().all(|&c| c == 0) {
-        let level = flat_level(dc, quant[0]);
-        for y in 0..N {
-            out[y * stride..][..N].fill(level);
-        }
-        return;
+        return fill_flat::<N>(dc, quant[0], out, stride);
     }
     // SAFETY: each row of `basis` holds eight floats.
     let rows: [__m256; N] = std::array::from_fn(|u| unsafe { _mm256_loadu_ps(basis[u].as_ptr()) });
@@ -179,9 +176,7 @@ fn transpose([a, b, c, d]: [__m128i; 4]) -> [__m128i; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::jpeg_reduced::pixels::{
-        idct_basis_padded, idct_block_4x4_portable, idct_block_float_portable,
-    };
+    use crate::io::jpeg_reduced::pixels::{idct_basis_padded, idct_block_portable};
 
     #[test]
     fn vector_float_transforms_equal_the_portable_ones() {
@@ -215,7 +210,7 @@ mod tests {
                 let dc_offset = if case % 5 == 0 { next(range) as i16 } else { 0 };
                 let mut offset_applied = coefficients.clone();
                 offset_applied[0] = offset_applied[0].wrapping_add(dc_offset);
-                idct_block_float_portable::<N>(&offset_applied, &quant, &mut expected, stride);
+                idct_block_portable::<N>(&offset_applied, &quant, &mut expected, stride);
                 // SAFETY: the CPU has AVX2 (checked above).
                 unsafe {
                     idct_float_block::<N>(
@@ -267,7 +262,7 @@ mod tests {
             let mut got = expected.clone();
             let mut offset_applied = coefficients;
             offset_applied[0] = offset_applied[0].wrapping_add(dc_offset);
-            idct_block_4x4_portable(&offset_applied, &quant, &mut expected, stride);
+            idct_block_portable::<4>(&offset_applied, &quant, &mut expected, stride);
             // SAFETY: the CPU has AVX2 (checked above).
             unsafe { idct_4x4_block(&coefficients, dc_offset, &quant, &mut got, stride) };
             assert_eq!(got, expected, "{coefficients:?} {quant:?}");

@@ -8,7 +8,7 @@ use super::parallel::Coefficients;
 /// The n-point inverse DCT basis, transposed: `basis[u][x]` = C(u) cos((2x + 1) u pi / 2n),
 /// with C(0) = 1/sqrt(2). An n x n block of the kept coefficients F (scaled by n/8 so a flat
 /// block keeps its level) gives f(x, y) = 1/4 sum C(u) C(v) F(u, v) cos(..x..) cos(..y..).
-fn idct_basis<const N: usize>() -> [[f32; N]; N] {
+pub(super) fn idct_basis<const N: usize>() -> [[f32; N]; N] {
     let mut basis = [[0f32; N]; N];
     for (u, row) in basis.iter_mut().enumerate() {
         for (x, value) in row.iter_mut().enumerate() {
@@ -42,11 +42,7 @@ fn idct_block<const N: usize>(
 ) {
     let coefficients = &coefficients[..N * N];
     if coefficients[1..].iter().all(|&c| c == 0) {
-        let level = flat_level(coefficients[0], quant[0]);
-        for y in 0..N {
-            out[y * stride..][..N].fill(level);
-        }
-        return;
+        return fill_flat::<N>(coefficients[0], quant[0], out, stride);
     }
     if N == 4 {
         return idct_4x4(coefficients, quant, out, stride);
@@ -76,11 +72,6 @@ fn idct_block<const N: usize>(
     }
 }
 
-/// The 8-point basis (a full-size transform, for `full_luma`).
-pub(super) fn idct_basis_8x8() -> [[f32; 8]; 8] {
-    idct_basis::<8>()
-}
-
 /// A full-size 8x8 block (64 coefficients, row-major) to pixels by the float basis (as
 /// `idct_block`), with AVX2 where the CPU has it.
 pub(super) fn idct_8x8(
@@ -101,10 +92,32 @@ pub(super) fn idct_8x8(
     idct_block::<8>(coefficients, quant, basis, out, stride);
 }
 
-/// A flat block's level (every AC coefficient zero): DC / 8, level-shifted and clamped.
+/// Fills the N x N pixels of a flat block (every AC coefficient zero) with its level: DC / 8,
+/// level-shifted and clamped.
 #[inline(always)]
-pub(super) fn flat_level(dc: i16, quant: i32) -> u8 {
-    (f32::from(dc) * quant as f32 / 8.0 + 128.5).clamp(0.0, 255.0) as u8
+pub(super) fn fill_flat<const N: usize>(dc: i16, quant: i32, out: &mut [u8], stride: usize) {
+    let level = (f32::from(dc) * quant as f32 / 8.0 + 128.5).clamp(0.0, 255.0) as u8;
+    for y in 0..N {
+        out[y * stride..][..N].fill(level);
+    }
+}
+
+/// The chroma plane lines that output line `y` blends: the line covering it and, where the
+/// plane has half the luma's lines, its neighbour on `y`'s side (the edge line repeated at
+/// the top and bottom), weighted 3:1 as libjpeg's fancy upsampling does.
+#[inline(always)]
+pub(super) fn chroma_lines(component: &ComponentLayout, y: usize) -> (usize, Option<usize>) {
+    let rows = component.plane_height;
+    if component.upsample_y != 2 {
+        return (y.min(rows - 1), None);
+    }
+    let near = y / 2;
+    let far = if y.is_multiple_of(2) {
+        near.saturating_sub(1)
+    } else {
+        (near + 1).min(rows - 1)
+    };
+    (near, Some(far))
 }
 
 /// Four lanes, for the 4x4 transform's butterflies (the compiler keeps them in one vector
@@ -406,27 +419,16 @@ fn upsampled_line(
     line: &mut [i32],
 ) {
     let stride = component.plane_width;
-    let rows = component.plane_height;
     // Vertical, times 4.
-    let (sy, near_weight, far) = if component.upsample_y == 2 {
-        let sy = y / 2;
-        let far = if y.is_multiple_of(2) {
-            sy.saturating_sub(1)
-        } else {
-            (sy + 1).min(rows - 1)
-        };
-        (sy, 3, Some(far))
-    } else {
-        (y.min(rows - 1), 4, None)
-    };
-    let near_row = &plane[sy * stride..][..stride];
+    let (near, far) = chroma_lines(component, y);
+    let near_row = &plane[near * stride..][..stride];
     column.clear();
     column.resize(stride, 0);
     match far {
         Some(far) => {
             let far_row = &plane[far * stride..][..stride];
             for ((c, &a), &b) in column.iter_mut().zip(near_row).zip(far_row) {
-                *c = near_weight * i32::from(a) + i32::from(b);
+                *c = 3 * i32::from(a) + i32::from(b);
             }
         }
         None => {
@@ -472,26 +474,16 @@ fn ycbcr_to_rgb_i32(l: i32, cb: i32, cr: i32) -> [u8; 3] {
     ]
 }
 
-/// `idct_block::<N>` by the float basis (N = 3 or 5 to 7), for the vector version's test.
+/// `idct_block::<N>` (for N = 4 by the butterflies, otherwise by the float basis), for the
+/// vector versions' tests.
 #[cfg(test)]
-pub(super) fn idct_block_float_portable<const N: usize>(
+pub(super) fn idct_block_portable<const N: usize>(
     coefficients: &[i16],
     quant: &[i32],
     out: &mut [u8],
     stride: usize,
 ) {
     idct_block::<N>(coefficients, quant, &idct_basis::<N>(), out, stride);
-}
-
-/// `idct_block::<4>`, for the vector version's test.
-#[cfg(test)]
-pub(super) fn idct_block_4x4_portable(
-    coefficients: &[i16; 16],
-    quant: &[i32; 16],
-    out: &mut [u8],
-    stride: usize,
-) {
-    idct_block::<4>(coefficients, quant, &idct_basis::<4>(), out, stride);
 }
 
 #[cfg(test)]
