@@ -262,24 +262,22 @@ fn noise_sigma_of_any(patches: &[Luma]) -> f64 {
     for luma in patches.iter().filter(measured) {
         let n = luma.width - 2;
         for y in 1..luma.height - 1 {
-            // Each neighbour as a slice of the row's n outputs: equal lengths let the compiler
-            // drop the bounds checks and vectorise.
-            let (above, row, below) = luma.rows_around(y);
-            let (a0, a1, a2) = (&above[..n], &above[1..=n], &above[2..n + 2]);
-            let (m0, m1, m2) = (&row[..n], &row[1..=n], &row[2..n + 2]);
-            let (b0, b1, b2) = (&below[..n], &below[1..=n], &below[2..n + 2]);
-            let g = &mut gradient[at..at + n];
-            let r = &mut response[at..at + n];
-            for i in 0..n {
-                let gx = a2[i] + 2.0 * m2[i] + b2[i] - a0[i] - 2.0 * m0[i] - b0[i];
-                let gy = b0[i] + 2.0 * b1[i] + b2[i] - a0[i] - 2.0 * a1[i] - a2[i];
-                g[i] = gx.abs() + gy.abs();
-                // Kernel [[1,-2,1],[-2,4,-2],[1,-2,1]].
-                let v = a0[i] - 2.0 * a1[i] + a2[i] - 2.0 * m0[i] + 4.0 * m1[i] - 2.0 * m2[i]
-                    + b0[i]
-                    - 2.0 * b1[i]
-                    + b2[i];
-                r[i] = v.abs();
+            let rows = luma.rows_around(y);
+            let (g, r) = (&mut gradient[at..at + n], &mut response[at..at + n]);
+            if n < LANES {
+                for x in 0..n {
+                    let (gx, rx) = gradient_and_response::<1>(rows, x);
+                    (g[x], r[x]) = (gx[0], rx[0]);
+                }
+            } else {
+                // Eight outputs per step; the last step ends at the row's end and overlaps
+                // the one before (the same values again), so no output is left to a scalar
+                // tail.
+                for x in (0..n).step_by(LANES).map(|x| x.min(n - LANES)) {
+                    let (gx, rx) = gradient_and_response::<LANES>(rows, x);
+                    g[x..x + LANES].copy_from_slice(&gx);
+                    r[x..x + LANES].copy_from_slice(&rx);
+                }
             }
             at += n;
         }
@@ -290,29 +288,59 @@ fn noise_sigma_of_any(patches: &[Luma]) -> f64 {
     }
     let cut = (inner * 9 / 10).min(inner - 1);
     let threshold = kth_smallest_non_negative(&gradient, cut);
-    // Four running sums in one vector (one sum would make every addition wait for the one
-    // before).
-    let (mut sums, mut n) = ([0f64; 4], 0usize);
-    let mut add = |sum: &mut f64, g: f32, r: f32| {
-        let flat = g <= threshold;
-        *sum += if flat { f64::from(r) } else { 0.0 };
-        n += usize::from(flat);
-    };
+    // Four running sums (one sum would make every addition wait for the one before), and
+    // no branch on flatness, which is unpredictable.
+    let (mut sums, mut counts) = ([0f64; 4], [0u64; 4]);
     let (gradients, responses) = (gradient.chunks_exact(4), response.chunks_exact(4));
     for (&g, &r) in gradients.remainder().iter().zip(responses.remainder()) {
-        add(&mut sums[0], g, r);
+        let flat = g <= threshold;
+        sums[0] += if flat { f64::from(r) } else { 0.0 };
+        counts[0] += u64::from(flat);
     }
     for (g4, r4) in gradients.zip(responses) {
-        let (g4, r4): (&[f32; 4], &[f32; 4]) = (g4.try_into().unwrap(), r4.try_into().unwrap());
         for i in 0..4 {
-            add(&mut sums[i], g4[i], r4[i]);
+            let flat = g4[i] <= threshold;
+            sums[i] += if flat { f64::from(r4[i]) } else { 0.0 };
+            counts[i] += u64::from(flat);
         }
     }
+    let n: u64 = counts.iter().sum();
     if n == 0 {
         return 0.0;
     }
     let sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
     (std::f64::consts::PI / 2.0).sqrt() * sum / (6.0 * n as f64)
+}
+
+/// Vector width (f32 lanes of AVX2) the noise operators are written for.
+const LANES: usize = 8;
+
+/// The Sobel gradient magnitude (|gx| + |gy|) and the absolute Laplacian response (kernel
+/// [[1,-2,1],[-2,4,-2],[1,-2,1]]) of `W` neighbouring pixels, the first centred at column
+/// `x + 1` of the middle row of `rows` (the rows above, at and below); a fixed width so
+/// the compiler computes them in one vector each.
+#[inline(always)]
+fn gradient_and_response<const W: usize>(
+    (above, row, below): (&[f32], &[f32], &[f32]),
+    x: usize,
+) -> ([f32; W], [f32; W]) {
+    let window = |line: &[f32], dx: usize| -> [f32; W] {
+        line[x + dx..x + dx + W].try_into().expect("W values")
+    };
+    let (a0, a1, a2) = (window(above, 0), window(above, 1), window(above, 2));
+    let (m0, m1, m2) = (window(row, 0), window(row, 1), window(row, 2));
+    let (b0, b1, b2) = (window(below, 0), window(below, 1), window(below, 2));
+    let (mut g, mut r) = ([0f32; W], [0f32; W]);
+    for i in 0..W {
+        let gx = a2[i] + 2.0 * m2[i] + b2[i] - a0[i] - 2.0 * m0[i] - b0[i];
+        let gy = b0[i] + 2.0 * b1[i] + b2[i] - a0[i] - 2.0 * a1[i] - a2[i];
+        g[i] = gx.abs() + gy.abs();
+        let v = a0[i] - 2.0 * a1[i] + a2[i] - 2.0 * m0[i] + 4.0 * m1[i] - 2.0 * m2[i] + b0[i]
+            - 2.0 * b1[i]
+            + b2[i];
+        r[i] = v.abs();
+    }
+    (g, r)
 }
 
 /// The `k`-th smallest (from 0) of `values`, all finite and non-negative, without sorting or

@@ -21,6 +21,10 @@ const STORED_BYTES: usize = 65_535;
 const END_OF_BLOCK: usize = 256;
 /// Literal/length symbols: 256 literals, end of block, 29 length codes.
 const LITLEN_SYMBOLS: usize = 286;
+/// Longest literal/length code: 14 bits (deflate allows 15), so four literals (56 bits) and
+/// the fewer than 8 bits left over fit one 64-bit buffer. Costs nothing measurable in size:
+/// a block's 286 symbols rarely need 15-bit codes.
+const LITLEN_LIMIT: u8 = 14;
 /// Order in which code-length code lengths are sent (RFC 1951, 3.2.7).
 const CODE_LENGTH_ORDER: [usize; 19] = [
     16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
@@ -136,7 +140,7 @@ impl Block {
         let freq = &self.litlen_freq;
         // One distance code (distance 1) when there are runs; deflate wants one anyway.
         let dist_freq = [u32::from(!self.runs.is_empty()).max(1), 0];
-        let litlen_lengths = code_lengths(freq, 15);
+        let litlen_lengths = code_lengths(freq, LITLEN_LIMIT);
         let dist_lengths = code_lengths(&dist_freq, 15);
         let header = TreeHeader::new(&litlen_lengths, &dist_lengths);
 
@@ -207,28 +211,32 @@ fn count_bytes(histograms: &mut [[u32; 256]; 4], bytes: &[u8]) {
     }
 }
 
-/// Writes `bytes` as literals, two codes (at most 30 bits) per step, with the bit buffer and
-/// the stage position in locals (registers) for the loop.
+/// Writes `bytes` as literals, four codes (at most 56 bits) per step and one store of the
+/// buffer's whole bytes after them, with the bit buffer and the stage position in locals
+/// (registers) for the loop.
 #[inline(always)]
 fn write_literals(bits: &mut BitWriter<'_>, bytes: &[u8], literal: &[u32; 256]) {
     let (mut buffer, mut count, mut used) = (bits.buffer, bits.count, bits.used);
-    let mut pairs = bytes.chunks_exact(2);
-    for pair in &mut pairs {
-        let first = literal[usize::from(pair[0])];
-        let second = literal[usize::from(pair[1])];
-        let first_len = first >> 16;
-        let value = (first & 0xFFFF) | (second & 0xFFFF) << first_len;
-        buffer |= u64::from(value) << count;
-        count += first_len + (second >> 16);
-        if count >= 32 {
-            stage_word(&mut bits.stage, &mut used, bits.out, buffer as u32);
-            buffer >>= 32;
-            count -= 32;
-        }
+    let mut quads = bytes.chunks_exact(4);
+    for quad in &mut quads {
+        let [a, b, c, d] = [quad[0], quad[1], quad[2], quad[3]].map(|x| literal[usize::from(x)]);
+        let (a_len, c_len) = (a >> 16, c >> 16);
+        let first = u64::from(a & 0xFFFF) | u64::from(b & 0xFFFF) << a_len;
+        let second = u64::from(c & 0xFFFF) | u64::from(d & 0xFFFF) << c_len;
+        let first_len = a_len + (b >> 16);
+        buffer |= first << count | second << (count + first_len);
+        count += first_len + c_len + (d >> 16);
+        store_whole_bytes(
+            &mut bits.stage,
+            &mut used,
+            &mut buffer,
+            &mut count,
+            bits.out,
+        );
     }
     (bits.buffer, bits.count, bits.used) = (buffer, count, used);
-    if let [last] = pairs.remainder() {
-        let packed = literal[usize::from(*last)];
+    for &byte in quads.remainder() {
+        let packed = literal[usize::from(byte)];
         bits.put(packed & 0xFFFF, (packed >> 16) as u8);
     }
 }
@@ -480,23 +488,37 @@ fn canonical_codes(lengths: &[u8]) -> Vec<(u32, u8)> {
 /// LSB-first bit output into a byte vector.
 struct BitWriter<'a> {
     out: &'a mut Vec<u8>,
+    /// Fewer than 8 bits between calls (the whole bytes are stored after every addition).
     buffer: u64,
     count: u32,
-    /// Whole 32-bit words wait here and go to `out` 4 KiB at a time: a store per word
-    /// instead of a `Vec` capacity check (the literal loop is the encoder's hot path).
-    stage: [u8; STAGE_BYTES],
+    /// Whole bytes wait here and go to `out` about 4 KiB at a time: a store instead of a
+    /// `Vec` capacity check per addition (the literal loop is the encoder's hot path).
+    stage: [u8; STAGE_BYTES + 8],
     used: usize,
 }
 
+/// Bytes staged before they go to `out` (the stage has 8 more, for the last 8-byte store).
 const STAGE_BYTES: usize = 4096;
 
-/// Appends `word` (little-endian) to the stage at `used`, and the full stage to `out`.
+/// Stores the buffer's 8 bytes at the stage's `used` and keeps only the bits past the whole
+/// bytes (fewer than 8): no branch on the codes' lengths. A full stage goes to `out`.
+/// `count` must be at most 63.
 #[inline(always)]
-fn stage_word(stage: &mut [u8; STAGE_BYTES], used: &mut usize, out: &mut Vec<u8>, word: u32) {
-    stage[*used..*used + 4].copy_from_slice(&word.to_le_bytes());
-    *used += 4;
-    if *used == STAGE_BYTES {
-        out.extend_from_slice(stage);
+fn store_whole_bytes(
+    stage: &mut [u8; STAGE_BYTES + 8],
+    used: &mut usize,
+    buffer: &mut u64,
+    count: &mut u32,
+    out: &mut Vec<u8>,
+) {
+    debug_assert!(*count < 64 && *used < STAGE_BYTES);
+    stage[*used..*used + 8].copy_from_slice(&buffer.to_le_bytes());
+    let whole = *count / 8;
+    *used += whole as usize;
+    *buffer >>= whole * 8;
+    *count %= 8;
+    if *used >= STAGE_BYTES {
+        out.extend_from_slice(&stage[..*used]);
         *used = 0;
     }
 }
@@ -507,44 +529,37 @@ impl<'a> BitWriter<'a> {
             out,
             buffer: 0,
             count: 0,
-            stage: [0; STAGE_BYTES],
+            stage: [0; STAGE_BYTES + 8],
             used: 0,
         }
     }
 
-    /// Adds the low `len` (at most 32) bits of `value`; whole 32-bit words go to the stage,
-    /// so fewer than 32 bits stay buffered between calls.
+    /// Adds the low `len` (at most 32) bits of `value`.
     #[inline(always)]
     fn put(&mut self, value: u32, len: u8) {
+        debug_assert!(len <= 32 && (len == 32 || value >> len == 0));
         self.buffer |= u64::from(value) << self.count;
         self.count += u32::from(len);
-        if self.count >= 32 {
-            stage_word(
-                &mut self.stage,
-                &mut self.used,
-                self.out,
-                self.buffer as u32,
-            );
-            self.buffer >>= 32;
-            self.count -= 32;
-        }
+        store_whole_bytes(
+            &mut self.stage,
+            &mut self.used,
+            &mut self.buffer,
+            &mut self.count,
+            self.out,
+        );
     }
 
     /// Pads with zero bits to a byte boundary.
     fn align(&mut self) {
-        self.count = self.count.div_ceil(8) * 8;
+        if self.count > 0 {
+            self.put(0, (8 - self.count) as u8);
+        }
     }
 
-    /// Writes the stage and every buffered whole byte to `out` (which may then be written
-    /// to directly).
+    /// Writes the stage to `out` (which may then be written to directly, after `align`).
     fn flush(&mut self) {
         self.out.extend_from_slice(&self.stage[..self.used]);
         self.used = 0;
-        while self.count >= 8 {
-            self.out.push(self.buffer as u8);
-            self.buffer >>= 8;
-            self.count -= 8;
-        }
     }
 }
 
@@ -575,8 +590,24 @@ mod tests {
             runs.extend(std::iter::repeat_n((i % 5) as u8, (i % 300) as usize));
             runs.push(i as u8);
         }
+        // Symbol k appears fib(k) times in one block: Huffman's codes would reach 21 bits,
+        // so the 14-bit limit (four literals per 64-bit store) decides the lengths.
+        let mut skewed = Vec::new();
+        let (mut a, mut b) = (1usize, 1usize);
+        for symbol in 0..22u8 {
+            skewed.extend(std::iter::repeat_n(symbol, a));
+            (a, b) = (b, a + b);
+        }
+        for i in (1..skewed.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            skewed.swap(i, x as usize % (i + 1));
+        }
+        skewed.truncate(BLOCK_BYTES);
         vec![
             ("empty", Vec::new()),
+            ("skewed", skewed),
             ("one byte", vec![42]),
             ("zeros", vec![0; 200_000]),
             ("noise", noise),

@@ -390,17 +390,28 @@ fn decode_mcu<const SCRATCH: usize>(
     // The reader in locals (registers) for the whole MCU, not written back per code.
     let mut bits = reader.bits.clone();
     let mut predictions = reader.predictions;
+    let mut kept = [0i16; SCRATCH];
+    // Every kept slot lies below the discarded one.
+    let kept_len = usize::from(discarded_slot(SCRATCH));
     for (c, component) in layout.components.iter().enumerate() {
         let (dc, ac) = (&tables.dc[c], &tables.ac[c]);
         let prediction = &mut predictions[c % MAX_SCAN_COMPONENTS];
-        let blocks =
-            &mut out[component.first_block * per_block..][..component.h * component.v * per_block];
-        for block in blocks.chunks_exact_mut(per_block) {
-            let mut kept =
-                decode_block::<SCRATCH>(&mut bits, dc, ac, &tables.kept_slot, tables.last_kept)?;
+        let first = component.first_block * per_block;
+        for at in (first..).step_by(per_block).take(component.h * component.v) {
+            // Clear the kept slots (a fixed length, so a few vector stores) and decode
+            // into the same array again.
+            kept[..kept_len].fill(0);
+            decode_block(&mut bits, dc, ac, tables, &mut kept)?;
             *prediction = prediction.wrapping_add(kept[0]);
-            kept[0] = *prediction;
-            block.copy_from_slice(&kept[..per_block]);
+            // Blocks are stored in order: where the MCU has room, all `kept_len` slots are
+            // copied (a fixed length again), the ones past this block to be overwritten by
+            // the next.
+            if at + kept_len <= out.len() {
+                out[at..at + kept_len].copy_from_slice(&kept[..kept_len]);
+            } else {
+                out[at..at + per_block].copy_from_slice(&kept[..per_block]);
+            }
+            out[at] = *prediction;
         }
     }
     reader.bits = bits;
@@ -451,18 +462,20 @@ fn next_ac(bits: &mut Bits, ac: &Huffman, ac_fast: &[i32; 1 << FAST_BITS]) -> Op
     }
 }
 
-/// Decodes one block's DC difference and AC coefficients into the slots `kept_slot` gives
-/// them (the first n x n, row-major; the rest land in the discarded slot of the `SCRATCH`
-/// array). Past `last_kept` (the highest zigzag index kept) the codes are only read through.
+/// Decodes one block's DC difference and AC coefficients into the slots the tables'
+/// `kept_slot` gives them (the first n x n, row-major; the rest land in the discarded slot of
+/// `kept`, whose kept slots the caller has cleared). Past `last_kept` (the highest zigzag
+/// index kept) the codes are only read through. (`kept` is the caller's: returning a
+/// 128-slot array by value cost a 256-byte copy per block.)
 #[inline(always)]
 fn decode_block<const SCRATCH: usize>(
     bits: &mut Bits,
     dc: &Huffman,
     ac: &Huffman,
-    kept_slot: &[u8; KEPT_SLOT_LEN],
-    last_kept: usize,
-) -> Option<[i16; SCRATCH]> {
-    let mut kept = [0i16; SCRATCH];
+    tables: &ScanTables,
+    kept: &mut [i16; SCRATCH],
+) -> Option<()> {
+    let (kept_slot, last_kept) = (&tables.kept_slot, tables.last_kept);
     let (dc_fast, ac_fast) = (&*dc.fast, &*ac.fast);
     if bits.count < 32 {
         bits.refill();
@@ -488,7 +501,7 @@ fn decode_block<const SCRATCH: usize>(
                 k += 1;
             }
             AcCode::SixteenZeros => k += 16,
-            AcCode::EndOfBlock => return Some(kept),
+            AcCode::EndOfBlock => return Some(()),
         }
     }
     while k < 64 {
@@ -499,7 +512,7 @@ fn decode_block<const SCRATCH: usize>(
         }
     }
     // A run of zeros or coefficients past the block's 64.
-    (k <= 64).then_some(kept)
+    (k <= 64).then_some(())
 }
 
 /// [`decode_mcus`] for any CPU (inlined into each compiled variant).
