@@ -2,7 +2,7 @@
 """Times `darkroom normalise` against a straightforward PIL script, per core, and measures
 the memory of a 1,000-image drop.
 
-usage: .venv/bin/python bench/normalise_bench.py [--copies 5] [--runs 3] [--thousand]
+usage: .venv/bin/python bench/normalise_bench.py [--copies 5] [--runs 5] [--thousand]
 
 Inputs: the four test photos big enough for sdxl (12-MP bus, EXIF-rotated 1800x1200, the
 4:1 panorama, the Pepper&Carrot page), each hard-linked --copies times. Both tools run
@@ -85,7 +85,7 @@ def make_inputs(folder, copies):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--copies", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--darkroom", default=str(ROOT / "target/release/darkroom"))
     parser.add_argument("--thousand", action="store_true")
     args = parser.parse_args()
@@ -115,6 +115,10 @@ def main():
         print(f"| PIL script (resize + crop + save) | {count / pil_s:.2f} | {pil_s / count:.3f} | {max(r[1] for r in pil):.0f} MiB |")
         print(f"| darkroom normalise -j 1 (+ sRGB, scores, sidecars, reports) | {count / dark_s:.2f} | {dark_s / count:.3f} | {max(r[1] for r in dark):.0f} MiB |")
         print(f"\nspeed-up per core: {pil_s / dark_s:.2f}x")
+        # Each PIL run and the darkroom run right after it see the same machine (a VM's speed
+        # drifts by tens of percent over minutes): their ratios, and the median of those.
+        paired = sorted(p[0] / d[0] for p, d in zip(pil, dark))
+        print(f"paired runs: {', '.join(f'{r:.2f}x' for r in paired)} (median {statistics.median(paired):.2f}x)")
         if args.thousand:
             shutil.rmtree(tmp / "in")
             copies = math.ceil(1000 / len(PHOTOS))
