@@ -4,7 +4,7 @@
 //! below).
 
 use super::header::{ComponentLayout, Layout};
-use super::pixels::{chroma_lines, ycbcr_to_rgb};
+use super::pixels::{blend_lines, ycbcr_to_rgb};
 use std::arch::x86_64::*;
 
 /// Converts the output lines from `first_line` on into `rows` (packed RGB), as
@@ -44,22 +44,7 @@ pub(super) fn convert_rows(
 fn vertical(plane: &[u8], component: &ComponentLayout, y: usize, column: &mut Vec<i16>) {
     let stride = component.plane_width;
     column.resize(stride + 2, 0);
-    let body = &mut column[1..=stride];
-    let (near, far) = chroma_lines(component, y);
-    let near_row = &plane[near * stride..][..stride];
-    match far {
-        Some(far) => {
-            let far_row = &plane[far * stride..][..stride];
-            for ((c, &a), &b) in body.iter_mut().zip(near_row).zip(far_row) {
-                *c = 3 * i16::from(a) + i16::from(b);
-            }
-        }
-        None => {
-            for (c, &a) in body.iter_mut().zip(near_row) {
-                *c = 4 * i16::from(a);
-            }
-        }
-    }
+    blend_lines(plane, component, y, &mut column[1..=stride]);
     column[0] = column[1];
     column[stride + 1] = column[stride];
 }

@@ -120,6 +120,33 @@ pub(super) fn chroma_lines(component: &ComponentLayout, y: usize) -> (usize, Opt
     (near, Some(far))
 }
 
+/// Line `y` of a chroma plane blended with its nearer neighbour line (3:1 where the plane
+/// has half the luma's lines, see [`chroma_lines`]), times 4, into `column` (the plane's
+/// width): the vertical half of fancy upsampling, in `i32` for the portable code and in
+/// `i16` (16 lanes) for AVX2's.
+#[inline(always)]
+pub(super) fn blend_lines<T>(plane: &[u8], component: &ComponentLayout, y: usize, column: &mut [T])
+where
+    T: Copy + From<u8> + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let stride = component.plane_width;
+    let (near, far) = chroma_lines(component, y);
+    let near_row = &plane[near * stride..][..stride];
+    match far {
+        Some(far) => {
+            let far_row = &plane[far * stride..][..stride];
+            for ((c, &a), &b) in column.iter_mut().zip(near_row).zip(far_row) {
+                *c = T::from(3) * T::from(a) + T::from(b);
+            }
+        }
+        None => {
+            for (c, &a) in column.iter_mut().zip(near_row) {
+                *c = T::from(4) * T::from(a);
+            }
+        }
+    }
+}
+
 /// Four lanes, for the 4x4 transform's butterflies (the compiler keeps them in one vector
 /// register).
 type Lanes = [i32; 4];
@@ -419,24 +446,9 @@ fn upsampled_line(
     line: &mut [i32],
 ) {
     let stride = component.plane_width;
-    // Vertical, times 4.
-    let (near, far) = chroma_lines(component, y);
-    let near_row = &plane[near * stride..][..stride];
     column.clear();
     column.resize(stride, 0);
-    match far {
-        Some(far) => {
-            let far_row = &plane[far * stride..][..stride];
-            for ((c, &a), &b) in column.iter_mut().zip(near_row).zip(far_row) {
-                *c = 3 * i32::from(a) + i32::from(b);
-            }
-        }
-        None => {
-            for (c, &a) in column.iter_mut().zip(near_row) {
-                *c = 4 * i32::from(a);
-            }
-        }
-    }
+    blend_lines(plane, component, y, column);
     // Horizontal, times 4 again; then back to 8 bits.
     if component.upsample_x == 2 {
         for (x, out) in line.iter_mut().enumerate() {
