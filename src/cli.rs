@@ -25,8 +25,12 @@ The watch-folder daemon (the same round trip, hands-off):
   darkroom check-config config/darkroom.toml    # every config problem at once
   darkroom status --config config/darkroom.toml # queue, waiting proxies, failures
 
-Exit codes: 0 ok, 1 failure, 2 bad arguments, 65 bad input data, 66 input missing or
-unreadable, 73 output cannot be written (or disk full).";
+No command replaces an existing output unless given --overwrite.
+
+Exit codes: 0 ok, 1 failure, 2 bad arguments, 64 bad usage (options that do not go
+together, an unknown model), 65 bad input data, 66 input missing or unreadable, 73 output
+cannot be written or already exists (or disk full), 78 invalid config (serve, check-config,
+status).";
 
 /// darkroom: take high-resolution images through resolution-limited AI models and back.
 #[derive(Debug, Parser)]
@@ -38,6 +42,10 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Replace output files that already exist (without it, a command refuses, naming the
+    /// file, and writes nothing over it).
+    #[arg(long, global = true)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(subcommand)]
@@ -279,7 +287,9 @@ pub enum Command {
     /// their neighbours, so no seam shows; each tile runs through the model on ONNX Runtime
     /// (found automatically: ORT_DYLIB_PATH, beside the binary, ./.venv, python3). Alpha is
     /// upscaled without halos, grey stays grey, 16-bit stays 16-bit, the ICC profile is kept.
-    /// Writes {stem}_x{scale}_{model}.png beside the input unless --output is given.
+    /// Writes {stem}_x{N}_{model}.png beside the input (N: the scale to the power of --passes;
+    /// {stem}_{W}x{H}_{model}.png with --target) unless --output is given; an existing file
+    /// is never replaced without --overwrite.
     #[command(
         after_help = "Examples:\n  darkroom upscale photo.png --model waifu2x-upconv7-photo-x2\n  darkroom upscale sprite.png --model realesr-animevideov3-x4 --tile 128 --output big.png\n  darkroom upscale photo.png --model ./my-model.onnx --tile 0   # whole image at once\n\nModels named without a path are looked up as NAME.onnx in --models-dir\n(default $DARKROOM_MODELS, else ../shared/models beside the source tree)."
     )]
@@ -291,8 +301,8 @@ pub enum Command {
         /// Output path (its extension picks the format).
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Run the model this many times (a x2 model twice gives x4).
-        #[arg(long, default_value_t = 1)]
+        /// Run the model this many times, 1 to 4 (a x2 model twice gives x4).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4))]
         passes: u32,
         /// Exact output size WxH: enough passes to reach it, then Lanczos3 to it.
         #[arg(long, value_name = "WxH", value_parser = ops::upscale::parse_target)]
@@ -541,37 +551,93 @@ impl ModelArgs {
 }
 
 /// A progress bar over model tiles.
+/// A tile progress bar: a spinner until the tile count is known (never a full bar at
+/// "0/0 tiles"), then the bar.
 fn tile_progress(message: String) -> ProgressBar {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} tiles {elapsed_precise} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} {spinner} planning tiles {elapsed_precise}")
+            .expect("valid template"),
     );
     bar.set_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
 
-/// WIDTH and HEIGHT of a proxy.
+/// Moves a [`tile_progress`] bar to `done` of `total` tiles.
+fn show_tiles(bar: &ProgressBar, done: usize, total: usize) {
+    if total == 0 {
+        return;
+    }
+    if bar.length() != Some(total as u64) {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} tiles {elapsed_precise} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_length(total as u64);
+    }
+    bar.set_position(done as u64);
+}
+
+/// WIDTH and HEIGHT of a proxy, as two arguments (imgproxyproc's form) or as one `WxH`.
 #[derive(Debug, Args)]
 pub struct SizeArgs {
-    /// Proxy width: pixels (512) or percent of the original (25%).
-    #[arg(value_name = "WIDTH")]
-    pub width: Extent,
+    /// Proxy width: pixels (512) or percent of the original (25%); or both sides as one
+    /// argument, WxH (512x512), with HEIGHT left out.
+    #[arg(value_name = "WIDTH", value_parser = parse_first_size)]
+    pub width: FirstSize,
     /// Proxy height: pixels (512) or percent of the original (25%).
     #[arg(value_name = "HEIGHT")]
-    pub height: Extent,
+    pub height: Option<Extent>,
+}
+
+/// The first size argument: a width, or both sides as `WxH`.
+#[derive(Debug, Clone, Copy)]
+pub enum FirstSize {
+    Width(Extent),
+    Both(Extent, Extent),
+}
+
+fn parse_first_size(text: &str) -> Result<FirstSize, String> {
+    match text.split_once(['x', 'X']) {
+        Some((w, h)) => {
+            let side = |t: &str| t.parse::<Extent>().map_err(|e| e.to_string());
+            Ok(FirstSize::Both(side(w)?, side(h)?))
+        }
+        None => text
+            .parse::<Extent>()
+            .map(FirstSize::Width)
+            .map_err(|e| e.to_string()),
+    }
 }
 
 impl SizeArgs {
-    fn target(&self) -> Target {
-        Target {
-            width: self.width,
-            height: self.height,
-        }
+    fn target(&self) -> Result<Target, OpError> {
+        let (width, height) = match (self.width, self.height) {
+            (FirstSize::Width(width), Some(height)) => (width, height),
+            (FirstSize::Both(width, height), None) => (width, height),
+            (FirstSize::Width(width), None) => {
+                return Err(OpError::Usage(format!(
+                    "the proxy size needs WIDTH and HEIGHT as two arguments ({width} {width}), or both as one: {width}x{width}"
+                )))
+            }
+            (FirstSize::Both(..), Some(_)) => {
+                return Err(OpError::Usage(
+                    "the proxy size is given twice: either WxH (512x512) or WIDTH HEIGHT (512 512)"
+                        .into(),
+                ))
+            }
+        };
+        Ok(Target { width, height })
     }
+}
+
+/// Refuses before any work when `output` exists and `--overwrite` was not given.
+fn refuse_existing_output(output: &std::path::Path) -> Result<(), OpError> {
+    darkroom::io::atomic::check_may_replace(output).map_err(|e| OpError::write(output, e))
 }
 
 fn parse_depth(text: &str) -> Result<u8, String> {
@@ -674,6 +740,20 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), OpError> {
     let limits = cli.limits.resolve();
+    // Commands that write named outputs never replace an existing file unless told
+    // (normalise and validate add to a set and rewrite its reports by design).
+    let writes_named_outputs = matches!(
+        cli.command,
+        Command::Split { .. }
+            | Command::SplitWithProcessed { .. }
+            | Command::Merge { .. }
+            | Command::BatchSplit { .. }
+            | Command::Upscale { .. }
+            | Command::Enhance { .. }
+    );
+    if writes_named_outputs && !cli.overwrite {
+        darkroom::io::atomic::keep_existing_files();
+    }
     if matches!(
         cli.command,
         Command::Normalise { .. } | Command::BatchSplit { .. } | Command::Split { .. }
@@ -690,7 +770,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             size,
             output_dir,
         } => {
-            let out = ops::split::split(&input, size.target(), output_dir.as_deref(), &limits)?;
+            let out = ops::split::split(&input, size.target()?, output_dir.as_deref(), &limits)?;
             println!("{}", out.proxy_path.display());
             println!("{}", out.metadata_path.display());
         }
@@ -712,7 +792,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             let out = ops::delta::split_with_processed(
                 &original,
                 &processed,
-                size.target(),
+                size.target()?,
                 &options,
                 &limits,
             )?;
@@ -802,11 +882,19 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 ..options
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;
+            let output = options
+                .output
+                .clone()
+                .unwrap_or_else(|| ops::upscale::default_output(&input, &model, &options));
+            refuse_existing_output(&output)?;
+            let options = ops::upscale::UpscaleOptions {
+                output: Some(output),
+                ..options
+            };
             let bar = tile_progress(format!("upscaling x{}", model.scale));
             let result =
                 ops::upscale::upscale(&input, &mut model, &options, &limits, &mut |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
+                    show_tiles(&bar, done, total);
                 });
             bar.finish_and_clear();
             let out = result?;
@@ -835,6 +923,15 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 _ => ops::enhance::Via::Full,
             };
             let mut model = ops::upscale::load_model(&model_path, &options)?;
+            let output = options
+                .output
+                .clone()
+                .unwrap_or_else(|| ops::enhance::default_output(&input, &model));
+            refuse_existing_output(&output)?;
+            let options = ops::upscale::UpscaleOptions {
+                output: Some(output),
+                ..options
+            };
             let bar = tile_progress(format!("enhancing via {}", via.name()));
             let result = ops::enhance::enhance(
                 &input,
@@ -843,8 +940,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 &options,
                 &limits,
                 &mut |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
+                    show_tiles(&bar, done, total);
                 },
             );
             bar.finish_and_clear();
@@ -920,14 +1016,11 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 .progress_chars("=> "),
             );
             bar.set_message("splitting");
+            let target = size.target()?;
             let run_batch = || {
-                ops::batch::batch_split(
-                    &files,
-                    size.target(),
-                    output_dir.as_deref(),
-                    &limits,
-                    &|_, _| bar.inc(1),
-                )
+                ops::batch::batch_split(&files, target, output_dir.as_deref(), &limits, &|_, _| {
+                    bar.inc(1)
+                })
             };
             let report = match jobs {
                 Some(n) => rayon::ThreadPoolBuilder::new()
@@ -972,13 +1065,14 @@ fn normalise_command(
     limits: &DecodeLimits,
 ) -> Result<(), OpError> {
     use darkroom::ops::normalise;
-    let options = settings.resolve().map_err(|problems| {
+    let mut options = settings.resolve().map_err(|problems| {
         let lines: Vec<String> = problems
             .iter()
             .map(|(key, e)| format!("--{}: {e}", key.replace('_', "-")))
             .collect();
         OpError::Usage(lines.join("\n"))
     })?;
+    options.upscale_model_hint = normalise::UPSCALE_MODEL_HINT_FLAG;
     let inputs = normalise::list_images(input_dir).map_err(|e| OpError::Decode {
         path: input_dir.display().to_string(),
         source: darkroom::io::decode::DecodeError::Io(e),

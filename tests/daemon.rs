@@ -485,6 +485,53 @@ fn an_ambiguous_content_match_is_held_and_never_guessed() {
         tree.exchange_in().join("unrelated.png").is_file(),
         "held in place"
     );
+    // The person renames it after its proxy, as the log says: it merges, and the held job
+    // closes (withdrawn), in the status and across a restart.
+    let stem = proxy.file_stem().unwrap().to_string_lossy().into_owned();
+    std::fs::rename(
+        tree.exchange_in().join("unrelated.png"),
+        tree.exchange_in().join(format!("{stem}_00001_.png")),
+    )
+    .unwrap();
+    let images = tree.path("var/processed/photos/images");
+    tree.wait_for("the renamed return to merge", || {
+        files_in(&images).len() == 1
+    });
+    tree.wait_for("the held job to close", || {
+        tree.processing_log()
+            .iter()
+            .any(|t| t["from"] == "held" && t["to"] == "withdrawn")
+    });
+    let status = tree.status();
+    assert!(
+        !status.contains("held returns") && !status.contains("unrelated.png"),
+        "{status}"
+    );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+    tree.start();
+    let status = tree.status();
+    assert!(!status.contains("held returns"), "{status}");
+    assert!(status.contains("withdrawn 1"), "{status}");
+}
+
+#[test]
+fn a_held_return_never_paired_is_set_aside_when_its_window_ends() {
+    let mut tree = Tree::new(&config_text(
+        "",
+        "return_timeout = \"3s\"\nreturn_grace = \"1s\"\noriginals = \"keep\"",
+    ));
+    tree.start();
+    tree.drop_file("photo_coffee_600x400.png", "a.png");
+    tree.drop_file("photo_coffee_600x400.png", "b.png");
+    tree.wait_for("two proxies", || files_in(&tree.exchange_out()).len() == 2);
+    let proxy = &files_in(&tree.exchange_out())[0];
+    write_graded_proxy(proxy, &tree.exchange_in(), "unrelated.png", 15, true);
+    let sidecar = tree.path("var/failed/photos/unrelated.png.error.json");
+    tree.wait_for("the held return to be set aside", || sidecar.is_file());
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    assert!(text.contains("without being paired"), "{text}");
+    assert!(!tree.status().contains("held returns"));
 }
 
 #[test]
@@ -743,6 +790,13 @@ fn enhance_rules_keep_the_size_and_run_the_model_on_the_full_image_or_on_a_proxy
             assert_eq!(meta["enhance"]["size"], "50%x50%");
         }
     }
+    // Logged as what they are, and without Rust's debug formatting.
+    let log = tree.log();
+    assert!(
+        log.contains("enhanced") && !log.contains("upscaled"),
+        "{log}"
+    );
+    assert!(!log.contains("Some(") && !log.contains("None"), "{log}");
 }
 
 #[test]
@@ -868,13 +922,23 @@ fn a_normalise_rule_builds_a_training_set_with_captions_rejects_and_reports() {
     assert!(broken.contains("truncated JPEG"), "{broken}");
     // The reports follow every image.
     let metadata = tree.path("var/metadata/lora");
-    tree.wait_for("the report to list both images and the reject", || {
+    // Both rejects are in them: the near-duplicate and the undecodable file, which the set's
+    // own processing log lists too, as a one-shot run does.
+    tree.wait_for("the report to list both images and both rejects", || {
         std::fs::read_to_string(metadata.join("validation_report.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|r| r["counts"]["images"] == 2 && r["counts"]["rejected"] == 1)
+            .is_some_and(|r| r["counts"]["images"] == 2 && r["counts"]["rejected"] == 2)
     });
-    assert!(metadata.join("validation_report.html").is_file());
+    let report = std::fs::read_to_string(metadata.join("validation_report.json")).unwrap();
+    assert!(
+        report.contains("broken.jpg") && report.contains("truncated JPEG"),
+        "{report}"
+    );
+    let set_log = std::fs::read_to_string(metadata.join("processing_log.jsonl")).unwrap();
+    assert!(set_log.contains("broken.jpg"), "{set_log}");
+    let html = std::fs::read_to_string(metadata.join("validation_report.html")).unwrap();
+    assert!(html.contains("broken.jpg"));
 
     // A restart reads the set back: the next image is 0003 and the bus is still a duplicate.
     tree.signal(libc::SIGTERM);

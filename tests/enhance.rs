@@ -19,7 +19,7 @@ fn enhance(dir: &std::path::Path, args: &[&str]) -> DynamicImage {
         .args(args)
         .args(["--model", MODEL, "--models-dir"])
         .arg(&models)
-        .args(["-o", "out.png"])
+        .args(["-o", "out.png", "--overwrite"])
         .output()
         .unwrap();
     assert!(

@@ -616,6 +616,37 @@ fn nested_folders_made_at_once_have_every_file_processed() {
 }
 
 #[test]
+fn subfolders_emptied_by_filing_are_removed_but_never_the_inbox_or_a_folder_still_in_use() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let inbox = tree.inbox();
+    std::fs::create_dir_all(inbox.join("shoot/day1")).unwrap();
+    std::fs::create_dir_all(inbox.join("keep")).unwrap();
+    std::fs::copy(
+        testdata("broken_text_named.jpg"),
+        inbox.join("shoot/day1/bad.jpg"),
+    )
+    .unwrap();
+    std::fs::copy(
+        testdata("broken_text_named.jpg"),
+        inbox.join("keep/bad.jpg"),
+    )
+    .unwrap();
+    std::fs::write(inbox.join("keep/notes.md"), b"not an image").unwrap();
+    let failed = tree.path("var/failed/photos");
+    tree.wait_for("both bad files set aside", || files_in(&failed).len() == 4);
+    tree.wait_for("the emptied folders removed", || {
+        !inbox.join("shoot").exists()
+    });
+    assert!(inbox.is_dir(), "the inbox itself stays");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        inbox.join("keep/notes.md").is_file(),
+        "a folder with a file left in it stays"
+    );
+}
+
+#[test]
 fn a_pixel_bomb_is_quarantined_before_allocation_and_the_daemon_stays_small_and_alive() {
     let mut tree = Tree::new(&config_text("", ""));
     tree.start();

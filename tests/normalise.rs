@@ -629,6 +629,12 @@ fn bad_files_are_rejected_with_reasons_and_the_batch_completes() {
         assert!(sidecar.contains(why), "{name}: {sidecar}");
         assert!(stderr.contains(name), "{name} not in the summary");
     }
+    // On the command line the hint names the flag, not the daemon's key.
+    let tiny = std::fs::read_to_string(set.join("failed/tiny_17x9.png.error.json")).unwrap();
+    assert!(
+        tiny.contains("--upscale-model") && !tiny.contains("upscale_model)"),
+        "{tiny}"
+    );
     assert_eq!(
         common::daemon::files_in(&set.join("images"))
             .iter()

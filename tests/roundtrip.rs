@@ -435,3 +435,110 @@ fn proxies_resampled_from_the_reduced_planes_stay_close_to_full_resolution_lancz
         assert!(again.loaded.image.as_bytes() == source.loaded.image.as_bytes());
     }
 }
+
+#[test]
+fn a_grey_original_stays_grey_with_a_neutral_rgb_return_and_turns_rgb_with_a_coloured_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stage(d, "gray_camera_512.png");
+    assert!(!load(&d.join("gray_camera_512.png"))
+        .image
+        .color()
+        .has_color());
+    run_ok(d, &["split", "gray_camera_512.png", "256", "256"]);
+    let proxy = image::open(d.join("gray_camera_512_proxy.png"))
+        .unwrap()
+        .to_luma8();
+    // What most tools save for a grey proxy: RGB with R = G = B, here brightened.
+    let neutral = image::RgbImage::from_fn(proxy.width(), proxy.height(), |x, y| {
+        let v = proxy.get_pixel(x, y).0[0].saturating_add(20);
+        image::Rgb([v, v, v])
+    });
+    neutral.save(d.join("neutral.png")).unwrap();
+    // A model that tinted it.
+    let tinted = image::RgbImage::from_fn(proxy.width(), proxy.height(), |x, y| {
+        let v = proxy.get_pixel(x, y).0[0];
+        image::Rgb([v.saturating_add(30), v, v])
+    });
+    tinted.save(d.join("tinted.png")).unwrap();
+    for (processed, method, colour) in [
+        ("neutral.png", "additive", false),
+        ("neutral.png", "guided", false),
+        ("tinted.png", "additive", true),
+        ("tinted.png", "guided", true),
+    ] {
+        let delta = format!("{processed}_{method}_delta.png");
+        let merged = format!("{processed}_{method}_merged.png");
+        run_ok(
+            d,
+            &[
+                "delta",
+                "gray_camera_512.png",
+                processed,
+                "256",
+                "256",
+                "--delta-image",
+                &delta,
+            ],
+        );
+        run_ok(
+            d,
+            &[
+                "merge",
+                "gray_camera_512.png",
+                &delta,
+                "--method",
+                method,
+                "--output-image",
+                &merged,
+            ],
+        );
+        let out = load(&d.join(&merged)).image;
+        assert_eq!(
+            out.color().has_color(),
+            colour,
+            "{processed} with {method}: {:?}",
+            out.color()
+        );
+        let mean = out.to_luma8().iter().map(|&v| f64::from(v)).sum::<f64>()
+            / f64::from(out.width() * out.height());
+        let before = load(&d.join("gray_camera_512.png"))
+            .image
+            .to_luma8()
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum::<f64>()
+            / f64::from(out.width() * out.height());
+        assert!(
+            mean > before + 5.0 || colour,
+            "{processed}: the lift came through"
+        );
+    }
+}
+
+#[test]
+fn split_takes_the_size_as_wxh_or_as_two_arguments_and_says_so_when_one_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    stage(d, "tiny_17x9.png");
+    std::fs::create_dir_all(d.join("one")).unwrap();
+    std::fs::create_dir_all(d.join("two")).unwrap();
+    run_ok(d, &["split", "tiny_17x9.png", "8x8", "--output-dir", "one"]);
+    run_ok(
+        d,
+        &["split", "tiny_17x9.png", "8", "8", "--output-dir", "two"],
+    );
+    assert_eq!(
+        std::fs::read(d.join("one/tiny_17x9_proxy.png")).unwrap(),
+        std::fs::read(d.join("two/tiny_17x9_proxy.png")).unwrap()
+    );
+    let (code, stderr) = run_err(d, &["split", "tiny_17x9.png", "8"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("WIDTH and HEIGHT") && stderr.contains("8x8"),
+        "{stderr}"
+    );
+    let (code, stderr) = run_err(d, &["split", "tiny_17x9.png", "8x8", "8"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("given twice"), "{stderr}");
+}

@@ -346,6 +346,78 @@ fn passes_target_and_sharpen_on_the_command_line() {
 }
 
 #[test]
+fn passes_are_bounded_outputs_are_named_by_scale_and_target_and_never_overwritten_unasked() {
+    let dir = tempfile::tempdir().unwrap();
+    stage(dir.path(), "tiny_17x9.png");
+    let models = shared_dir().join("models");
+    let models = models.to_str().unwrap();
+    let base = [
+        "upscale",
+        "tiny_17x9.png",
+        "--model",
+        "waifu2x-upconv7-photo-x2",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(["--models-dir", models].iter())
+            .chain(extra.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    for passes in ["0", "5", "9"] {
+        let (code, stderr) = common::run_err(dir.path(), &args(&with(&["--passes", passes])));
+        assert_eq!(code, 2, "--passes {passes}: {stderr}");
+        assert!(
+            stderr.contains("1..=4") || stderr.contains("1 to 4"),
+            "{stderr}"
+        );
+    }
+    // Named as the daemon names them: the scale to the power of the passes, or the target.
+    let out = run_ok(dir.path(), &args(&with(&["--passes", "2"])));
+    let x4 = dir.path().join("tiny_17x9_x4_waifu2x-upconv7-photo-x2.png");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "tiny_17x9_x4_waifu2x-upconv7-photo-x2.png"
+    );
+    assert_eq!(load(&x4).image.dimensions(), (68, 36));
+    run_ok(dir.path(), &args(&with(&["--target", "50x30"])));
+    let target = dir
+        .path()
+        .join("tiny_17x9_50x30_waifu2x-upconv7-photo-x2.png");
+    assert_eq!(load(&target).image.dimensions(), (50, 30));
+    // A second run refuses, names the file and leaves it as it was; --overwrite replaces it.
+    let before = std::fs::read(&x4).unwrap();
+    let modified = std::fs::metadata(&x4).unwrap().modified().unwrap();
+    let (code, stderr) = common::run_err(dir.path(), &args(&with(&["--passes", "2"])));
+    assert_eq!(code, 73, "{stderr}");
+    assert!(
+        stderr.contains("tiny_17x9_x4_waifu2x-upconv7-photo-x2.png")
+            && stderr.contains("already exists")
+            && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&x4).unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&x4).unwrap().modified().unwrap(),
+        modified
+    );
+    run_ok(dir.path(), &args(&with(&["--passes", "2", "--overwrite"])));
+    assert!(std::fs::metadata(&x4).unwrap().modified().unwrap() > modified);
+    // The same holds for the other commands that write named outputs.
+    run_ok(dir.path(), &["split", "tiny_17x9.png", "8", "8"]);
+    let (code, stderr) = common::run_err(dir.path(), &["split", "tiny_17x9.png", "8", "8"]);
+    assert_eq!(code, 73, "{stderr}");
+    assert!(stderr.contains("tiny_17x9_proxy.png"), "{stderr}");
+    run_ok(
+        dir.path(),
+        &["split", "tiny_17x9.png", "8", "8", "--overwrite"],
+    );
+}
+
+#[test]
 fn cuda_when_required_is_an_error_on_a_runtime_without_it_and_auto_runs_on_the_cpu() {
     // The tests' runtime is the CPU wheel of ./.venv (no libonnxruntime_providers_cuda.so),
     // whatever GPU the machine has, so this holds everywhere.

@@ -31,6 +31,14 @@ impl DeltaDepth {
             _ => None,
         }
     }
+
+    /// Bits per sample: 8 or 16.
+    pub fn bits(self) -> u8 {
+        match self {
+            DeltaDepth::Eight => 8,
+            DeltaDepth::Sixteen => 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -82,10 +90,47 @@ pub fn has_colour(image: &DynamicImage) -> bool {
     image.color().has_color()
 }
 
+/// True when an RGB(A) image carries no colour: every pixel's channels within one 8-bit
+/// level of each other (grey content saved as RGB, as most tools save a grey proxy).
+pub fn is_neutral(image: &DynamicImage) -> bool {
+    if !has_colour(image) {
+        return true;
+    }
+    let close = |r: i32, g: i32, b: i32, tolerance: i32| {
+        (r - g).abs() <= tolerance && (g - b).abs() <= tolerance && (r - b).abs() <= tolerance
+    };
+    match image {
+        DynamicImage::ImageRgb8(b) => b.pixels().all(|p| {
+            let [r, g, bl] = p.0.map(i32::from);
+            close(r, g, bl, 1)
+        }),
+        DynamicImage::ImageRgba8(b) => b.pixels().all(|p| {
+            let [r, g, bl, _] = p.0.map(i32::from);
+            close(r, g, bl, 1)
+        }),
+        DynamicImage::ImageRgb16(b) => b.pixels().all(|p| {
+            let [r, g, bl] = p.0.map(i32::from);
+            close(r, g, bl, 257)
+        }),
+        DynamicImage::ImageRgba16(b) => b.pixels().all(|p| {
+            let [r, g, bl, _] = p.0.map(i32::from);
+            close(r, g, bl, 257)
+        }),
+        _ => {
+            let rgb = image.to_rgb32f();
+            rgb.pixels().all(|p| {
+                let [r, g, bl] = p.0.map(|v| (v * 255.0).round() as i32);
+                close(r, g, bl, 1)
+            })
+        }
+    }
+}
+
 /// Computes the delta (and refined delta) of `processed` against `proxy`.
 ///
-/// The delta has three channels if either image has colour, else one; alpha is ignored
-/// (the original's alpha is what the merge keeps).
+/// The delta has three channels if the proxy has colour or the processed image adds some
+/// (a grey proxy returned as neutral RGB, R = G = B, keeps a one-channel delta, so a grey
+/// original stays grey); alpha is ignored (the original's alpha is what the merge keeps).
 pub fn compute(
     proxy: &DynamicImage,
     processed: &DynamicImage,
@@ -100,7 +145,7 @@ pub fn compute(
             processed_h: processed.height(),
         });
     }
-    let channels = if has_colour(proxy) || has_colour(processed) {
+    let channels = if has_colour(proxy) || !is_neutral(processed) {
         3
     } else {
         1

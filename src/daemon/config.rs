@@ -65,6 +65,9 @@ pub struct ModelSpec {
     pub batch: usize,
 }
 
+/// How long a file that reads as empty or truncated is watched before it is set aside.
+pub const DEFAULT_INCOMPLETE_GRACE: Duration = Duration::from_secs(60);
+
 /// The `[daemon]` table, resolved.
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
@@ -80,6 +83,10 @@ pub struct DaemonSettings {
     pub workers: usize,
     /// How long size, mtime and inode must stay the same before a file is claimed.
     pub stability_window: Duration,
+    /// How long a file that reads as empty or truncated stays in place, watched, before it
+    /// is set aside: a writer that appends in rounds (FTP, SMB, sync tools) may still be
+    /// adding to it. A change within the grace claims it again as it now is.
+    pub incomplete_grace: Duration,
     /// How long SIGTERM waits for running jobs before leaving them to the next start.
     pub shutdown_timeout: Duration,
     /// Attempts of a job that keeps failing transiently before it is given up.
@@ -391,6 +398,7 @@ struct RawDaemon {
     log_level: Option<String>,
     workers: Option<usize>,
     stability_window: Option<toml::Value>,
+    incomplete_grace: Option<toml::Value>,
     shutdown_timeout: Option<toml::Value>,
     max_attempts: Option<u32>,
     retry_backoff: Option<toml::Value>,
@@ -405,6 +413,7 @@ const DAEMON_KEYS: &[&str] = &[
     "log_level",
     "workers",
     "stability_window",
+    "incomplete_grace",
     "shutdown_timeout",
     "max_attempts",
     "retry_backoff",
@@ -791,6 +800,24 @@ fn resolve_daemon(
         line,
         problems,
     );
+    let incomplete_grace = duration_or(
+        raw.incomplete_grace,
+        DEFAULT_INCOMPLETE_GRACE,
+        "daemon.incomplete_grace".into(),
+        line,
+        problems,
+    );
+    if incomplete_grace <= stability_window {
+        problems.push(
+            "daemon.incomplete_grace",
+            Some(line),
+            format!(
+                "must be longer than stability_window ({}): a file that reads as truncated is \
+                 watched that long for a writer still appending to it",
+                format_duration(stability_window)
+            ),
+        );
+    }
     let shutdown_timeout = duration_or(
         raw.shutdown_timeout,
         Duration::from_secs(30),
@@ -837,6 +864,7 @@ fn resolve_daemon(
         log_level,
         workers: workers.clamp(1, 64),
         stability_window,
+        incomplete_grace,
         shutdown_timeout,
         max_attempts: max_attempts.max(1),
         retry_backoff,

@@ -3,9 +3,12 @@
 //! inotify events (through `notify`) are hints, not truth. A file becomes a candidate on a
 //! create, modify, close-write or moved-to event, or when a scan finds it (at start, on an
 //! inotify queue overflow, in a newly created subfolder). A candidate is claimed when its
-//! size, mtime and inode have not changed for the stability window, or at once after a
-//! close-write or a rename into place, and in both cases only when no process still has it
-//! open for writing (as far as `/proc` shows this user).
+//! size, mtime and inode have not changed for the stability window, or sooner after a
+//! close-write or a rename into place once it has settled (no change for [`SETTLE`]), and in
+//! both cases only when no process still has it open for writing (as far as `/proc` shows
+//! this user). A close-write is a hint, not proof: writers that append in rounds (FTP and SMB
+//! servers, sync tools, `cat >>` loops) close the file after every round, so the daemon also
+//! leaves a file that reads as truncated in place for `incomplete_grace` (see the service).
 //!
 //! Dotfiles and temp names (`*.part`, `*.tmp`, `~*`, `.syncthing.*`, ...) are never
 //! candidates; symlinks are followed only when they point inside their watched folder.
@@ -15,6 +18,10 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+
+/// After a close-write or a rename into place, how long a file must stay unchanged before it
+/// is claimed (at most the stability window).
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 /// Why a folder is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +165,14 @@ impl Intake {
         });
         candidate.failures = claim.failures + 1;
         candidate.not_before = Some(now + delay);
+    }
+
+    /// Looks at `path` again as if an event had named it (the service asks this when a file
+    /// it left waiting in place has changed).
+    pub fn recheck(&mut self, path: &Path) {
+        if let Some(root) = self.root_of(path) {
+            self.consider(root, path, false, false);
+        }
     }
 
     /// Files seen but not yet claimed.
@@ -378,8 +393,9 @@ impl Intake {
                 candidate.complete_hint = false;
                 continue;
             }
-            if candidate.complete_hint || now.duration_since(candidate.stable_since) >= self.window
-            {
+            let unchanged_for = now.duration_since(candidate.stable_since);
+            let settled = candidate.complete_hint && unchanged_for >= SETTLE.min(self.window);
+            if settled || unchanged_for >= self.window {
                 eligible.push(path.clone());
             }
         }

@@ -41,6 +41,11 @@ impl Kind {
 /// Job states. A split job goes queued → running → awaiting-return → done (or expired when no
 /// return came back in time); a merge job goes queued → merging → done. Any job can end
 /// failed; a merge job whose content match is ambiguous is held.
+///
+/// A file that read as empty or truncated is `incomplete`: left in place and watched for
+/// `incomplete_grace`, since a writer may still be appending to it. When it changes, the new
+/// version is claimed as a new job and this one is `superseded`; when it leaves the folder
+/// (removed, or renamed by a person pairing a held return) its job is `withdrawn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum State {
     Queued,
@@ -51,10 +56,13 @@ pub enum State {
     Failed,
     Expired,
     Held,
+    Incomplete,
+    Superseded,
+    Withdrawn,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 11] = [
         State::Queued,
         State::Running,
         State::AwaitingReturn,
@@ -63,6 +71,9 @@ impl State {
         State::Failed,
         State::Expired,
         State::Held,
+        State::Incomplete,
+        State::Superseded,
+        State::Withdrawn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +86,9 @@ impl State {
             State::Failed => "failed",
             State::Expired => "expired",
             State::Held => "held",
+            State::Incomplete => "incomplete",
+            State::Superseded => "superseded",
+            State::Withdrawn => "withdrawn",
         }
     }
 
@@ -104,6 +118,9 @@ pub struct Job {
     /// Where the file is now (moved to originals/, returns/ or failed/ once handled).
     pub path: PathBuf,
     pub size: u64,
+    /// The claimed file's modification time (ns since the epoch), with `size` the cheap
+    /// check that the file on disk is still the version that was claimed.
+    pub mtime_ns: i64,
     pub sha256: String,
     pub state: State,
     pub attempts: u32,
@@ -183,7 +200,7 @@ CREATE INDEX IF NOT EXISTS jobs_output ON jobs(output_path);
 
 const COLUMNS: &str = "id, kind, rule, claimed_path, path, size, sha256, state, attempts, \
     next_attempt_at, created_at, updated_at, error, parent, variant, pairing, output_path, \
-    proxy_path, proxy_width, proxy_height, signature, expires_at, closed, details";
+    proxy_path, proxy_width, proxy_height, signature, expires_at, closed, details, mtime_ns";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = row.get(7)?;
@@ -213,6 +230,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         expires_at: row.get(21)?,
         closed: row.get::<_, i64>(22)? != 0,
         details: row.get(23)?,
+        mtime_ns: row.get(24)?,
     })
 }
 
@@ -390,12 +408,45 @@ impl Journal {
         )
     }
 
-    /// The next moment something awaits a deadline (expiry or end of window).
+    /// The next moment something awaits a deadline (a proxy's expiry, or the end of an
+    /// incomplete file's grace).
     pub fn next_deadline(&self) -> rusqlite::Result<Option<f64>> {
         self.connection.query_row(
-            "SELECT MIN(expires_at) FROM jobs WHERE kind = 'split' AND state = 'awaiting-return'",
+            "SELECT MIN(t) FROM (\
+               SELECT MIN(expires_at) AS t FROM jobs WHERE kind = 'split' AND state = 'awaiting-return' \
+               UNION ALL \
+               SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'incomplete')",
             [],
             |row| row.get(0),
+        )
+    }
+
+    /// Leaves a job whose file read as empty or truncated waiting in place until `until`.
+    pub fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> rusqlite::Result<()> {
+        self.connection.execute(
+            "UPDATE jobs SET state = 'incomplete', next_attempt_at = ?2, error = ?3, \
+             updated_at = ?4 WHERE id = ?1",
+            params![id, until, reason, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Incomplete jobs whose grace ended at or before `at`.
+    pub fn incomplete_due(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
+        self.query(
+            "state = 'incomplete' AND next_attempt_at <= ?1 ORDER BY id",
+            &[&at],
+        )
+    }
+
+    /// Jobs of the same file (rule, kind, claimed path) other than `newer` that have not
+    /// started and never will with this content: queued, incomplete or held. They are
+    /// superseded by the newer version of the file.
+    pub fn superseded_by(&self, newer: i64) -> rusqlite::Result<Vec<Job>> {
+        self.query(
+            "id != ?1 AND state IN ('queued', 'incomplete', 'held') AND (rule, kind, claimed_path) = \
+             (SELECT rule, kind, claimed_path FROM jobs WHERE id = ?1) ORDER BY id",
+            &[&newer],
         )
     }
 

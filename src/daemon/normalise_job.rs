@@ -8,6 +8,7 @@
 use crate::daemon::config::{Normalise, RuntimeSettings};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::round_trip::{file_original, first_existing};
+use crate::daemon::trees::ClaimedVersion;
 use crate::io::decode::DecodeLimits;
 use crate::ops::normalise::{self, DatasetIndex, Record};
 use crate::ops::{dataset_report, OpError};
@@ -24,6 +25,8 @@ pub struct NormaliseWork {
     pub runtime: RuntimeSettings,
     pub limits: DecodeLimits,
     pub original_candidates: Vec<PathBuf>,
+    /// The version of the original this job claimed.
+    pub original_version: ClaimedVersion,
     pub images_dir: PathBuf,
     pub metadata_dir: PathBuf,
     pub move_original_to: Option<PathBuf>,
@@ -46,6 +49,44 @@ fn sets() -> &'static Mutex<HashMap<PathBuf, DatasetIndex>> {
 /// The id a job's entries carry in the set (a re-run after a crash finds its own entry).
 pub fn record_id(job_id: i64) -> String {
     format!("job-{job_id}")
+}
+
+/// Runs `step` on the set's index while holding the sets' lock, then logs the record it
+/// returns and rebuilds the set's reports.
+fn with_set<T>(
+    images_dir: &Path,
+    metadata_dir: &Path,
+    step: impl FnOnce(&mut DatasetIndex) -> Result<(Record, T), OpError>,
+) -> Result<(Record, T), OpError> {
+    let mut sets = sets()
+        .lock()
+        .map_err(|_| OpError::Internal("the set index lock is poisoned".into()))?;
+    if !sets.contains_key(images_dir) {
+        let index = DatasetIndex::load(images_dir).map_err(|e| OpError::write(images_dir, e))?;
+        sets.insert(images_dir.to_path_buf(), index);
+    }
+    let index = sets.get_mut(images_dir).expect("inserted above");
+    let (record, value) = step(index)?;
+    normalise::log_record(metadata_dir, &record).map_err(|e| OpError::write(metadata_dir, e))?;
+    if let Err(e) = dataset_report::write_reports(images_dir, metadata_dir) {
+        tracing::warn!(error = %e, "cannot rebuild the set's reports; they catch up after the next image");
+    }
+    Ok((record, value))
+}
+
+/// Enters an input the service set aside without a verdict of the set (undecodable,
+/// unreadable, given up) into the set's processing log and reports, as a one-shot run does.
+pub fn log_set_aside(
+    job_id: i64,
+    source: &Path,
+    reason: &str,
+    images_dir: &Path,
+    metadata_dir: &Path,
+) -> Result<(), OpError> {
+    with_set(images_dir, metadata_dir, |_| {
+        Ok((Record::unreadable(record_id(job_id), source, &reason), ()))
+    })
+    .map(|_| ())
 }
 
 pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError> {
@@ -87,24 +128,9 @@ pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError
         upscaler,
     )?;
 
-    let (record, admitted) = {
-        let mut sets = sets()
-            .lock()
-            .map_err(|_| OpError::Internal("the set index lock is poisoned".into()))?;
-        if !sets.contains_key(&work.images_dir) {
-            let index = DatasetIndex::load(&work.images_dir)
-                .map_err(|e| OpError::write(&work.images_dir, e))?;
-            sets.insert(work.images_dir.clone(), index);
-        }
-        let index = sets.get_mut(&work.images_dir).expect("inserted above");
-        let (record, admitted) = index.admit(staged, options, &work.metadata_dir)?;
-        normalise::log_record(&work.metadata_dir, &record)
-            .map_err(|e| OpError::write(&work.metadata_dir, e))?;
-        if let Err(e) = dataset_report::write_reports(&work.images_dir, &work.metadata_dir) {
-            tracing::warn!(error = %e, "cannot rebuild the set's reports; they catch up after the next image");
-        }
-        (record, admitted)
-    };
+    let (record, admitted) = with_set(&work.images_dir, &work.metadata_dir, |index| {
+        index.admit(staged, options, &work.metadata_dir)
+    })?;
     let Some(admitted) = admitted else {
         return Err(OpError::Rejected {
             path: original.display().to_string(),
@@ -127,7 +153,11 @@ pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError
             }
         }
     }
-    let original_now_at = file_original(original, work.move_original_to.as_deref())?;
+    let original_now_at = file_original(
+        original,
+        work.move_original_to.as_deref(),
+        work.original_version,
+    )?;
     Ok(Normalised {
         record,
         output: admitted.image,

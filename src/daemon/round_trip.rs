@@ -6,7 +6,7 @@
 use crate::core::signature::Signature;
 use crate::daemon::config::SplitToProxy;
 use crate::daemon::pairing;
-use crate::daemon::trees::{move_into_place, write_json_atomic};
+use crate::daemon::trees::{file_source, write_json_atomic, ClaimedVersion};
 use crate::io::atomic;
 use crate::io::decode::DecodeLimits;
 use crate::io::metadata::ProxyMetadata;
@@ -96,8 +96,11 @@ pub struct MergeWork {
     pub limits: DecodeLimits,
     /// Where the original may be: where the journal last saw it, then where a move puts it.
     pub original_candidates: Vec<PathBuf>,
+    /// The version of the original its split job claimed.
+    pub original_version: ClaimedVersion,
     /// Where the returned file may be, likewise.
     pub returned_candidates: Vec<PathBuf>,
+    pub returned_version: ClaimedVersion,
     pub output: PathBuf,
     pub metadata_path: PathBuf,
     /// Private scratch folder for the deltas.
@@ -136,10 +139,17 @@ pub fn first_existing(candidates: &[PathBuf], what: &str) -> Result<PathBuf, OpE
 }
 
 /// Files an original whose outputs are durable: moves it to `destination` (durably), or
-/// leaves it where it is when the rule keeps originals. Returns where it now is.
-pub fn file_original(original: PathBuf, destination: Option<&Path>) -> Result<PathBuf, OpError> {
+/// leaves it where it is when the rule keeps originals or when it is no longer the version
+/// that was claimed. Returns where it now is.
+pub fn file_original(
+    original: PathBuf,
+    destination: Option<&Path>,
+    claimed: ClaimedVersion,
+) -> Result<PathBuf, OpError> {
     match destination {
-        Some(target) => move_into_place(&original, target).map_err(|e| OpError::write(target, e)),
+        Some(target) => {
+            file_source(&original, target, claimed).map_err(|e| OpError::write(target, e))
+        }
         None => Ok(original),
     }
 }
@@ -209,8 +219,12 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
         .map_err(|e| OpError::write(&work.metadata_path, e))?;
 
     // The output and its provenance are durable: only now do the inputs move.
-    let original_now_at = file_original(original, work.move_original_to.as_deref())?;
-    let returned_now_at = move_into_place(&returned, &work.move_returned_to)
+    let original_now_at = file_original(
+        original,
+        work.move_original_to.as_deref(),
+        work.original_version,
+    )?;
+    let returned_now_at = file_source(&returned, &work.move_returned_to, work.returned_version)
         .map_err(|e| OpError::write(&work.move_returned_to, e))?;
     let _ = std::fs::remove_dir_all(&work.work_dir);
     Ok(Merged {

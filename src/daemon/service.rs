@@ -15,7 +15,7 @@ use crate::daemon::normalise_job::{self, NormaliseWork, Normalised};
 use crate::daemon::pairing::{self, Pairing, PendingProxy};
 use crate::daemon::round_trip::{self, MergeWork, Merged, ProxyWritten};
 use crate::daemon::systemd;
-use crate::daemon::trees::{self, ErrorSidecar, ProcessingLog, Trees};
+use crate::daemon::trees::{self, ClaimedVersion, ErrorSidecar, ProcessingLog, SourceNow, Trees};
 use crate::daemon::upscale_job::{self, UpscaleWork, Upscaled};
 use crate::io::decode;
 use crate::ops::OpError;
@@ -97,6 +97,24 @@ enum Outcome {
     Normalise(Result<Box<Normalised>, OpError>),
 }
 
+/// How many candidate proxies a held return's message names (the rest are counted).
+const HELD_CANDIDATES_NAMED: usize = 5;
+
+/// Job ids for a log line: `3, 7, 12` (at most ten, then a count).
+fn job_list(ids: impl Iterator<Item = i64>) -> String {
+    let ids: Vec<i64> = ids.collect();
+    let mut text = ids
+        .iter()
+        .take(10)
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > 10 {
+        text.push_str(&format!(" and {} more", ids.len() - 10));
+    }
+    text
+}
+
 /// Streams a file through SHA-256.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
@@ -138,6 +156,8 @@ struct Daemon {
     last_housekeeping: Instant,
     /// Jobs of rules no longer in the config, warned about once.
     orphans_warned: std::collections::HashSet<i64>,
+    /// Subfolders of watched folders that a filed file may have left empty.
+    emptied_folders: std::collections::HashSet<PathBuf>,
     /// Model scales measured by the lane, by model path (cleared on reload).
     model_scales: HashMap<PathBuf, ScaleKnown>,
 }
@@ -341,6 +361,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         last_status: String::new(),
         last_housekeeping: Instant::now(),
         orphans_warned: Default::default(),
+        emptied_folders: Default::default(),
         model_scales: HashMap::new(),
     };
     daemon.recover()?;
@@ -466,7 +487,7 @@ impl Daemon {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::warn!(
-                    jobs = ?self.in_flight.keys().collect::<Vec<_>>(),
+                    jobs = %job_list(self.in_flight.keys().copied()),
                     "shutdown timeout: leaving running jobs to be resumed at the next start"
                 );
                 break;
@@ -524,7 +545,71 @@ impl Daemon {
         self.update_status(true);
     }
 
+    /// After a job's file left its folder (filed, set aside, withdrawn), a subfolder of a
+    /// watched folder that it leaves empty is removed once it has stayed empty a while (so
+    /// a copy still filling it is not disturbed). The watched folder itself always stays.
+    fn note_left_folder(&mut self, file: &Path) {
+        let Some(dir) = file.parent() else {
+            return;
+        };
+        let inside_a_root = self
+            .intake
+            .roots()
+            .iter()
+            .any(|r| dir.starts_with(&r.dir) && dir != r.dir);
+        if inside_a_root {
+            self.emptied_folders.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Removes noted subfolders that are empty and unchanged for twice the stability window,
+    /// then their parents likewise, up to (never including) the watched folder.
+    fn remove_emptied_folders(&mut self) {
+        let settle = self.config.daemon.stability_window * 2;
+        let roots: Vec<PathBuf> = self.intake.roots().iter().map(|r| r.dir.clone()).collect();
+        let mut keep = std::collections::HashSet::new();
+        for dir in std::mem::take(&mut self.emptied_folders) {
+            let mut dir = dir;
+            loop {
+                if roots.contains(&dir) || !roots.iter().any(|r| dir.starts_with(r)) {
+                    break;
+                }
+                let Ok(metadata) = std::fs::metadata(&dir) else {
+                    break;
+                };
+                let empty = std::fs::read_dir(&dir).is_ok_and(|mut e| e.next().is_none());
+                if !empty {
+                    break;
+                }
+                let quiet = metadata
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age >= settle);
+                if !quiet {
+                    keep.insert(dir);
+                    break;
+                }
+                if std::fs::remove_dir(&dir).is_err() {
+                    break;
+                }
+                tracing::info!(folder = %dir.display(), "removed an emptied subfolder of a watched folder");
+                match dir.parent() {
+                    Some(parent) => dir = parent.to_path_buf(),
+                    None => break,
+                }
+            }
+        }
+        self.emptied_folders = keep;
+    }
+
     fn record(&mut self, job: &Job, to: State, detail: Option<&str>) {
+        if matches!(
+            to,
+            State::Done | State::Failed | State::Withdrawn | State::Superseded
+        ) {
+            self.note_left_folder(&job.claimed_path);
+        }
         self.log.record(json!({
             "job": job.id,
             "kind": job.kind.as_str(),
@@ -610,6 +695,13 @@ impl Daemon {
                 "file": job.path, "from": null, "to": "queued", "sha256": job.sha256,
                 "bytes": job.size,
             }));
+        }
+        for older in self.journal.superseded_by(id)? {
+            let why = format!("the file changed after it was claimed; its new version is job {id}");
+            tracing::info!(job = older.id, file = %older.path.display(), newer_job = id, "superseded: {why}");
+            self.journal
+                .set_state(older.id, State::Superseded, Some(&why))?;
+            self.record(&older, State::Superseded, Some(&why));
         }
         Ok(())
     }
@@ -786,13 +878,13 @@ impl Daemon {
         if recipe.enhance.is_some() {
             return Some("enhanced_".into());
         }
-        if let Some((w, h)) = recipe.target {
-            return Some(format!("{w}x{h}_"));
+        if recipe.target.is_some() {
+            return Some(crate::ops::upscale::output_tag(1, 1, recipe.target));
         }
         match self.model_scale(&recipe.model) {
             ScaleKnown::Probing => None,
             ScaleKnown::Known(scale) => {
-                Some(format!("x{}_", u64::from(scale).pow(recipe.passes.max(1))))
+                Some(crate::ops::upscale::output_tag(scale, recipe.passes, None))
             }
             ScaleKnown::Unavailable => Some(String::new()),
         }
@@ -842,6 +934,7 @@ impl Daemon {
             runtime: self.config.runtime.clone(),
             limits: self.config.daemon.limits,
             original_candidates,
+            original_version: ClaimedVersion::of(job),
             metadata_path: self
                 .trees
                 .metadata(&rule.name)
@@ -877,6 +970,7 @@ impl Daemon {
             runtime: self.config.runtime.clone(),
             limits: self.config.daemon.limits,
             original_candidates,
+            original_version: ClaimedVersion::of(job),
             images_dir: self.trees.images(&rule.name),
             metadata_dir: self.trees.metadata(&rule.name),
             move_original_to,
@@ -951,7 +1045,9 @@ impl Daemon {
             options: options.clone(),
             limits: self.config.daemon.limits,
             original_candidates,
+            original_version: ClaimedVersion::of(&parent),
             returned_candidates,
+            returned_version: ClaimedVersion::of(&job),
             output,
             metadata_path: self
                 .trees
@@ -1043,11 +1139,19 @@ impl Daemon {
         let Some(parent_id) = pairing.job_id() else {
             match &pairing {
                 Pairing::Ambiguous(candidates) => {
-                    let list = candidates
+                    let mut list = candidates
                         .iter()
+                        .take(HELD_CANDIDATES_NAMED)
                         .map(|(id, c)| format!("job {id} ({c:.3})"))
                         .collect::<Vec<_>>()
                         .join(", ");
+                    if candidates.len() > HELD_CANDIDATES_NAMED {
+                        list.push_str(&format!(
+                            " and {} more; {} in all",
+                            candidates.len() - HELD_CANDIDATES_NAMED,
+                            candidates.len()
+                        ));
+                    }
                     let message = format!(
                         "held: its content matches several pending proxies about equally ({list}); \
                          rename it after one of the proxies (e.g. keep the proxy's name as a prefix) to pair it"
@@ -1198,15 +1302,21 @@ impl Daemon {
             State::Done,
             Some(&upscaled.output.display().to_string()),
         );
+        // The enhance recipe runs through the same job; its log says what it did.
+        let done = if upscaled.provenance.get("enhance").is_some() {
+            "enhanced"
+        } else {
+            "upscaled"
+        };
         tracing::info!(
             job = job.id,
             file = %job.claimed_path.display(),
             output = %upscaled.output.display(),
             model = %upscaled.provenance["model"]["name"].as_str().unwrap_or("?"),
             seconds = format!("{seconds:.3}"),
-            "upscaled"
+            "{done}"
         );
-        self.last_job = format!("{} upscaled", round_trip::stem_of(&job.claimed_path));
+        self.last_job = format!("{} {done}", round_trip::stem_of(&job.claimed_path));
         Ok(())
     }
 
@@ -1238,6 +1348,9 @@ impl Daemon {
             &merged.provenance.to_string(),
         )?;
         self.record(job, State::Done, Some(&merged.output.display().to_string()));
+        if let Ok(Some(split)) = self.journal.get(parent) {
+            self.note_left_folder(&split.claimed_path);
+        }
         tracing::info!(
             job = job.id,
             split_job = parent,
@@ -1257,6 +1370,21 @@ impl Daemon {
     fn fail(&mut self, job: &Job, error: &OpError) {
         let attempts = job.attempts;
         let reason = error.to_string();
+        let in_place = job.path == job.claimed_path;
+        if in_place {
+            match ClaimedVersion::of(job).compare(&job.path) {
+                SourceNow::Changed => {
+                    // A writer is still at it: never move a file that is changing.
+                    self.supersede_changed(job, &reason);
+                    return;
+                }
+                SourceNow::AsClaimed if error.may_be_incomplete() => {
+                    self.wait_for_incomplete(job, &reason);
+                    return;
+                }
+                SourceNow::AsClaimed | SourceNow::Gone => {}
+            }
+        }
         let permanent = error.is_permanent();
         if !permanent && attempts < self.config.daemon.max_attempts {
             let backoff = self.config.daemon.retry_backoff.as_secs_f64()
@@ -1306,12 +1434,138 @@ impl Daemon {
             error = %reason,
             "job failed ({kind}); the file was moved aside with an error sidecar"
         );
+        if kind != "rejected" {
+            self.log_set_aside_in_set(job, &reason);
+        }
         let _ = self.journal.set_path(job.id, &moved_to);
         if let Err(e) = self.journal.set_state(job.id, State::Failed, Some(&reason)) {
             tracing::error!(error = %e, "cannot record the failure");
         }
         self.record(job, State::Failed, Some(&reason));
         self.last_job = format!("{} failed", round_trip::stem_of(&job.claimed_path));
+    }
+
+    /// A normalise rule's set lists every input it was given: one set aside for a reason of
+    /// its own (not a quality verdict, which the set logged already) is entered too.
+    fn log_set_aside_in_set(&self, job: &Job, reason: &str) {
+        let Some(rule) = self.config.rule(&job.rule) else {
+            return;
+        };
+        if !matches!(rule.recipe, Recipe::Normalise(_)) || job.kind != Kind::Split {
+            return;
+        }
+        if let Err(e) = normalise_job::log_set_aside(
+            job.id,
+            &job.claimed_path,
+            reason,
+            &self.trees.images(&rule.name),
+            &self.trees.metadata(&rule.name),
+        ) {
+            tracing::warn!(job = job.id, error = %e, "cannot enter the set-aside input in the set's log");
+        }
+    }
+
+    /// A file that reads as empty or truncated stays in place for `incomplete_grace`: a
+    /// writer that appends in rounds closes it after each one. If it changes, its new version
+    /// is claimed as a new job (this one is then superseded); if not, it is set aside then.
+    fn wait_for_incomplete(&mut self, job: &Job, reason: &str) {
+        let grace = self.config.daemon.incomplete_grace;
+        let grace_text = config::format_duration(grace);
+        tracing::warn!(
+            job = job.id,
+            file = %job.path.display(),
+            error = %reason,
+            incomplete_grace = %grace_text,
+            "the file reads as incomplete; it stays in place in case a writer is still adding to it, and is set aside if it is unchanged after incomplete_grace"
+        );
+        let until = journal::now() + grace.as_secs_f64();
+        if let Err(e) = self.journal.set_incomplete(job.id, until, reason) {
+            tracing::error!(error = %e, "cannot record the wait");
+        }
+        self.record(job, State::Incomplete, Some(reason));
+    }
+
+    /// The file of `job` is another version now than the one it claimed: the job ends, and
+    /// the intake claims the new version as a new job.
+    fn supersede_changed(&mut self, job: &Job, reason: &str) {
+        let why = format!("the file changed after it was claimed ({reason}); its new version is claimed as a new job");
+        tracing::info!(job = job.id, file = %job.path.display(), "superseded: {why}");
+        if let Err(e) = self
+            .journal
+            .set_state(job.id, State::Superseded, Some(&why))
+        {
+            tracing::error!(error = %e, "cannot record the change");
+        }
+        self.record(job, State::Superseded, Some(&why));
+        self.intake.recheck(&job.path);
+    }
+
+    /// Incomplete files whose grace is over: set aside if unchanged, superseded if changed,
+    /// withdrawn if gone.
+    fn check_incomplete(&mut self, now: f64) {
+        let Ok(due) = self.journal.incomplete_due(now) else {
+            return;
+        };
+        for job in due {
+            let reason = job.error.clone().unwrap_or_default();
+            match ClaimedVersion::of(&job).compare(&job.path) {
+                SourceNow::Changed => self.supersede_changed(&job, &reason),
+                SourceNow::Gone => self.withdraw(
+                    &job,
+                    "the incomplete file left the watched folder (removed or renamed)",
+                ),
+                SourceNow::AsClaimed => {
+                    let grace = config::format_duration(self.config.daemon.incomplete_grace);
+                    let error = OpError::Usage(format!(
+                        "{reason} (unchanged through incomplete_grace, {grace}, so no writer is adding to it)"
+                    ));
+                    let mut job = job.clone();
+                    job.attempts = job.attempts.max(1);
+                    self.fail(&job, &error);
+                }
+            }
+        }
+    }
+
+    /// Held returns whose file is gone (renamed after its proxy, or removed) are withdrawn;
+    /// those held past their rule's return window are set aside with the reason.
+    fn check_held(&mut self, now: f64) {
+        let Ok(held) = self.journal.in_state(State::Held, 10_000) else {
+            return;
+        };
+        for job in held {
+            if !job.path.exists() {
+                self.withdraw(
+                    &job,
+                    "the held return left exchange_in (renamed after its proxy, or removed)",
+                );
+                continue;
+            }
+            let Some(Recipe::SplitToProxy(options)) =
+                self.config.rule(&job.rule).map(|r| &r.recipe)
+            else {
+                continue;
+            };
+            let window = options.return_timeout + options.return_grace;
+            if now - job.updated_at >= window.as_secs_f64() {
+                let error = OpError::Usage(format!(
+                    "held for {} (return_timeout plus return_grace) without being paired: its content matches several proxies about equally and it was not renamed after one of them",
+                    config::format_duration(window)
+                ));
+                let mut job = job.clone();
+                job.attempts = self.config.daemon.max_attempts;
+                self.fail(&job, &error);
+            }
+        }
+    }
+
+    /// Ends a job whose file left its watched folder before it was processed.
+    fn withdraw(&mut self, job: &Job, why: &str) {
+        tracing::info!(job = job.id, file = %job.path.display(), "withdrawn: {why}");
+        if let Err(e) = self.journal.set_state(job.id, State::Withdrawn, Some(why)) {
+            tracing::error!(error = %e, "cannot record the withdrawal");
+        }
+        self.record(job, State::Withdrawn, Some(why));
     }
 
     fn next_deadline(&self) -> Option<Duration> {
@@ -1338,18 +1592,27 @@ impl Daemon {
                 Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
             wait.max(housekeeping_in)
         });
-        [housekeeping, job_timeout].into_iter().flatten().min()
+        // Emptied subfolders wait for housekeeping too.
+        let folders = (!self.emptied_folders.is_empty()).then_some(Duration::from_secs(1));
+        [housekeeping, job_timeout, folders]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Marks proxies with no return in time as expired; closes windows past their grace.
+    /// Marks proxies with no return in time as expired; closes windows past their grace;
+    /// settles incomplete files and held returns.
     fn check_deadlines(&mut self) {
         let now = journal::now();
+        self.check_incomplete(now);
+        self.check_held(now);
+        self.remove_emptied_folders();
         if let Ok(overdue) = self.journal.overdue(now) {
             for job in overdue {
                 tracing::warn!(
                     job = job.id,
                     file = %job.path.display(),
-                    proxy = ?job.proxy_path,
+                    proxy = %job.proxy_path.as_deref().map_or_else(String::new, |p| p.display().to_string()),
                     "expired: no processed image came back within return_timeout; a late one is still merged during return_grace"
                 );
                 let _ = self.journal.set_state(

@@ -85,6 +85,28 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
             )?;
         }
     }
+    let incomplete = journal.in_state(State::Incomplete, 20)?;
+    if !incomplete.is_empty() {
+        writeln!(
+            out,
+            "incomplete files, left in place in case a writer is still adding to them: {}",
+            incomplete.len()
+        )?;
+        for job in &incomplete {
+            let left = job
+                .next_attempt_at
+                .map(|t| human_duration(t - now))
+                .unwrap_or_else(|| "?".into());
+            writeln!(
+                out,
+                "  #{} [{}] {} (set aside in {left} unless it changes): {}",
+                job.id,
+                job.rule,
+                job.path.display(),
+                job.error.as_deref().unwrap_or("")
+            )?;
+        }
+    }
     let failed = journal.in_state(State::Failed, 10)?;
     writeln!(out, "recent failures: {}", failed.len())?;
     for job in &failed {

@@ -134,6 +134,62 @@ pub fn move_durably(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The version of a watched file that a job claimed: its size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedVersion {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// What is at a claimed file's path now, compared with the version that was claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceNow {
+    AsClaimed,
+    /// Another version: a writer added to it or replaced it since.
+    Changed,
+    Gone,
+}
+
+impl ClaimedVersion {
+    pub fn of(job: &crate::daemon::journal::Job) -> ClaimedVersion {
+        ClaimedVersion {
+            size: job.size,
+            mtime_ns: job.mtime_ns,
+        }
+    }
+
+    /// Compares the file at `path` with this version.
+    pub fn compare(&self, path: &Path) -> SourceNow {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Err(_) => SourceNow::Gone,
+            Ok(m) => {
+                let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+                if m.len() == self.size && mtime_ns == self.mtime_ns {
+                    SourceNow::AsClaimed
+                } else {
+                    SourceNow::Changed
+                }
+            }
+        }
+    }
+}
+
+/// Files a source whose outputs are durable: moves it from `from` to `to` unless it is
+/// already there, but never while it is another version than `claimed` (a writer is still
+/// adding to it): then it stays where it is, and the intake claims its new version as a
+/// new job. Returns where the file is now.
+pub fn file_source(from: &Path, to: &Path, claimed: ClaimedVersion) -> std::io::Result<PathBuf> {
+    if from != to && claimed.compare(from) == SourceNow::Changed {
+        tracing::warn!(
+            file = %from.display(),
+            "the file changed while it was processed; it stays in place and its new version is claimed as a new job"
+        );
+        return Ok(from.to_path_buf());
+    }
+    move_into_place(from, to)
+}
+
 /// Moves `from` to `to` durably unless it is already there; returns where the file is now.
 pub fn move_into_place(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
     if from != to {

@@ -8,6 +8,7 @@ use crate::daemon::config::{RuntimeSettings, Upscale};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::round_trip::{file_original, first_existing};
 use crate::daemon::trees::write_json_atomic;
+use crate::daemon::trees::ClaimedVersion;
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::OutputFormat;
 use crate::io::{atomic, onnx::ModelError};
@@ -24,6 +25,8 @@ pub struct UpscaleWork {
     pub runtime: RuntimeSettings,
     pub limits: DecodeLimits,
     pub original_candidates: Vec<PathBuf>,
+    /// The version of the original this job claimed.
+    pub original_version: ClaimedVersion,
     pub output: PathBuf,
     pub metadata_path: PathBuf,
     pub move_original_to: Option<PathBuf>,
@@ -174,7 +177,11 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     write_json_atomic(&work.metadata_path, &provenance)
         .map_err(|e| OpError::write(&work.metadata_path, e))?;
     // The output and its provenance are durable: only now does the original move.
-    let original_now_at = file_original(original, work.move_original_to.as_deref())?;
+    let original_now_at = file_original(
+        original,
+        work.move_original_to.as_deref(),
+        work.original_version,
+    )?;
     Ok(Upscaled {
         output: work.output.clone(),
         original_now_at,

@@ -11,6 +11,34 @@ use std::sync::Arc;
 /// Prefix of darkroom's temp files; hidden, so watchers and users skip them.
 pub const TEMP_PREFIX: &str = ".darkroom-tmp-";
 
+/// Set by the command line (unless `--overwrite`): publishing a file never replaces one that
+/// exists. The daemon leaves it unset, since a job re-run after a crash rewrites its own
+/// output under the same name.
+static KEEP_EXISTING: AtomicBool = AtomicBool::new(false);
+
+/// Makes every later publishing write in this process refuse to replace an existing file.
+pub fn keep_existing_files() {
+    KEEP_EXISTING.store(true, Ordering::SeqCst);
+}
+
+/// Refuses `path` when it exists and files are kept (see [`keep_existing_files`]).
+pub fn check_may_replace(path: &Path) -> std::io::Result<()> {
+    if KEEP_EXISTING.load(Ordering::SeqCst) && std::fs::symlink_metadata(path).is_ok() {
+        return Err(already_exists(path));
+    }
+    Ok(())
+}
+
+fn already_exists(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} already exists; pass --overwrite to replace it, or choose another output name",
+            path.display()
+        ),
+    )
+}
+
 thread_local! {
     /// The running job's cancel flag (set by the daemon's worker thread around each job).
     static JOB_CANCELLED: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
@@ -52,7 +80,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     temp.flush()?;
     temp.as_file().sync_all()?;
     check_not_cancelled()?;
-    temp.persist(path).map_err(|e| e.error)?;
+    if KEEP_EXISTING.load(Ordering::SeqCst) {
+        // link + unlink: fails, atomically, when the target appeared in the meantime.
+        temp.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                already_exists(path)
+            } else {
+                e.error
+            }
+        })?;
+    } else {
+        temp.persist(path).map_err(|e| e.error)?;
+    }
     sync_dir(&dir)
 }
 

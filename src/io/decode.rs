@@ -72,6 +72,15 @@ impl DecodeError {
     pub fn is_permanent(&self) -> bool {
         !matches!(self, DecodeError::Io(_))
     }
+
+    /// True when the file may simply not be whole yet: empty, or ending before its image
+    /// data does. A watched folder gives such a file time to grow before setting it aside.
+    pub fn may_be_incomplete(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::Empty | DecodeError::TruncatedJpeg | DecodeError::Corrupt { .. }
+        )
+    }
 }
 
 /// A decoded, upright image with what the file said about it.

@@ -456,7 +456,7 @@ impl Model {
             )));
         }
         if declared_scale.is_some_and(|d| d != scale) {
-            tracing::warn!(model = %path.display(), declared = ?declared_scale, measured = scale, "the model's scale metadata is wrong; using the measured scale");
+            tracing::warn!(model = %path.display(), declared = declared_scale.unwrap_or(0), measured = scale, "the model's scale metadata is wrong; using the measured scale");
         }
         model.scale = scale;
         Ok(model)
@@ -644,7 +644,7 @@ impl Model {
         }
         let core = group[0].core;
         if core.width > 32 && core.height > 32 {
-            tracing::warn!(%error, tile = ?core, "tile failed; retrying it as four tiles of half the side");
+            tracing::warn!(%error, tile = %format!("{}x{} at {},{}", core.width, core.height, core.x, core.y), "tile failed; retrying it as four tiles of half the side");
             for part in tiling::quarter(core) {
                 let tile = Tile {
                     core: part,

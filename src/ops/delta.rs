@@ -112,8 +112,10 @@ pub fn split_with_processed(
         original = %original_path.display(),
         processed = %processed_path.display(),
         delta = %delta_path.display(),
-        refined = ?refined_path.as_ref().map(|p| p.display().to_string()),
-        depth = ?options.depth,
+        refined = %refined_path
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |p| p.display().to_string()),
+        bits = options.depth.bits(),
         "delta written"
     );
     Ok(DeltaOutput {

@@ -60,6 +60,12 @@ fn back_to(image: DynamicImage, width: u32, height: u32) -> Result<DynamicImage,
     resize_lanczos3(&image, width, height).map_err(|e| OpError::Internal(e.to_string()))
 }
 
+/// Where `enhance` writes without an explicit output: `{stem}_enhanced_{model}.png` beside
+/// the input.
+pub fn default_output(input: &Path, model: &Model) -> PathBuf {
+    sibling_path(input, None, &format!("_enhanced_{}.png", model.name))
+}
+
 /// Enhances a decoded image; `run` runs the model on an image (tiled). Pure apart from `run`.
 pub fn enhance_image(
     image: DynamicImage,
@@ -127,7 +133,7 @@ pub fn enhance(
     let output_path = options
         .output
         .clone()
-        .unwrap_or_else(|| sibling_path(input, None, &format!("_enhanced_{}.png", model.name)));
+        .unwrap_or_else(|| default_output(input, model));
     let format =
         OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
     let context = options

@@ -114,6 +114,12 @@ impl OpError {
         }
     }
 
+    /// True when the input may only be incomplete (empty or truncated): see
+    /// [`DecodeError::may_be_incomplete`].
+    pub fn may_be_incomplete(&self) -> bool {
+        matches!(self, OpError::Decode { source, .. } if source.may_be_incomplete())
+    }
+
     pub fn exit_kind(&self) -> ExitKind {
         match self {
             OpError::Decode {

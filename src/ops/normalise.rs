@@ -202,7 +202,15 @@ pub struct NormaliseOptions {
     /// `{bucket}`, `{width}`, `{height}`. Default none (no caption file).
     pub caption_template: Option<String>,
     pub thresholds: Thresholds,
+    /// How a "too small" rejection tells the user to name an upscale model: the rule's key
+    /// (the default, for the daemon) or the command-line flag.
+    pub upscale_model_hint: &'static str,
 }
+
+/// The "too small" hint for a daemon rule.
+pub const UPSCALE_MODEL_HINT_RULE: &str = "name an upscale model in the rule (upscale_model)";
+/// The "too small" hint on the command line.
+pub const UPSCALE_MODEL_HINT_FLAG: &str = "pass an upscale model (--upscale-model NAME)";
 
 impl NormaliseOptions {
     pub fn new(resolution: Resolution, mode: FitMode) -> NormaliseOptions {
@@ -219,6 +227,7 @@ impl NormaliseOptions {
             naming: Naming::Sequential,
             caption_template: None,
             thresholds: Thresholds::default(),
+            upscale_model_hint: UPSCALE_MODEL_HINT_RULE,
         }
     }
 
@@ -316,6 +325,23 @@ pub struct Record {
     pub number: Option<u64>,
     pub date: Option<String>,
     pub when: String,
+}
+
+impl Record {
+    /// The entry of an input that could not be staged at all (undecodable, unreadable).
+    pub fn unreadable(id: String, path: &Path, error: &dyn std::fmt::Display) -> Record {
+        Record {
+            id,
+            source: SourceInfo {
+                path: path.display().to_string(),
+                ..SourceInfo::default()
+            },
+            verdict: "rejected".into(),
+            reasons: vec![format!("unreadable: {error}")],
+            when: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
+            ..Record::default()
+        }
+    }
 }
 
 /// Upscales a too-small image by at least `factor` (a model run); returns the image and a
@@ -436,9 +462,10 @@ pub fn stage(
             None => {
                 let reason = format!(
                     "too small: {full_w}x{full_h} would need {scale:.2}x enlarging for {} in {} mode; \
-                     name an upscale model in the rule (upscale_model) or use a smaller preset",
+                     {} or use a smaller preset",
                     options.resolution,
-                    options.mode.name()
+                    options.mode.name(),
+                    options.upscale_model_hint
                 );
                 return Ok(reject(record, reason, operations));
             }
@@ -1330,17 +1357,7 @@ pub fn normalise_batch(
             Ok(staged) => index.admit(staged, options, &layout.metadata)?.0,
             Err(e) => {
                 summary.failed += 1;
-                Record {
-                    id: path.display().to_string(),
-                    source: SourceInfo {
-                        path: path.display().to_string(),
-                        ..SourceInfo::default()
-                    },
-                    verdict: "rejected".into(),
-                    reasons: vec![format!("unreadable: {e}")],
-                    when: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
-                    ..Record::default()
-                }
+                Record::unreadable(path.display().to_string(), &path, &e)
             }
         };
         if record.verdict == "accepted" {

@@ -319,6 +319,22 @@ pub fn upscale_image(
     })
 }
 
+/// The part of an upscale's output name before the model's name: `x4_` (the model's scale
+/// to the power of the passes) or `1100x1100_` for a target size.
+pub fn output_tag(scale: u32, passes: u32, target: Option<(u32, u32)>) -> String {
+    match target {
+        Some((w, h)) => format!("{w}x{h}_"),
+        None => format!("x{}_", u64::from(scale).pow(passes.max(1))),
+    }
+}
+
+/// Where `upscale` writes without an explicit output: `{stem}_{tag}{model}.png` beside the
+/// input, named as the daemon names its outputs.
+pub fn default_output(input: &Path, model: &Model, options: &UpscaleOptions) -> PathBuf {
+    let tag = output_tag(model.scale, options.passes, options.target);
+    sibling_path(input, None, &format!("_{tag}{}.png", model.name))
+}
+
 /// Upscales the file `input` with `model` and writes the result atomically.
 pub fn upscale(
     input: &Path,
@@ -329,13 +345,10 @@ pub fn upscale(
 ) -> Result<UpscaleOutput, OpError> {
     let started = Instant::now();
     let loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
-    let output_path = options.output.clone().unwrap_or_else(|| {
-        sibling_path(
-            input,
-            None,
-            &format!("_x{}_{}.png", model.scale, model.name),
-        )
-    });
+    let output_path = options
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(input, model, options));
     let format =
         OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
     let context = options

@@ -20,10 +20,16 @@ pub struct Tree {
 }
 
 /// The config every daemon test starts from: one split-to-proxy rule `photos`, a short
-/// stability window, 512x512 proxies. `rule_extra` lines are appended to the rule.
+/// stability window and incomplete grace, 512x512 proxies. `rule_extra` lines are appended
+/// to the rule.
 pub fn config_text(daemon_extra: &str, rule_extra: &str) -> String {
+    config_with_grace("1s", daemon_extra, rule_extra)
+}
+
+/// [`config_text`] with another `incomplete_grace`.
+pub fn config_with_grace(incomplete_grace: &str, daemon_extra: &str, rule_extra: &str) -> String {
     format!(
-        "[daemon]\nroot = \"var\"\nstability_window = \"500ms\"\nretry_backoff = \"200ms\"\nshutdown_timeout = \"60s\"\nlog_level = \"info\"\n{daemon_extra}\n\n\
+        "[daemon]\nroot = \"var\"\nstability_window = \"500ms\"\nincomplete_grace = \"{incomplete_grace}\"\nretry_backoff = \"200ms\"\nshutdown_timeout = \"60s\"\nlog_level = \"info\"\n{daemon_extra}\n\n\
          [[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\nsize = \"512x512\"\n{rule_extra}\n"
     )
 }
