@@ -56,12 +56,12 @@ fn model_error(e: ModelError) -> OpError {
 pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     let original = first_existing(&work.original_candidates, "original")?;
     let started = Instant::now();
-    let loaded =
+    let mut loaded =
         decode::load(&original, &work.limits).map_err(|e| OpError::decode(&original, e))?;
     let decode_seconds = started.elapsed().as_secs_f64();
     let (width, height) = (loaded.image.width(), loaded.image.height());
     // Corrections run here on the worker, leaving the model lane to the model.
-    let input = work.recipe.pre.apply(loaded.image);
+    let input = work.recipe.pre.apply(std::mem::take(&mut loaded.image));
     // An ONNX denoiser runs on the lane too, at the input's size, before the main model.
     let input = match &work.recipe.denoise_model {
         None => input,
@@ -108,13 +108,7 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     ] {
         std::fs::create_dir_all(&dir).map_err(|e| OpError::write(&dir, e))?;
     }
-    write_image(
-        &work.output,
-        &result.image,
-        format,
-        loaded.icc_profile.as_deref(),
-        loaded.exif.as_deref(),
-    )?;
+    write_image(&work.output, &result.image, format, &loaded)?;
     let encode_seconds = encode_started.elapsed().as_secs_f64();
 
     let mut provenance = work.provenance.clone();

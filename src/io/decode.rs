@@ -94,6 +94,9 @@ pub struct LoadedImage {
     /// The file's EXIF block with its orientation reset to 1 (the pixels are upright), to
     /// carry into outputs. `None` without EXIF (and for DCT-reduced proxy decodes).
     pub exif: Option<Vec<u8>>,
+    /// The file's XMP packet (orientation reset to 1) and IPTC block, to carry into outputs.
+    /// Empty for DCT-reduced proxy decodes.
+    pub packets: crate::io::xmp::Packets,
     /// SHA-256 of the file's bytes, hex.
     pub sha256: String,
     pub file_bytes: u64,
@@ -151,7 +154,10 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, 
         return Err(DecodeError::TruncatedJpeg);
     }
     let (decoded, sha256) = while_hashing(bytes, || {
-        std::panic::catch_unwind(|| decode_sniffed(bytes, format, limits))
+        std::panic::catch_unwind(|| {
+            decode_sniffed(bytes, format, limits)
+                .map(|decoded| (decoded, crate::io::xmp::read(bytes, format)))
+        })
     });
     let decoded = decoded.map_err(|panic| {
         let text = panic
@@ -161,13 +167,14 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, 
             .unwrap_or_else(|| "unknown panic".into());
         DecodeError::DecoderPanic(text)
     })??;
-    let (image, icc_profile, exif_orientation, exif) = decoded;
+    let ((image, icc_profile, exif_orientation, exif), packets) = decoded;
     Ok(LoadedImage {
         image,
         format,
         icc_profile,
         exif_orientation,
         exif,
+        packets,
         sha256,
         file_bytes: bytes.len() as u64,
     })
@@ -423,7 +430,7 @@ fn reduced_jpeg(
     let (image, sha256) = while_hashing(bytes, || {
         match jpeg_reduced::decode_planes_with_luma(bytes, kept as usize, true, &regions) {
             Some((planes, luma)) if planes.size() == (w, h) => {
-                tracing::debug!(entropy = ?planes.entropy, "reduced JPEG decode");
+                tracing::debug!(entropy = %planes.entropy, "reduced JPEG decode");
                 full_size_luma = Some(luma);
                 match finish {
                     Finish::Reduced => planes.into_image(),
@@ -475,6 +482,7 @@ fn reduced_jpeg(
             icc_profile: icc,
             exif_orientation: orientation_to_exif(orientation),
             exif: None,
+            packets: Default::default(),
             sha256,
             file_bytes: bytes.len() as u64,
         },

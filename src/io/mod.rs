@@ -12,3 +12,4 @@ pub mod metadata;
 pub mod onnx;
 pub mod png_encode;
 pub mod system;
+pub mod xmp;

@@ -263,7 +263,7 @@ pub fn with_srgb_chunk(png: Vec<u8>) -> Vec<u8> {
     with_chunk_after_ihdr(png, b"sRGB", &[0])
 }
 
-fn with_chunk_after_ihdr(mut png: Vec<u8>, kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+pub(crate) fn with_chunk_after_ihdr(mut png: Vec<u8>, kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     // Signature (8) + IHDR chunk (4 + 4 + 13 + 4).
     const AFTER_IHDR: usize = 33;
     if png.len() < AFTER_IHDR {

@@ -129,7 +129,7 @@ pub fn enhance(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EnhanceOutput, OpError> {
     let started = Instant::now();
-    let loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
+    let mut loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
     let output_path = options
         .output
         .clone()
@@ -142,18 +142,15 @@ pub fn enhance(
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
         .map_err(model_error)?;
-    let image = super::upscale::apply_denoise_model(options.pre.apply(loaded.image), options)?;
+    let image = super::upscale::apply_denoise_model(
+        options.pre.apply(std::mem::take(&mut loaded.image)),
+        options,
+    )?;
     let result = enhance_image(image, via, &mut |image| {
         upscale_image(image, model, tile, context, progress).map_err(model_error)
     })?;
     let result = after_model(result, options.smooth, options.sharpen);
-    write_image(
-        &output_path,
-        &result,
-        format,
-        loaded.icc_profile.as_deref(),
-        loaded.exif.as_deref(),
-    )?;
+    write_image(&output_path, &result, format, &loaded)?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         input = %input.display(),

@@ -346,6 +346,7 @@ pub fn merge(
         image,
         icc_profile,
         exif,
+        packets,
         ..
     } = original;
     let mut image = promote_for_colour(image, &layers);
@@ -384,7 +385,7 @@ pub fn merge(
             let gray = !image.color().has_color();
             let prepared = prepare_guided(proxy, &layers, gray, &params)
                 .map_err(|e| OpError::mismatch(delta_path, e))?;
-            tracing::debug!(elapsed = ?fit_started.elapsed(), ?params, "guided maps fitted");
+            tracing::debug!(elapsed = ?fit_started.elapsed(), radius = params.radius, epsilon = params.epsilon, "guided maps fitted");
             Some(prepared)
         }
     };
@@ -421,6 +422,7 @@ pub fn merge(
         encode::encode(&image, format, icc_profile.as_deref(), exif.as_deref(), &[])
             .map_err(|e| OpError::write(&output_path, e))?
     };
+    let bytes = crate::io::xmp::embed(bytes, format, &packets, super::canvas_of(&image));
     drop(layers);
     drop(image);
     tracing::debug!(elapsed = ?started.elapsed(), bytes = bytes.len(), "encoded");

@@ -15,17 +15,23 @@ use crate::io::decode::DecodeError;
 use crate::io::system;
 use std::path::{Path, PathBuf};
 
-/// Encodes `image` as `format` with the input's ICC profile and EXIF, and writes it
-/// atomically (temp file, fsync, rename) to `path`.
+/// Encodes `image` as `format` with what its input carried (ICC profile, EXIF, XMP and
+/// IPTC), and writes it atomically (temp file, fsync, rename) to `path`.
 pub fn write_image(
     path: &Path,
     image: &image::DynamicImage,
     format: crate::io::encode::OutputFormat,
-    icc_profile: Option<&[u8]>,
-    exif: Option<&[u8]>,
+    input: &crate::io::decode::LoadedImage,
 ) -> Result<(), OpError> {
-    let bytes = crate::io::encode::encode(image, format, icc_profile, exif, &[])
-        .map_err(|e| OpError::write(path, e))?;
+    let bytes = crate::io::encode::encode(
+        image,
+        format,
+        input.icc_profile.as_deref(),
+        input.exif.as_deref(),
+        &[],
+    )
+    .map_err(|e| OpError::write(path, e))?;
+    let bytes = crate::io::xmp::embed(bytes, format, &input.packets, canvas_of(image));
     crate::io::atomic::write_atomic(path, &bytes).map_err(|e| OpError::write(path, e))
 }
 
@@ -135,6 +141,15 @@ impl OpError {
                 ExitKind::Failure
             }
         }
+    }
+}
+
+/// The output's canvas, as containers that describe it need it.
+pub fn canvas_of(image: &image::DynamicImage) -> crate::io::xmp::Canvas {
+    crate::io::xmp::Canvas {
+        width: image.width(),
+        height: image.height(),
+        alpha: image.color().has_alpha(),
     }
 }
 

@@ -344,7 +344,7 @@ pub fn upscale(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<UpscaleOutput, OpError> {
     let started = Instant::now();
-    let loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
+    let mut loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
     let output_path = options
         .output
         .clone()
@@ -359,7 +359,10 @@ pub fn upscale(
         .map_err(model_error)?;
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
-    let image = apply_denoise_model(options.pre.apply(loaded.image), options)?;
+    let image = apply_denoise_model(
+        options.pre.apply(std::mem::take(&mut loaded.image)),
+        options,
+    )?;
     let result = upscale_passes(
         &image,
         model,
@@ -371,13 +374,7 @@ pub fn upscale(
     )
     .map_err(model_error)?;
     let result = after_model(result, options.smooth, options.sharpen);
-    write_image(
-        &output_path,
-        &result,
-        format,
-        loaded.icc_profile.as_deref(),
-        loaded.exif.as_deref(),
-    )?;
+    write_image(&output_path, &result, format, &loaded)?;
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         input = %input.display(),

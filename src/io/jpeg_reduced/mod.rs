@@ -58,6 +58,19 @@ pub enum EntropySplit {
     SpeculativeUnmet,
 }
 
+impl std::fmt::Display for EntropySplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntropySplit::Serial => write!(f, "one thread"),
+            EntropySplit::AtRestartMarker => write!(f, "two threads, split at a restart marker"),
+            EntropySplit::Speculative { met_at_mcu } => {
+                write!(f, "two threads, met at MCU {met_at_mcu}")
+            }
+            EntropySplit::SpeculativeUnmet => write!(f, "two threads tried, one decoded alone"),
+        }
+    }
+}
+
 /// Below this much entropy-coded data, a second thread costs more than it saves.
 const PARALLEL_FROM_BYTES: usize = 256 * 1024;
 
