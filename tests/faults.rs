@@ -644,6 +644,13 @@ fn subfolders_emptied_by_filing_are_removed_but_never_the_inbox_or_a_folder_stil
         inbox.join("keep/notes.md").is_file(),
         "a folder with a file left in it stays"
     );
+    // The watcher's own note about the removed folders' watches stays out of the log.
+    let log = tree.log();
+    assert!(log.contains("removed an emptied subfolder"), "{log}");
+    assert!(
+        !log.contains("Os {") && !log.contains("watch descriptor"),
+        "{log}"
+    );
 }
 
 #[test]

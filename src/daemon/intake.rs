@@ -90,7 +90,14 @@ pub struct Intake {
     window: Duration,
     /// Candidates some process holds open for writing, logged once each.
     held_by_writer: HashSet<PathBuf>,
+    /// New folders to scan once more: the watcher adds a new folder's watch only after it
+    /// has delivered the event that announced the folder, so files created in between are
+    /// seen by no event and by no first scan.
+    rescan_soon: Vec<(usize, PathBuf, Instant)>,
 }
+
+/// How long after a new folder's first scan it is scanned again.
+const NEW_FOLDER_RESCAN: Duration = Duration::from_millis(250);
 
 /// Names that are never candidates: hidden files, editor and download temp files.
 pub fn is_ignored_name(name: &str) -> bool {
@@ -136,6 +143,7 @@ impl Intake {
             candidates: HashMap::new(),
             window,
             held_by_writer: HashSet::new(),
+            rescan_soon: Vec::new(),
         };
         intake.rescan();
         Ok(intake)
@@ -182,7 +190,7 @@ impl Intake {
 
     /// How soon `poll` should run again: soon while candidates wait, otherwise never.
     pub fn next_poll(&self) -> Option<Duration> {
-        if self.candidates.is_empty() {
+        if self.candidates.is_empty() && self.rescan_soon.is_empty() {
             None
         } else {
             Some(Duration::from_millis(100))
@@ -363,6 +371,11 @@ impl Intake {
                         .is_some_and(|n| n.to_string_lossy().starts_with('.'));
                     if !hidden {
                         self.scan_dir(root, path, 1);
+                        self.rescan_soon.push((
+                            root,
+                            path.clone(),
+                            Instant::now() + NEW_FOLDER_RESCAN,
+                        ));
                     }
                 }
                 Ok(_) => self.consider(root, path, complete_hint, false),
@@ -376,6 +389,13 @@ impl Intake {
     /// Re-examines candidates and returns those ready to be claimed.
     pub fn poll(&mut self) -> Vec<Claim> {
         let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rescan_soon)
+            .into_iter()
+            .partition(|(_, _, at)| *at <= now);
+        self.rescan_soon = later;
+        for (root, dir, _) in due {
+            self.scan_dir(root, &dir, 1);
+        }
         let mut eligible = Vec::new();
         let mut gone = Vec::new();
         for (path, candidate) in self.candidates.iter_mut() {

@@ -11,11 +11,22 @@ pub struct LogGuard {
     _guard: tracing_appender::non_blocking::WorkerGuard,
 }
 
+/// The config's level, with the file watcher's own chatter (it logs, at info, each watch it
+/// cannot remove because its folder is already gone) kept to warnings unless the level
+/// names the watcher itself.
+fn default_directives(log_level: &str) -> String {
+    if log_level.contains("notify") {
+        log_level.to_string()
+    } else {
+        format!("{log_level},notify=warn")
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the config's level.
 pub fn init(settings: &DaemonSettings) -> std::io::Result<LogGuard> {
     std::fs::create_dir_all(&settings.log_dir)?;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_directives(&settings.log_level)));
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix("darkroom")

@@ -24,18 +24,16 @@ pub fn keep_existing_files() {
 /// Refuses `path` when it exists and files are kept (see [`keep_existing_files`]).
 pub fn check_may_replace(path: &Path) -> std::io::Result<()> {
     if KEEP_EXISTING.load(Ordering::SeqCst) && std::fs::symlink_metadata(path).is_ok() {
-        return Err(already_exists(path));
+        return Err(already_exists());
     }
     Ok(())
 }
 
-fn already_exists(path: &Path) -> std::io::Error {
+/// The refusal; callers name the file (`OpError::write` puts the path first).
+fn already_exists() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::AlreadyExists,
-        format!(
-            "{} already exists; pass --overwrite to replace it, or choose another output name",
-            path.display()
-        ),
+        "the file already exists; pass --overwrite to replace it, or choose another output name",
     )
 }
 
@@ -84,7 +82,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         // link + unlink: fails, atomically, when the target appeared in the meantime.
         temp.persist_noclobber(path).map_err(|e| {
             if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                already_exists(path)
+                already_exists()
             } else {
                 e.error
             }
