@@ -677,3 +677,33 @@ fn an_onnx_denoiser_runs_before_the_model_at_the_input_size() {
         "the denoiser changed nothing"
     );
 }
+
+#[test]
+fn the_tile_bar_on_a_terminal_never_shows_a_full_bar_at_zero_tiles() {
+    // `script` (util-linux, in Debian's essential bsdutils) gives the command a real terminal,
+    // so indicatif draws as a person sees it.
+    let dir = tempfile::tempdir().unwrap();
+    stage(dir.path(), "photo_coffee_600x400.png");
+    let command = format!(
+        "{} upscale photo_coffee_600x400.png --model waifu2x-upconv7-photo-x2 --models-dir {} --tile 64",
+        env!("CARGO_BIN_EXE_darkroom"),
+        shared_dir().join("models").display()
+    );
+    let out = std::process::Command::new("script")
+        .current_dir(dir.path())
+        .args(["-qec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("/70 tiles"),
+        "the bar counted the tiles: {screen}"
+    );
+    assert!(!screen.contains("0/0 tiles"), "{screen}");
+}
