@@ -158,14 +158,14 @@ impl ClaimedVersion {
         }
     }
 
-    /// Compares the file at `path` with this version.
+    /// Compares the file at `path` with this version (size and mtime as the intake reads
+    /// them when it claims).
     pub fn compare(&self, path: &Path) -> SourceNow {
-        use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(path) {
             Err(_) => SourceNow::Gone,
             Ok(m) => {
-                let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
-                if m.len() == self.size && mtime_ns == self.mtime_ns {
+                let now = crate::daemon::intake::FileStat::of(&m);
+                if now.size == self.size && now.mtime_ns == self.mtime_ns {
                     SourceNow::AsClaimed
                 } else {
                     SourceNow::Changed
