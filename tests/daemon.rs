@@ -825,6 +825,42 @@ fn a_missing_runtime_fails_model_jobs_clearly_and_other_rules_keep_working() {
 }
 
 #[test]
+fn a_normalise_rule_without_a_runtime_gives_up_and_never_calls_a_good_image_bad() {
+    let model = common::shared_dir().join("models/waifu2x-upconv7-photo-x2.onnx");
+    let config = format!(
+        "{}\n[runtime]\nonnxruntime = \"/nonexistent/libonnxruntime.so.1.31.1\"\n\n\
+         [models.photo]\npath = \"{}\"\ntile = 128\ndomains = [\"photo\"]\n\n\
+         [[rule]]\nname = \"lora\"\nrecipe = \"normalise\"\npreset = \"sdxl\"\nmode = \"bucket\"\n\
+         upscale_model = \"photo\"\n",
+        config_text("max_attempts = 2", ""),
+        model.display()
+    );
+    let mut tree = Tree::new(&config);
+    tree.start();
+    // 600x400 needs enlarging for SDXL, so the model (and so the runtime) is needed.
+    std::fs::copy(
+        testdata("photo_coffee_600x400.png"),
+        tree.path("var/inbox/lora/coffee.png"),
+    )
+    .unwrap();
+    let sidecar = tree.path("var/failed/lora/coffee.png.error.json");
+    tree.wait_for("the image to be given up", || sidecar.is_file());
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+    assert_eq!(text["kind"], "gave-up", "{text}");
+    assert_eq!(text["attempts"], 2, "retried first: {text}");
+    assert!(
+        text["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ONNX Runtime not found"),
+        "{text}"
+    );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
 fn a_normalise_rule_builds_a_training_set_with_captions_rejects_and_reports() {
     let model = common::shared_dir().join("models/waifu2x-upconv7-photo-x2.onnx");
     let config = format!(

@@ -304,6 +304,7 @@ fn kill_9_right_after_an_output_rename_before_the_journal_commit_leaves_no_dupli
         !tree.log().contains("proxy written"),
         "the journal step came first: the test tests nothing"
     );
+    // SAFETY: kill(2) takes plain integers; the pid is a child this test started.
     unsafe { libc::kill(tree.daemon_pid(), libc::SIGKILL) };
     tree.wait_exit();
     tree.start();
@@ -330,6 +331,7 @@ fn kill_9_right_after_an_output_rename_before_the_journal_commit_leaves_no_dupli
         true,
     );
     tree.wait_for("the merged output renamed into place", || output.is_file());
+    // SAFETY: kill(2) takes plain integers; the pid is a child this test started.
     unsafe { libc::kill(tree.daemon_pid(), libc::SIGKILL) };
     tree.wait_exit();
     tree.start();
@@ -436,6 +438,7 @@ fn durability_order_is_fsync_then_rename_then_directory_fsync_then_the_source_mo
     tree.wait_for("the normalise job", || {
         files_in(&tree.path("var/processed/set/originals")).len() == 1
     });
+    // SAFETY: kill(2) takes plain integers; the pid is a child this test started.
     unsafe { libc::kill(tree.daemon_pid(), libc::SIGTERM) };
     assert_eq!(tree.wait_exit().code(), Some(0));
 
@@ -523,6 +526,7 @@ fn durability_order_is_fsync_then_rename_then_directory_fsync_then_the_source_mo
 fn an_unreadable_input_and_a_read_only_output_folder_are_retried_until_fixed() {
     use std::os::unix::fs::PermissionsExt;
     let mut tree = Tree::new(&config_text("max_attempts = 40", ""));
+    // SAFETY: a plain system call without arguments.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
         // Permissions do not bind root: the daemon runs as nobody, owning its tree.
@@ -589,6 +593,7 @@ fn an_unreadable_input_and_a_read_only_output_folder_are_retried_until_fixed() {
     tree.wait_for("both splits recorded", || split_jobs(&tree) >= 2);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(split_jobs(&tree), 2, "one job each, not one per retry");
+    // SAFETY: kill(2) takes plain integers; the pid is a child this test started.
     unsafe { libc::kill(tree.daemon_pid(), libc::SIGTERM) };
     assert_eq!(tree.wait_exit().code(), Some(0));
 }

@@ -583,6 +583,7 @@ fn run_measured(command: &mut std::process::Command) -> (std::process::ExitStatu
     let mut status = 0;
     // SAFETY: rusage is a plain out-struct; the pid is our own child, reaped here once.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: status and usage are valid out-pointers for the call's duration.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     (
@@ -689,7 +690,7 @@ fn the_tile_bar_on_a_terminal_never_shows_a_full_bar_at_zero_tiles() {
         env!("CARGO_BIN_EXE_darkroom"),
         shared_dir().join("models").display()
     );
-    let out = std::process::Command::new("script")
+    let out = common::with_models(&mut std::process::Command::new("script"))
         .current_dir(dir.path())
         .args(["-qec", &command, "/dev/null"])
         .env("TERM", "xterm")

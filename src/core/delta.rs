@@ -7,6 +7,7 @@
 //! +/-255 range fits (128..65408) and fractional changes of a 16-bit processed image keep 1/128
 //! of a level, so a 16-bit delta never saturates.
 
+use super::geometry::Rect;
 use image::{DynamicImage, ImageBuffer, Luma, Rgb};
 
 /// Neutral (no change) value of an 8-bit delta.
@@ -241,6 +242,47 @@ fn pack16(w: u32, h: u32, channels: usize, v: Vec<u16>) -> DynamicImage {
         DynamicImage::ImageLuma16(ImageBuffer::<Luma<u16>, _>::from_raw(w, h, v).unwrap())
     } else {
         DynamicImage::ImageRgb16(ImageBuffer::<Rgb<u16>, _>::from_raw(w, h, v).unwrap())
+    }
+}
+
+/// One delta to apply: an 8/16-bit gray or RGB delta image and the area of it that maps
+/// onto the whole original.
+#[derive(Debug, Clone)]
+pub struct DeltaLayer {
+    pub image: DynamicImage,
+    pub area: Rect,
+}
+
+impl DeltaLayer {
+    pub(crate) fn channels(&self) -> usize {
+        usize::from(self.image.color().channel_count())
+    }
+
+    /// Decodes row `y` of the layer's area into signed changes (8-bit units).
+    pub(crate) fn decode_row(&self, y: u32, out: &mut [f32]) {
+        let c = self.channels();
+        let stride = self.image.width() as usize * c;
+        let start = (self.area.y + y) as usize * stride + self.area.x as usize * c;
+        let len = self.area.width as usize * c;
+        match &self.image {
+            DynamicImage::ImageLuma8(b) => decode8(&b.as_raw()[start..start + len], out),
+            DynamicImage::ImageRgb8(b) => decode8(&b.as_raw()[start..start + len], out),
+            DynamicImage::ImageLuma16(b) => decode16(&b.as_raw()[start..start + len], out),
+            DynamicImage::ImageRgb16(b) => decode16(&b.as_raw()[start..start + len], out),
+            _ => unreachable!("layout checked in prepare"),
+        }
+    }
+}
+
+fn decode8(src: &[u8], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = f32::from(v) - NEUTRAL_8;
+    }
+}
+
+fn decode16(src: &[u16], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(src) {
+        *o = (f32::from(v) - NEUTRAL_16) / UNITS_PER_LEVEL_16;
     }
 }
 

@@ -26,8 +26,9 @@
 //! with the original's detail passed through the local colour transform instead of unchanged.
 //! Everything works in 8-bit units (0..=255 as floats); a 16-bit original is scaled on the fly.
 
+use super::delta::DeltaLayer;
 use super::delta::{NEUTRAL_16, UNITS_PER_LEVEL_16};
-use super::merge::{DeltaLayer, Rect};
+use super::geometry::Rect;
 use image::{DynamicImage, ImageBuffer};
 use rayon::prelude::*;
 use std::borrow::Cow;

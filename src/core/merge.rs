@@ -7,21 +7,13 @@
 //! delta was computed. Alpha is never touched. The work runs in row bands, in place, so the
 //! only large buffer besides the original is one horizontally-resampled copy of each delta.
 
-use super::delta::{NEUTRAL_16, NEUTRAL_8, UNITS_PER_LEVEL_16};
 use super::guided::{AffineUpsampler, GuidedError, GuidedField, GuidedParams};
 use super::resample::Taps;
 use image::DynamicImage;
 use rayon::prelude::*;
 
+pub use super::delta::DeltaLayer;
 pub use super::geometry::Rect;
-
-/// One delta to apply: an 8/16-bit gray or RGB delta image and the area of it that maps
-/// onto the whole original.
-#[derive(Debug, Clone)]
-pub struct DeltaLayer {
-    pub image: DynamicImage,
-    pub area: Rect,
-}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MergeError {
@@ -37,39 +29,6 @@ pub enum MergeError {
     AreasDiffer(Rect, Rect),
     #[error(transparent)]
     Guided(#[from] GuidedError),
-}
-
-impl DeltaLayer {
-    fn channels(&self) -> usize {
-        usize::from(self.image.color().channel_count())
-    }
-
-    /// Decodes row `y` of the layer's area into signed changes (8-bit units).
-    pub(crate) fn decode_row(&self, y: u32, out: &mut [f32]) {
-        let c = self.channels();
-        let stride = self.image.width() as usize * c;
-        let start = (self.area.y + y) as usize * stride + self.area.x as usize * c;
-        let len = self.area.width as usize * c;
-        match &self.image {
-            DynamicImage::ImageLuma8(b) => decode8(&b.as_raw()[start..start + len], out),
-            DynamicImage::ImageRgb8(b) => decode8(&b.as_raw()[start..start + len], out),
-            DynamicImage::ImageLuma16(b) => decode16(&b.as_raw()[start..start + len], out),
-            DynamicImage::ImageRgb16(b) => decode16(&b.as_raw()[start..start + len], out),
-            _ => unreachable!("layout checked in prepare"),
-        }
-    }
-}
-
-fn decode8(src: &[u8], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(src) {
-        *o = f32::from(v) - NEUTRAL_8;
-    }
-}
-
-fn decode16(src: &[u16], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(src) {
-        *o = (f32::from(v) - NEUTRAL_16) / UNITS_PER_LEVEL_16;
-    }
 }
 
 /// A layer ready to produce full-width delta rows.

@@ -951,10 +951,7 @@ fn resolve_models(
                 format!("{} is not a file", path.display()),
             );
         }
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = crate::io::names::stem_of(&path);
         let tile = match &raw.tile {
             None => crate::core::tiling::TileSize::default(),
             Some(toml::Value::Integer(side)) if (0..=65_535).contains(side) => {

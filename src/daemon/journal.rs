@@ -5,9 +5,10 @@
 //! A job is either a `split` (a file claimed from a rule's inbox) or a `merge` (a processed
 //! proxy claimed from the rule's `exchange_in`, paired with its split job as `parent`).
 
+use crate::io::clock::now;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The journal's file name inside the state folder.
 pub const FILE_NAME: &str = "journal.sqlite";
@@ -146,14 +147,6 @@ pub struct Job {
     pub closed: bool,
     /// JSON: timings and other details for the metadata tree.
     pub details: Option<String>,
-}
-
-/// Seconds since the Unix epoch, as stored in the journal.
-pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// The journal connection.

@@ -107,7 +107,7 @@ pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError
         );
         let out = lane
             .upscale(spec, &work.runtime, (1, Some(target)), image)
-            .map_err(crate::ops::upscale::model_error)?;
+            .map_err(OpError::from)?;
         Ok((
             out.image,
             format!("{} x{} on {}", spec.name, out.scale, out.provider),

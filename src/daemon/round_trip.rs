@@ -10,6 +10,7 @@ use crate::daemon::trees::{file_source, write_json_atomic, ClaimedVersion};
 use crate::io::atomic;
 use crate::io::decode::DecodeLimits;
 use crate::io::metadata::ProxyMetadata;
+use crate::io::names;
 use crate::ops::delta::{split_with_processed, DeltaOptions};
 use crate::ops::merge::{merge, MergeOptions};
 use crate::ops::split::{build_proxy, load_source, write_proxy_file};
@@ -31,13 +32,6 @@ pub struct ProxyWritten {
     pub seconds: f64,
 }
 
-/// The stem of an input file, for naming what comes of it.
-pub fn stem_of(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into())
-}
-
 /// Splits `original` into its proxy in `exchange_out`, named after the job.
 pub fn write_proxy(
     job_id: i64,
@@ -51,7 +45,7 @@ pub fn write_proxy(
         load_source(original, options.size, limits)?,
         options.size,
     )?;
-    let proxy_stem = pairing::proxy_stem(&stem_of(original), job_id);
+    let proxy_stem = pairing::proxy_stem(&names::stem_of(original), job_id);
     let proxy_path = options.exchange_out.join(format!("{proxy_stem}.png"));
     let g = built.metadata.geometry;
     std::fs::create_dir_all(&options.exchange_out).map_err(|e| OpError::write(&proxy_path, e))?;

@@ -9,7 +9,7 @@
 use crate::core::signature::Signature;
 use crate::daemon::config::{self, Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
-use crate::daemon::journal::{self, FileIdentity, Job, Journal, Kind, State};
+use crate::daemon::journal::{FileIdentity, Job, Journal, Kind, State};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::normalise_job::{self, NormaliseWork, Normalised};
 use crate::daemon::pairing::{self, Pairing, PendingProxy};
@@ -18,6 +18,7 @@ use crate::daemon::systemd;
 use crate::daemon::trees::{self, ClaimedVersion, ErrorSidecar, ProcessingLog, SourceNow, Trees};
 use crate::daemon::upscale_job::{self, UpscaleWork, Upscaled};
 use crate::io::decode;
+use crate::io::{clock, names};
 use crate::ops::OpError;
 use anyhow::Context;
 use serde_json::json;
@@ -763,7 +764,7 @@ impl Daemon {
         if free == 0 {
             return;
         }
-        let jobs = match self.journal.runnable(journal::now(), free + 64) {
+        let jobs = match self.journal.runnable(clock::now(), free + 64) {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the journal");
@@ -825,7 +826,7 @@ impl Daemon {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        trees::free_name(dir, &name, &pairing::job_token(job.id))
+        names::free_name(dir, &name, &pairing::job_token(job.id))
     }
 
     /// Where `rule`'s policy moves the original of `job` once its outputs are durable.
@@ -900,7 +901,7 @@ impl Daemon {
                     return Ok(false);
                 };
                 let images = self.trees.images(&rule.name);
-                let stem = round_trip::stem_of(&job.claimed_path);
+                let stem = names::stem_of(&job.claimed_path);
                 let ext = &recipe.output_format;
                 let model = &recipe.model.name;
                 let mut path = images.join(format!("{stem}_{tag}{model}.{ext}"));
@@ -925,7 +926,7 @@ impl Daemon {
                 "path": job.claimed_path,
                 "sha256": job.sha256,
                 "bytes": job.size,
-                "claimed_at": trees::rfc3339(job.created_at),
+                "claimed_at": clock::rfc3339(job.created_at),
             },
             "jobs": { "upscale": job.id },
         });
@@ -938,7 +939,7 @@ impl Daemon {
             metadata_path: self
                 .trees
                 .metadata(&rule.name)
-                .join(format!("{}.json", round_trip::stem_of(&output))),
+                .join(format!("{}.json", names::stem_of(&output))),
             output,
             move_original_to,
             provenance,
@@ -1002,7 +1003,7 @@ impl Daemon {
             anyhow::bail!("split job {parent_id} is missing from the journal");
         };
         let job = self.journal.get(job.id)?.unwrap_or_else(|| job.clone());
-        let output_stem = round_trip::stem_of(&output);
+        let output_stem = names::stem_of(&output);
         let move_original_to = self.original_destination(rule, &parent);
         let mut original_candidates = vec![parent.path.clone()];
         original_candidates.extend(move_original_to.clone());
@@ -1028,7 +1029,7 @@ impl Daemon {
                 "path": parent.claimed_path,
                 "sha256": parent.sha256,
                 "bytes": parent.size,
-                "claimed_at": trees::rfc3339(parent.created_at),
+                "claimed_at": clock::rfc3339(parent.created_at),
             },
             "proxy": proxy_details,
             "return": {
@@ -1036,7 +1037,7 @@ impl Daemon {
                 "sha256": job.sha256,
                 "pairing": job.pairing,
                 "variant": variant,
-                "claimed_at": trees::rfc3339(job.created_at),
+                "claimed_at": clock::rfc3339(job.created_at),
                 "wait_seconds": job.created_at - parent.updated_at.min(job.created_at),
             },
             "jobs": { "split": parent.id, "merge": job.id },
@@ -1090,14 +1091,14 @@ impl Daemon {
                 stem: p
                     .proxy_path
                     .as_deref()
-                    .map(round_trip::stem_of)
+                    .map(names::stem_of)
                     .unwrap_or_default(),
                 width: p.proxy_width.unwrap_or(0),
                 height: p.proxy_height.unwrap_or(0),
                 signature: p.signature.as_deref().and_then(Signature::from_bytes),
             })
             .collect();
-        let stem = round_trip::stem_of(&job.path);
+        let stem = names::stem_of(&job.path);
         let known = |id: i64| pending.iter().any(|p| p.job_id == id);
         let mut pairing = pairing::by_name(&stem, &pending).map(Pairing::Name);
         if pairing.is_none() {
@@ -1190,7 +1191,7 @@ impl Daemon {
             .max()
             .unwrap_or(0)
             + 1;
-        let base = round_trip::stem_of(&parent.claimed_path);
+        let base = names::stem_of(&parent.claimed_path);
         let images = self.trees.images(&job.rule);
         let name = if variant == 1 {
             format!("{base}.png")
@@ -1201,7 +1202,7 @@ impl Daemon {
         if self.journal.output_taken(&output, parent_id)? || (variant == 1 && output.exists()) {
             output = images.join(format!(
                 "{}_{}.png",
-                round_trip::stem_of(&output),
+                names::stem_of(&output),
                 pairing::job_token(parent_id)
             ));
         }
@@ -1262,7 +1263,7 @@ impl Daemon {
         else {
             anyhow::bail!("rule {} is gone", job.rule);
         };
-        let expires_at = journal::now() + options.return_timeout.as_secs_f64();
+        let expires_at = clock::now() + options.return_timeout.as_secs_f64();
         let details = json!({
             "path": written.proxy_path,
             "geometry": written.metadata.geometry,
@@ -1287,7 +1288,7 @@ impl Daemon {
             seconds = format!("{:.3}", written.seconds),
             "proxy written; waiting for the processed image"
         );
-        self.last_job = format!("{} proxied", round_trip::stem_of(&job.path));
+        self.last_job = format!("{} proxied", names::stem_of(&job.path));
         Ok(())
     }
 
@@ -1316,7 +1317,7 @@ impl Daemon {
             seconds = format!("{seconds:.3}"),
             "{done}"
         );
-        self.last_job = format!("{} {done}", round_trip::stem_of(&job.claimed_path));
+        self.last_job = format!("{} {done}", names::stem_of(&job.claimed_path));
         Ok(())
     }
 
@@ -1334,7 +1335,7 @@ impl Daemon {
             seconds = format!("{seconds:.3}"),
             "normalised into the set"
         );
-        self.last_job = format!("{} normalised", round_trip::stem_of(&job.claimed_path));
+        self.last_job = format!("{} normalised", names::stem_of(&job.claimed_path));
         Ok(())
     }
 
@@ -1360,7 +1361,7 @@ impl Daemon {
             seconds = format!("{seconds:.3}"),
             "merged into the full-resolution original"
         );
-        self.last_job = format!("{} merged", round_trip::stem_of(&merged.output));
+        self.last_job = format!("{} merged", names::stem_of(&merged.output));
         Ok(())
     }
 
@@ -1389,7 +1390,7 @@ impl Daemon {
         if !permanent && attempts < self.config.daemon.max_attempts {
             let backoff = self.config.daemon.retry_backoff.as_secs_f64()
                 * 2f64.powi(attempts.saturating_sub(1).min(16) as i32);
-            let at = journal::now() + backoff;
+            let at = clock::now() + backoff;
             tracing::warn!(
                 job = job.id,
                 file = %job.path.display(),
@@ -1416,7 +1417,7 @@ impl Daemon {
             reason: &reason,
             kind,
             attempts,
-            when: trees::rfc3339(journal::now()),
+            when: clock::rfc3339(clock::now()),
             darkroom_version: VERSION,
             details,
         };
@@ -1442,7 +1443,7 @@ impl Daemon {
             tracing::error!(error = %e, "cannot record the failure");
         }
         self.record(job, State::Failed, Some(&reason));
-        self.last_job = format!("{} failed", round_trip::stem_of(&job.claimed_path));
+        self.last_job = format!("{} failed", names::stem_of(&job.claimed_path));
     }
 
     /// A normalise rule's set lists every input it was given: one set aside for a reason of
@@ -1478,7 +1479,7 @@ impl Daemon {
             incomplete_grace = %grace_text,
             "the file reads as incomplete; it stays in place in case a writer is still adding to it, and is set aside if it is unchanged after incomplete_grace"
         );
-        let until = journal::now() + grace.as_secs_f64();
+        let until = clock::now() + grace.as_secs_f64();
         if let Err(e) = self.journal.set_incomplete(job.id, until, reason) {
             tracing::error!(error = %e, "cannot record the wait");
         }
@@ -1569,7 +1570,7 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Duration> {
-        let now = journal::now();
+        let now = clock::now();
         let expiry = self.journal.next_deadline().ok().flatten();
         let retry = self.journal.next_retry_at(now).ok().flatten();
         // Job time limits are checked on every pass, so they wake the loop on time.
@@ -1603,7 +1604,7 @@ impl Daemon {
     /// Marks proxies with no return in time as expired; closes windows past their grace;
     /// settles incomplete files and held returns.
     fn check_deadlines(&mut self) {
-        let now = journal::now();
+        let now = clock::now();
         self.check_incomplete(now);
         self.check_held(now);
         self.remove_emptied_folders();

@@ -2,6 +2,7 @@
 
 use crate::daemon::config::Config;
 use crate::daemon::journal::{self, Journal, Kind, State};
+use crate::io::clock;
 use std::fmt::Write;
 
 /// Renders a duration in seconds as `3d4h`, `2h5m`, `4m10s` or `12s`.
@@ -26,7 +27,7 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
         );
     }
     let journal = Journal::open_read_only(&config.daemon.state_dir)?;
-    let now = journal::now();
+    let now = clock::now();
     let mut out = String::new();
     writeln!(out, "journal: {}", path.display())?;
     let counts = journal.counts()?;

@@ -11,6 +11,7 @@
 //! ```
 
 use crate::io::atomic::{self, TEMP_PREFIX};
+use crate::io::{clock, names};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -85,24 +86,6 @@ pub fn remove_stale_temp_files(dir: &Path) -> usize {
         }
     }
     removed
-}
-
-/// A free name for `file_name` in `dir`: the name itself, or `{stem}_{tag}.{ext}` when a
-/// different file already has it. Deterministic, so a re-run picks the same name.
-pub fn free_name(dir: &Path, file_name: &str, tag: &str) -> PathBuf {
-    let plain = dir.join(file_name);
-    if !plain.exists() {
-        return plain;
-    }
-    let path = Path::new(file_name);
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    match path.extension() {
-        Some(ext) => dir.join(format!("{stem}_{tag}.{}", ext.to_string_lossy())),
-        None => dir.join(format!("{stem}_{tag}")),
-    }
 }
 
 /// Moves `from` to `to` durably: a rename (then both folders synced), or across file
@@ -236,7 +219,7 @@ pub fn quarantine(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
-    let target = free_name(&dir, &name, &crate::daemon::pairing::job_token(sidecar.job));
+    let target = names::free_name(&dir, &name, &crate::daemon::pairing::job_token(sidecar.job));
     if source.exists() {
         move_durably(source, &target)?;
     }
@@ -244,35 +227,6 @@ pub fn quarantine(
     sidecar_path.push(".error.json");
     write_json_atomic(Path::new(&sidecar_path), sidecar)?;
     Ok(target)
-}
-
-/// RFC 3339 UTC time of a Unix timestamp in seconds.
-pub fn rfc3339(seconds: f64) -> String {
-    let secs = seconds.floor() as i64;
-    let millis = ((seconds - secs as f64) * 1000.0).round().min(999.0) as i64;
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// The append-only `metadata/processing_log.jsonl`: one JSON object per job transition.
@@ -296,7 +250,7 @@ impl ProcessingLog {
         if let Some(object) = entry.as_object_mut() {
             object.insert(
                 "at".into(),
-                serde_json::Value::String(rfc3339(crate::daemon::journal::now())),
+                serde_json::Value::String(clock::rfc3339(clock::now())),
             );
         }
         let mut line = entry.to_string();
@@ -310,27 +264,6 @@ impl ProcessingLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_renders_known_instants() {
-        assert_eq!(rfc3339(0.0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_300_000.25), "2026-11-21T22:26:40.250Z");
-        assert_eq!(rfc3339(951_782_400.0), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn free_names_keep_existing_files() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            free_name(dir.path(), "a.jpg", "dr000001"),
-            dir.path().join("a.jpg")
-        );
-        std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
-        assert_eq!(
-            free_name(dir.path(), "a.jpg", "dr000001"),
-            dir.path().join("a_dr000001.jpg")
-        );
-    }
 
     #[test]
     fn a_move_leaves_the_source_only_when_it_fails() {

@@ -9,9 +9,9 @@ use crate::daemon::model_lane::ModelLane;
 use crate::daemon::round_trip::{file_original, first_existing};
 use crate::daemon::trees::write_json_atomic;
 use crate::daemon::trees::ClaimedVersion;
+use crate::io::atomic;
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::OutputFormat;
-use crate::io::{atomic, onnx::ModelError};
 use crate::ops::enhance::{enhance_image, Via};
 use crate::ops::{write_image, OpError};
 use image::DynamicImage;
@@ -41,18 +41,6 @@ pub struct Upscaled {
     pub provenance: serde_json::Value,
 }
 
-/// Model and runtime problems are not the input's fault: they are retried (and end as
-/// "gave-up" with the reason), never a quarantine of a good file as corrupt.
-fn model_error(e: ModelError) -> OpError {
-    OpError::External {
-        path: match &e {
-            ModelError::BadModel { path, .. } | ModelError::Inference { path, .. } => path.clone(),
-            _ => "onnxruntime".into(),
-        },
-        reason: e.to_string(),
-    }
-}
-
 pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
     let original = first_existing(&work.original_candidates, "original")?;
     let started = Instant::now();
@@ -68,7 +56,7 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
         Some(denoiser) => enhance_image(input, &Via::Full, &mut |image| {
             lane.upscale(denoiser, &work.runtime, (1, None), image.clone())
                 .map(|out| out.image)
-                .map_err(model_error)
+                .map_err(OpError::from)
         })?,
     };
     let run_model = |image: DynamicImage| {
@@ -78,7 +66,7 @@ pub fn run(work: &UpscaleWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
             (work.recipe.passes, work.recipe.target),
             image,
         )
-        .map_err(model_error)
+        .map_err(OpError::from)
     };
     let mut result = match &work.recipe.enhance {
         None => run_model(input)?,

@@ -2,6 +2,7 @@
 //! programs and what the machine has to spare. The pure core never calls into here.
 
 pub mod atomic;
+pub mod clock;
 pub mod decode;
 pub mod deflate;
 pub mod encode;
@@ -9,6 +10,7 @@ pub mod exif;
 pub mod external;
 pub mod jpeg_reduced;
 pub mod metadata;
+pub mod names;
 pub mod onnx;
 pub mod png_encode;
 pub mod system;

@@ -2,7 +2,8 @@
 //!
 //! The library is looked for, in order: an explicit path (config `[runtime] onnxruntime` or
 //! `--onnxruntime`), `ORT_DYLIB_PATH`, beside the executable, the project's `.venv` made by
-//! `scripts/setup-venv`, and the site-packages of `python3` (the `onnxruntime` or
+//! `scripts/setup-venv` (beside the daemon's config or in the working directory), and the
+//! site-packages of `python3` (the `onnxruntime` or
 //! `onnxruntime-gpu` wheel). Where it was found is logged. When it is not found, model work
 //! fails with one line that says how to install it, and nothing else is affected.
 
@@ -116,7 +117,23 @@ fn python_library() -> Option<PathBuf> {
     library_in(&Path::new(dir).join("capi"))
 }
 
-/// Finds the ONNX Runtime library; returns it and where it looked.
+/// The config's folder, where a `.venv` beside it is looked for.
+static CONFIG_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes [`locate`] look for a `.venv` beside the config at `config_path` (and one or two
+/// folders above it). The first call wins.
+pub fn look_near_config(config_path: &Path) {
+    if let Some(dir) = std::path::absolute(config_path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
+        let _ = CONFIG_DIR.set(dir);
+    }
+}
+
+/// Finds the ONNX Runtime library; returns it and where it looked, in this order: the
+/// explicit path, `ORT_DYLIB_PATH`, beside the executable, a `.venv` beside the config (and
+/// up to two folders above it), a `.venv` in the working directory, python3's site-packages.
 pub fn locate(explicit: Option<&Path>) -> (Option<PathBuf>, Vec<String>) {
     let mut looked = Vec::new();
     if let Some(path) = explicit {
@@ -136,16 +153,19 @@ pub fn locate(explicit: Option<&Path>) -> (Option<PathBuf>, Vec<String>) {
         if let Some(found) = library_in(&dir) {
             return (Some(found), looked);
         }
-        for ancestor in dir.ancestors().skip(1).take(4) {
-            if let Some(found) = venv_library(ancestor) {
-                return (Some(found), looked);
-            }
-        }
-        looked.push("the project's .venv".into());
     }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(found) = venv_library(manifest) {
-        return (Some(found), looked);
+    // The project's .venv (scripts/setup-venv): beside the config or one or two folders
+    // above it (config/darkroom.toml in a checkout), then in the working directory.
+    let mut roots: Vec<PathBuf> = CONFIG_DIR
+        .get()
+        .map(|dir| dir.ancestors().take(3).map(Path::to_path_buf).collect())
+        .unwrap_or_default();
+    roots.extend(std::env::current_dir().ok());
+    for root in &roots {
+        looked.push(format!("{}", root.join(".venv").display()));
+        if let Some(found) = venv_library(root) {
+            return (Some(found), looked);
+        }
     }
     looked.push("python3's site-packages".into());
     (python_library(), looked)
@@ -419,10 +439,7 @@ impl Model {
             .ok()
             .and_then(|m| m.custom("scale"))
             .and_then(|s| s.trim().parse::<u32>().ok());
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into());
+        let name = crate::io::names::stem_of(path);
         let mut model = Model {
             path: path.to_path_buf(),
             name,

@@ -8,6 +8,7 @@ use std::path::Path;
 pub fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
     let c_path = CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero bytes are valid.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is a valid NUL-terminated string and stat a properly sized out-struct.
     let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };

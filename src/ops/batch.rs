@@ -40,10 +40,7 @@ pub fn expand(pattern: &str) -> Result<Vec<PathBuf>, OpError> {
 }
 
 fn is_darkroom_output(path: &Path) -> bool {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = crate::io::names::stem_of(path);
     stem.ends_with("_proxy")
         || stem.contains("_proxy_delta")
         || stem.ends_with("_merged")

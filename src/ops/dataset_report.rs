@@ -108,10 +108,7 @@ pub fn write_reports(images_dir: &Path, metadata_dir: &Path) -> Result<Report, O
         if !on_disk.contains(name) {
             continue;
         }
-        let stem = Path::new(name)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = crate::io::names::stem_of(Path::new(name));
         images.push(ImageEntry {
             name: name.clone(),
             width: record.width.unwrap_or(0),
@@ -164,20 +161,13 @@ pub fn validate(
     // Captions and sidecars whose image is missing.
     let stems: std::collections::HashSet<String> = images
         .iter()
-        .filter_map(|i| {
-            Path::new(&i.name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-        })
+        .map(|i| crate::io::names::stem_of(Path::new(&i.name)))
         .collect();
     if let Ok(entries) = std::fs::read_dir(&images_dir) {
         for entry in entries.flatten() {
             let path = entry.path();
             let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let stem = crate::io::names::stem_of(&path);
             if matches!(ext, "txt" | "json") && !stem.starts_with('.') && !stems.contains(&stem) {
                 problems.push(Problem {
                     file: file_name(&path),
@@ -224,10 +214,7 @@ fn check_image(
     limits: &DecodeLimits,
 ) -> (ImageEntry, Vec<Problem>, Option<u64>) {
     let name = file_name(path);
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = crate::io::names::stem_of(path);
     let mut problems = Vec::new();
     let mut problem = |text: String| {
         problems.push(Problem {
@@ -395,7 +382,7 @@ fn assemble(
     counts.insert("duplicate_groups", duplicate_groups.len());
     counts.insert("problems", problems.len());
     Report {
-        generated: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
+        generated: crate::io::clock::rfc3339(crate::io::clock::now()),
         darkroom_version: env!("CARGO_PKG_VERSION"),
         images_dir: images_dir.display().to_string(),
         checked,

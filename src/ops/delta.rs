@@ -36,10 +36,7 @@ pub struct DeltaOutput {
 
 /// Path of the refined delta that goes with a main delta path.
 pub fn refined_path_for(delta_path: &Path) -> PathBuf {
-    let stem = delta_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "delta".into());
+    let stem = crate::io::names::stem_of(delta_path);
     atomic::parent_dir(delta_path).join(format!("{stem}_refined.png"))
 }
 

@@ -6,7 +6,7 @@
 //! A model that also enlarges (any super-resolution network) is brought back to the input's
 //! size with Lanczos3, so an x2 restoration model works as an enhancer at the same size.
 
-use super::upscale::{model_error, recommended_context, upscale_image, UpscaleOptions};
+use super::upscale::{recommended_context, upscale_image, UpscaleOptions};
 use super::{sibling_path, write_image, OpError};
 use crate::core::corrections::after_model;
 use crate::core::delta::{self, DeltaDepth};
@@ -141,13 +141,13 @@ pub fn enhance(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
-        .map_err(model_error)?;
+        .map_err(OpError::from)?;
     let image = super::upscale::apply_denoise_model(
         options.pre.apply(std::mem::take(&mut loaded.image)),
         options,
     )?;
     let result = enhance_image(image, via, &mut |image| {
-        upscale_image(image, model, tile, context, progress).map_err(model_error)
+        upscale_image(image, model, tile, context, progress).map_err(OpError::from)
     })?;
     let result = after_model(result, options.smooth, options.sharpen);
     write_image(&output_path, &result, format, &loaded)?;

@@ -118,13 +118,12 @@ fn load_delta(path: &Path, limits: &DecodeLimits) -> Result<LoadedDelta, OpError
 /// Sidecar metadata files that may belong to this delta, most specific first.
 fn sidecar_candidates(original: &Path, delta: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(stem) = delta.file_stem().map(|s| s.to_string_lossy().into_owned()) {
-        for suffix in ["_delta_refined", "_delta"] {
-            if let Some(base) = stem.strip_suffix(suffix) {
-                out.push(atomic::parent_dir(delta).join(format!("{base}_metadata.txt")));
-                break;
-            }
-        }
+    let stem = crate::io::names::stem_of(delta);
+    if let Some(base) = ["_delta_refined", "_delta"]
+        .iter()
+        .find_map(|suffix| stem.strip_suffix(suffix))
+    {
+        out.push(atomic::parent_dir(delta).join(format!("{base}_metadata.txt")));
     }
     out.push(sibling_path(original, None, "_proxy_metadata.txt"));
     out

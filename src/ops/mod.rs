@@ -12,6 +12,7 @@ pub mod split;
 pub mod upscale;
 
 use crate::io::decode::DecodeError;
+use crate::io::onnx::ModelError;
 use crate::io::system;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,10 @@ pub enum OpError {
     Mismatch { path: String, reason: String },
     #[error("{path}: {reason}")]
     External { path: String, reason: String },
+    /// The model side failed: no runtime, a model that does not load, a failed run. Never
+    /// the image's fault, so always worth another try.
+    #[error("{0}")]
+    Model(#[from] crate::io::onnx::ModelError),
     /// A training-set image that failed quality control (reasons and scores in `details`).
     #[error("{path}: rejected: {reason}")]
     Rejected {
@@ -116,6 +121,7 @@ impl OpError {
             OpError::Write { .. }
             | OpError::DiskFull { .. }
             | OpError::External { .. }
+            | OpError::Model(_)
             | OpError::Internal(_) => false,
         }
     }
@@ -137,6 +143,13 @@ impl OpError {
             }
             OpError::Write { .. } | OpError::DiskFull { .. } => ExitKind::CantCreate,
             OpError::Usage(_) => ExitKind::Usage,
+            OpError::Model(e) => match e {
+                ModelError::BadModel { .. } => ExitKind::DataError,
+                ModelError::Inference { .. } => ExitKind::Failure,
+                ModelError::RuntimeMissing { .. }
+                | ModelError::RuntimeBroken { .. }
+                | ModelError::ProviderUnavailable { .. } => ExitKind::Usage,
+            },
             OpError::External { .. } | OpError::Internal(_) | OpError::TimedOut { .. } => {
                 ExitKind::Failure
             }
@@ -181,10 +194,7 @@ pub fn warn_if_memory_heavy(what: &str, estimated_bytes: u64) {
 
 /// `{dir}/{stem}{suffix}`, with `dir` defaulting to the input's own folder.
 pub fn sibling_path(input: &Path, out_dir: Option<&Path>, suffix: &str) -> PathBuf {
-    let stem = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
+    let stem = crate::io::names::stem_of(input);
     let name = format!("{stem}{suffix}");
     match out_dir {
         Some(dir) => dir.join(name),

@@ -338,7 +338,7 @@ impl Record {
             },
             verdict: "rejected".into(),
             reasons: vec![format!("unreadable: {error}")],
-            when: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
+            when: crate::io::clock::rfc3339(crate::io::clock::now()),
             ..Record::default()
         }
     }
@@ -438,7 +438,7 @@ pub fn stage(
     let mut record = Record {
         id: id.to_string(),
         source: info,
-        when: crate::daemon::trees::rfc3339(crate::daemon::journal::now()),
+        when: crate::io::clock::rfc3339(crate::io::clock::now()),
         ..Record::default()
     };
     let reject = |mut record: Record, reason: String, ops: Vec<serde_json::Value>| {
@@ -450,7 +450,7 @@ pub fn stage(
             temp: None,
             thumbnail: None,
             phash: None,
-            stem: crate::daemon::round_trip::stem_of(source),
+            stem: crate::io::names::stem_of(source),
             caption_source: None,
         }
     };
@@ -599,7 +599,7 @@ pub fn stage(
             temp: None,
             thumbnail,
             phash: Some(phash),
-            stem: crate::daemon::round_trip::stem_of(source),
+            stem: crate::io::names::stem_of(source),
             caption_source,
         });
     }
@@ -612,7 +612,7 @@ pub fn stage(
         temp: Some(temp),
         thumbnail,
         phash: Some(phash),
-        stem: crate::daemon::round_trip::stem_of(source),
+        stem: crate::io::names::stem_of(source),
         caption_source,
     })
 }
@@ -1094,10 +1094,7 @@ impl DatasetIndex {
                 // it. An image without a sidecar is what an admission interrupted by a crash
                 // left behind: its job runs again and takes the same name over.
                 let taken = |name: &str| {
-                    let stem = Path::new(name)
-                        .file_stem()
-                        .unwrap_or_default()
-                        .to_string_lossy();
+                    let stem = crate::io::names::stem_of(Path::new(name));
                     self.entries.iter().any(|e| e.name == name)
                         || self.images_dir.join(format!("{stem}.json")).exists()
                 };
@@ -1109,10 +1106,7 @@ impl DatasetIndex {
             }
         };
         let image_path = self.images_dir.join(&name);
-        let stem = Path::new(&name)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = crate::io::names::stem_of(Path::new(&name));
         atomic::check_not_cancelled().map_err(|e| OpError::write(&image_path, e))?;
         temp.persist(&image_path)
             .map_err(|e| OpError::write(&image_path, e.error))?;
@@ -1382,7 +1376,7 @@ fn set_aside(source: &Path, failed_dir: &Path, record: &Record) {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
-    let target = crate::daemon::trees::free_name(failed_dir, &name, &token(&record.id));
+    let target = crate::io::names::free_name(failed_dir, &name, &token(&record.id));
     if std::fs::copy(source, &target).is_ok() {
         let sidecar = PathBuf::from(format!("{}.error.json", target.display()));
         let body = serde_json::json!({

@@ -171,19 +171,9 @@ pub fn resolve_model(name_or_path: &str, models_dir: &Path) -> Result<PathBuf, O
     )))
 }
 
-/// A model error as an operation error: a broken model is the model file's fault (exit 65), a
-/// failed run an external failure, a missing runtime a usage problem (exit 64).
-pub fn model_error(e: ModelError) -> OpError {
-    match e {
-        ModelError::Inference { path, reason } => OpError::External { path, reason },
-        ModelError::BadModel { path, reason } => OpError::Mismatch { path, reason },
-        other => OpError::Usage(other.to_string()),
-    }
-}
-
 /// Loads a model with the runtime found on this machine.
 pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpError> {
-    let runtime = onnx::runtime(options.runtime.as_deref()).map_err(model_error)?;
+    let runtime = onnx::runtime(options.runtime.as_deref()).map_err(OpError::from)?;
     let load = onnx::LoadOptions {
         threads: onnx::LoadOptions::threads_or_cores(options.threads),
         provider: options.provider,
@@ -191,7 +181,7 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
         batch: options.batch.max(1),
         expected_scale: None,
     };
-    Model::load(path, runtime, load).map_err(model_error)
+    Model::load(path, runtime, load).map_err(OpError::from)
 }
 
 /// Runs `options.denoise_model` (when set) over `image` at its own size: loaded here, tiled
@@ -207,10 +197,11 @@ pub fn apply_denoise_model(
     let context = recommended_context(&denoiser.name);
     let tile = denoiser
         .tile_side(options.tile, options.memory_budget, context)
-        .map_err(model_error)?;
-    crate::ops::enhance::enhance_image(image, &crate::ops::enhance::Via::Full, &mut |image| {
-        upscale_image(image, &mut denoiser, tile, context, &mut |_, _| {}).map_err(model_error)
-    })
+        .map_err(OpError::from)?;
+    let (width, height) = (image.width(), image.height());
+    let out = upscale_image(&image, &mut denoiser, tile, context, &mut |_, _| {})?;
+    crate::core::resample::resize_lanczos3_owned(out, width, height)
+        .map_err(|e| OpError::Internal(e.to_string()))
 }
 
 /// Upscales a decoded image with a loaded model. Pure apart from the model run.
@@ -356,7 +347,7 @@ pub fn upscale(
         .unwrap_or_else(|| recommended_context(&model.name));
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
-        .map_err(model_error)?;
+        .map_err(OpError::from)?;
     let tiles =
         crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
     let image = apply_denoise_model(
@@ -372,7 +363,7 @@ pub fn upscale(
         options.target,
         progress,
     )
-    .map_err(model_error)?;
+    .map_err(OpError::from)?;
     let result = after_model(result, options.smooth, options.sharpen);
     write_image(&output_path, &result, format, &loaded)?;
     let seconds = started.elapsed().as_secs_f64();

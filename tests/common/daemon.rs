@@ -97,6 +97,7 @@ impl Tree {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        super::with_models(&mut command);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -132,6 +133,7 @@ impl Tree {
     }
 
     pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) takes plain integers; the pid is our own child's.
         assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
     }
 

@@ -40,7 +40,35 @@ pub fn stage(dir: &Path, name: &str) -> PathBuf {
 pub fn darkroom() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_darkroom"));
     cmd.env("RUST_LOG", "warn");
+    with_models(&mut cmd);
     cmd
+}
+
+/// The ONNX Runtime library that `scripts/setup-venv` installed into the checkout's `.venv`.
+pub fn runtime_library() -> Option<PathBuf> {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|python| {
+        let capi = python.path().join("site-packages/onnxruntime/capi");
+        std::fs::read_dir(capi)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so") && !n.contains("providers"))
+            })
+    })
+}
+
+/// Points `command` at the checkout's ONNX Runtime and the shared models, as a user's
+/// environment (`ORT_DYLIB_PATH`, `DARKROOM_MODELS`) would: the binary itself knows
+/// nothing of the build machine's folders.
+pub fn with_models(command: &mut Command) -> &mut Command {
+    if let Some(library) = runtime_library() {
+        command.env("ORT_DYLIB_PATH", library);
+    }
+    command.env("DARKROOM_MODELS", shared_dir().join("models"))
 }
 
 /// Runs darkroom with `args` in `dir` and asserts success.
