@@ -81,7 +81,7 @@ fn the_round_trip_pairs_returns_by_name_suffix_job_id_and_content() {
         assert_eq!(meta["proxy"]["geometry"]["scaled_height"], 384);
         assert_eq!(
             meta["source"]["sha256"],
-            darkroom::io::decode::sha256_hex(
+            darkroom::io::hash::sha256_hex(
                 &std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap()
             )
         );
@@ -413,6 +413,83 @@ fn systemd_notify_ready_watchdog_status_reload_and_stopping() {
     tree.signal(libc::SIGTERM);
     receive_all(&socket, |m| m.iter().any(|s| s.contains("STOPPING=1")));
     assert_eq!(tree.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn the_watchdog_keeps_being_pinged_while_large_files_are_hashed() {
+    let mut tree = Tree::new(&config_text("", ""));
+    let socket_path = tree.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    tree.start_with_env(&[
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "2000000"),
+    ]);
+    receive_all(&socket, |m| m.iter().any(|s| s.contains("READY=1")));
+    // Five 500 MB files, made beside the inbox and moved in at once.
+    let staging = tree.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..5u8 {
+        let mut file = std::fs::File::create(staging.join(format!("big{i}.png"))).unwrap();
+        for (n, b) in block.iter_mut().enumerate() {
+            *b = (n as u8).wrapping_mul(31).wrapping_add(i);
+        }
+        for _ in 0..500 {
+            file.write_all(&block).unwrap();
+        }
+    }
+    let inbox = tree.inbox();
+    for i in 0..5 {
+        let name = format!("big{i}.png");
+        std::fs::rename(staging.join(&name), inbox.join(&name)).unwrap();
+    }
+    let started = Instant::now();
+    let mut pings = vec![started];
+    let mut buffer = [0u8; 4096];
+    let claimed = |log: &str| log.matches("claimed").count();
+    while claimed(&tree.log()) < 5 || started.elapsed() < Duration::from_secs(3) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{}",
+            tree.log()
+        );
+        if let Ok(n) = socket.recv(&mut buffer) {
+            if String::from_utf8_lossy(&buffer[..n]).contains("WATCHDOG=1") {
+                pings.push(Instant::now());
+            }
+        }
+    }
+    let longest = pings
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest <= Duration::from_millis(1500),
+        "the longest gap between watchdog pings was {longest:?} ({} pings)",
+        pings.len()
+    );
+    let log = tree.log();
+    for i in 0..5 {
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.contains("claimed") && l.contains(&format!("big{i}.png")))
+                .count(),
+            1,
+            "{log}"
+        );
+    }
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+    // The 2.5 GB go with the tree's folder; removed now rather than at the end of the run.
+    for dir in [tree.inbox(), tree.path("var/failed/photos")] {
+        for file in files_in(&dir) {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! A synthetic grade (tone curve + saturation) applied to the proxy and merged must come
 //! close to the same grade applied at full resolution. The floors are documented in the
-//! README ("Fidelity of the additive merge").
+//! docs/guided-merge.md ("Fidelity of the additive merge").
 
 mod common;
 

@@ -141,10 +141,7 @@ fn metadata_records_geometry_and_hash() {
     );
     assert_eq!((meta.geometry.pad_left, meta.geometry.pad_top), (0, 384));
     let bytes = std::fs::read(testdata("panorama_4032x1008_4to1.jpg")).unwrap();
-    assert_eq!(
-        meta.original.sha256,
-        darkroom::io::decode::sha256_hex(&bytes)
-    );
+    assert_eq!(meta.original.sha256, darkroom::io::hash::sha256_hex(&bytes));
 }
 
 #[test]

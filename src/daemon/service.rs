@@ -8,7 +8,7 @@
 
 use crate::core::signature::Signature;
 use crate::daemon::config::{self, Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
-use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
+use crate::daemon::intake::{Claim, FileStat, Intake, Role, WatchRoot};
 use crate::daemon::journal::{FileIdentity, Job, Journal, Kind, State};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::normalise_job::{self, NormaliseWork, Normalised};
@@ -22,9 +22,7 @@ use crate::io::{clock, names};
 use crate::ops::OpError;
 use anyhow::Context;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -41,11 +39,63 @@ enum Event {
         job_id: i64,
         outcome: Box<Outcome>,
     },
+    /// The hashing thread read a claimed file through: its content hash, or why not.
+    Hashed {
+        claim: Claim,
+        sha256: Hashed,
+    },
     /// The model lane loaded a model and measured its scale (or could not).
     ModelScale {
         model: PathBuf,
         scale: Result<u32, String>,
     },
+}
+
+/// What the hashing thread found for a claimed file.
+enum Hashed {
+    Sha256(String),
+    /// The file changed while it was read: the intake waits for it to settle again.
+    Changed,
+    Unreadable(std::io::Error),
+}
+
+/// Hashes claimed files on a thread of its own, so that the main loop (which also pings the
+/// systemd watchdog) never waits on reading a large file. Files are hashed one at a time,
+/// in claim order.
+fn spawn_hasher(events: &Sender<Event>) -> Sender<Claim> {
+    let (requests, claims) = mpsc::channel::<Claim>();
+    let events = events.clone();
+    std::thread::Builder::new()
+        .name("hasher".into())
+        .spawn(move || {
+            for claim in claims {
+                let sha256 = match crate::io::hash::sha256_file(&claim.path) {
+                    Err(e) => Hashed::Unreadable(e),
+                    Ok(sha256) => {
+                        let now = std::fs::metadata(&claim.path).map(|m| FileStat::of(&m));
+                        match now {
+                            Ok(stat) if stat == claim.stat => Hashed::Sha256(sha256),
+                            Ok(_) => Hashed::Changed,
+                            Err(e) => Hashed::Unreadable(e),
+                        }
+                    }
+                };
+                if events.send(Event::Hashed { claim, sha256 }).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the hashing thread");
+    requests
+}
+
+/// The journal's kind for a file found in a folder of `role`: an inbox gives originals, the
+/// exchange returns.
+fn kind_of(role: Role) -> Kind {
+    match role {
+        Role::Inbox => Kind::Split,
+        Role::ExchangeIn => Kind::Merge,
+    }
 }
 
 /// What the daemon knows of a model's scale (it names upscale outputs `{stem}_x{scale}_...`).
@@ -116,25 +166,6 @@ fn job_list(ids: impl Iterator<Item = i64>) -> String {
     text
 }
 
-/// Streams a file through SHA-256.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 struct Daemon {
     config: Arc<Config>,
     trees: Trees,
@@ -161,6 +192,9 @@ struct Daemon {
     emptied_folders: std::collections::HashSet<PathBuf>,
     /// Model scales measured by the lane, by model path (cleared on reload).
     model_scales: HashMap<PathBuf, ScaleKnown>,
+    /// Claimed files go to the hashing thread; their paths while they are there.
+    hasher: Sender<Claim>,
+    hashing: std::collections::HashSet<PathBuf>,
 }
 
 /// Creates every folder the config names.
@@ -344,6 +378,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let (work, work_queue) = spawn_workers(config.daemon.workers, &events, &lane);
     let workers_spawned = config.daemon.workers;
     let intake = start_intake(&config, &events)?;
+    let hasher = spawn_hasher(&events);
     let mut daemon = Daemon {
         config,
         trees,
@@ -364,6 +399,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         orphans_warned: Default::default(),
         emptied_folders: Default::default(),
         model_scales: HashMap::new(),
+        hasher,
+        hashing: Default::default(),
     };
     daemon.recover()?;
     daemon.claim_ready();
@@ -447,6 +484,7 @@ impl Daemon {
                 match event {
                     Event::Fs(event) => self.intake.on_event(event),
                     Event::Finished { job_id, outcome } => self.finish(job_id, *outcome),
+                    Event::Hashed { claim, sha256 } => self.hashed(claim, sha256),
                     Event::ModelScale { model, scale } => self.learn_scale(model, scale),
                     Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => self.reload(),
                     Event::Signal(signal) => {
@@ -622,36 +660,83 @@ impl Daemon {
         }));
     }
 
-    /// Claims files the intake finds ready and records each as a queued job.
+    /// Sends files the intake finds ready to the hashing thread; [`Daemon::hashed`] records
+    /// each as a queued job.
     fn claim_ready(&mut self) {
         for claim in self.intake.poll() {
-            if let Err(e) = self.claim(&claim) {
-                // Unreadable now (permissions, a flaky mount): looked at again later, with
-                // the jobs' backoff, capped at a minute; nothing is forgotten.
-                let delay = self
-                    .config
-                    .daemon
-                    .retry_backoff
-                    .saturating_mul(1 << claim.failures.min(8))
-                    .min(Duration::from_secs(60));
-                tracing::warn!(
-                    file = %claim.path.display(),
-                    error = format!("{e:#}"),
-                    failures = claim.failures + 1,
-                    retry_in_seconds = format!("{:.1}", delay.as_secs_f64()),
-                    "cannot claim file; it will be retried"
-                );
-                self.intake.retry_claim(claim, delay);
+            if self.hashing.contains(&claim.path) {
+                // Its earlier version is still being read: looked at again shortly.
+                self.intake.retry_claim(claim, Duration::from_millis(250));
+                continue;
+            }
+            let root = &self.intake.roots()[claim.root];
+            let known = self.journal.knows_stat(
+                &root.rule,
+                kind_of(root.role),
+                &claim.path,
+                claim.stat.size,
+                claim.stat.mtime_ns,
+            );
+            match known {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.hashing.insert(claim.path.clone());
+                    if let Err(mpsc::SendError(claim)) = self.hasher.send(claim) {
+                        self.hashing.remove(&claim.path);
+                        tracing::error!(file = %claim.path.display(), "the hashing thread is gone");
+                    }
+                }
+                Err(e) => self.claim_failed(claim, &anyhow::Error::from(e)),
             }
         }
     }
 
-    fn claim(&mut self, claim: &Claim) -> anyhow::Result<()> {
+    /// Unreadable now (permissions, a flaky mount): looked at again later, with the jobs'
+    /// backoff, capped at a minute; nothing is forgotten.
+    fn claim_failed(&mut self, claim: Claim, error: &anyhow::Error) {
+        let delay = self
+            .config
+            .daemon
+            .retry_backoff
+            .saturating_mul(1 << claim.failures.min(8))
+            .min(Duration::from_secs(60));
+        tracing::warn!(
+            file = %claim.path.display(),
+            error = format!("{error:#}"),
+            failures = claim.failures + 1,
+            retry_in_seconds = format!("{:.1}", delay.as_secs_f64()),
+            "cannot claim file; it will be retried"
+        );
+        self.intake.retry_claim(claim, delay);
+    }
+
+    /// A claimed file came back from the hashing thread.
+    fn hashed(&mut self, claim: Claim, sha256: Hashed) {
+        self.hashing.remove(&claim.path);
+        let still_watched = self
+            .intake
+            .roots()
+            .get(claim.root)
+            .is_some_and(|root| claim.path.starts_with(&root.dir));
+        if !still_watched {
+            // The config was reloaded meanwhile: the file is looked at under the new rules.
+            self.intake.recheck(&claim.path);
+            return;
+        }
+        match sha256 {
+            Hashed::Sha256(sha256) => {
+                if let Err(e) = self.claim(&claim, sha256) {
+                    self.claim_failed(claim, &e);
+                }
+            }
+            Hashed::Changed => self.intake.recheck(&claim.path),
+            Hashed::Unreadable(e) => self.claim_failed(claim, &anyhow::Error::from(e)),
+        }
+    }
+
+    fn claim(&mut self, claim: &Claim, sha256: String) -> anyhow::Result<()> {
         let root = &self.intake.roots()[claim.root];
-        let kind = match root.role {
-            Role::Inbox => Kind::Split,
-            Role::ExchangeIn => Kind::Merge,
-        };
+        let kind = kind_of(root.role);
         let rule = root.rule.clone();
         if self.journal.knows_stat(
             &rule,
@@ -662,7 +747,6 @@ impl Daemon {
         )? {
             return Ok(());
         }
-        let sha256 = sha256_file(&claim.path)?;
         let identity = FileIdentity {
             path: claim.path.clone(),
             size: claim.stat.size,

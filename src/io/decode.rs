@@ -8,8 +8,8 @@
 
 use super::jpeg_reduced;
 use crate::core::quality::Luma;
+use crate::io::hash::sha256_hex;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
-use sha2::{Digest, Sha256};
 use std::io::{Cursor, Read};
 use std::path::Path;
 
@@ -124,12 +124,6 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, DecodeError> {
         return Err(DecodeError::Empty);
     }
     Ok(bytes)
-}
-
-/// Hex SHA-256 of a byte slice.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sniffs the format of `bytes`, accepting only the formats darkroom reads.

@@ -388,7 +388,7 @@ impl Model {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-        let sha256 = crate::io::decode::sha256_hex(&bytes);
+        let sha256 = crate::io::hash::sha256_hex(&bytes);
         let (session, provider_name) =
             build_session(path, &bytes, runtime, options.threads, options.provider)?;
         let (input, output) = match (session.inputs(), session.outputs()) {

@@ -604,7 +604,7 @@ pub fn stage(
         });
     }
     let bytes = encode(&final_image, options)?;
-    record.output_sha256 = Some(decode::sha256_hex(&bytes));
+    record.output_sha256 = Some(crate::io::hash::sha256_hex(&bytes));
     let temp = write_temp(images_dir, &bytes).map_err(|e| OpError::write(images_dir, e))?;
     record.verdict = "accepted".into();
     Ok(Staged {
@@ -1239,7 +1239,7 @@ fn sanitize(name: &str) -> String {
 
 /// A file-name-safe token of an id.
 fn token(id: &str) -> String {
-    let digest = decode::sha256_hex(id.as_bytes());
+    let digest = crate::io::hash::sha256_hex(id.as_bytes());
     digest[..12].to_string()
 }
 

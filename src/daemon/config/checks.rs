@@ -1,0 +1,73 @@
+//! Checks across rules: folders that overlap each other or darkroom's own trees.
+
+use super::*;
+
+/// Checks what only makes sense across rules: unique names, folders that do not overlap.
+pub(super) fn check_rules_together(
+    rules: &[Rule],
+    daemon: &DaemonSettings,
+    problems: &mut Problems,
+) {
+    let managed = [
+        daemon.root.join("processed"),
+        daemon.root.join("metadata"),
+        daemon.root.join("failed"),
+        daemon.state_dir.clone(),
+    ];
+    let mut watched: Vec<(String, PathBuf)> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let label = format!("rule[{index}] '{}'", rule.name);
+        if rules[..index].iter().any(|r| r.name == rule.name) {
+            problems.push(format!("{label}.name"), None, "two rules share this name");
+        }
+        let mut folders = vec![("watch", rule.watch.clone())];
+        if let Recipe::SplitToProxy(options) = &rule.recipe {
+            {
+                folders.push(("exchange_in", options.exchange_in.clone()));
+                if options.exchange_out == options.exchange_in {
+                    problems.push(
+                        format!("{label}.exchange_out"),
+                        None,
+                        "exchange_out and exchange_in must be different folders, or darkroom would pair its own proxies",
+                    );
+                }
+                if inside(&options.exchange_out, &rule.watch) {
+                    problems.push(
+                        format!("{label}.exchange_out"),
+                        None,
+                        "must not be inside the watched folder",
+                    );
+                }
+            }
+        }
+        for (key, folder) in folders {
+            for m in &managed {
+                if inside(&folder, m) || inside(m, &folder) {
+                    problems.push(
+                        format!("{label}.{key}"),
+                        None,
+                        format!(
+                            "{} overlaps darkroom's own tree {}; watch a folder outside it",
+                            folder.display(),
+                            m.display()
+                        ),
+                    );
+                }
+            }
+            for (other_label, other) in &watched {
+                if inside(&folder, other) || inside(other, &folder) {
+                    problems.push(
+                        format!("{label}.{key}"),
+                        None,
+                        format!(
+                            "{} overlaps {} of {other_label}; each watched folder belongs to one rule",
+                            folder.display(),
+                            other.display()
+                        ),
+                    );
+                }
+            }
+            watched.push((format!("{label}.{key}"), folder));
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! `[daemon]`, `[runtime]` and `[models.<name>]`: the daemon's own settings and the model tables.
+
+use super::*;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRuntime {
+    pub(super) onnxruntime: Option<PathBuf>,
+    pub(super) threads: Option<usize>,
+    pub(super) provider: Option<String>,
+    pub(super) memory_budget_mib: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    pub(super) path: PathBuf,
+    pub(super) tile: Option<toml::Value>,
+    pub(super) context: Option<u32>,
+    #[serde(default)]
+    pub(super) domains: Vec<String>,
+    pub(super) scale: Option<u32>,
+    pub(super) input_range: Option<String>,
+    pub(super) batch: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub(super) root: Option<PathBuf>,
+    pub(super) state_dir: Option<PathBuf>,
+    pub(super) log_dir: Option<PathBuf>,
+    pub(super) log_level: Option<String>,
+    pub(super) workers: Option<usize>,
+    pub(super) stability_window: Option<toml::Value>,
+    pub(super) incomplete_grace: Option<toml::Value>,
+    pub(super) shutdown_timeout: Option<toml::Value>,
+    pub(super) max_attempts: Option<u32>,
+    pub(super) retry_backoff: Option<toml::Value>,
+    pub(super) job_timeout: Option<toml::Value>,
+    pub(super) limits: Option<RawLimits>,
+}
+
+pub(super) const DAEMON_KEYS: &[&str] = &[
+    "root",
+    "state_dir",
+    "log_dir",
+    "log_level",
+    "workers",
+    "stability_window",
+    "incomplete_grace",
+    "shutdown_timeout",
+    "max_attempts",
+    "retry_backoff",
+    "job_timeout",
+    "limits",
+];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) max_megapixels: Option<u64>,
+    pub(super) max_file_mib: Option<u64>,
+    pub(super) max_alloc_mib: Option<u64>,
+    pub(super) max_side: Option<u32>,
+}
+
+pub(super) fn resolve_daemon(
+    table: Option<toml::Spanned<toml::Table>>,
+    base: &Path,
+    problems: &mut Problems,
+) -> DaemonSettings {
+    let (raw, line) = match table {
+        None => (RawDaemon::default(), 1),
+        Some(spanned) => {
+            let line = problems.line_of(spanned.span().start);
+            let mut table = spanned.into_inner();
+            reject_unknown_keys(&mut table, DAEMON_KEYS, "daemon", line, problems);
+            match toml::Value::Table(table).try_into::<RawDaemon>() {
+                Ok(raw) => (raw, line),
+                Err(e) => {
+                    problems.push("daemon", Some(line), e.message().trim().to_string());
+                    (RawDaemon::default(), line)
+                }
+            }
+        }
+    };
+    let root = resolve_path(base, raw.root.as_deref().unwrap_or(Path::new("var")));
+    let state_dir = raw
+        .state_dir
+        .map(|p| resolve_path(base, &p))
+        .unwrap_or_else(|| root.join("state"));
+    let log_dir = raw
+        .log_dir
+        .map(|p| resolve_path(base, &p))
+        .unwrap_or_else(|| root.join("metadata").join("logs"));
+    let log_level = raw.log_level.unwrap_or_else(|| "info".into());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        problems.push(
+            "daemon.log_level",
+            Some(line),
+            format!("'{log_level}' is not a log level: use error, warn, info, debug or trace"),
+        );
+    }
+    let workers = raw.workers.unwrap_or(1);
+    if workers == 0 || workers > 64 {
+        problems.push("daemon.workers", Some(line), "must be between 1 and 64");
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(5);
+    if max_attempts == 0 {
+        problems.push("daemon.max_attempts", Some(line), "must be at least 1");
+    }
+    let stability_window = duration_or(
+        raw.stability_window,
+        Duration::from_secs(2),
+        "daemon.stability_window".into(),
+        line,
+        problems,
+    );
+    let incomplete_grace = duration_or(
+        raw.incomplete_grace,
+        DEFAULT_INCOMPLETE_GRACE,
+        "daemon.incomplete_grace".into(),
+        line,
+        problems,
+    );
+    if incomplete_grace <= stability_window {
+        problems.push(
+            "daemon.incomplete_grace",
+            Some(line),
+            format!(
+                "must be longer than stability_window ({}): a file that reads as truncated is \
+                 watched that long for a writer still appending to it",
+                format_duration(stability_window)
+            ),
+        );
+    }
+    let shutdown_timeout = duration_or(
+        raw.shutdown_timeout,
+        Duration::from_secs(30),
+        "daemon.shutdown_timeout".into(),
+        line,
+        problems,
+    );
+    let job_timeout = duration_or(
+        raw.job_timeout,
+        Duration::from_secs(30 * 60),
+        "daemon.job_timeout".into(),
+        line,
+        problems,
+    );
+    let retry_backoff = duration_or(
+        raw.retry_backoff,
+        Duration::from_secs(5),
+        "daemon.retry_backoff".into(),
+        line,
+        problems,
+    );
+    let mut limits = DecodeLimits::default();
+    if let Some(raw_limits) = raw.limits {
+        if let Some(mp) = raw_limits.max_megapixels {
+            limits.max_pixels = mp.saturating_mul(1_000_000);
+        }
+        if let Some(mib) = raw_limits.max_file_mib {
+            limits.max_file_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(mib) = raw_limits.max_alloc_mib {
+            limits.max_alloc_bytes = mib.saturating_mul(1 << 20);
+        }
+        if let Some(side) = raw_limits.max_side {
+            limits.max_side = side;
+        }
+        if limits.max_pixels == 0 || limits.max_file_bytes == 0 || limits.max_alloc_bytes == 0 {
+            problems.push("daemon.limits", Some(line), "limits must be above zero");
+        }
+    }
+    DaemonSettings {
+        root,
+        state_dir,
+        log_dir,
+        log_level,
+        workers: workers.clamp(1, 64),
+        stability_window,
+        incomplete_grace,
+        shutdown_timeout,
+        max_attempts: max_attempts.max(1),
+        retry_backoff,
+        job_timeout,
+        limits,
+    }
+}
+
+pub(super) fn resolve_runtime(
+    table: Option<toml::Spanned<toml::Table>>,
+    base: &Path,
+    problems: &mut Problems,
+) -> RuntimeSettings {
+    let Some(spanned) = table else {
+        return RuntimeSettings::default();
+    };
+    let line = problems.line_of(spanned.span().start);
+    let mut table = spanned.into_inner();
+    reject_unknown_keys(
+        &mut table,
+        &["onnxruntime", "threads", "provider", "memory_budget_mib"],
+        "runtime",
+        line,
+        problems,
+    );
+    let raw: RawRuntime = toml::Value::Table(table).try_into().unwrap_or_else(|e| {
+        problems.push("runtime", Some(line), e.message().trim().to_string());
+        RawRuntime::default()
+    });
+    let provider = raw
+        .provider
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()
+        .unwrap_or_else(|e: String| {
+            problems.push("runtime.provider", Some(line), e);
+            crate::io::onnx::Provider::Auto
+        });
+    RuntimeSettings {
+        onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
+        threads: raw.threads.unwrap_or(0),
+        provider,
+        memory_budget: raw.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
+    }
+}
+
+pub(super) fn resolve_models(
+    tables: std::collections::BTreeMap<String, toml::Spanned<toml::Table>>,
+    base: &Path,
+    problems: &mut Problems,
+) -> std::collections::BTreeMap<String, ModelSpec> {
+    let mut models = std::collections::BTreeMap::new();
+    for (name, spanned) in tables {
+        let line = problems.line_of(spanned.span().start);
+        let label = format!("models.{name}");
+        let mut table = spanned.into_inner();
+        reject_unknown_keys(
+            &mut table,
+            &[
+                "path",
+                "tile",
+                "context",
+                "domains",
+                "scale",
+                "input_range",
+                "batch",
+            ],
+            &label,
+            line,
+            problems,
+        );
+        let raw: RawModel = match toml::Value::Table(table).try_into() {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(label, Some(line), e.message().trim().to_string());
+                continue;
+            }
+        };
+        let path = resolve_path(base, &raw.path);
+        if !path.is_file() {
+            problems.push(
+                format!("{label}.path"),
+                Some(line),
+                format!("{} is not a file", path.display()),
+            );
+        }
+        let stem = crate::io::names::stem_of(&path);
+        let tile = match &raw.tile {
+            None => crate::core::tiling::TileSize::default(),
+            Some(toml::Value::Integer(side)) if (0..=65_535).contains(side) => {
+                crate::core::tiling::TileSize::Fixed(*side as u32)
+            }
+            Some(toml::Value::String(text)) if text.trim().eq_ignore_ascii_case("auto") => {
+                crate::core::tiling::TileSize::Auto
+            }
+            Some(other) => {
+                problems.push(
+                    format!("{label}.tile"),
+                    Some(line),
+                    format!("{other:?}: a side in pixels (0 = whole image) or \"auto\""),
+                );
+                crate::core::tiling::TileSize::default()
+            }
+        };
+        let range = match raw.input_range.as_deref().map(str::parse) {
+            None => crate::io::onnx::ValueRange::Unit,
+            Some(Ok(range)) => range,
+            Some(Err(e)) => {
+                problems.push(format!("{label}.input_range"), Some(line), e);
+                crate::io::onnx::ValueRange::Unit
+            }
+        };
+        if raw.scale.is_some_and(|s| !(1..=16).contains(&s)) {
+            problems.push(
+                format!("{label}.scale"),
+                Some(line),
+                "must be 1 to 16 (or left out: the scale is then measured)".to_string(),
+            );
+        }
+        if raw.batch.is_some_and(|b| !(1..=64).contains(&b)) {
+            problems.push(
+                format!("{label}.batch"),
+                Some(line),
+                "must be 1 to 64 tiles per run".to_string(),
+            );
+        }
+        models.insert(
+            name.clone(),
+            ModelSpec {
+                name,
+                context: raw
+                    .context
+                    .unwrap_or_else(|| crate::ops::upscale::recommended_context(&stem)),
+                path,
+                tile,
+                domains: raw.domains,
+                scale: raw.scale,
+                range,
+                batch: raw.batch.unwrap_or(1),
+            },
+        );
+    }
+    models
+}

@@ -1,0 +1,225 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, Path::new("/etc/darkroom/darkroom.toml"))
+}
+
+#[test]
+fn merge_method_is_checked_and_an_external_delta_upscaler_means_additive() {
+    let rule =
+        |extra: &str| format!("[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n{extra}\n");
+    let method = |config: &Config| match &config.rules[0].recipe {
+        Recipe::SplitToProxy(o) => o.merge_method.name(),
+        _ => unreachable!(),
+    };
+    let config = parse(&rule("upscale_method = \"cmd(tool -i %i -o %o)\"")).unwrap();
+    assert_eq!(method(&config), "additive");
+    let config = parse(&rule("merge_method = \"additive\"")).unwrap();
+    assert_eq!(method(&config), "additive");
+    let errors = parse(&rule(
+        "merge_method = \"guided\"\nupscale_method = \"cmd(tool -i %i -o %o)\"",
+    ))
+    .unwrap_err();
+    assert!(
+        errors.to_string().contains("rule[0] 'p'.merge_method"),
+        "{errors}"
+    );
+    let errors = parse(&rule("merge_method = \"bilateral\"")).unwrap_err();
+    assert!(errors.to_string().contains("use additive"), "{errors}");
+}
+
+#[test]
+fn enhance_rules_check_via_and_its_proxy_keys() {
+    let models = format!(
+        "[models.photo]\npath = \"{}/../shared/models/waifu2x-upconv7-photo-x2.onnx\"\n\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let rule = |extra: &str| {
+        format!(
+            "{models}[[rule]]\nname = \"e\"\nrecipe = \"enhance\"\nmodel = \"photo\"\n{extra}\n"
+        )
+    };
+    let config = parse(&rule("via = \"proxy\"\nsize = \"50%\"")).unwrap();
+    assert_eq!(config.rules[0].recipe.name(), "enhance");
+    let Recipe::Upscale(u) = &config.rules[0].recipe else {
+        unreachable!()
+    };
+    assert_eq!(u.enhance.map(|v| v.name()), Some("proxy"));
+    let errors = parse(&rule("via = \"sideways\"\nsize = \"50%\"\npasses = 2")).unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("rule[0] 'e'.via"), "{text}");
+    assert!(
+        text.contains("passes"),
+        "passes is not an enhance key: {text}"
+    );
+    let errors = parse(&rule("size = \"50%\"")).unwrap_err();
+    assert!(
+        errors.to_string().contains("rule[0] 'e'.size"),
+        "size without via proxy: {errors}"
+    );
+}
+
+#[test]
+fn correction_keys_parse_for_model_rules_and_report_bad_values() {
+    let models = format!(
+        "[models.photo]\npath = \"{}/../shared/models/waifu2x-upconv7-photo-x2.onnx\"\n\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let rule = |recipe: &str, extra: &str| {
+        format!(
+            "{models}[[rule]]\nname = \"m\"\nrecipe = \"{recipe}\"\nmodel = \"photo\"\n{extra}\n"
+        )
+    };
+    let good = "white_balance = \"gray-world\"\nexposure = \"auto\"\ndeblock = true\ndenoise = \"bilateral:2,20\"\nsmooth = \"median:1\"";
+    for recipe in ["upscale", "enhance"] {
+        let config = parse(&rule(recipe, good)).unwrap();
+        let Recipe::Upscale(u) = &config.rules[0].recipe else {
+            unreachable!()
+        };
+        assert!(u.pre.white_balance && u.pre.deblock, "{recipe}");
+        assert_eq!(
+            u.pre.exposure,
+            Some(crate::core::corrections::Exposure::Auto)
+        );
+        assert!(u.pre.denoise.is_some() && u.smooth.is_some(), "{recipe}");
+    }
+    let errors = parse(&rule(
+        "upscale",
+        "white_balance = \"daylight\"\nexposure = \"bright\"\ndenoise = \"nlm\"\nsmooth = \"median:9\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    for key in ["white_balance", "exposure", "denoise", "smooth"] {
+        assert!(
+            errors.contains(&format!("rule[0] 'm'.{key}")),
+            "{key}: {errors}"
+        );
+    }
+}
+
+#[test]
+fn model_tables_take_auto_tiles_batches_ranges_and_a_scale() {
+    let path = format!(
+        "{}/../shared/models/waifu2x-upconv7-photo-x2.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let config = parse(&format!(
+        "[runtime]\nmemory_budget_mib = 2048\n\n[models.photo]\npath = \"{path}\"\ntile = \"auto\"\nbatch = 4\ninput_range = \"-1..1\"\nscale = 2\n\n[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n"
+    ))
+    .unwrap();
+    let spec = &config.models["photo"];
+    assert_eq!(spec.tile, crate::core::tiling::TileSize::Auto);
+    assert_eq!((spec.batch, spec.scale), (4, Some(2)));
+    assert_eq!(spec.range, crate::io::onnx::ValueRange::Signed);
+    assert_eq!(config.runtime.memory_budget, Some(2 << 30));
+    let errors = parse(&format!(
+        "[models.photo]\npath = \"{path}\"\ntile = \"big\"\nbatch = 0\ninput_range = \"0..2\"\nscale = 0\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for key in ["tile", "batch", "input_range", "scale"] {
+        assert!(
+            errors.contains(&format!("models.photo.{key}")),
+            "{key}: {errors}"
+        );
+    }
+    // Every key that names a model table says which names exist.
+    let errors = parse(&format!(
+        "[models.photo]\npath = \"{path}\"\n\n[[rule]]\nname = \"u\"\nrecipe = \"upscale\"\nmodel = \"phot\"\ndenoise_model = \"clean\"\n\n[[rule]]\nname = \"n\"\nrecipe = \"normalise\"\nupscale_model = \"big\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    for (key, name) in [
+        ("'u'.model", "phot"),
+        ("'u'.denoise_model", "clean"),
+        ("'n'.upscale_model", "big"),
+    ] {
+        assert!(
+            errors.contains(key)
+                && errors.contains(&format!("no [models.{name}] table; models: photo")),
+            "{key}: {errors}"
+        );
+    }
+}
+
+#[test]
+fn a_minimal_rule_gets_the_documented_defaults() {
+    let config = parse("[[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\n").unwrap();
+    assert_eq!(config.daemon.root, Path::new("/etc/darkroom/var"));
+    assert_eq!(config.daemon.stability_window, Duration::from_secs(2));
+    let rule = &config.rules[0];
+    assert_eq!(rule.watch, Path::new("/etc/darkroom/var/inbox/photos"));
+    assert_eq!(rule.originals, OriginalsPolicy::Move);
+    let Recipe::SplitToProxy(options) = &rule.recipe else {
+        panic!("split-to-proxy expected");
+    };
+    assert_eq!(options.size, Target::pixels(1024, 1024));
+    assert_eq!(
+        options.exchange_in,
+        Path::new("/etc/darkroom/var/exchange/in/photos")
+    );
+    assert_eq!(options.merge_method.name(), "guided");
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_keys_and_lines() {
+    let text = "[daemon]\nworkers = 0\nstability_window = \"2 parsecs\"\n\n[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nsise = \"1024x1024\"\ndelta_depth = 12\n\n[[rule]]\nname = \"b\"\nrecipe = \"split-to-prxy\"\n";
+    let errors = parse(text).unwrap_err().errors;
+    let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 5, "{rendered:#?}");
+    assert!(
+        rendered[0].starts_with("line 1: daemon.workers"),
+        "{rendered:#?}"
+    );
+    assert!(rendered[1].contains("daemon.stability_window") && rendered[1].contains("parsecs"));
+    assert!(
+        rendered[2].contains("line 5: rule[0] 'a'.sise")
+            && rendered[2].contains("did you mean `size`")
+    );
+    assert!(rendered[3].contains("rule[0] 'a'.delta_depth"));
+    assert!(
+        rendered[4].contains("line 11: rule[1] 'b'.recipe")
+            && rendered[4].contains("did you mean `split-to-proxy`")
+    );
+}
+
+#[test]
+fn toml_syntax_errors_carry_their_line() {
+    let errors = parse("[daemon]\nworkers = \n").unwrap_err().errors;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].line, Some(2), "{}", errors[0]);
+}
+
+#[test]
+fn overlapping_folders_are_refused() {
+    let text = "[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nwatch = \"in\"\n[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nwatch = \"in/sub\"\n";
+    let errors = parse(text).unwrap_err().errors;
+    let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        rendered.iter().any(|e| e.contains("two rules share")),
+        "{rendered:#?}"
+    );
+    assert!(
+        rendered.iter().any(|e| e.contains("overlaps")),
+        "{rendered:#?}"
+    );
+}
+
+#[test]
+fn durations_accept_units_and_bare_seconds() {
+    let d = |v: toml::Value| parse_duration(&v).unwrap();
+    assert_eq!(d("500ms".into()), Duration::from_millis(500));
+    assert_eq!(d("1.5s".into()), Duration::from_millis(1500));
+    assert_eq!(d("10m".into()), Duration::from_secs(600));
+    assert_eq!(d("24h".into()), Duration::from_secs(86400));
+    assert_eq!(d(toml::Value::Integer(3)), Duration::from_secs(3));
+    assert!(parse_duration(&"-1s".into()).is_err());
+}
+
+#[test]
+fn sizes_in_pixels_square_or_percent() {
+    assert_eq!(parse_size("1024x768").unwrap(), Target::pixels(1024, 768));
+    assert_eq!(parse_size("512").unwrap(), Target::pixels(512, 512));
+    assert!(parse_size("25%").is_ok());
+    assert!(parse_size("big").is_err());
+}
