@@ -714,13 +714,49 @@ fn check_config_reports_every_problem_and_accepts_the_shipped_example() {
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("4 problems"), "{stderr}");
+    // Each problem at the line of its own key.
     for needle in [
-        "line 1: daemon.bogus",
-        "line 1: daemon.workers",
-        "line 5: rule[0] 'photos'.size",
-        "rule[0] 'photos'.upscale_method",
+        "line 3: daemon.bogus",
+        "line 2: daemon.workers",
+        "line 8: rule[0] 'photos'.size",
+        "line 9: rule[0] 'photos'.upscale_method",
     ] {
         assert!(stderr.contains(needle), "missing {needle}:\n{stderr}");
+    }
+
+    // The shipped example with an unknown table, a value of the wrong type and a bad size:
+    // all three in one run, none hiding another.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/darkroom.toml"),
+    )
+    .unwrap();
+    let broken = format!("no_such_table = 1\n{example}")
+        .replacen("workers = 1 ", "workers = -3 ", 1)
+        .replacen("size = \"1024x1024\" ", "size = \"banana\" ", 1);
+    assert!(broken.contains("workers = -3") && broken.contains("\"banana\""));
+    let config = tree.path("broken.toml");
+    std::fs::write(&config, &broken).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))
+        .args(["check-config"])
+        .arg(&config)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line_of = |needle: &str| broken.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for needle in [
+        "line 1: no_such_table: unknown table".to_string(),
+        format!(
+            "line {}: daemon.workers: invalid value",
+            line_of("workers = -3")
+        ),
+        format!(
+            "line {}: rule[0] 'photos'.size: 'banana'",
+            line_of("\"banana\"")
+        ),
+    ] {
+        assert!(stderr.contains(&needle), "missing {needle}:\n{stderr}");
     }
     // serve refuses the same file with the same report and exit code.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkroom"))

@@ -1572,34 +1572,6 @@ pub struct NormaliseSettings {
     pub duplicate_distance: Option<Limit>,
 }
 
-/// The rule keys (and flags) of the recipe.
-pub const NORMALISE_KEYS: &[&str] = &[
-    "preset",
-    "mode",
-    "filter",
-    "linear_light",
-    "alpha",
-    "background",
-    "pad_colour",
-    "white_balance",
-    "contrast_stretch",
-    "clahe",
-    "saturation",
-    "vibrance",
-    "denoise",
-    "sharpen",
-    "format",
-    "quality",
-    "naming",
-    "name_template",
-    "caption_template",
-    "min_sharpness",
-    "max_noise",
-    "max_blockiness",
-    "max_clipped",
-    "duplicate_distance",
-];
-
 impl NormaliseSettings {
     /// Checks every setting; all problems at once, each with its key.
     pub fn resolve(&self) -> Result<NormaliseOptions, Vec<(&'static str, String)>> {

@@ -15,12 +15,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod checks;
+mod keys;
 mod rules;
 mod settings;
 #[cfg(test)]
 mod tests;
 
 use checks::*;
+use keys::*;
 use rules::*;
 use settings::*;
 
@@ -244,8 +246,8 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The top-level tables (unknown ones are reported by [`Config::parse`], not by serde).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawDocument {
     daemon: Option<toml::Spanned<toml::Table>>,
     runtime: Option<toml::Spanned<toml::Table>>,
@@ -261,12 +263,16 @@ const RECIPES: &[&str] = &["split-to-proxy", "upscale", "enhance", "normalise"];
 struct Problems {
     source: String,
     errors: Vec<ConfigError>,
+    key_lines: KeyLines,
 }
 
 impl Problems {
+    /// Records a problem at the line of the key it names, or else at `line` (its table's).
     fn push(&mut self, key: impl Into<String>, line: Option<usize>, message: impl Into<String>) {
+        let key = key.into();
+        let line = self.key_lines.line(&key).or(line);
         self.errors.push(ConfigError {
-            key: key.into(),
+            key,
             line,
             message: message.into(),
         });
@@ -308,17 +314,35 @@ impl Config {
         let mut problems = Problems {
             source: text.to_string(),
             errors: Vec::new(),
+            key_lines: KeyLines::of(text),
         };
-        let fail = |problems: Problems| ConfigErrors {
-            path: path.to_path_buf(),
-            errors: problems.errors,
+        let fail = |mut problems: Problems| {
+            // In the order of the file, as an editor shows it.
+            problems
+                .errors
+                .sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            ConfigErrors {
+                path: path.to_path_buf(),
+                errors: problems.errors,
+            }
         };
-        let document: RawDocument = match toml::from_str(text) {
-            Ok(document) => document,
+        let document: RawDocument = match toml::from_str::<toml::Table>(text) {
             Err(error) => {
                 let line = error.span().map(|s| problems.line_of(s.start));
                 problems.push("(toml)", line, error.message().trim().to_string());
                 return Err(fail(problems));
+            }
+            Ok(mut top) => {
+                // Unknown tables are problems of their own; the known ones are still read.
+                reject_unknown_keys(&mut top, fields_of::<RawDocument>(), "", 1, &mut problems);
+                match toml::from_str(text) {
+                    Ok(document) => document,
+                    Err(error) => {
+                        let line = error.span().map(|s| problems.line_of(s.start));
+                        problems.push("(toml)", line, error.message().trim().to_string());
+                        return Err(fail(problems));
+                    }
+                }
             }
         };
 
@@ -425,10 +449,16 @@ fn reject_unknown_keys(
         let hint = closest(&key, known)
             .map(|k| format!(" (did you mean `{k}`?)"))
             .unwrap_or_default();
+        let (path, what) = if prefix.is_empty() {
+            (key.clone(), "unknown table")
+        } else {
+            (format!("{prefix}.{key}"), "unknown key")
+        };
+        let listed = if prefix.is_empty() { "tables" } else { "keys" };
         problems.push(
-            format!("{prefix}.{key}"),
+            path,
             Some(line),
-            format!("unknown key{hint}; known keys: {}", known.join(", ")),
+            format!("{what}{hint}; known {listed}: {}", known.join(", ")),
         );
     }
 }

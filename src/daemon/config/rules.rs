@@ -19,19 +19,6 @@ pub(super) struct RawModelRule {
     pub(super) smooth: Option<String>,
 }
 
-pub(super) const MODEL_RULE_KEYS: &[&str] = &[
-    "model",
-    "domain",
-    "output_format",
-    "sharpen",
-    "white_balance",
-    "exposure",
-    "deblock",
-    "denoise",
-    "denoise_model",
-    "smooth",
-];
-
 /// A model rule's shared keys, resolved.
 pub(super) struct ModelRule {
     pub(super) model: ModelSpec,
@@ -53,12 +40,12 @@ impl ModelRule {
         problems: &mut Problems,
     ) -> Option<ModelRule> {
         let mut shared = toml::value::Table::new();
-        for key in MODEL_RULE_KEYS {
+        for key in fields_of::<RawModelRule>() {
             if let Some(value) = table.remove(*key) {
                 shared.insert(key.to_string(), value);
             }
         }
-        let raw: RawModelRule = table_or_default(shared, label, line, problems);
+        let raw: RawModelRule = read_known_keys(shared, label, line, problems);
         let white_balance = match raw.white_balance.as_deref() {
             None | Some("off") | Some("none") => false,
             Some("gray-world") | Some("grey-world") => true,
@@ -103,7 +90,7 @@ impl ModelRule {
     }
 }
 
-/// The keys of an upscale rule beyond [`MODEL_RULE_KEYS`].
+/// The keys of an upscale rule beyond [`RawModelRule`].
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpscale {
@@ -111,9 +98,7 @@ pub(super) struct RawUpscale {
     pub(super) target: Option<String>,
 }
 
-pub(super) const UPSCALE_KEYS: &[&str] = &["passes", "target"];
-
-/// The keys of an enhance rule beyond [`MODEL_RULE_KEYS`].
+/// The keys of an enhance rule beyond [`RawModelRule`].
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEnhance {
@@ -121,8 +106,6 @@ pub(super) struct RawEnhance {
     pub(super) size: Option<String>,
     pub(super) merge_method: Option<String>,
 }
-
-pub(super) const ENHANCE_KEYS: &[&str] = &["via", "size", "merge_method"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,8 +116,6 @@ pub(super) struct RawRuleCommon {
     pub(super) patterns: Option<Vec<String>>,
     pub(super) originals: Option<OriginalsPolicy>,
 }
-
-pub(super) const COMMON_KEYS: &[&str] = &["name", "recipe", "watch", "patterns", "originals"];
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -152,21 +133,6 @@ pub(super) struct RawSplitToProxy {
     pub(super) match_margin: Option<f64>,
     pub(super) merge_method: Option<String>,
 }
-
-pub(super) const SPLIT_TO_PROXY_KEYS: &[&str] = &[
-    "size",
-    "exchange_out",
-    "exchange_in",
-    "return_timeout",
-    "return_grace",
-    "refine",
-    "delta_depth",
-    "upscale_method",
-    "command_timeout",
-    "match_threshold",
-    "match_margin",
-    "merge_method",
-];
 
 /// What a rule is resolved against.
 pub(super) struct RuleContext<'a> {
@@ -193,11 +159,12 @@ pub(super) fn resolve_rule(
         .and_then(|v| v.as_str())
         .map(str::to_string);
     let recipe_keys: Vec<&str> = match recipe_name.as_deref() {
-        Some("split-to-proxy") => SPLIT_TO_PROXY_KEYS.to_vec(),
-        Some("upscale") => [MODEL_RULE_KEYS, UPSCALE_KEYS].concat(),
-        Some("enhance") => [MODEL_RULE_KEYS, ENHANCE_KEYS].concat(),
+        Some("split-to-proxy") => fields_of::<RawSplitToProxy>().to_vec(),
+        Some("upscale") => [fields_of::<RawModelRule>(), fields_of::<RawUpscale>()].concat(),
+        Some("enhance") => [fields_of::<RawModelRule>(), fields_of::<RawEnhance>()].concat(),
         Some("normalise") | Some("normalize") => {
-            [crate::ops::normalise::NORMALISE_KEYS, &["upscale_model"]].concat()
+            let settings = fields_of::<crate::ops::normalise::NormaliseSettings>();
+            [settings, &["upscale_model"]].concat()
         }
         Some(other) => {
             let hint = closest(other, RECIPES)
@@ -222,11 +189,12 @@ pub(super) fn resolve_rule(
             return None;
         }
     };
-    let known: Vec<&str> = COMMON_KEYS.iter().chain(&recipe_keys).copied().collect();
+    let common_keys = fields_of::<RawRuleCommon>();
+    let known: Vec<&str> = common_keys.iter().chain(&recipe_keys).copied().collect();
     reject_unknown_keys(&mut table, &known, &label, line, problems);
 
     let mut common_table = toml::Table::new();
-    for key in COMMON_KEYS {
+    for key in common_keys {
         if let Some(value) = table.remove(*key) {
             common_table.insert(key.to_string(), value);
         }
@@ -270,7 +238,7 @@ pub(super) fn resolve_rule(
     }
     let recipe = match common.recipe.as_str() {
         "split-to-proxy" => {
-            let raw: RawSplitToProxy = table_or_default(table, &label, line, problems);
+            let raw: RawSplitToProxy = read_known_keys(table, &label, line, problems);
             Recipe::SplitToProxy(resolve_split_to_proxy(
                 raw,
                 &common.name,
@@ -284,7 +252,7 @@ pub(super) fn resolve_rule(
         "upscale" => {
             let mut table = table;
             let shared = ModelRule::take(&mut table, context.models, &label, line, problems);
-            let raw: RawUpscale = table_or_default(table, &label, line, problems);
+            let raw: RawUpscale = read_known_keys(table, &label, line, problems);
             let passes = raw.passes.unwrap_or(1);
             if !(1..=4).contains(&passes) {
                 problems.push(format!("{label}.passes"), Some(line), "must be 1 to 4");
@@ -310,7 +278,7 @@ pub(super) fn resolve_rule(
         "enhance" => {
             let mut table = table;
             let shared = ModelRule::take(&mut table, context.models, &label, line, problems);
-            let raw: RawEnhance = table_or_default(table, &label, line, problems);
+            let raw: RawEnhance = read_known_keys(table, &label, line, problems);
             let size =
                 parse_size(raw.size.as_deref().unwrap_or("1024x1024")).unwrap_or_else(|message| {
                     problems.push(format!("{label}.size"), Some(line), message);
@@ -382,7 +350,7 @@ pub(super) fn resolve_rule(
                 }
             };
             let settings: crate::ops::normalise::NormaliseSettings =
-                table_or_default(table, &label, line, problems);
+                read_known_keys(table, &label, line, problems);
             let options = match settings.resolve() {
                 Ok(options) => options,
                 Err(found) => {
@@ -526,26 +494,6 @@ pub(super) fn resolve_split_to_proxy(
     }
 }
 
-/// A rule's table deserialised, or (with the problem recorded) the defaults, so that the
-/// rest of the rule is still checked.
-pub(super) fn table_or_default<T: serde::de::DeserializeOwned + Default>(
-    table: toml::value::Table,
-    label: &str,
-    line: usize,
-    problems: &mut Problems,
-) -> T {
-    toml::Value::Table(table)
-        .try_into()
-        .unwrap_or_else(|e: toml::de::Error| {
-            problems.push(
-                label.to_string(),
-                Some(line),
-                e.message().trim().to_string(),
-            );
-            T::default()
-        })
-}
-
 /// An optional text key parsed with its `FromStr`, the error recorded under `label.key`.
 pub(super) fn parse_key<T: std::str::FromStr<Err = String>>(
     text: Option<&str>,
@@ -639,7 +587,7 @@ pub(super) fn resolve_upscale_model(
 /// `"1024x1024"`, `"1024"` (square) or `"25%"`.
 pub fn parse_size(text: &str) -> Result<Target, String> {
     text.parse::<Target>()
-        .map_err(|e| format!("'{text}': {e}; write e.g. \"1024x1024\" or \"25%\""))
+        .map_err(|e| format!("{e}; a proxy size is e.g. \"1024x1024\" or \"25%\""))
 }
 
 pub(super) fn inside(path: &Path, dir: &Path) -> bool {

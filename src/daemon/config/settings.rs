@@ -11,7 +11,7 @@ pub(super) struct RawRuntime {
     pub(super) memory_budget_mib: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawModel {
     pub(super) path: PathBuf,
@@ -41,21 +41,6 @@ pub(super) struct RawDaemon {
     pub(super) limits: Option<RawLimits>,
 }
 
-pub(super) const DAEMON_KEYS: &[&str] = &[
-    "root",
-    "state_dir",
-    "log_dir",
-    "log_level",
-    "workers",
-    "stability_window",
-    "incomplete_grace",
-    "shutdown_timeout",
-    "max_attempts",
-    "retry_backoff",
-    "job_timeout",
-    "limits",
-];
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
@@ -74,15 +59,8 @@ pub(super) fn resolve_daemon(
         None => (RawDaemon::default(), 1),
         Some(spanned) => {
             let line = problems.line_of(spanned.span().start);
-            let mut table = spanned.into_inner();
-            reject_unknown_keys(&mut table, DAEMON_KEYS, "daemon", line, problems);
-            match toml::Value::Table(table).try_into::<RawDaemon>() {
-                Ok(raw) => (raw, line),
-                Err(e) => {
-                    problems.push("daemon", Some(line), e.message().trim().to_string());
-                    (RawDaemon::default(), line)
-                }
-            }
+            let raw: RawDaemon = read_table(spanned.into_inner(), "daemon", line, problems);
+            (raw, line)
         }
     };
     let root = resolve_path(base, raw.root.as_deref().unwrap_or(Path::new("var")));
@@ -199,18 +177,7 @@ pub(super) fn resolve_runtime(
         return RuntimeSettings::default();
     };
     let line = problems.line_of(spanned.span().start);
-    let mut table = spanned.into_inner();
-    reject_unknown_keys(
-        &mut table,
-        &["onnxruntime", "threads", "provider", "memory_budget_mib"],
-        "runtime",
-        line,
-        problems,
-    );
-    let raw: RawRuntime = toml::Value::Table(table).try_into().unwrap_or_else(|e| {
-        problems.push("runtime", Some(line), e.message().trim().to_string());
-        RawRuntime::default()
-    });
+    let raw: RawRuntime = read_table(spanned.into_inner(), "runtime", line, problems);
     let provider = raw
         .provider
         .as_deref()
@@ -237,29 +204,18 @@ pub(super) fn resolve_models(
     for (name, spanned) in tables {
         let line = problems.line_of(spanned.span().start);
         let label = format!("models.{name}");
-        let mut table = spanned.into_inner();
-        reject_unknown_keys(
-            &mut table,
-            &[
-                "path",
-                "tile",
-                "context",
-                "domains",
-                "scale",
-                "input_range",
-                "batch",
-            ],
-            &label,
-            line,
-            problems,
-        );
-        let raw: RawModel = match toml::Value::Table(table).try_into() {
-            Ok(raw) => raw,
-            Err(e) => {
-                problems.push(label, Some(line), e.message().trim().to_string());
-                continue;
-            }
-        };
+        let table = spanned.into_inner();
+        if !table.contains_key("path") {
+            problems.push(
+                format!("{label}.path"),
+                Some(line),
+                "missing: the model's .onnx file",
+            );
+        }
+        let raw: RawModel = read_table(table, &label, line, problems);
+        if raw.path.as_os_str().is_empty() {
+            continue;
+        }
         let path = resolve_path(base, &raw.path);
         if !path.is_file() {
             problems.push(

@@ -168,17 +168,17 @@ fn every_error_is_reported_at_once_with_keys_and_lines() {
     let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     assert_eq!(errors.len(), 5, "{rendered:#?}");
     assert!(
-        rendered[0].starts_with("line 1: daemon.workers"),
+        rendered[0].starts_with("line 2: daemon.workers"),
         "{rendered:#?}"
     );
     assert!(rendered[1].contains("daemon.stability_window") && rendered[1].contains("parsecs"));
     assert!(
-        rendered[2].contains("line 5: rule[0] 'a'.sise")
+        rendered[2].contains("line 8: rule[0] 'a'.sise")
             && rendered[2].contains("did you mean `size`")
     );
-    assert!(rendered[3].contains("rule[0] 'a'.delta_depth"));
+    assert!(rendered[3].contains("line 9: rule[0] 'a'.delta_depth"));
     assert!(
-        rendered[4].contains("line 11: rule[1] 'b'.recipe")
+        rendered[4].contains("line 13: rule[1] 'b'.recipe")
             && rendered[4].contains("did you mean `split-to-proxy`")
     );
 }
@@ -222,4 +222,35 @@ fn sizes_in_pixels_square_or_percent() {
     assert_eq!(parse_size("512").unwrap(), Target::pixels(512, 512));
     assert!(parse_size("25%").is_ok());
     assert!(parse_size("big").is_err());
+}
+
+#[test]
+fn an_unknown_table_and_a_value_of_the_wrong_type_hide_nothing_else() {
+    let text = "no_such_table = 1\n[sever]\nx = 1\n\n[daemon]\nworkers = -3\nmax_attempts = \"many\"\n\n[runtime]\nthreads = \"all\"\n\n[[rule]]\nname = \"a\"\nrecipe = \"split-to-proxy\"\nsize = \"banana\"\n";
+    let errors = parse(text).unwrap_err().errors;
+    let rendered: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    for needle in [
+        "line 1: no_such_table: unknown table",
+        "line 2: sever: unknown table; known tables: daemon, runtime, models, rule",
+        "line 6: daemon.workers: invalid value: integer `-3`",
+        "line 7: daemon.max_attempts: invalid type",
+        "line 10: runtime.threads: invalid type",
+        "line 15: rule[0] 'a'.size: 'banana' is not a size",
+    ] {
+        assert!(
+            rendered.iter().any(|r| r.starts_with(needle)),
+            "missing {needle}: {rendered:#?}"
+        );
+    }
+    assert_eq!(errors.len(), 6, "{rendered:#?}");
+}
+
+#[test]
+fn each_raw_table_lists_its_own_keys() {
+    assert_eq!(
+        fields_of::<RawRuleCommon>(),
+        ["name", "recipe", "watch", "patterns", "originals"]
+    );
+    assert!(fields_of::<RawDaemon>().contains(&"incomplete_grace"));
+    assert!(fields_of::<crate::ops::normalise::NormaliseSettings>().contains(&"min_sharpness"));
 }
