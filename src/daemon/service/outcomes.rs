@@ -1,0 +1,479 @@
+//! Finishing jobs: recording what workers bring back, failures and retries, the jobs that
+//! wait in place, deadlines and the systemd status line.
+
+use super::*;
+
+impl Daemon {
+    /// Records a finished worker result.
+    pub(super) fn finish(&mut self, job_id: i64, outcome: Outcome) {
+        self.cancels.remove(&job_id);
+        if self.abandoned.remove(&job_id) {
+            tracing::warn!(
+                job = job_id,
+                "a job set aside after job_timeout came back; its result is dropped"
+            );
+            drop(outcome);
+            return;
+        }
+        let started = self.in_flight.remove(&job_id);
+        let Ok(Some(job)) = self.journal.get(job_id) else {
+            tracing::error!(job = job_id, "finished job missing from the journal");
+            return;
+        };
+        let seconds = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let result = match outcome {
+            Outcome::Split(Ok(written)) => self.split_done(&job, *written),
+            Outcome::Merge(Ok(merged)) => self.merge_done(&job, merged, seconds),
+            Outcome::Upscale(Ok(upscaled)) => self.upscale_done(&job, upscaled, seconds),
+            Outcome::Normalise(Ok(normalised)) => self.normalise_done(&job, *normalised, seconds),
+            Outcome::Split(Err(e))
+            | Outcome::Merge(Err(e))
+            | Outcome::Upscale(Err(e))
+            | Outcome::Normalise(Err(e)) => {
+                self.fail(&job, &e);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(
+                job = job_id,
+                error = format!("{e:#}"),
+                "cannot record a finished job"
+            );
+        }
+    }
+
+    pub(super) fn split_done(&mut self, job: &Job, written: ProxyWritten) -> anyhow::Result<()> {
+        let Some(Recipe::SplitToProxy(options)) = self.config.rule(&job.rule).map(|r| &r.recipe)
+        else {
+            anyhow::bail!("rule {} is gone", job.rule);
+        };
+        let expires_at = clock::now() + options.return_timeout.as_secs_f64();
+        let details = json!({
+            "path": written.proxy_path,
+            "geometry": written.metadata.geometry,
+            "target": written.metadata.target.to_string(),
+            "filter": written.metadata.filter,
+            "seconds": written.seconds,
+        });
+        self.journal.proxy_written(
+            job.id,
+            &written.proxy_path,
+            (written.width, written.height),
+            &written.signature.to_bytes(),
+            expires_at,
+            &details.to_string(),
+        )?;
+        self.record(job, State::AwaitingReturn, None);
+        tracing::info!(
+            job = job.id,
+            file = %job.path.display(),
+            proxy = %written.proxy_path.display(),
+            size = %format!("{}x{}", written.width, written.height),
+            seconds = format!("{:.3}", written.seconds),
+            "proxy written; waiting for the processed image"
+        );
+        self.last_job = format!("{} proxied", names::stem_of(&job.path));
+        Ok(())
+    }
+
+    pub(super) fn upscale_done(
+        &mut self,
+        job: &Job,
+        upscaled: Upscaled,
+        seconds: f64,
+    ) -> anyhow::Result<()> {
+        self.journal.job_done(
+            job.id,
+            &upscaled.original_now_at,
+            &upscaled.provenance.to_string(),
+        )?;
+        self.record(
+            job,
+            State::Done,
+            Some(&upscaled.output.display().to_string()),
+        );
+        // The enhance recipe runs through the same job; its log says what it did.
+        let done = if upscaled.provenance.get("enhance").is_some() {
+            "enhanced"
+        } else {
+            "upscaled"
+        };
+        tracing::info!(
+            job = job.id,
+            file = %job.claimed_path.display(),
+            output = %upscaled.output.display(),
+            model = %upscaled.provenance["model"]["name"].as_str().unwrap_or("?"),
+            seconds = format!("{seconds:.3}"),
+            "{done}"
+        );
+        self.last_job = format!("{} {done}", names::stem_of(&job.claimed_path));
+        Ok(())
+    }
+
+    pub(super) fn normalise_done(
+        &mut self,
+        job: &Job,
+        done: Normalised,
+        seconds: f64,
+    ) -> anyhow::Result<()> {
+        let record = serde_json::to_value(&done.record)?;
+        self.journal
+            .job_done(job.id, &done.original_now_at, &record.to_string())?;
+        self.record(job, State::Done, Some(&done.output.display().to_string()));
+        tracing::info!(
+            job = job.id,
+            file = %job.claimed_path.display(),
+            output = %done.output.display(),
+            bucket = done.record.bucket.as_deref().unwrap_or("-"),
+            sharpness = done.record.scores.as_ref().map_or(0.0, |s| s.sharpness),
+            seconds = format!("{seconds:.3}"),
+            "normalised into the set"
+        );
+        self.last_job = format!("{} normalised", names::stem_of(&job.claimed_path));
+        Ok(())
+    }
+
+    pub(super) fn merge_done(
+        &mut self,
+        job: &Job,
+        merged: Merged,
+        seconds: f64,
+    ) -> anyhow::Result<()> {
+        let parent = job.parent.context("merge job without its split job")?;
+        self.journal.merge_done(
+            job.id,
+            parent,
+            &merged.returned_now_at,
+            &merged.original_now_at,
+            &merged.provenance.to_string(),
+        )?;
+        self.record(job, State::Done, Some(&merged.output.display().to_string()));
+        if let Ok(Some(split)) = self.journal.get(parent) {
+            self.note_left_folder(&split.claimed_path);
+        }
+        tracing::info!(
+            job = job.id,
+            split_job = parent,
+            output = %merged.output.display(),
+            original = %merged.original_now_at.display(),
+            pairing = job.pairing.as_deref().unwrap_or("?"),
+            seconds = format!("{seconds:.3}"),
+            "merged into the full-resolution original"
+        );
+        self.last_job = format!("{} merged", names::stem_of(&merged.output));
+        Ok(())
+    }
+
+    /// A job failed. Transient failures retry with backoff until attempts run out;
+    /// permanent ones (and spent retries) quarantine the input with an error sidecar.
+    /// `job` is the journal's current row (its attempts include one just started).
+    pub(super) fn fail(&mut self, job: &Job, error: &OpError) {
+        let attempts = job.attempts;
+        let reason = error.to_string();
+        let in_place = job.path == job.claimed_path;
+        if in_place {
+            match ClaimedVersion::of(job).compare(&job.path) {
+                SourceNow::Changed => {
+                    // A writer is still at it: never move a file that is changing.
+                    self.supersede_changed(job, &reason);
+                    return;
+                }
+                SourceNow::AsClaimed if error.may_be_incomplete() => {
+                    self.wait_for_incomplete(job, &reason);
+                    return;
+                }
+                SourceNow::AsClaimed | SourceNow::Gone => {}
+            }
+        }
+        let permanent = error.is_permanent();
+        if !permanent && attempts < self.config.daemon.max_attempts {
+            let backoff = self.config.daemon.retry_backoff.as_secs_f64()
+                * 2f64.powi(attempts.saturating_sub(1).min(16) as i32);
+            let at = clock::now() + backoff;
+            tracing::warn!(
+                job = job.id,
+                file = %job.path.display(),
+                attempts,
+                retry_in_seconds = format!("{backoff:.1}"),
+                error = %reason,
+                "job failed; it will be retried"
+            );
+            if let Err(e) = self.journal.retry_at(job.id, at, &reason) {
+                tracing::error!(error = %e, "cannot record the retry");
+            }
+            self.record(job, State::Queued, Some(&reason));
+            return;
+        }
+        let (kind, details) = match error {
+            OpError::Rejected { details, .. } => ("rejected", Some(details.as_ref())),
+            _ if permanent => ("permanent", None),
+            _ => ("gave-up", None),
+        };
+        let sidecar = ErrorSidecar {
+            file: &job.claimed_path.to_string_lossy(),
+            rule: &job.rule,
+            job: job.id,
+            reason: &reason,
+            kind,
+            attempts,
+            when: clock::rfc3339(clock::now()),
+            darkroom_version: VERSION,
+            details,
+        };
+        let moved_to = match trees::quarantine(&self.trees, &job.path, &sidecar) {
+            Ok(path) => path,
+            Err(e) => {
+                tracing::error!(job = job.id, error = %e, "cannot move the failed file aside");
+                job.path.clone()
+            }
+        };
+        tracing::error!(
+            job = job.id,
+            file = %job.claimed_path.display(),
+            moved_to = %moved_to.display(),
+            error = %reason,
+            "job failed ({kind}); the file was moved aside with an error sidecar"
+        );
+        if kind != "rejected" {
+            self.log_set_aside_in_set(job, &reason);
+        }
+        let _ = self.journal.set_path(job.id, &moved_to);
+        if let Err(e) = self.journal.set_state(job.id, State::Failed, Some(&reason)) {
+            tracing::error!(error = %e, "cannot record the failure");
+        }
+        self.record(job, State::Failed, Some(&reason));
+        self.last_job = format!("{} failed", names::stem_of(&job.claimed_path));
+    }
+
+    /// A normalise rule's set lists every input it was given: one set aside for a reason of
+    /// its own (not a quality verdict, which the set logged already) is entered too.
+    pub(super) fn log_set_aside_in_set(&self, job: &Job, reason: &str) {
+        let Some(rule) = self.config.rule(&job.rule) else {
+            return;
+        };
+        if !matches!(rule.recipe, Recipe::Normalise(_)) || job.kind != Kind::Split {
+            return;
+        }
+        if let Err(e) = normalise_job::log_set_aside(
+            job.id,
+            &job.claimed_path,
+            reason,
+            &self.trees.images(&rule.name),
+            &self.trees.metadata(&rule.name),
+        ) {
+            tracing::warn!(job = job.id, error = %e, "cannot enter the set-aside input in the set's log");
+        }
+    }
+
+    /// A file that reads as empty or truncated stays in place for `incomplete_grace`: a
+    /// writer that appends in rounds closes it after each one. If it changes, its new version
+    /// is claimed as a new job (this one is then superseded); if not, it is set aside then.
+    pub(super) fn wait_for_incomplete(&mut self, job: &Job, reason: &str) {
+        let grace = self.config.daemon.incomplete_grace;
+        let grace_text = config::format_duration(grace);
+        tracing::warn!(
+            job = job.id,
+            file = %job.path.display(),
+            error = %reason,
+            incomplete_grace = %grace_text,
+            "the file reads as incomplete; it stays in place in case a writer is still adding to it, and is set aside if it is unchanged after incomplete_grace"
+        );
+        let until = clock::now() + grace.as_secs_f64();
+        if let Err(e) = self.journal.set_incomplete(job.id, until, reason) {
+            tracing::error!(error = %e, "cannot record the wait");
+        }
+        self.record(job, State::Incomplete, Some(reason));
+    }
+
+    /// The file of `job` is another version now than the one it claimed: the job ends, and
+    /// the intake claims the new version as a new job.
+    pub(super) fn supersede_changed(&mut self, job: &Job, reason: &str) {
+        let why = format!("the file changed after it was claimed ({reason}); its new version is claimed as a new job");
+        tracing::info!(job = job.id, file = %job.path.display(), "superseded: {why}");
+        if let Err(e) = self
+            .journal
+            .set_state(job.id, State::Superseded, Some(&why))
+        {
+            tracing::error!(error = %e, "cannot record the change");
+        }
+        self.record(job, State::Superseded, Some(&why));
+        self.intake.recheck(&job.path);
+    }
+
+    /// Incomplete files whose grace is over: set aside if unchanged, superseded if changed,
+    /// withdrawn if gone.
+    pub(super) fn check_incomplete(&mut self, now: f64) {
+        let Ok(due) = self.journal.incomplete_due(now) else {
+            return;
+        };
+        for job in due {
+            let reason = job.error.clone().unwrap_or_default();
+            match ClaimedVersion::of(&job).compare(&job.path) {
+                SourceNow::Changed => self.supersede_changed(&job, &reason),
+                SourceNow::Gone => self.withdraw(
+                    &job,
+                    "the incomplete file left the watched folder (removed or renamed)",
+                ),
+                SourceNow::AsClaimed => {
+                    let grace = config::format_duration(self.config.daemon.incomplete_grace);
+                    let error = OpError::Usage(format!(
+                        "{reason} (unchanged through incomplete_grace, {grace}, so no writer is adding to it)"
+                    ));
+                    let mut job = job.clone();
+                    job.attempts = job.attempts.max(1);
+                    self.fail(&job, &error);
+                }
+            }
+        }
+    }
+
+    /// Held returns whose file is gone (renamed after its proxy, or removed) are withdrawn;
+    /// those held past their rule's return window are set aside with the reason.
+    pub(super) fn check_held(&mut self, now: f64) {
+        let Ok(held) = self.journal.in_state(State::Held, 10_000) else {
+            return;
+        };
+        for job in held {
+            if !job.path.exists() {
+                self.withdraw(
+                    &job,
+                    "the held return left exchange_in (renamed after its proxy, or removed)",
+                );
+                continue;
+            }
+            let Some(Recipe::SplitToProxy(options)) =
+                self.config.rule(&job.rule).map(|r| &r.recipe)
+            else {
+                continue;
+            };
+            let window = options.return_timeout + options.return_grace;
+            if now - job.updated_at >= window.as_secs_f64() {
+                let error = OpError::Usage(format!(
+                    "held for {} (return_timeout plus return_grace) without being paired: its content matches several proxies about equally and it was not renamed after one of them",
+                    config::format_duration(window)
+                ));
+                let mut job = job.clone();
+                job.attempts = self.config.daemon.max_attempts;
+                self.fail(&job, &error);
+            }
+        }
+    }
+
+    /// Ends a job whose file left its watched folder before it was processed.
+    pub(super) fn withdraw(&mut self, job: &Job, why: &str) {
+        tracing::info!(job = job.id, file = %job.path.display(), "withdrawn: {why}");
+        if let Err(e) = self.journal.set_state(job.id, State::Withdrawn, Some(why)) {
+            tracing::error!(error = %e, "cannot record the withdrawal");
+        }
+        self.record(job, State::Withdrawn, Some(why));
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Duration> {
+        let now = clock::now();
+        let expiry = self.journal.next_deadline().ok().flatten();
+        let retry = self.journal.next_retry_at(now).ok().flatten();
+        // Job time limits are checked on every pass, so they wake the loop on time.
+        let job_timeout = self
+            .in_flight
+            .values()
+            .map(|started| {
+                self.config
+                    .daemon
+                    .job_timeout
+                    .saturating_sub(started.elapsed())
+                    + Duration::from_millis(10)
+            })
+            .min();
+        let earliest = [expiry, retry].into_iter().flatten().reduce(f64::min);
+        // Other deadlines are acted on by the housekeeping pass, at most once a second.
+        let housekeeping = earliest.map(|earliest| {
+            let wait = Duration::from_secs_f64(((earliest - now).max(0.0) + 0.01).min(3600.0));
+            let housekeeping_in =
+                Duration::from_secs(1).saturating_sub(self.last_housekeeping.elapsed());
+            wait.max(housekeeping_in)
+        });
+        // Emptied subfolders wait for housekeeping too.
+        let folders = (!self.emptied_folders.is_empty()).then_some(Duration::from_secs(1));
+        [housekeeping, job_timeout, folders]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Marks proxies with no return in time as expired; closes windows past their grace;
+    /// settles incomplete files and held returns.
+    pub(super) fn check_deadlines(&mut self) {
+        let now = clock::now();
+        self.check_incomplete(now);
+        self.check_held(now);
+        self.remove_emptied_folders();
+        if let Ok(overdue) = self.journal.overdue(now) {
+            for job in overdue {
+                tracing::warn!(
+                    job = job.id,
+                    file = %job.path.display(),
+                    proxy = %job.proxy_path.as_deref().map_or_else(String::new, |p| p.display().to_string()),
+                    "expired: no processed image came back within return_timeout; a late one is still merged during return_grace"
+                );
+                let _ = self.journal.set_state(
+                    job.id,
+                    State::Expired,
+                    Some("no return within return_timeout"),
+                );
+                self.record(&job, State::Expired, None);
+            }
+        }
+        let rules: Vec<Rule> = self.config.rules.clone();
+        for rule in rules {
+            let Recipe::SplitToProxy(options) = &rule.recipe else {
+                continue;
+            };
+            let grace = options.return_grace.as_secs_f64();
+            let Ok(jobs) = self.journal.window_over(now, grace, &rule.name) else {
+                continue;
+            };
+            for job in jobs {
+                if let Some(proxy) = &job.proxy_path {
+                    let _ = std::fs::remove_file(proxy);
+                }
+                let _ = self.journal.close(job.id);
+                if job.state == State::Expired && rule.originals == OriginalsPolicy::Move {
+                    let error = OpError::Usage(format!(
+                        "no processed image came back within return_timeout ({}s) plus return_grace ({}s)",
+                        options.return_timeout.as_secs(),
+                        options.return_grace.as_secs()
+                    ));
+                    let mut job = job.clone();
+                    job.attempts = self.config.daemon.max_attempts;
+                    self.fail(&job, &error);
+                }
+            }
+        }
+    }
+
+    pub(super) fn update_status(&mut self, force: bool) {
+        let counts = self.journal.counts().unwrap_or_default();
+        let count = |state: State| -> u64 {
+            counts
+                .iter()
+                .filter(|(_, s, _)| *s == state)
+                .map(|(_, _, n)| n)
+                .sum()
+        };
+        let status = format!(
+            "{} queued, {} running, {} awaiting return, {} held, {} failed, {} done; last: {}",
+            count(State::Queued),
+            self.in_flight.len(),
+            count(State::AwaitingReturn),
+            count(State::Held),
+            count(State::Failed),
+            count(State::Done),
+            self.last_job
+        );
+        if force || status != self.last_status {
+            systemd::status(&status);
+            self.last_status = status;
+        }
+    }
+}
