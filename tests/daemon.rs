@@ -1201,3 +1201,87 @@ fn kill_9_while_normalising_leaves_exactly_one_image_per_input_after_restart() {
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn a_gif_a_file_no_rule_takes_and_special_entries_each_get_a_clear_outcome() {
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Frame, Rgba, RgbaImage};
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let inbox = tree.inbox();
+    // Special entries: never opened, never moved, each said once.
+    let fifo = std::ffi::CString::new(inbox.join("pipe.png").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("loop.png", inbox.join("loop.png")).unwrap();
+    std::os::unix::fs::symlink("nowhere.png", inbox.join("gone.png")).unwrap();
+    // A three-frame animated GIF and a file no pattern takes.
+    let mut gif = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut gif);
+        for i in 0..3u8 {
+            let frame = RgbaImage::from_fn(64, 48, |x, y| {
+                Rgba([(x * 4) as u8, (y * 5) as u8, i * 80, 255])
+            });
+            encoder
+                .encode_frame(Frame::from_parts(
+                    frame,
+                    0,
+                    0,
+                    Delay::from_numer_denom_ms(100, 1),
+                ))
+                .unwrap();
+        }
+    }
+    let dropped = Instant::now();
+    std::fs::write(tree.path("anim.gif"), &gif).unwrap();
+    std::fs::rename(tree.path("anim.gif"), inbox.join("anim.gif")).unwrap();
+    std::fs::write(inbox.join("notes.docx"), b"PK\x03\x04 not an image at all").unwrap();
+
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("anim_dr"));
+    assert!(dropped.elapsed() < Duration::from_secs(20));
+    let sidecar = tree.path("var/failed/photos/notes.docx.error.json");
+    tree.wait_for("the stray file set aside", || sidecar.is_file());
+    assert!(tree.path("var/failed/photos/notes.docx").is_file());
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+    let reason = text["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not taken") && reason.contains("*.png") && reason.contains("*.gif"),
+        "{reason}"
+    );
+
+    // The GIF's first frame went through; its provenance says the rest was dropped.
+    write_graded_proxy(&proxy, &tree.exchange_in(), "anim_back.png", 20, true);
+    tree.wait_for("the GIF merged", || {
+        tree.path("var/metadata/photos/anim.json").is_file()
+    });
+    let merged = load(&tree.path("var/processed/photos/images/anim.png")).image;
+    assert_eq!((merged.width(), merged.height()), (64, 48));
+    let meta = metadata_json(&tree, "anim");
+    let notes = meta["source"]["notes"][0].as_str().unwrap_or_default();
+    assert!(notes.contains("first of its 3 frames"), "{meta}");
+
+    let log = tree.log();
+    for what in ["a FIFO", "a symlink loop", "a dangling symlink"] {
+        assert_eq!(log.matches(what).count(), 1, "{what} once:\n{log}");
+    }
+    for name in ["pipe.png", "loop.png", "gone.png"] {
+        assert!(
+            std::fs::symlink_metadata(inbox.join(name)).is_ok(),
+            "{name} left in place"
+        );
+    }
+    let status = tree.status();
+    assert!(status.contains("files no rule took"), "{status}");
+    assert!(
+        status.contains("special entries in inboxes, left alone (never opened): 3"),
+        "{status}"
+    );
+    assert!(status.contains("pipe.png: a FIFO"), "{status}");
+    // Still alive and responsive.
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("coffee_dr"));
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}

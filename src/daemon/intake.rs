@@ -39,6 +39,9 @@ pub struct WatchRoot {
     pub role: Role,
     pub dir: PathBuf,
     pub patterns: Vec<glob::Pattern>,
+    /// Files the rule reads beside its images (normalise's caption `.txt`): neither claimed
+    /// nor set aside.
+    pub sidecars: Vec<glob::Pattern>,
 }
 
 /// What identifies a version of a file on disk.
@@ -67,6 +70,8 @@ pub struct Claim {
     pub stat: FileStat,
     /// Earlier attempts to claim this file that failed (unreadable, say).
     pub failures: u32,
+    /// In an inbox, but matched by none of the rule's patterns: to be set aside, not run.
+    pub unaccepted: bool,
 }
 
 #[derive(Debug)]
@@ -79,6 +84,7 @@ struct Candidate {
     /// After a failed claim: not before this time (unless an event says the file changed).
     not_before: Option<Instant>,
     failures: u32,
+    unaccepted: bool,
 }
 
 /// The watcher and the candidates waiting to be claimed.
@@ -94,6 +100,8 @@ pub struct Intake {
     /// has delivered the event that announced the folder, so files created in between are
     /// seen by no event and by no first scan.
     rescan_soon: Vec<(usize, PathBuf, Instant)>,
+    /// Special entries (FIFOs, sockets, devices, broken or escaping symlinks), logged once.
+    special_logged: HashSet<PathBuf>,
 }
 
 /// How long after a new folder's first scan it is scanned again.
@@ -144,6 +152,7 @@ impl Intake {
             window,
             held_by_writer: HashSet::new(),
             rescan_soon: Vec::new(),
+            special_logged: HashSet::new(),
         };
         intake.rescan();
         Ok(intake)
@@ -170,6 +179,7 @@ impl Intake {
             complete_hint: true,
             not_before: None,
             failures: 0,
+            unaccepted: claim.unaccepted,
         });
         candidate.failures = claim.failures + 1;
         candidate.not_before = Some(now + delay);
@@ -249,9 +259,23 @@ impl Intake {
         if is_ignored_name(&name) {
             return;
         }
+        if let Some(what) = special_entry(path, &self.canonical_roots[root]) {
+            // Never opened, never moved: said once, and listed by `darkroom status`.
+            if self.special_logged.insert(path.to_path_buf()) {
+                tracing::warn!(
+                    entry = %path.display(),
+                    what,
+                    "left alone: not a file darkroom can read"
+                );
+            }
+            return;
+        }
         let spec = &self.roots[root];
-        if !spec.patterns.iter().any(|p| p.matches(&name)) {
-            tracing::debug!(file = %path.display(), "ignored: matches none of the rule's patterns");
+        let unaccepted = !spec.patterns.iter().any(|p| p.matches(&name));
+        if unaccepted
+            && (spec.role != Role::Inbox || spec.sidecars.iter().any(|p| p.matches(&name)))
+        {
+            tracing::debug!(file = %path.display(), "not claimed: matches none of the rule's patterns");
             return;
         }
         let Some(metadata) = self.regular_file_metadata(root, path) else {
@@ -291,6 +315,7 @@ impl Intake {
                         complete_hint,
                         not_before: None,
                         failures: 0,
+                        unaccepted,
                     },
                 );
             }
@@ -414,7 +439,10 @@ impl Intake {
                 continue;
             }
             let unchanged_for = now.duration_since(candidate.stable_since);
-            let settled = candidate.complete_hint && unchanged_for >= SETTLE.min(self.window);
+            // A file no rule takes is set aside only after the whole window.
+            let settled = candidate.complete_hint
+                && !candidate.unaccepted
+                && unchanged_for >= SETTLE.min(self.window);
             if settled || unchanged_for >= self.window {
                 eligible.push(path.clone());
             }
@@ -441,11 +469,66 @@ impl Intake {
                     path,
                     stat: candidate.stat,
                     failures: candidate.failures,
+                    unaccepted: candidate.unaccepted,
                 });
             }
         }
         claims
     }
+}
+
+/// What a special entry is (a FIFO, a socket, a device, or a symlink that is dangling, loops
+/// or leads out of `canonical_root`), or `None` for a plain file, a folder, or a symlink to a
+/// file inside the root. Reads only metadata: nothing is opened.
+pub fn special_entry(path: &Path, canonical_root: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    if kind.is_fifo() {
+        return Some("a FIFO (named pipe)");
+    }
+    if kind.is_socket() {
+        return Some("a socket");
+    }
+    if kind.is_block_device() || kind.is_char_device() {
+        return Some("a device");
+    }
+    if !kind.is_symlink() {
+        return None;
+    }
+    match std::fs::canonicalize(path) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Some("a symlink loop"),
+        Err(_) => Some("a dangling symlink"),
+        Ok(target) if !target.starts_with(canonical_root) => {
+            Some("the symlink points outside the watched folder")
+        }
+        Ok(target) => match std::fs::metadata(&target) {
+            Ok(m) if m.is_file() || m.is_dir() => None,
+            Ok(_) => Some("a symlink to a special file"),
+            Err(_) => Some("a dangling symlink"),
+        },
+    }
+}
+
+/// The special entries under `dir` (see [`special_entry`]), for `darkroom status`.
+pub fn special_entries(dir: &Path) -> Vec<(PathBuf, &'static str)> {
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut found = Vec::new();
+    let mut folders = vec![(dir.to_path_buf(), 0)];
+    while let Some((folder, depth)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some(what) = special_entry(&path, &root) {
+                found.push((path, what));
+            } else if depth < 32 && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push((path, depth + 1));
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Which of `paths` some process (visible in `/proc` to this user) has open for writing.
@@ -516,6 +599,7 @@ mod tests {
             role: Role::Inbox,
             dir: dir.path().to_path_buf(),
             patterns: vec![glob::Pattern::new("*.png").unwrap()],
+            sidecars: Vec::new(),
         }];
         let mut intake = Intake::start(roots, Duration::from_secs(60), |_| {}).unwrap();
         assert_eq!(intake.pending(), 0);

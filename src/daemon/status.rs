@@ -16,6 +16,12 @@ pub fn human_duration(seconds: f64) -> String {
     }
 }
 
+/// Whether a failed job's error says its file was in an inbox that no pattern of its rule
+/// takes (`Daemon::set_aside_unaccepted`).
+fn is_not_taken(error: &str) -> bool {
+    error.contains(": not taken: no pattern of rule")
+}
+
 /// The status report for the daemon configured by `config`.
 pub fn report(config: &Config) -> anyhow::Result<String> {
     let path = config.daemon.state_dir.join(journal::FILE_NAME);
@@ -106,6 +112,31 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
                 job.path.display(),
                 job.error.as_deref().unwrap_or("")
             )?;
+        }
+    }
+    let not_taken = journal
+        .in_state(State::Failed, 100_000)?
+        .iter()
+        .filter(|job| job.error.as_deref().is_some_and(is_not_taken))
+        .count();
+    if not_taken > 0 {
+        writeln!(
+            out,
+            "files no rule took (set aside in failed/<rule>/ with what the rule takes): {not_taken}"
+        )?;
+    }
+    let mut special = Vec::new();
+    for rule in &config.rules {
+        special.extend(crate::daemon::intake::special_entries(&rule.watch));
+    }
+    if !special.is_empty() {
+        writeln!(
+            out,
+            "special entries in inboxes, left alone (never opened): {}",
+            special.len()
+        )?;
+        for (path, what) in special.iter().take(20) {
+            writeln!(out, "  {}: {what}", path.display())?;
         }
     }
     let failed = journal.in_state(State::Failed, 10)?;

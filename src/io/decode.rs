@@ -130,7 +130,11 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, DecodeError> {
 pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     let format = image::guess_format(bytes).map_err(|_| DecodeError::NotAnImage)?;
     match format {
-        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Tiff | ImageFormat::WebP => Ok(format),
+        ImageFormat::Png
+        | ImageFormat::Jpeg
+        | ImageFormat::Tiff
+        | ImageFormat::WebP
+        | ImageFormat::Gif => Ok(format),
         other => Err(DecodeError::UnsupportedFormat(other)),
     }
 }

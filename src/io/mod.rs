@@ -8,6 +8,7 @@ pub mod deflate;
 pub mod encode;
 pub mod exif;
 pub mod external;
+pub mod gif;
 pub mod hash;
 pub mod jpeg_reduced;
 pub mod metadata;

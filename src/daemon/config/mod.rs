@@ -28,8 +28,8 @@ use settings::*;
 
 /// File name patterns a rule takes when it names none: the image formats darkroom decodes.
 pub const DEFAULT_PATTERNS: &[&str] = &[
-    "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.PNG", "*.JPG", "*.JPEG", "*.TIF",
-    "*.TIFF", "*.WEBP",
+    "*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.gif", "*.PNG", "*.JPG", "*.JPEG",
+    "*.TIF", "*.TIFF", "*.WEBP", "*.GIF",
 ];
 
 /// A checked configuration.

@@ -171,6 +171,37 @@ impl Daemon {
                 .set_state(older.id, State::Superseded, Some(&why))?;
             self.record(&older, State::Superseded, Some(&why));
         }
+        if claim.unaccepted {
+            self.set_aside_unaccepted(id, &rule)?;
+        }
+        Ok(())
+    }
+
+    /// A file in an inbox that none of its rule's patterns takes: set aside in
+    /// `failed/<rule>/` with a sidecar that says what the rule does take.
+    fn set_aside_unaccepted(&mut self, id: i64, rule: &str) -> anyhow::Result<()> {
+        let Some(job) = self.journal.get(id)? else {
+            return Ok(());
+        };
+        let patterns = self
+            .config
+            .rule(rule)
+            .map(|r| {
+                r.patterns
+                    .iter()
+                    .map(|p| p.as_str().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let error = OpError::Mismatch {
+            path: job.claimed_path.display().to_string(),
+            reason: format!(
+                "not taken: no pattern of rule '{rule}' matches this name; the rule takes {patterns} \
+                 (rename the file to one of those, or add a pattern to the rule)"
+            ),
+        };
+        self.fail(&job, &error);
         Ok(())
     }
 }

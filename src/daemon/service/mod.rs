@@ -115,6 +115,22 @@ enum Outcome {
     Normalise(Result<Box<Normalised>, OpError>),
 }
 
+/// A provenance sidecar's `source` block: where the input came from, its hash, and what of
+/// it was used (an animated GIF's later frames are dropped).
+fn source_block(job: &Job) -> serde_json::Value {
+    let mut block = json!({
+        "path": job.claimed_path,
+        "sha256": job.sha256,
+        "bytes": job.size,
+        "claimed_at": clock::rfc3339(job.created_at),
+    });
+    let notes = crate::io::gif::source_notes(&job.path);
+    if !notes.is_empty() {
+        block["notes"] = json!(notes);
+    }
+    block
+}
+
 /// How many candidate proxies a held return's message names (the rest are counted).
 const HELD_CANDIDATES_NAMED: usize = 5;
 
@@ -184,11 +200,17 @@ fn watch_roots(config: &Config) -> Vec<WatchRoot> {
         .collect();
     let mut roots = Vec::new();
     for rule in &config.rules {
+        // Captions a normalise rule reads beside its images are the rule's, not strays.
+        let sidecars = match &rule.recipe {
+            Recipe::Normalise(_) => vec![glob::Pattern::new("*.txt").expect("valid pattern")],
+            Recipe::SplitToProxy(_) | Recipe::Upscale(_) => Vec::new(),
+        };
         roots.push(WatchRoot {
             rule: rule.name.clone(),
             role: Role::Inbox,
             dir: rule.watch.clone(),
             patterns: rule.patterns.clone(),
+            sidecars,
         });
         match &rule.recipe {
             Recipe::SplitToProxy(options) => roots.push(WatchRoot {
@@ -196,6 +218,7 @@ fn watch_roots(config: &Config) -> Vec<WatchRoot> {
                 role: Role::ExchangeIn,
                 dir: options.exchange_in.clone(),
                 patterns: image_patterns.clone(),
+                sidecars: Vec::new(),
             }),
             Recipe::Upscale(_) | Recipe::Normalise(_) => {}
         }

@@ -176,12 +176,7 @@ impl Daemon {
             "darkroom_version": VERSION,
             "rule": rule.name,
             "recipe": rule.recipe.name(),
-            "source": {
-                "path": job.claimed_path,
-                "sha256": job.sha256,
-                "bytes": job.size,
-                "claimed_at": clock::rfc3339(job.created_at),
-            },
+            "source": source_block(job),
             "jobs": { "upscale": job.id },
         });
         let work = UpscaleWork {
@@ -279,12 +274,7 @@ impl Daemon {
                 "upscale_method": match &options.upscale_method { crate::io::external::UpscaleMethod::Basic => "basic".to_string(), crate::io::external::UpscaleMethod::Command(c) => format!("cmd({})", c.words.join(" ")) },
                 "originals": match rule.originals { OriginalsPolicy::Move => "move", OriginalsPolicy::Keep => "keep" },
             },
-            "source": {
-                "path": parent.claimed_path,
-                "sha256": parent.sha256,
-                "bytes": parent.size,
-                "claimed_at": clock::rfc3339(parent.created_at),
-            },
+            "source": source_block(&parent),
             "proxy": proxy_details,
             "return": {
                 "path": job.claimed_path,
