@@ -1,7 +1,7 @@
 //! `darkroom status`: what the journal says, read while the daemon runs.
 
 use crate::daemon::config::Config;
-use crate::daemon::journal::{self, Journal, Kind, State};
+use crate::daemon::journal::{self, Kind, SqliteStore, State, Store};
 use crate::io::clock;
 use std::fmt::Write;
 
@@ -32,7 +32,7 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
             config.path.display()
         );
     }
-    let journal = Journal::open_read_only(&config.daemon.state_dir)?;
+    let journal = SqliteStore::open_read_only(&config.daemon.state_dir)?;
     let now = clock::now();
     let mut out = String::new();
     writeln!(out, "journal: {}", path.display())?;

@@ -9,7 +9,7 @@
 use crate::core::signature::Signature;
 use crate::daemon::config::{self, Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
-use crate::daemon::journal::{FileIdentity, Job, Journal, Kind, State};
+use crate::daemon::journal::{FileIdentity, Job, Kind, SqliteStore, State, Store};
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::normalise_job::{self, NormaliseWork, Normalised};
 use crate::daemon::pairing::{self, Pairing, PendingProxy};
@@ -152,7 +152,8 @@ fn job_list(ids: impl Iterator<Item = i64>) -> String {
 struct Daemon {
     config: Arc<Config>,
     trees: Trees,
-    journal: Journal,
+    /// The journal, through the operations the daemon needs of any backend.
+    journal: Box<dyn Store>,
     log: ProcessingLog,
     intake: Intake,
     events: Sender<Event>,
@@ -354,12 +355,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let trees = Trees::new(&config.daemon.root);
     create_folders(&config, &trees)?;
-    let journal = Journal::open(&config.daemon.state_dir).with_context(|| {
-        format!(
-            "cannot open the journal in {}",
-            config.daemon.state_dir.display()
-        )
-    })?;
+    let journal: Box<dyn Store> = Box::new(
+        SqliteStore::open(&config.daemon.state_dir).with_context(|| {
+            format!(
+                "cannot open the journal in {}",
+                config.daemon.state_dir.display()
+            )
+        })?,
+    );
     let log = ProcessingLog::open(&trees.processing_log())
         .with_context(|| format!("cannot open {}", trees.processing_log().display()))?;
     let (events, inbox) = mpsc::channel::<Event>();

@@ -1,160 +1,20 @@
-//! The crash-safe job journal: one SQLite database (WAL, `synchronous=FULL`) with every job
-//! and its state. The daemon's main thread is its only writer; `darkroom status` reads it
-//! while the daemon runs.
-//!
-//! A job is either a `split` (a file claimed from a rule's inbox) or a `merge` (a processed
-//! proxy claimed from the rule's `exchange_in`, paired with its split job as `parent`).
+//! The SQLite journal: the one place that holds SQL. Its schema is versioned: each
+//! migration runs once, in order, recorded in the database's `user_version`.
 
-use crate::io::clock::now;
+use super::*;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The journal's file name inside the state folder.
-pub const FILE_NAME: &str = "journal.sqlite";
-
-/// What a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// An original from an inbox.
-    Split,
-    /// A processed proxy returned by the external tool.
-    Merge,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Split => "split",
-            Kind::Merge => "merge",
-        }
-    }
-
-    fn parse(text: &str) -> Kind {
-        if text == "merge" {
-            Kind::Merge
-        } else {
-            Kind::Split
-        }
-    }
-}
-
-/// Job states. A split job goes queued → running → awaiting-return → done (or expired when no
-/// return came back in time); a merge job goes queued → merging → done. Any job can end
-/// failed; a merge job whose content match is ambiguous is held.
-///
-/// A file that read as empty or truncated is `incomplete`: left in place and watched for
-/// `incomplete_grace`, since a writer may still be appending to it. When it changes, the new
-/// version is claimed as a new job and this one is `superseded`; when it leaves the folder
-/// (removed, or renamed by a person pairing a held return) its job is `withdrawn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum State {
-    Queued,
-    Running,
-    AwaitingReturn,
-    Merging,
-    Done,
-    Failed,
-    Expired,
-    Held,
-    Incomplete,
-    Superseded,
-    Withdrawn,
-}
-
-impl State {
-    pub const ALL: [State; 11] = [
-        State::Queued,
-        State::Running,
-        State::AwaitingReturn,
-        State::Merging,
-        State::Done,
-        State::Failed,
-        State::Expired,
-        State::Held,
-        State::Incomplete,
-        State::Superseded,
-        State::Withdrawn,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Running => "running",
-            State::AwaitingReturn => "awaiting-return",
-            State::Merging => "merging",
-            State::Done => "done",
-            State::Failed => "failed",
-            State::Expired => "expired",
-            State::Held => "held",
-            State::Incomplete => "incomplete",
-            State::Superseded => "superseded",
-            State::Withdrawn => "withdrawn",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<State> {
-        State::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-}
-
-/// What identifies a claimed file: the same path, size, mtime and content is never queued twice.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileIdentity {
-    pub path: PathBuf,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub inode: u64,
-    pub sha256: String,
-}
-
-/// One job row.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: i64,
-    pub kind: Kind,
-    pub rule: String,
-    /// Where the file was claimed.
-    pub claimed_path: PathBuf,
-    /// Where the file is now (moved to originals/, returns/ or failed/ once handled).
-    pub path: PathBuf,
-    pub size: u64,
-    /// The claimed file's modification time (ns since the epoch), with `size` the cheap
-    /// check that the file on disk is still the version that was claimed.
-    pub mtime_ns: i64,
-    pub sha256: String,
-    pub state: State,
-    pub attempts: u32,
-    pub next_attempt_at: Option<f64>,
-    pub created_at: f64,
-    pub updated_at: f64,
-    pub error: Option<String>,
-    /// Merge jobs: the split job they belong to.
-    pub parent: Option<i64>,
-    /// Merge jobs: 1 for the first return of a proxy, 2, 3, ... for further variations.
-    pub variant: Option<u32>,
-    /// Merge jobs: name, job-id or content.
-    pub pairing: Option<String>,
-    pub output_path: Option<PathBuf>,
-    /// Split jobs: the proxy written to exchange_out.
-    pub proxy_path: Option<PathBuf>,
-    pub proxy_width: Option<u32>,
-    pub proxy_height: Option<u32>,
-    pub signature: Option<Vec<u8>>,
-    /// Split jobs: when the wait for a return ends (then grace starts).
-    pub expires_at: Option<f64>,
-    /// Split jobs: set once the return window and grace are over (proxy removed).
-    pub closed: bool,
-    /// JSON: timings and other details for the metadata tree.
-    pub details: Option<String>,
-}
-
-/// The journal connection.
-pub struct Journal {
+/// The journal in one SQLite database (WAL, `synchronous=FULL`).
+pub struct SqliteStore {
     connection: Connection,
 }
 
-const SCHEMA: &str = "
+/// The schema's migrations, in order: migration `n` brings `user_version` from `n - 1` to
+/// `n`. A new table or column is a new entry at the end; entries are never edited.
+const MIGRATIONS: &[(&str, &str)] = &[("jobs: identities, states, attempts, proxies", SCHEMA_1)];
+
+const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -195,6 +55,30 @@ const COLUMNS: &str = "id, kind, rule, claimed_path, path, size, sha256, state, 
     next_attempt_at, created_at, updated_at, error, parent, variant, pairing, output_path, \
     proxy_path, proxy_width, proxy_height, signature, expires_at, closed, details, mtime_ns";
 
+/// Brings the journal's schema to the newest version this darkroom knows, each migration in
+/// its own transaction. A journal written by a newer darkroom is refused, not downgraded.
+fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(rusqlite::Error::ToSqlConversionFailure(
+            format!(
+                "the journal has schema version {version}, newer than this darkroom's {}: \
+                 run the newer darkroom, or start with a fresh state_dir",
+                MIGRATIONS.len()
+            )
+            .into(),
+        ));
+    }
+    for (index, (what, sql)) in MIGRATIONS.iter().enumerate().skip(version) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", index + 1)?;
+        transaction.commit()?;
+        tracing::debug!(version = index + 1, what, "journal schema migrated");
+    }
+    Ok(())
+}
+
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = row.get(7)?;
     let kind: String = row.get(1)?;
@@ -231,30 +115,30 @@ fn text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-impl Journal {
+impl SqliteStore {
     /// Opens (creating if needed) the journal in `state_dir`.
-    pub fn open(state_dir: &Path) -> rusqlite::Result<Journal> {
-        let connection = Connection::open(state_dir.join(FILE_NAME))?;
+    pub fn open(state_dir: &Path) -> rusqlite::Result<SqliteStore> {
+        let mut connection = Connection::open(state_dir.join(FILE_NAME))?;
         connection.busy_timeout(Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
-        connection.execute_batch(SCHEMA)?;
-        Ok(Journal { connection })
+        migrate(&mut connection)?;
+        Ok(SqliteStore { connection })
     }
 
     /// Opens an existing journal for reading only (`darkroom status`).
-    pub fn open_read_only(state_dir: &Path) -> rusqlite::Result<Journal> {
+    pub fn open_read_only(state_dir: &Path) -> rusqlite::Result<SqliteStore> {
         let connection = Connection::open_with_flags(
             state_dir.join(FILE_NAME),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(Duration::from_secs(10))?;
-        Ok(Journal { connection })
+        Ok(SqliteStore { connection })
     }
 
     /// The job a file identity already has, if any.
-    pub fn find_identity(
+    fn find_identity(
         &self,
         rule: &str,
         kind: Kind,
@@ -281,7 +165,7 @@ impl Journal {
 
     /// True when a job was claimed from `path` with this size and mtime: lets a rescan skip
     /// hashing files it already knows.
-    pub fn knows_stat(
+    fn knows_stat(
         &self,
         rule: &str,
         kind: Kind,
@@ -301,7 +185,7 @@ impl Journal {
     }
 
     /// Records a newly claimed file as a queued job and returns its id.
-    pub fn insert(
+    fn insert(
         &self,
         rule: &str,
         kind: Kind,
@@ -327,7 +211,7 @@ impl Journal {
         Ok(self.connection.last_insert_rowid())
     }
 
-    pub fn get(&self, id: i64) -> rusqlite::Result<Option<Job>> {
+    fn get(&self, id: i64) -> rusqlite::Result<Option<Job>> {
         self.connection
             .query_row(
                 &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
@@ -351,12 +235,12 @@ impl Journal {
 
     /// Jobs a crash or `kill -9` interrupted: they run again from the start (their outputs
     /// are rewritten in place, atomically).
-    pub fn interrupted(&self) -> rusqlite::Result<Vec<Job>> {
+    fn interrupted(&self) -> rusqlite::Result<Vec<Job>> {
         self.query("state IN ('running', 'merging') ORDER BY id", &[])
     }
 
     /// Queued jobs whose retry time has come, oldest first.
-    pub fn runnable(&self, at: f64, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    fn runnable(&self, at: f64, limit: usize) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
              ORDER BY id LIMIT ?2",
@@ -366,7 +250,7 @@ impl Journal {
 
     /// The earliest retry time after `at` among queued jobs (those already due start as
     /// soon as a worker is free, which wakes the loop anyway).
-    pub fn next_retry_at(&self, at: f64) -> rusqlite::Result<Option<f64>> {
+    fn next_retry_at(&self, at: f64) -> rusqlite::Result<Option<f64>> {
         self.connection.query_row(
             "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued' AND next_attempt_at > ?1",
             [at],
@@ -376,7 +260,7 @@ impl Journal {
 
     /// Split jobs of `rule` that can still take a return: awaiting, expired within grace,
     /// or done but still inside their window (variations).
-    pub fn pending_proxies(&self, rule: &str) -> rusqlite::Result<Vec<Job>> {
+    fn pending_proxies(&self, rule: &str) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "kind = 'split' AND rule = ?1 AND closed = 0 AND proxy_path IS NOT NULL \
              AND state IN ('awaiting-return', 'expired', 'done') ORDER BY id",
@@ -385,7 +269,7 @@ impl Journal {
     }
 
     /// Split jobs still waiting past `at` (to be marked expired).
-    pub fn overdue(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
+    fn overdue(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "kind = 'split' AND state = 'awaiting-return' AND expires_at <= ?1",
             &[&at],
@@ -393,7 +277,7 @@ impl Journal {
     }
 
     /// Open split jobs whose window (expiry plus `grace`) ended before `at`.
-    pub fn window_over(&self, at: f64, grace: f64, rule: &str) -> rusqlite::Result<Vec<Job>> {
+    fn window_over(&self, at: f64, grace: f64, rule: &str) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "kind = 'split' AND rule = ?3 AND closed = 0 AND expires_at IS NOT NULL \
              AND expires_at + ?2 <= ?1 AND state IN ('expired', 'done')",
@@ -403,7 +287,7 @@ impl Journal {
 
     /// The next moment something awaits a deadline (a proxy's expiry, or the end of an
     /// incomplete file's grace).
-    pub fn next_deadline(&self) -> rusqlite::Result<Option<f64>> {
+    fn next_deadline(&self) -> rusqlite::Result<Option<f64>> {
         self.connection.query_row(
             "SELECT MIN(t) FROM (\
                SELECT MIN(expires_at) AS t FROM jobs WHERE kind = 'split' AND state = 'awaiting-return' \
@@ -415,7 +299,7 @@ impl Journal {
     }
 
     /// Leaves a job whose file read as empty or truncated waiting in place until `until`.
-    pub fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> rusqlite::Result<()> {
+    fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'incomplete', next_attempt_at = ?2, error = ?3, \
              updated_at = ?4 WHERE id = ?1",
@@ -425,7 +309,7 @@ impl Journal {
     }
 
     /// Incomplete jobs whose grace ended at or before `at`.
-    pub fn incomplete_due(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
+    fn incomplete_due(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "state = 'incomplete' AND next_attempt_at <= ?1 ORDER BY id",
             &[&at],
@@ -435,7 +319,7 @@ impl Journal {
     /// Jobs of the same file (rule, kind, claimed path) other than `newer` that have not
     /// started and never will with this content: queued, incomplete or held. They are
     /// superseded by the newer version of the file.
-    pub fn superseded_by(&self, newer: i64) -> rusqlite::Result<Vec<Job>> {
+    fn superseded_by(&self, newer: i64) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "id != ?1 AND state IN ('queued', 'incomplete', 'held') AND (rule, kind, claimed_path) = \
              (SELECT rule, kind, claimed_path FROM jobs WHERE id = ?1) ORDER BY id",
@@ -444,7 +328,7 @@ impl Journal {
     }
 
     /// Merge jobs of a split job that have a variant number.
-    pub fn variants_of(&self, parent: i64) -> rusqlite::Result<Vec<Job>> {
+    fn variants_of(&self, parent: i64) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "kind = 'merge' AND parent = ?1 AND variant IS NOT NULL ORDER BY variant",
             &[&parent],
@@ -452,7 +336,7 @@ impl Journal {
     }
 
     /// True when some job already writes to `path`.
-    pub fn output_taken(&self, path: &Path, except_parent: i64) -> rusqlite::Result<bool> {
+    fn output_taken(&self, path: &Path, except_parent: i64) -> rusqlite::Result<bool> {
         self.connection
             .query_row(
                 "SELECT 1 FROM jobs WHERE output_path = ?1 AND (parent IS NULL OR parent != ?2) LIMIT 1",
@@ -464,7 +348,7 @@ impl Journal {
     }
 
     /// Moves a job to a new state (and clears its error unless one is given).
-    pub fn set_state(&self, id: i64, state: State, error: Option<&str>) -> rusqlite::Result<()> {
+    fn set_state(&self, id: i64, state: State, error: Option<&str>) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, state.as_str(), error, now()],
@@ -473,7 +357,7 @@ impl Journal {
     }
 
     /// Starts an attempt: the state becomes `running`/`merging` and attempts grows by one.
-    pub fn start_attempt(&self, id: i64, state: State) -> rusqlite::Result<()> {
+    fn start_attempt(&self, id: i64, state: State) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET state = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
             params![id, state.as_str(), now()],
@@ -482,7 +366,7 @@ impl Journal {
     }
 
     /// Puts a job back in the queue after a transient failure, to run at `at`.
-    pub fn retry_at(&self, id: i64, at: f64, error: &str) -> rusqlite::Result<()> {
+    fn retry_at(&self, id: i64, at: f64, error: &str) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'queued', next_attempt_at = ?2, error = ?3, updated_at = ?4 \
              WHERE id = ?1",
@@ -492,7 +376,7 @@ impl Journal {
     }
 
     /// Resets an interrupted job to queued (its attempt is not counted against it).
-    pub fn requeue_interrupted(&self, id: i64) -> rusqlite::Result<()> {
+    fn requeue_interrupted(&self, id: i64) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?2 \
              WHERE id = ?1",
@@ -501,7 +385,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn set_path(&self, id: i64, path: &Path) -> rusqlite::Result<()> {
+    fn set_path(&self, id: i64, path: &Path) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET path = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, text(path), now()],
@@ -510,7 +394,7 @@ impl Journal {
     }
 
     /// Records the proxy a split job wrote and starts its wait for a return.
-    pub fn proxy_written(
+    fn proxy_written(
         &self,
         id: i64,
         proxy_path: &Path,
@@ -538,7 +422,7 @@ impl Journal {
     }
 
     /// Pairs a merge job with its split job, fixing its variant number and output path.
-    pub fn pair(
+    fn pair(
         &self,
         id: i64,
         parent: i64,
@@ -556,7 +440,7 @@ impl Journal {
 
     /// Commits a finished merge in one transaction: the merge job done, its split job done,
     /// and where the original and the returned file now are.
-    pub fn merge_done(
+    fn merge_done(
         &mut self,
         id: i64,
         parent: i64,
@@ -579,7 +463,7 @@ impl Journal {
     }
 
     /// Records the output path a job will write (decided once, reused by a re-run).
-    pub fn set_output(&self, id: i64, output: &Path) -> rusqlite::Result<()> {
+    fn set_output(&self, id: i64, output: &Path) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET output_path = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, text(output), now()],
@@ -588,7 +472,7 @@ impl Journal {
     }
 
     /// A single-step job finished: done, with where its input now is.
-    pub fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> rusqlite::Result<()> {
+    fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'done', path = ?2, details = ?3, error = NULL, updated_at = ?4 \
              WHERE id = ?1",
@@ -597,7 +481,7 @@ impl Journal {
         Ok(())
     }
 
-    pub fn close(&self, id: i64) -> rusqlite::Result<()> {
+    fn close(&self, id: i64) -> rusqlite::Result<()> {
         self.connection.execute(
             "UPDATE jobs SET closed = 1, updated_at = ?2 WHERE id = ?1",
             params![id, now()],
@@ -606,7 +490,7 @@ impl Journal {
     }
 
     /// Number of jobs in each state, by kind.
-    pub fn counts(&self) -> rusqlite::Result<Vec<(Kind, State, u64)>> {
+    fn counts(&self) -> rusqlite::Result<Vec<(Kind, State, u64)>> {
         let mut statement = self
             .connection
             .prepare("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state ORDER BY kind")?;
@@ -621,7 +505,7 @@ impl Journal {
     }
 
     /// Jobs in `state`, newest first, at most `limit`.
-    pub fn in_state(&self, state: State, limit: usize) -> rusqlite::Result<Vec<Job>> {
+    fn in_state(&self, state: State, limit: usize) -> rusqlite::Result<Vec<Job>> {
         self.query(
             "state = ?1 ORDER BY updated_at DESC LIMIT ?2",
             &[&state.as_str(), &(limit as i64)],
@@ -629,13 +513,193 @@ impl Journal {
     }
 
     /// The most recently finished job.
-    pub fn last_finished(&self) -> rusqlite::Result<Option<Job>> {
+    fn last_finished(&self) -> rusqlite::Result<Option<Job>> {
         Ok(self
             .query(
                 "state IN ('done', 'failed', 'awaiting-return') ORDER BY updated_at DESC LIMIT 1",
                 &[],
             )?
             .pop())
+    }
+}
+
+impl Store for SqliteStore {
+    fn find_identity(
+        &self,
+        rule: &str,
+        kind: Kind,
+        identity: &FileIdentity,
+    ) -> StoreResult<Option<Job>> {
+        Ok(SqliteStore::find_identity(self, rule, kind, identity)?)
+    }
+
+    fn knows_stat(
+        &self,
+        rule: &str,
+        kind: Kind,
+        path: &Path,
+        size: u64,
+        mtime_ns: i64,
+    ) -> StoreResult<bool> {
+        Ok(SqliteStore::knows_stat(
+            self, rule, kind, path, size, mtime_ns,
+        )?)
+    }
+
+    fn insert(
+        &self,
+        rule: &str,
+        kind: Kind,
+        identity: &FileIdentity,
+        state: State,
+    ) -> StoreResult<i64> {
+        Ok(SqliteStore::insert(self, rule, kind, identity, state)?)
+    }
+
+    fn get(&self, id: i64) -> StoreResult<Option<Job>> {
+        Ok(SqliteStore::get(self, id)?)
+    }
+
+    fn interrupted(&self) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::interrupted(self)?)
+    }
+
+    fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::runnable(self, at, limit)?)
+    }
+
+    fn next_retry_at(&self, at: f64) -> StoreResult<Option<f64>> {
+        Ok(SqliteStore::next_retry_at(self, at)?)
+    }
+
+    fn pending_proxies(&self, rule: &str) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::pending_proxies(self, rule)?)
+    }
+
+    fn overdue(&self, at: f64) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::overdue(self, at)?)
+    }
+
+    fn window_over(&self, at: f64, grace: f64, rule: &str) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::window_over(self, at, grace, rule)?)
+    }
+
+    fn next_deadline(&self) -> StoreResult<Option<f64>> {
+        Ok(SqliteStore::next_deadline(self)?)
+    }
+
+    fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> StoreResult<()> {
+        Ok(SqliteStore::set_incomplete(self, id, until, reason)?)
+    }
+
+    fn incomplete_due(&self, at: f64) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::incomplete_due(self, at)?)
+    }
+
+    fn superseded_by(&self, newer: i64) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::superseded_by(self, newer)?)
+    }
+
+    fn variants_of(&self, parent: i64) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::variants_of(self, parent)?)
+    }
+
+    fn output_taken(&self, path: &Path, except_parent: i64) -> StoreResult<bool> {
+        Ok(SqliteStore::output_taken(self, path, except_parent)?)
+    }
+
+    fn set_state(&self, id: i64, state: State, error: Option<&str>) -> StoreResult<()> {
+        Ok(SqliteStore::set_state(self, id, state, error)?)
+    }
+
+    fn start_attempt(&self, id: i64, state: State) -> StoreResult<()> {
+        Ok(SqliteStore::start_attempt(self, id, state)?)
+    }
+
+    fn retry_at(&self, id: i64, at: f64, error: &str) -> StoreResult<()> {
+        Ok(SqliteStore::retry_at(self, id, at, error)?)
+    }
+
+    fn requeue_interrupted(&self, id: i64) -> StoreResult<()> {
+        Ok(SqliteStore::requeue_interrupted(self, id)?)
+    }
+
+    fn set_path(&self, id: i64, path: &Path) -> StoreResult<()> {
+        Ok(SqliteStore::set_path(self, id, path)?)
+    }
+
+    fn proxy_written(
+        &self,
+        id: i64,
+        proxy_path: &Path,
+        size: (u32, u32),
+        signature: &[u8],
+        expires_at: f64,
+        details: &str,
+    ) -> StoreResult<()> {
+        Ok(SqliteStore::proxy_written(
+            self, id, proxy_path, size, signature, expires_at, details,
+        )?)
+    }
+
+    fn pair(
+        &self,
+        id: i64,
+        parent: i64,
+        variant: u32,
+        pairing: &str,
+        output_path: &Path,
+    ) -> StoreResult<()> {
+        Ok(SqliteStore::pair(
+            self,
+            id,
+            parent,
+            variant,
+            pairing,
+            output_path,
+        )?)
+    }
+
+    fn merge_done(
+        &mut self,
+        id: i64,
+        parent: i64,
+        return_now_at: &Path,
+        original_now_at: &Path,
+        details: &str,
+    ) -> StoreResult<()> {
+        Ok(SqliteStore::merge_done(
+            self,
+            id,
+            parent,
+            return_now_at,
+            original_now_at,
+            details,
+        )?)
+    }
+
+    fn set_output(&self, id: i64, output: &Path) -> StoreResult<()> {
+        Ok(SqliteStore::set_output(self, id, output)?)
+    }
+
+    fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> StoreResult<()> {
+        Ok(SqliteStore::job_done(self, id, input_now_at, details)?)
+    }
+
+    fn close(&self, id: i64) -> StoreResult<()> {
+        Ok(SqliteStore::close(self, id)?)
+    }
+
+    fn counts(&self) -> StoreResult<Vec<(Kind, State, u64)>> {
+        Ok(SqliteStore::counts(self)?)
+    }
+
+    fn in_state(&self, state: State, limit: usize) -> StoreResult<Vec<Job>> {
+        Ok(SqliteStore::in_state(self, state, limit)?)
+    }
+
+    fn last_finished(&self) -> StoreResult<Option<Job>> {
+        Ok(SqliteStore::last_finished(self)?)
     }
 }
 
@@ -656,7 +720,7 @@ mod tests {
     #[test]
     fn an_identity_is_queued_once_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = SqliteStore::open(dir.path()).unwrap();
         let id = journal
             .insert("photos", Kind::Split, &identity("/in/a.jpg"), State::Queued)
             .unwrap();
@@ -665,7 +729,7 @@ mod tests {
             .is_err());
         journal.start_attempt(id, State::Running).unwrap();
         drop(journal);
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = SqliteStore::open(dir.path()).unwrap();
         let found = journal
             .find_identity("photos", Kind::Split, &identity("/in/a.jpg"))
             .unwrap()
@@ -683,12 +747,31 @@ mod tests {
     #[test]
     fn retries_wait_for_their_time() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path()).unwrap();
+        let journal = SqliteStore::open(dir.path()).unwrap();
         let id = journal
             .insert("r", Kind::Split, &identity("/in/b.jpg"), State::Queued)
             .unwrap();
         journal.retry_at(id, now() + 100.0, "disk full").unwrap();
         assert!(journal.runnable(now(), 10).unwrap().is_empty());
         assert_eq!(journal.runnable(now() + 101.0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_schema_is_versioned_and_a_newer_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).unwrap());
+        let connection = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let version: usize = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        // Opening again runs nothing twice.
+        drop(SqliteStore::open(dir.path()).unwrap());
+        connection
+            .pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+            .unwrap();
+        drop(connection);
+        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+        assert!(error.contains("newer than this darkroom"), "{error}");
     }
 }

@@ -1,0 +1,305 @@
+//! The crash-safe job journal: one SQLite database (WAL, `synchronous=FULL`) with every job
+//! and its state. The daemon's main thread is its only writer; `darkroom status` reads it
+//! while the daemon runs.
+//!
+//! A job is either a `split` (a file claimed from a rule's inbox) or a `merge` (a processed
+//! proxy claimed from the rule's `exchange_in`, paired with its split job as `parent`).
+
+pub(crate) use crate::io::clock::now;
+use std::path::{Path, PathBuf};
+
+/// The journal's file name inside the state folder.
+pub const FILE_NAME: &str = "journal.sqlite";
+
+/// What a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An original from an inbox.
+    Split,
+    /// A processed proxy returned by the external tool.
+    Merge,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Split => "split",
+            Kind::Merge => "merge",
+        }
+    }
+
+    fn parse(text: &str) -> Kind {
+        if text == "merge" {
+            Kind::Merge
+        } else {
+            Kind::Split
+        }
+    }
+}
+
+/// Job states. A split job goes queued → running → awaiting-return → done (or expired when no
+/// return came back in time); a merge job goes queued → merging → done. Any job can end
+/// failed; a merge job whose content match is ambiguous is held.
+///
+/// A file that read as empty or truncated is `incomplete`: left in place and watched for
+/// `incomplete_grace`, since a writer may still be appending to it. When it changes, the new
+/// version is claimed as a new job and this one is `superseded`; when it leaves the folder
+/// (removed, or renamed by a person pairing a held return) its job is `withdrawn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Queued,
+    Running,
+    AwaitingReturn,
+    Merging,
+    Done,
+    Failed,
+    Expired,
+    Held,
+    Incomplete,
+    Superseded,
+    Withdrawn,
+}
+
+impl State {
+    pub const ALL: [State; 11] = [
+        State::Queued,
+        State::Running,
+        State::AwaitingReturn,
+        State::Merging,
+        State::Done,
+        State::Failed,
+        State::Expired,
+        State::Held,
+        State::Incomplete,
+        State::Superseded,
+        State::Withdrawn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::AwaitingReturn => "awaiting-return",
+            State::Merging => "merging",
+            State::Done => "done",
+            State::Failed => "failed",
+            State::Expired => "expired",
+            State::Held => "held",
+            State::Incomplete => "incomplete",
+            State::Superseded => "superseded",
+            State::Withdrawn => "withdrawn",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// What identifies a claimed file: the same path, size, mtime and content is never queued twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub sha256: String,
+}
+
+/// One job row.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub kind: Kind,
+    pub rule: String,
+    /// Where the file was claimed.
+    pub claimed_path: PathBuf,
+    /// Where the file is now (moved to originals/, returns/ or failed/ once handled).
+    pub path: PathBuf,
+    pub size: u64,
+    /// The claimed file's modification time (ns since the epoch), with `size` the cheap
+    /// check that the file on disk is still the version that was claimed.
+    pub mtime_ns: i64,
+    pub sha256: String,
+    pub state: State,
+    pub attempts: u32,
+    pub next_attempt_at: Option<f64>,
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub error: Option<String>,
+    /// Merge jobs: the split job they belong to.
+    pub parent: Option<i64>,
+    /// Merge jobs: 1 for the first return of a proxy, 2, 3, ... for further variations.
+    pub variant: Option<u32>,
+    /// Merge jobs: name, job-id or content.
+    pub pairing: Option<String>,
+    pub output_path: Option<PathBuf>,
+    /// Split jobs: the proxy written to exchange_out.
+    pub proxy_path: Option<PathBuf>,
+    pub proxy_width: Option<u32>,
+    pub proxy_height: Option<u32>,
+    pub signature: Option<Vec<u8>>,
+    /// Split jobs: when the wait for a return ends (then grace starts).
+    pub expires_at: Option<f64>,
+    /// Split jobs: set once the return window and grace are over (proxy removed).
+    pub closed: bool,
+    /// JSON: timings and other details for the metadata tree.
+    pub details: Option<String>,
+}
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// A journal operation that failed, with the backend's own words.
+#[derive(Debug, thiserror::Error)]
+#[error("journal: {0}")]
+pub struct StoreError(String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations the daemon needs from its journal, whatever keeps it: claim by identity,
+/// state transitions with attempt numbers, pending proxies, deadlines, retries, counts.
+/// SQLite ([`SqliteStore`]) is the one implementation; no SQL lives outside it.
+pub trait Store: Send {
+    /// The job a file identity already has, if any.
+    fn find_identity(
+        &self,
+        rule: &str,
+        kind: Kind,
+        identity: &FileIdentity,
+    ) -> StoreResult<Option<Job>>;
+
+    /// True when a job was claimed from `path` with this size and mtime: lets a rescan skip
+    /// hashing files it already knows.
+    fn knows_stat(
+        &self,
+        rule: &str,
+        kind: Kind,
+        path: &Path,
+        size: u64,
+        mtime_ns: i64,
+    ) -> StoreResult<bool>;
+
+    /// Records a newly claimed file as a queued job and returns its id.
+    fn insert(
+        &self,
+        rule: &str,
+        kind: Kind,
+        identity: &FileIdentity,
+        state: State,
+    ) -> StoreResult<i64>;
+
+    fn get(&self, id: i64) -> StoreResult<Option<Job>>;
+
+    /// Jobs a crash or `kill -9` interrupted: they run again from the start (their outputs
+    /// are rewritten in place, atomically).
+    fn interrupted(&self) -> StoreResult<Vec<Job>>;
+
+    /// Queued jobs whose retry time has come, oldest first.
+    fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>>;
+
+    /// The earliest retry time after `at` among queued jobs (those already due start as
+    /// soon as a worker is free, which wakes the loop anyway).
+    fn next_retry_at(&self, at: f64) -> StoreResult<Option<f64>>;
+
+    /// Split jobs of `rule` that can still take a return: awaiting, expired within grace,
+    /// or done but still inside their window (variations).
+    fn pending_proxies(&self, rule: &str) -> StoreResult<Vec<Job>>;
+
+    /// Split jobs still waiting past `at` (to be marked expired).
+    fn overdue(&self, at: f64) -> StoreResult<Vec<Job>>;
+
+    /// Open split jobs whose window (expiry plus `grace`) ended before `at`.
+    fn window_over(&self, at: f64, grace: f64, rule: &str) -> StoreResult<Vec<Job>>;
+
+    /// The next moment something awaits a deadline (a proxy's expiry, or the end of an
+    /// incomplete file's grace).
+    fn next_deadline(&self) -> StoreResult<Option<f64>>;
+
+    /// Leaves a job whose file read as empty or truncated waiting in place until `until`.
+    fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> StoreResult<()>;
+
+    /// Incomplete jobs whose grace ended at or before `at`.
+    fn incomplete_due(&self, at: f64) -> StoreResult<Vec<Job>>;
+
+    /// Jobs of the same file (rule, kind, claimed path) other than `newer` that have not
+    /// started and never will with this content: queued, incomplete or held. They are
+    /// superseded by the newer version of the file.
+    fn superseded_by(&self, newer: i64) -> StoreResult<Vec<Job>>;
+
+    /// Merge jobs of a split job that have a variant number.
+    fn variants_of(&self, parent: i64) -> StoreResult<Vec<Job>>;
+
+    /// True when some job already writes to `path`.
+    fn output_taken(&self, path: &Path, except_parent: i64) -> StoreResult<bool>;
+
+    /// Moves a job to a new state (and clears its error unless one is given).
+    fn set_state(&self, id: i64, state: State, error: Option<&str>) -> StoreResult<()>;
+
+    /// Starts an attempt: the state becomes `running`/`merging` and attempts grows by one.
+    fn start_attempt(&self, id: i64, state: State) -> StoreResult<()>;
+
+    /// Puts a job back in the queue after a transient failure, to run at `at`.
+    fn retry_at(&self, id: i64, at: f64, error: &str) -> StoreResult<()>;
+
+    /// Resets an interrupted job to queued (its attempt is not counted against it).
+    fn requeue_interrupted(&self, id: i64) -> StoreResult<()>;
+
+    fn set_path(&self, id: i64, path: &Path) -> StoreResult<()>;
+
+    /// Records the proxy a split job wrote and starts its wait for a return.
+    fn proxy_written(
+        &self,
+        id: i64,
+        proxy_path: &Path,
+        size: (u32, u32),
+        signature: &[u8],
+        expires_at: f64,
+        details: &str,
+    ) -> StoreResult<()>;
+
+    /// Pairs a merge job with its split job, fixing its variant number and output path.
+    fn pair(
+        &self,
+        id: i64,
+        parent: i64,
+        variant: u32,
+        pairing: &str,
+        output_path: &Path,
+    ) -> StoreResult<()>;
+
+    /// Commits a finished merge in one transaction: the merge job done, its split job done,
+    /// and where the original and the returned file now are.
+    fn merge_done(
+        &mut self,
+        id: i64,
+        parent: i64,
+        return_now_at: &Path,
+        original_now_at: &Path,
+        details: &str,
+    ) -> StoreResult<()>;
+
+    /// Records the output path a job will write (decided once, reused by a re-run).
+    fn set_output(&self, id: i64, output: &Path) -> StoreResult<()>;
+
+    /// A single-step job finished: done, with where its input now is.
+    fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> StoreResult<()>;
+
+    fn close(&self, id: i64) -> StoreResult<()>;
+
+    /// Number of jobs in each state, by kind.
+    fn counts(&self) -> StoreResult<Vec<(Kind, State, u64)>>;
+
+    /// Jobs in `state`, newest first, at most `limit`.
+    fn in_state(&self, state: State, limit: usize) -> StoreResult<Vec<Job>>;
+
+    /// The most recently finished job.
+    fn last_finished(&self) -> StoreResult<Option<Job>>;
+}
