@@ -72,7 +72,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn pixels(width: u32, height: u32) -> Self {
+    pub const fn pixels(width: u32, height: u32) -> Self {
         Target {
             width: Extent::Pixels(width),
             height: Extent::Pixels(height),

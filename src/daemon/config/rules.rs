@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// split-to-proxy defaults (the merge method is guided, or additive with a `cmd(...)` delta
+/// upscaler).
+pub(super) const DEFAULT_PROXY_SIZE: &str = "1024x1024";
+pub(super) const DEFAULT_PROXY_TARGET: Target = Target::pixels(1024, 1024);
+pub(super) const DEFAULT_DELTA_DEPTH: u8 = 8;
+pub(super) const DEFAULT_MATCH_THRESHOLD: f64 = 0.90;
+pub(super) const DEFAULT_MATCH_MARGIN: f64 = 0.02;
+pub(super) const DEFAULT_RETURN_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub(super) const DEFAULT_RETURN_GRACE: Duration = Duration::from_secs(3600);
+pub(super) const DEFAULT_REFINE: bool = true;
+pub(super) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// upscale defaults; enhance's `via = "proxy"` uses [`DEFAULT_PROXY_SIZE`] too.
+pub(super) const DEFAULT_PASSES: u32 = 1;
+
 /// The keys every model rule (upscale, enhance) shares: the model, the output, and the
 /// corrections around the model.
 #[derive(Deserialize, Default)]
@@ -253,7 +268,7 @@ pub(super) fn resolve_rule(
             let mut table = table;
             let shared = ModelRule::take(&mut table, context.models, &label, line, problems);
             let raw: RawUpscale = read_known_keys(table, &label, line, problems);
-            let passes = raw.passes.unwrap_or(1);
+            let passes = raw.passes.unwrap_or(DEFAULT_PASSES);
             if !(1..=4).contains(&passes) {
                 problems.push(format!("{label}.passes"), Some(line), "must be 1 to 4");
             }
@@ -279,10 +294,10 @@ pub(super) fn resolve_rule(
             let mut table = table;
             let shared = ModelRule::take(&mut table, context.models, &label, line, problems);
             let raw: RawEnhance = read_known_keys(table, &label, line, problems);
-            let size =
-                parse_size(raw.size.as_deref().unwrap_or("1024x1024")).unwrap_or_else(|message| {
+            let size = parse_size(raw.size.as_deref().unwrap_or(DEFAULT_PROXY_SIZE))
+                .unwrap_or_else(|message| {
                     problems.push(format!("{label}.size"), Some(line), message);
-                    Target::pixels(1024, 1024)
+                    DEFAULT_PROXY_TARGET
                 });
             let method = raw
                 .merge_method
@@ -385,12 +400,12 @@ pub(super) fn resolve_split_to_proxy(
     base: &Path,
     problems: &mut Problems,
 ) -> SplitToProxy {
-    let size_text = raw.size.unwrap_or_else(|| "1024x1024".into());
-    let size = parse_size(&size_text).unwrap_or_else(|message| {
-        problems.push(format!("{label}.size"), Some(line), message);
-        Target::pixels(1024, 1024)
-    });
-    let delta_depth = match raw.delta_depth.unwrap_or(8) {
+    let size =
+        parse_size(raw.size.as_deref().unwrap_or(DEFAULT_PROXY_SIZE)).unwrap_or_else(|message| {
+            problems.push(format!("{label}.size"), Some(line), message);
+            DEFAULT_PROXY_TARGET
+        });
+    let delta_depth = match raw.delta_depth.unwrap_or(DEFAULT_DELTA_DEPTH) {
         8 => DeltaDepth::Eight,
         16 => DeltaDepth::Sixteen,
         other => {
@@ -414,7 +429,7 @@ pub(super) fn resolve_split_to_proxy(
             UpscaleMethod::Basic
         }
     };
-    let match_threshold = raw.match_threshold.unwrap_or(0.90);
+    let match_threshold = raw.match_threshold.unwrap_or(DEFAULT_MATCH_THRESHOLD);
     if !(0.0..=1.0).contains(&match_threshold) {
         problems.push(
             format!("{label}.match_threshold"),
@@ -422,7 +437,7 @@ pub(super) fn resolve_split_to_proxy(
             "must be between 0 and 1 (a correlation)",
         );
     }
-    let match_margin = raw.match_margin.unwrap_or(0.02);
+    let match_margin = raw.match_margin.unwrap_or(DEFAULT_MATCH_MARGIN);
     if !(0.0..=1.0).contains(&match_margin) {
         problems.push(
             format!("{label}.match_margin"),
@@ -466,24 +481,24 @@ pub(super) fn resolve_split_to_proxy(
             .unwrap_or_else(|| exchange.join("in").join(name)),
         return_timeout: duration_or(
             raw.return_timeout,
-            Duration::from_secs(24 * 3600),
+            DEFAULT_RETURN_TIMEOUT,
             format!("{label}.return_timeout"),
             line,
             problems,
         ),
         return_grace: duration_or(
             raw.return_grace,
-            Duration::from_secs(3600),
+            DEFAULT_RETURN_GRACE,
             format!("{label}.return_grace"),
             line,
             problems,
         ),
-        refine: raw.refine.unwrap_or(true),
+        refine: raw.refine.unwrap_or(DEFAULT_REFINE),
         delta_depth,
         upscale_method,
         command_timeout: duration_or(
             raw.command_timeout,
-            Duration::from_secs(600),
+            DEFAULT_COMMAND_TIMEOUT,
             format!("{label}.command_timeout"),
             line,
             problems,

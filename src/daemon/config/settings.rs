@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// `[daemon]` defaults (`incomplete_grace`'s is [`DEFAULT_INCOMPLETE_GRACE`]).
+pub(super) const DEFAULT_ROOT: &str = "var";
+pub(super) const DEFAULT_WORKERS: usize = 1;
+pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+pub(super) const DEFAULT_STABILITY_WINDOW: Duration = Duration::from_secs(2);
+pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(super) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRuntime {
@@ -63,7 +72,7 @@ pub(super) fn resolve_daemon(
             (raw, line)
         }
     };
-    let root = resolve_path(base, raw.root.as_deref().unwrap_or(Path::new("var")));
+    let root = resolve_path(base, raw.root.as_deref().unwrap_or(Path::new(DEFAULT_ROOT)));
     let state_dir = raw
         .state_dir
         .map(|p| resolve_path(base, &p))
@@ -80,17 +89,17 @@ pub(super) fn resolve_daemon(
             format!("'{log_level}' is not a log level: use error, warn, info, debug or trace"),
         );
     }
-    let workers = raw.workers.unwrap_or(1);
+    let workers = raw.workers.unwrap_or(DEFAULT_WORKERS);
     if workers == 0 || workers > 64 {
         problems.push("daemon.workers", Some(line), "must be between 1 and 64");
     }
-    let max_attempts = raw.max_attempts.unwrap_or(5);
+    let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if max_attempts == 0 {
         problems.push("daemon.max_attempts", Some(line), "must be at least 1");
     }
     let stability_window = duration_or(
         raw.stability_window,
-        Duration::from_secs(2),
+        DEFAULT_STABILITY_WINDOW,
         "daemon.stability_window".into(),
         line,
         problems,
@@ -115,21 +124,21 @@ pub(super) fn resolve_daemon(
     }
     let shutdown_timeout = duration_or(
         raw.shutdown_timeout,
-        Duration::from_secs(30),
+        DEFAULT_SHUTDOWN_TIMEOUT,
         "daemon.shutdown_timeout".into(),
         line,
         problems,
     );
     let job_timeout = duration_or(
         raw.job_timeout,
-        Duration::from_secs(30 * 60),
+        DEFAULT_JOB_TIMEOUT,
         "daemon.job_timeout".into(),
         line,
         problems,
     );
     let retry_backoff = duration_or(
         raw.retry_backoff,
-        Duration::from_secs(5),
+        DEFAULT_RETRY_BACKOFF,
         "daemon.retry_backoff".into(),
         line,
         problems,
