@@ -433,24 +433,23 @@ fn normalise_command(
             let mut model = model
                 .lock()
                 .map_err(|_| OpError::Internal("model lock poisoned".into()))?;
-            let scale = f64::from(model.scale.max(2));
-            let passes = (factor.ln() / scale.ln()).ceil().max(1.0) as u32;
+            let target = normalise::enlarged_size(&image, factor);
             let out = ops::upscale::upscale_passes(
                 &image,
                 &mut model,
                 *tile,
                 *context,
-                passes,
-                None,
+                1,
+                Some(target),
                 &mut |_, _| {},
             )
-            .map_err(|e| OpError::External {
-                path: model.name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(OpError::from)?;
             Ok((
                 out,
-                format!("{} x{} ({passes} pass(es))", model.name, model.scale),
+                format!(
+                    "{} x{} to {}x{}",
+                    model.name, model.scale, target.0, target.1
+                ),
             ))
         }
     });

@@ -101,10 +101,7 @@ pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError
             .upscale_model
             .as_ref()
             .expect("only offered with a model");
-        let target = (
-            (f64::from(image.width()) * factor).ceil() as u32,
-            (f64::from(image.height()) * factor).ceil() as u32,
-        );
+        let target = normalise::enlarged_size(&image, factor);
         let out = lane
             .upscale(spec, &work.runtime, (1, Some(target)), image)
             .map_err(OpError::from)?;

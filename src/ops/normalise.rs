@@ -1457,6 +1457,16 @@ impl<'de> Deserialize<'de> for Limit {
     }
 }
 
+/// The size an image too small for its preset is enlarged to by the rule's model: `factor`
+/// times its size, rounded up. The model runs as many passes as that needs and the result is
+/// brought to exactly this size (the CLI and the daemon enlarge alike).
+pub fn enlarged_size(image: &DynamicImage, factor: f64) -> (u32, u32) {
+    (
+        (f64::from(image.width()) * factor).ceil() as u32,
+        (f64::from(image.height()) * factor).ceil() as u32,
+    )
+}
+
 /// The recipe's settings as written: the keys of a `recipe = "normalise"` rule and the flags
 /// of `darkroom normalise` are the same (`min_sharpness` / `--min-sharpness`).
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
