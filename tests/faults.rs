@@ -637,7 +637,8 @@ fn subfolders_emptied_by_filing_are_removed_but_never_the_inbox_or_a_folder_stil
         inbox.join("keep/bad.jpg"),
     )
     .unwrap();
-    std::fs::write(inbox.join("keep/notes.md"), b"not an image").unwrap();
+    // An upload still in progress (a temp name, never taken) keeps its folder in use.
+    std::fs::write(inbox.join("keep/upload.jpg.part"), b"half a photo").unwrap();
     let failed = tree.path("var/failed/photos");
     tree.wait_for("both bad files set aside", || files_in(&failed).len() == 4);
     tree.wait_for("the emptied folders removed", || {
@@ -646,7 +647,7 @@ fn subfolders_emptied_by_filing_are_removed_but_never_the_inbox_or_a_folder_stil
     assert!(inbox.is_dir(), "the inbox itself stays");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        inbox.join("keep/notes.md").is_file(),
+        inbox.join("keep/upload.jpg.part").is_file(),
         "a folder with a file left in it stays"
     );
     // The watcher's own note about the removed folders' watches stays out of the log.
