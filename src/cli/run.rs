@@ -434,16 +434,8 @@ fn normalise_command(
                 .lock()
                 .map_err(|_| OpError::Internal("model lock poisoned".into()))?;
             let target = normalise::enlarged_size(&image, factor);
-            let out = ops::upscale::upscale_passes(
-                &image,
-                &mut model,
-                *tile,
-                *context,
-                1,
-                Some(target),
-                &mut |_, _| {},
-            )
-            .map_err(OpError::from)?;
+            let out = ops::upscale::upscale_to_cover(&image, &mut model, *tile, *context, target)
+                .map_err(OpError::from)?;
             Ok((
                 out,
                 format!(

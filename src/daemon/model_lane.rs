@@ -29,6 +29,8 @@ struct UpscaleRequest {
     runtime: RuntimeSettings,
     passes: u32,
     target: Option<(u32, u32)>,
+    /// `target` is a least size to cover with whole passes, not an exact size.
+    cover: bool,
     image: DynamicImage,
     reply: Sender<Result<LaneResult, ModelError>>,
 }
@@ -86,6 +88,28 @@ impl ModelLane {
         (passes, target): (u32, Option<(u32, u32)>),
         image: DynamicImage,
     ) -> Result<LaneResult, ModelError> {
+        self.run(spec, runtime, (passes, target, false), image)
+    }
+
+    /// Enlarges `image` with as many passes of `spec`'s model as cover `target`, without
+    /// resizing after (normalise's enlarger: its own resize makes the final size).
+    pub fn enlarge(
+        &self,
+        spec: &ModelSpec,
+        runtime: &RuntimeSettings,
+        target: (u32, u32),
+        image: DynamicImage,
+    ) -> Result<LaneResult, ModelError> {
+        self.run(spec, runtime, (1, Some(target), true), image)
+    }
+
+    fn run(
+        &self,
+        spec: &ModelSpec,
+        runtime: &RuntimeSettings,
+        (passes, target, cover): (u32, Option<(u32, u32)>, bool),
+        image: DynamicImage,
+    ) -> Result<LaneResult, ModelError> {
         let (reply, answer) = mpsc::channel();
         let gone = || ModelError::Inference {
             path: spec.path.display().to_string(),
@@ -97,6 +121,7 @@ impl ModelLane {
                 runtime: runtime.clone(),
                 passes,
                 target,
+                cover,
                 image,
                 reply,
             }))
@@ -168,15 +193,24 @@ fn serve(
     )
     .len();
     let image = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        upscale_passes(
-            &request.image,
-            model,
-            tile,
-            spec.context,
-            request.passes,
-            request.target,
-            &mut |_, _| {},
-        )
+        match (request.cover, request.target) {
+            (true, Some(target)) => crate::ops::upscale::upscale_to_cover(
+                &request.image,
+                model,
+                tile,
+                spec.context,
+                target,
+            ),
+            _ => upscale_passes(
+                &request.image,
+                model,
+                tile,
+                spec.context,
+                request.passes,
+                request.target,
+                &mut |_, _| {},
+            ),
+        }
     }))
     .unwrap_or_else(|_| {
         Err(ModelError::Inference {

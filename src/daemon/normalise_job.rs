@@ -103,7 +103,7 @@ pub fn run(work: &NormaliseWork, lane: &ModelLane) -> Result<Normalised, OpError
             .expect("only offered with a model");
         let target = normalise::enlarged_size(&image, factor);
         let out = lane
-            .upscale(spec, &work.runtime, (1, Some(target)), image)
+            .enlarge(spec, &work.runtime, target, image)
             .map_err(OpError::from)?;
         Ok((
             out.image,

@@ -1457,9 +1457,10 @@ impl<'de> Deserialize<'de> for Limit {
     }
 }
 
-/// The size an image too small for its preset is enlarged to by the rule's model: `factor`
-/// times its size, rounded up. The model runs as many passes as that needs and the result is
-/// brought to exactly this size (the CLI and the daemon enlarge alike).
+/// The least size an image too small for its preset must be enlarged to by the rule's
+/// model: `factor` times its size, rounded up. The model runs as many whole passes as cover
+/// it, with no resize after: the preset's own resize makes the final size, in one step (the
+/// CLI and the daemon enlarge alike).
 pub fn enlarged_size(image: &DynamicImage, factor: f64) -> (u32, u32) {
     (
         (f64::from(image.width()) * factor).ceil() as u32,

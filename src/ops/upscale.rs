@@ -108,6 +108,19 @@ pub fn upscale_passes(
     Ok(current)
 }
 
+/// As many passes of `model` as make `image` at least `target` on both sides (at most
+/// four), with no resize after: for a caller whose own resize makes the final size.
+pub fn upscale_to_cover(
+    image: &DynamicImage,
+    model: &mut Model,
+    tile: u32,
+    context: u32,
+    target: (u32, u32),
+) -> Result<DynamicImage, ModelError> {
+    let passes = passes_for(image.width(), image.height(), model.scale, target);
+    upscale_passes(image, model, tile, context, passes, None, &mut |_, _| {})
+}
+
 /// What an upscale did.
 #[derive(Debug, Clone)]
 pub struct UpscaleOutput {
