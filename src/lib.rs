@@ -9,3 +9,4 @@ pub mod core;
 pub mod daemon;
 pub mod io;
 pub mod ops;
+pub mod recipes;

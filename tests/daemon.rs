@@ -21,6 +21,65 @@ fn metadata_json(tree: &Tree, stem: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
+/// Writes `bytes` into `dir` as `name` through a hidden temp file, as a careful tool does.
+fn write_via_rename(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let temp = dir.join(format!(".{name}.writing"));
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, dir.join(name)).unwrap();
+}
+
+#[test]
+fn a_merge_takes_the_proxy_the_tool_was_given_and_rebuilds_it_exactly_when_the_tool_changed_it() {
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    let images = tree.path("var/processed/photos/images");
+    // The tool leaves its input alone and returns it unchanged: the merge's baseline is the
+    // proxy file itself, and the output is the original, exactly.
+    tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.ends_with("_proxy.png"));
+    let given = std::fs::read(&proxy).unwrap();
+    write_via_rename(&tree.exchange_in(), "bus_dr000001_proxy.png", &given);
+    tree.wait_for("bus.json", || {
+        tree.path("var/metadata/photos/bus.json").is_file()
+    });
+    let meta = metadata_json(&tree, "bus");
+    assert_eq!(meta["output"]["proxy_source"], "exchange_out", "{meta:#}");
+    assert_eq!(meta["output"]["geometry_source"], "journal");
+    assert!(meta["timings_seconds"]["decode_original"].as_f64().unwrap() > 0.0);
+    let original = load(&testdata("photo_bus_4032x3024_p3.jpg"))
+        .image
+        .to_rgb8();
+    assert!(
+        load(&images.join("bus.png")).image.to_rgb8() == original,
+        "an unchanged return merges into exactly the original"
+    );
+
+    // This tool writes its result over its input before returning it: the baseline is
+    // rebuilt from the original as the split made it (a DCT-reduced decode), still exact.
+    tree.drop_file("painting_peppercarrot_ep01_p03.jpg", "page.jpg");
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("page_"));
+    let given = std::fs::read(&proxy).unwrap();
+    let name = proxy.file_name().unwrap().to_string_lossy().into_owned();
+    write_graded_proxy(&proxy, &tree.exchange_out(), &name, 30, false);
+    write_via_rename(&tree.exchange_in(), &name, &given);
+    tree.wait_for("page.json", || {
+        tree.path("var/metadata/photos/page.json").is_file()
+    });
+    let meta = metadata_json(&tree, "page");
+    assert_eq!(meta["output"]["proxy_source"], "rebuilt", "{meta:#}");
+    let original = load(&testdata("painting_peppercarrot_ep01_p03.jpg"))
+        .image
+        .to_rgb8();
+    assert!(
+        load(&images.join("page.png")).image.to_rgb8() == original,
+        "the rebuilt proxy is the one the tool was given"
+    );
+    assert!(
+        !tree.path("var/state/work").exists(),
+        "a merge leaves no scratch files"
+    );
+}
+
 #[test]
 fn the_round_trip_pairs_returns_by_name_suffix_job_id_and_content() {
     let mut tree = Tree::new(&config_text("", ""));

@@ -28,8 +28,8 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 pub enum Role {
     /// Originals dropped by people.
     Inbox,
-    /// Processed proxies written back by the external tool.
-    ExchangeIn,
+    /// Files coming back to a rule (split-to-proxy's `exchange_in`: processed proxies).
+    Return,
 }
 
 /// One watched folder.

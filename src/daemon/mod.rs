@@ -1,16 +1,15 @@
-//! The watch-folder daemon: configuration, intake, the journal, recipes, the output trees,
-//! and the service loop that ties them together (`darkroom serve`).
+//! The watch-folder daemon: its settings and configuration, intake, the journal, the model
+//! lane, the output trees, and the service loop that ties them to the recipes
+//! (`crate::recipes`) (`darkroom serve`).
 
 pub mod config;
 pub mod intake;
 pub mod journal;
 pub mod logging;
 pub mod model_lane;
-pub mod normalise_job;
 pub mod pairing;
-pub mod round_trip;
 pub mod service;
+pub mod settings;
 pub mod status;
 pub mod systemd;
 pub mod trees;
-pub mod upscale_job;

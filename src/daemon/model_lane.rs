@@ -3,7 +3,7 @@
 //! threads) can. Decoding, encoding and file moves of other jobs go on meanwhile in the
 //! worker threads, which hand images to the lane and wait for the result.
 
-use crate::daemon::config::{ModelSpec, RuntimeSettings};
+use crate::daemon::settings::{ModelSpec, RuntimeSettings};
 use crate::io::onnx::{self, LoadOptions, Model, ModelError};
 use crate::ops::upscale::upscale_passes;
 use image::DynamicImage;
@@ -11,6 +11,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
 use std::time::Instant;
+
+/// What the daemon knows of a model's scale (it names upscale outputs `{stem}_x{scale}_...`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScaleKnown {
+    /// The lane is loading the model; its jobs wait.
+    Probing,
+    Known(u32),
+    /// The model cannot be loaded: its jobs run and fail with the reason.
+    Unavailable,
+}
 
 /// What the lane returns for one image.
 pub struct LaneResult {

@@ -37,7 +37,7 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "journal: {}", path.display())?;
     let counts = journal.counts()?;
-    for kind in [Kind::Split, Kind::Merge] {
+    for kind in [Kind::Input, Kind::Return] {
         let parts: Vec<String> = State::ALL
             .iter()
             .filter_map(|state| {
@@ -48,8 +48,8 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
             })
             .collect();
         let label = match kind {
-            Kind::Split => "originals",
-            Kind::Merge => "returns  ",
+            Kind::Input => "originals",
+            Kind::Return => "returns  ",
         };
         let text = if parts.is_empty() {
             "none".to_string()

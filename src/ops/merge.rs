@@ -192,30 +192,27 @@ fn resolve_geometry(
     Ok((g, source))
 }
 
-/// Turns one delta into a merge layer, running an external upscaler if asked.
-fn layer_for(
-    delta: LoadedDelta,
+/// Turns one delta (in its PNG layout, as `core::delta::normalise_delta_layout` leaves it)
+/// into a merge layer, running an external upscaler if asked. `delta_path` names it in
+/// errors.
+pub fn layer_for(
+    delta: DynamicImage,
     delta_path: &Path,
     geometry: &ProxyGeometry,
     method: &UpscaleMethod,
-    options: &MergeOptions,
+    command_timeout: Duration,
     limits: &DecodeLimits,
 ) -> Result<DeltaLayer, OpError> {
     let area = geometry.area();
     match method {
-        UpscaleMethod::Basic => Ok(DeltaLayer {
-            image: delta.image,
-            area,
-        }),
+        UpscaleMethod::Basic => Ok(DeltaLayer { image: delta, area }),
         UpscaleMethod::Command(template) => {
             // Crop first, so padding never reaches the upscaler or the edges.
-            let cropped = delta
-                .image
-                .crop_imm(area.x, area.y, area.width, area.height);
+            let cropped = delta.crop_imm(area.x, area.y, area.width, area.height);
             let sent_16 = cropped.color().bytes_per_pixel() / cropped.color().channel_count() == 2;
             let target = (geometry.original_width, geometry.original_height);
             let returned = template
-                .run(&cropped, target, options.command_timeout, limits)
+                .run(&cropped, target, command_timeout, limits)
                 .map_err(|e| OpError::External {
                     path: delta_path.display().to_string(),
                     reason: e.to_string(),
@@ -278,8 +275,8 @@ pub fn merge(
         .output
         .clone()
         .unwrap_or_else(|| sibling_path(original_path, None, "_merged.png"));
-    let format =
-        OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
+    // A bad output name is reported before anything is decoded.
+    OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
     let started = std::time::Instant::now();
     let original =
         decode::load(original_path, limits).map_err(|e| OpError::decode(original_path, e))?;
@@ -304,11 +301,11 @@ pub fn merge(
     }
 
     let mut layers = vec![layer_for(
-        delta,
+        delta.image,
         delta_path,
         &geometry,
         &options.upscale_method,
-        options,
+        options.command_timeout,
         limits,
     )?];
     if let Some(refined_path) = &options.refined_delta {
@@ -332,15 +329,69 @@ pub fn merge(
             .as_ref()
             .unwrap_or(&options.upscale_method);
         layers.push(layer_for(
-            refined,
+            refined.image,
             refined_path,
             &geometry,
             method,
-            options,
+            options.command_timeout,
             limits,
         )?);
     }
 
+    let rebuilt;
+    let proxy = match (options.method, &options.proxy) {
+        (MergeMethod::Additive, _) => None,
+        (MergeMethod::Guided(_), Some(given)) => Some(given),
+        (MergeMethod::Guided(_), None) => {
+            rebuilt = rebuild_proxy(original_path, &geometry, limits)?;
+            Some(&rebuilt)
+        }
+    };
+    merge_layers(
+        original,
+        &layers,
+        &geometry,
+        options.method,
+        proxy,
+        &output_path,
+        delta_path,
+        progress,
+    )?;
+    tracing::debug!(elapsed = ?started.elapsed(), "written and synced");
+    tracing::info!(
+        original = %original_path.display(),
+        delta = %delta_path.display(),
+        output = %output_path.display(),
+        geometry = %geometry_source,
+        method = options.method.name(),
+        "merged"
+    );
+    Ok(MergeOutput {
+        output_path,
+        geometry,
+        geometry_source,
+    })
+}
+
+/// The merge itself, for callers that hold everything in memory: applies `layers` (made
+/// for `geometry`) to the decoded `original` by `method` (the guided merge fits its maps on
+/// `proxy`, which it needs), encodes in the output path's format with the original's
+/// metadata, and writes the result atomically. `label` names the change in errors (the
+/// delta, or the returned image). `progress` receives (rows just finished, total rows).
+#[allow(clippy::too_many_arguments)]
+pub fn merge_layers(
+    original: LoadedImage,
+    layers: &[DeltaLayer],
+    geometry: &ProxyGeometry,
+    method: MergeMethod,
+    proxy: Option<&DynamicImage>,
+    output_path: &Path,
+    label: &Path,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(), OpError> {
+    let started = std::time::Instant::now();
+    let format = OutputFormat::from_path(output_path).map_err(|e| OpError::Usage(e.to_string()))?;
+    let delta_path = label;
     let LoadedImage {
         image,
         icc_profile,
@@ -348,7 +399,7 @@ pub fn merge(
         packets,
         ..
     } = original;
-    let mut image = promote_for_colour(image, &layers);
+    let mut image = promote_for_colour(image, layers);
     let (w, h) = (image.width(), image.height());
     let bpp = u64::from(image.color().bytes_per_pixel());
     warn_if_memory_heavy(
@@ -356,21 +407,18 @@ pub fn merge(
         estimated_size(w, h, bpp) * 2
             + u64::from(geometry.scaled_height) * u64::from(w) * 12 * layers.len() as u64,
     );
-    ensure_free_disk(&atomic::parent_dir(&output_path), estimated_size(w, h, bpp))?;
+    ensure_free_disk(&atomic::parent_dir(output_path), estimated_size(w, h, bpp))?;
     if let Some(loss) = format.loss_for(&image) {
         tracing::warn!(output = %output_path.display(), "{loss}");
     }
-    let guided = match options.method {
+    let guided = match method {
         MergeMethod::Additive => None,
         MergeMethod::Guided(params) => {
             let fit_started = std::time::Instant::now();
-            let rebuilt;
-            let proxy = match &options.proxy {
-                Some(given) => given,
-                None => {
-                    rebuilt = rebuild_proxy(original_path, &geometry, limits)?;
-                    &rebuilt
-                }
+            let Some(proxy) = proxy else {
+                return Err(OpError::Internal(
+                    "the guided merge needs the proxy the delta was made against".into(),
+                ));
             };
             if (proxy.width(), proxy.height()) != (geometry.canvas_width, geometry.canvas_height) {
                 return Err(OpError::Internal(format!(
@@ -382,14 +430,14 @@ pub fn merge(
                 )));
             }
             let gray = !image.color().has_color();
-            let prepared = prepare_guided(proxy, &layers, gray, &params)
+            let prepared = prepare_guided(proxy, layers, gray, &params)
                 .map_err(|e| OpError::mismatch(delta_path, e))?;
             tracing::debug!(elapsed = ?fit_started.elapsed(), radius = params.radius, epsilon = params.epsilon, "guided maps fitted");
             Some(prepared)
         }
     };
     let plan = match &guided {
-        None => MergePlan::new(&image, &layers),
+        None => MergePlan::new(&image, layers),
         Some(g) => MergePlan::guided(&image, &g.field, &g.residual),
     }
     .map_err(|e| OpError::mismatch(delta_path, e))?;
@@ -410,7 +458,7 @@ pub fn merge(
             &[],
             &Default::default(),
         )
-        .map_err(|e| OpError::write(&output_path, e))?;
+        .map_err(|e| OpError::write(output_path, e))?;
         match &exif {
             Some(exif) => png_encode::with_exif(png, exif),
             None => png,
@@ -419,25 +467,11 @@ pub fn merge(
         plan.apply_in_place(&mut image, &|rows| progress(rows, u64::from(h)))
             .map_err(|e| OpError::mismatch(delta_path, e))?;
         encode::encode(&image, format, icc_profile.as_deref(), exif.as_deref(), &[])
-            .map_err(|e| OpError::write(&output_path, e))?
+            .map_err(|e| OpError::write(output_path, e))?
     };
     let bytes = crate::io::xmp::embed(bytes, format, &packets, super::canvas_of(&image));
-    drop(layers);
     drop(image);
     tracing::debug!(elapsed = ?started.elapsed(), bytes = bytes.len(), "encoded");
-    atomic::write_atomic(&output_path, &bytes).map_err(|e| OpError::write(&output_path, e))?;
-    tracing::debug!(elapsed = ?started.elapsed(), "written and synced");
-    tracing::info!(
-        original = %original_path.display(),
-        delta = %delta_path.display(),
-        output = %output_path.display(),
-        geometry = %geometry_source,
-        method = options.method.name(),
-        "merged"
-    );
-    Ok(MergeOutput {
-        output_path,
-        geometry,
-        geometry_source,
-    })
+    atomic::write_atomic(output_path, &bytes).map_err(|e| OpError::write(output_path, e))?;
+    Ok(())
 }

@@ -7,6 +7,7 @@ pub mod dataset_report;
 pub mod delta;
 pub mod enhance;
 pub mod merge;
+pub mod model_pipeline;
 pub mod normalise;
 pub mod split;
 pub mod upscale;

@@ -406,6 +406,9 @@ pub fn stage(
         height: full_h,
         exif_orientation: loaded.loaded.exif_orientation,
     };
+    for note in crate::io::gif::source_notes(source) {
+        operations.push(serde_json::json!({"op": "first-frame", "note": note}));
+    }
     if info.exif_orientation != 1 {
         operations
             .push(serde_json::json!({"op": "orient", "exif_orientation": info.exif_orientation}));

@@ -92,12 +92,13 @@ const PROXY_PNG: png_encode::PngOptions = png_encode::PngOptions {
 };
 
 /// Writes a built proxy as PNG to `path` (durably, after checking the free disk), with its
-/// metadata and any `extra_texts` in iTXt chunks and the original's ICC profile.
+/// metadata and any `extra_texts` in iTXt chunks and the original's ICC profile. Returns the
+/// SHA-256 of the bytes written.
 pub fn write_proxy_file(
     built: &BuiltProxy,
     path: &Path,
     extra_texts: &[(String, String)],
-) -> Result<(), OpError> {
+) -> Result<String, OpError> {
     let g = &built.metadata.geometry;
     let need = estimated_size(g.canvas_width, g.canvas_height, 4) + 64 * 1024;
     ensure_free_disk(&atomic::parent_dir(path), need)?;
@@ -110,7 +111,8 @@ pub fn write_proxy_file(
         &PROXY_PNG,
     )
     .map_err(|e| OpError::write(path, e))?;
-    atomic::write_atomic(path, &bytes).map_err(|e| OpError::write(path, e))
+    atomic::write_atomic(path, &bytes).map_err(|e| OpError::write(path, e))?;
+    Ok(crate::io::hash::sha256_hex(&bytes))
 }
 
 /// Splits `input` into a proxy for `target`, writing beside it (or into `out_dir`).

@@ -6,11 +6,10 @@
 //! Grey input stays grey, 16-bit stays 16-bit, the ICC profile is kept, the orientation is
 //! applied (the output is upright).
 
-use super::{sibling_path, write_image, OpError};
-use crate::core::corrections::after_model;
+use super::model_pipeline::{self, ModelSteps};
+use super::{sibling_path, OpError};
 use crate::core::tiling::{bleed_into_transparent, Planar};
-use crate::io::decode::{self, DecodeLimits};
-use crate::io::encode::OutputFormat;
+use crate::io::decode::DecodeLimits;
 use crate::io::onnx::{self, Model, ModelError};
 use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgb, Rgba};
 use std::path::{Path, PathBuf};
@@ -197,24 +196,21 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
     Model::load(path, runtime, load).map_err(OpError::from)
 }
 
-/// Runs `options.denoise_model` (when set) over `image` at its own size: loaded here, tiled
-/// at its recommended context, brought back to the input's size.
-pub fn apply_denoise_model(
-    image: DynamicImage,
+/// Runs `options.denoise_model` over `image` at its own size: loaded here, tiled at its
+/// recommended context. (The pipeline brings an enlarged output back to the input's size.)
+pub fn run_denoise_model(
+    image: &DynamicImage,
     options: &UpscaleOptions,
 ) -> Result<DynamicImage, OpError> {
     let Some(path) = &options.denoise_model else {
-        return Ok(image);
+        return Ok(image.clone());
     };
     let mut denoiser = load_model(path, options)?;
     let context = recommended_context(&denoiser.name);
     let tile = denoiser
         .tile_side(options.tile, options.memory_budget, context)
         .map_err(OpError::from)?;
-    let (width, height) = (image.width(), image.height());
-    let out = upscale_image(&image, &mut denoiser, tile, context, &mut |_, _| {})?;
-    crate::core::resample::resize_lanczos3_owned(out, width, height)
-        .map_err(|e| OpError::Internal(e.to_string()))
+    upscale_image(image, &mut denoiser, tile, context, &mut |_, _| {}).map_err(OpError::from)
 }
 
 /// Upscales a decoded image with a loaded model. Pure apart from the model run.
@@ -348,37 +344,47 @@ pub fn upscale(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<UpscaleOutput, OpError> {
     let started = Instant::now();
-    let mut loaded = decode::load(input, limits).map_err(|e| OpError::decode(input, e))?;
     let output_path = options
         .output
         .clone()
         .unwrap_or_else(|| default_output(input, model, options));
-    let format =
-        OutputFormat::from_path(&output_path).map_err(|e| OpError::Usage(e.to_string()))?;
     let context = options
         .context
         .unwrap_or_else(|| recommended_context(&model.name));
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
         .map_err(OpError::from)?;
-    let tiles =
-        crate::core::tiling::plan(loaded.image.width(), loaded.image.height(), tile, context).len();
-    let image = apply_denoise_model(
-        options.pre.apply(std::mem::take(&mut loaded.image)),
-        options,
+    let steps = ModelSteps {
+        pre: options.pre,
+        smooth: options.smooth,
+        sharpen: options.sharpen,
+        enhance: None,
+    };
+    let mut denoise = |image: &DynamicImage| run_denoise_model(image, options);
+    let result = model_pipeline::run(
+        input,
+        &output_path,
+        limits,
+        &steps,
+        options
+            .denoise_model
+            .is_some()
+            .then_some(&mut denoise as &mut model_pipeline::RunModel<'_>),
+        &mut |image| {
+            upscale_passes(
+                image,
+                model,
+                tile,
+                context,
+                options.passes,
+                options.target,
+                progress,
+            )
+            .map_err(OpError::from)
+        },
     )?;
-    let result = upscale_passes(
-        &image,
-        model,
-        tile,
-        context,
-        options.passes,
-        options.target,
-        progress,
-    )
-    .map_err(OpError::from)?;
-    let result = after_model(result, options.smooth, options.sharpen);
-    write_image(&output_path, &result, format, &loaded)?;
+    let tiles =
+        crate::core::tiling::plan(result.input_width, result.input_height, tile, context).len();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         input = %input.display(),
@@ -395,8 +401,8 @@ pub fn upscale(
         model_sha256: model.sha256.clone(),
         scale: model.scale,
         provider: model.provider.clone(),
-        width: result.width(),
-        height: result.height(),
+        width: result.width,
+        height: result.height,
         tiles,
         tile,
         context,

@@ -21,23 +21,23 @@ pub(super) fn check_rules_together(
             problems.push(format!("{label}.name"), None, "two rules share this name");
         }
         let mut folders = vec![("watch", rule.watch.clone())];
-        if let Recipe::SplitToProxy(options) = &rule.recipe {
-            {
-                folders.push(("exchange_in", options.exchange_in.clone()));
-                if options.exchange_out == options.exchange_in {
-                    problems.push(
-                        format!("{label}.exchange_out"),
-                        None,
-                        "exchange_out and exchange_in must be different folders, or darkroom would pair its own proxies",
-                    );
-                }
-                if inside(&options.exchange_out, &rule.watch) {
-                    problems.push(
-                        format!("{label}.exchange_out"),
-                        None,
-                        "must not be inside the watched folder",
-                    );
-                }
+        if let Some(returns) = rule.recipe.return_folder() {
+            folders.push(("exchange_in", returns.to_path_buf()));
+        }
+        for output in rule.recipe.output_folders() {
+            if Some(output) == rule.recipe.return_folder() {
+                problems.push(
+                    format!("{label}.exchange_out"),
+                    None,
+                    "exchange_out and exchange_in must be different folders, or darkroom would pair its own proxies",
+                );
+            }
+            if inside(output, &rule.watch) {
+                problems.push(
+                    format!("{label}.exchange_out"),
+                    None,
+                    "must not be inside the watched folder",
+                );
             }
         }
         for (key, folder) in folders {

@@ -1,4 +1,17 @@
 use super::*;
+use crate::core::geometry::Target;
+use crate::recipes::model_job::ModelJob;
+use crate::recipes::split_to_proxy::SplitToProxy;
+use std::time::Duration;
+
+/// The options of the first rule's recipe, as the recipe's own type.
+fn options<T: 'static>(config: &Config) -> &T {
+    config.rules[0]
+        .recipe
+        .as_any()
+        .downcast_ref::<T>()
+        .expect("the rule's recipe has these options")
+}
 
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(text, Path::new("/etc/darkroom/darkroom.toml"))
@@ -8,10 +21,7 @@ fn parse(text: &str) -> Result<Config, ConfigErrors> {
 fn merge_method_is_checked_and_an_external_delta_upscaler_means_additive() {
     let rule =
         |extra: &str| format!("[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n{extra}\n");
-    let method = |config: &Config| match &config.rules[0].recipe {
-        Recipe::SplitToProxy(o) => o.merge_method.name(),
-        _ => unreachable!(),
-    };
+    let method = |config: &Config| options::<SplitToProxy>(config).merge_method.name();
     let config = parse(&rule("upscale_method = \"cmd(tool -i %i -o %o)\"")).unwrap();
     assert_eq!(method(&config), "additive");
     let config = parse(&rule("merge_method = \"additive\"")).unwrap();
@@ -41,9 +51,7 @@ fn enhance_rules_check_via_and_its_proxy_keys() {
     };
     let config = parse(&rule("via = \"proxy\"\nsize = \"50%\"")).unwrap();
     assert_eq!(config.rules[0].recipe.name(), "enhance");
-    let Recipe::Upscale(u) = &config.rules[0].recipe else {
-        unreachable!()
-    };
+    let u = options::<ModelJob>(&config);
     assert_eq!(u.enhance.map(|v| v.name()), Some("proxy"));
     let errors = parse(&rule("via = \"sideways\"\nsize = \"50%\"\npasses = 2")).unwrap_err();
     let text = errors.to_string();
@@ -73,9 +81,7 @@ fn correction_keys_parse_for_model_rules_and_report_bad_values() {
     let good = "white_balance = \"gray-world\"\nexposure = \"auto\"\ndeblock = true\ndenoise = \"bilateral:2,20\"\nsmooth = \"median:1\"";
     for recipe in ["upscale", "enhance"] {
         let config = parse(&rule(recipe, good)).unwrap();
-        let Recipe::Upscale(u) = &config.rules[0].recipe else {
-            unreachable!()
-        };
+        let u = options::<ModelJob>(&config);
         assert!(u.pre.white_balance && u.pre.deblock, "{recipe}");
         assert_eq!(
             u.pre.exposure,
@@ -150,9 +156,7 @@ fn a_minimal_rule_gets_the_documented_defaults() {
     let rule = &config.rules[0];
     assert_eq!(rule.watch, Path::new("/etc/darkroom/var/inbox/photos"));
     assert_eq!(rule.originals, OriginalsPolicy::Move);
-    let Recipe::SplitToProxy(options) = &rule.recipe else {
-        panic!("split-to-proxy expected");
-    };
+    let options = options::<SplitToProxy>(&config);
     assert_eq!(options.size, Target::pixels(1024, 1024));
     assert_eq!(
         options.exchange_in,

@@ -2,8 +2,9 @@
 //! and its state. The daemon's main thread is its only writer; `darkroom status` reads it
 //! while the daemon runs.
 //!
-//! A job is either a `split` (a file claimed from a rule's inbox) or a `merge` (a processed
-//! proxy claimed from the rule's `exchange_in`, paired with its split job as `parent`).
+//! A job is either an input (a file claimed from a rule's inbox, `split` in the journal) or
+//! a return (a processed proxy claimed from the rule's return folder, `merge` in the journal,
+//! paired with its input's job as `parent`). What a job does is its rule's recipe's business.
 
 pub(crate) use crate::io::clock::now;
 use std::path::{Path, PathBuf};
@@ -14,25 +15,25 @@ pub const FILE_NAME: &str = "journal.sqlite";
 /// What a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// An original from an inbox.
-    Split,
-    /// A processed proxy returned by the external tool.
-    Merge,
+    /// A file from a rule's inbox.
+    Input,
+    /// A file from a rule's return folder (a processed proxy coming back).
+    Return,
 }
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Split => "split",
-            Kind::Merge => "merge",
+            Kind::Input => "split",
+            Kind::Return => "merge",
         }
     }
 
     fn parse(text: &str) -> Kind {
         if text == "merge" {
-            Kind::Merge
+            Kind::Return
         } else {
-            Kind::Split
+            Kind::Input
         }
     }
 }
@@ -278,7 +279,7 @@ pub trait Store: Send {
     /// Commits a finished merge in one transaction: the merge job done, its split job done,
     /// and where the original and the returned file now are.
     fn merge_done(
-        &mut self,
+        &self,
         id: i64,
         parent: i64,
         return_now_at: &Path,

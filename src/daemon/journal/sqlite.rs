@@ -137,14 +137,27 @@ impl SqliteStore {
         Ok(SqliteStore { connection })
     }
 
-    /// The job a file identity already has, if any.
+    fn query(
+        &self,
+        sql_where: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> rusqlite::Result<Vec<Job>> {
+        let mut statement = self
+            .connection
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE {sql_where}"))?;
+        let rows = statement.query_map(values, job_from_row)?;
+        rows.collect()
+    }
+}
+
+impl Store for SqliteStore {
     fn find_identity(
         &self,
         rule: &str,
         kind: Kind,
         identity: &FileIdentity,
-    ) -> rusqlite::Result<Option<Job>> {
-        self.connection
+    ) -> StoreResult<Option<Job>> {
+        Ok(self.connection
             .query_row(
                 &format!(
                     "SELECT {COLUMNS} FROM jobs WHERE rule = ?1 AND kind = ?2 AND claimed_path = ?3 \
@@ -160,11 +173,9 @@ impl SqliteStore {
                 ],
                 job_from_row,
             )
-            .optional()
+            .optional()?)
     }
 
-    /// True when a job was claimed from `path` with this size and mtime: lets a rescan skip
-    /// hashing files it already knows.
     fn knows_stat(
         &self,
         rule: &str,
@@ -172,8 +183,9 @@ impl SqliteStore {
         path: &Path,
         size: u64,
         mtime_ns: i64,
-    ) -> rusqlite::Result<bool> {
-        self.connection
+    ) -> StoreResult<bool> {
+        Ok(self
+            .connection
             .query_row(
                 "SELECT 1 FROM jobs WHERE rule = ?1 AND kind = ?2 AND claimed_path = ?3 \
                  AND size = ?4 AND mtime_ns = ?5 LIMIT 1",
@@ -181,17 +193,16 @@ impl SqliteStore {
                 |_| Ok(()),
             )
             .optional()
-            .map(|found| found.is_some())
+            .map(|found| found.is_some())?)
     }
 
-    /// Records a newly claimed file as a queued job and returns its id.
     fn insert(
         &self,
         rule: &str,
         kind: Kind,
         identity: &FileIdentity,
         state: State,
-    ) -> rusqlite::Result<i64> {
+    ) -> StoreResult<i64> {
         let t = now();
         self.connection.execute(
             "INSERT INTO jobs (kind, rule, claimed_path, path, size, mtime_ns, inode, sha256, \
@@ -211,95 +222,72 @@ impl SqliteStore {
         Ok(self.connection.last_insert_rowid())
     }
 
-    fn get(&self, id: i64) -> rusqlite::Result<Option<Job>> {
-        self.connection
+    fn get(&self, id: i64) -> StoreResult<Option<Job>> {
+        Ok(self
+            .connection
             .query_row(
                 &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
                 [id],
                 job_from_row,
             )
-            .optional()
+            .optional()?)
     }
 
-    fn query(
-        &self,
-        sql_where: &str,
-        values: &[&dyn rusqlite::ToSql],
-    ) -> rusqlite::Result<Vec<Job>> {
-        let mut statement = self
-            .connection
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE {sql_where}"))?;
-        let rows = statement.query_map(values, job_from_row)?;
-        rows.collect()
+    fn interrupted(&self) -> StoreResult<Vec<Job>> {
+        Ok(self.query("state IN ('running', 'merging') ORDER BY id", &[])?)
     }
 
-    /// Jobs a crash or `kill -9` interrupted: they run again from the start (their outputs
-    /// are rewritten in place, atomically).
-    fn interrupted(&self) -> rusqlite::Result<Vec<Job>> {
-        self.query("state IN ('running', 'merging') ORDER BY id", &[])
-    }
-
-    /// Queued jobs whose retry time has come, oldest first.
-    fn runnable(&self, at: f64, limit: usize) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
              ORDER BY id LIMIT ?2",
             &[&at, &(limit as i64)],
-        )
+        )?)
     }
 
-    /// The earliest retry time after `at` among queued jobs (those already due start as
-    /// soon as a worker is free, which wakes the loop anyway).
-    fn next_retry_at(&self, at: f64) -> rusqlite::Result<Option<f64>> {
-        self.connection.query_row(
+    fn next_retry_at(&self, at: f64) -> StoreResult<Option<f64>> {
+        Ok(self.connection.query_row(
             "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued' AND next_attempt_at > ?1",
             [at],
             |row| row.get(0),
-        )
+        )?)
     }
 
-    /// Split jobs of `rule` that can still take a return: awaiting, expired within grace,
-    /// or done but still inside their window (variations).
-    fn pending_proxies(&self, rule: &str) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn pending_proxies(&self, rule: &str) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "kind = 'split' AND rule = ?1 AND closed = 0 AND proxy_path IS NOT NULL \
              AND state IN ('awaiting-return', 'expired', 'done') ORDER BY id",
             &[&rule],
-        )
+        )?)
     }
 
-    /// Split jobs still waiting past `at` (to be marked expired).
-    fn overdue(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn overdue(&self, at: f64) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "kind = 'split' AND state = 'awaiting-return' AND expires_at <= ?1",
             &[&at],
-        )
+        )?)
     }
 
-    /// Open split jobs whose window (expiry plus `grace`) ended before `at`.
-    fn window_over(&self, at: f64, grace: f64, rule: &str) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn window_over(&self, at: f64, grace: f64, rule: &str) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "kind = 'split' AND rule = ?3 AND closed = 0 AND expires_at IS NOT NULL \
              AND expires_at + ?2 <= ?1 AND state IN ('expired', 'done')",
             &[&at, &grace, &rule],
-        )
+        )?)
     }
 
-    /// The next moment something awaits a deadline (a proxy's expiry, or the end of an
-    /// incomplete file's grace).
-    fn next_deadline(&self) -> rusqlite::Result<Option<f64>> {
-        self.connection.query_row(
+    fn next_deadline(&self) -> StoreResult<Option<f64>> {
+        Ok(self.connection.query_row(
             "SELECT MIN(t) FROM (\
                SELECT MIN(expires_at) AS t FROM jobs WHERE kind = 'split' AND state = 'awaiting-return' \
                UNION ALL \
                SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'incomplete')",
             [],
             |row| row.get(0),
-        )
+        )?)
     }
 
-    /// Leaves a job whose file read as empty or truncated waiting in place until `until`.
-    fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> rusqlite::Result<()> {
+    fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'incomplete', next_attempt_at = ?2, error = ?3, \
              updated_at = ?4 WHERE id = ?1",
@@ -308,47 +296,40 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Incomplete jobs whose grace ended at or before `at`.
-    fn incomplete_due(&self, at: f64) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn incomplete_due(&self, at: f64) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "state = 'incomplete' AND next_attempt_at <= ?1 ORDER BY id",
             &[&at],
-        )
+        )?)
     }
 
-    /// Jobs of the same file (rule, kind, claimed path) other than `newer` that have not
-    /// started and never will with this content: queued, incomplete or held. They are
-    /// superseded by the newer version of the file.
-    fn superseded_by(&self, newer: i64) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn superseded_by(&self, newer: i64) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "id != ?1 AND state IN ('queued', 'incomplete', 'held') AND (rule, kind, claimed_path) = \
              (SELECT rule, kind, claimed_path FROM jobs WHERE id = ?1) ORDER BY id",
             &[&newer],
-        )
+        )?)
     }
 
-    /// Merge jobs of a split job that have a variant number.
-    fn variants_of(&self, parent: i64) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn variants_of(&self, parent: i64) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "kind = 'merge' AND parent = ?1 AND variant IS NOT NULL ORDER BY variant",
             &[&parent],
-        )
+        )?)
     }
 
-    /// True when some job already writes to `path`.
-    fn output_taken(&self, path: &Path, except_parent: i64) -> rusqlite::Result<bool> {
-        self.connection
+    fn output_taken(&self, path: &Path, except_parent: i64) -> StoreResult<bool> {
+        Ok(self.connection
             .query_row(
                 "SELECT 1 FROM jobs WHERE output_path = ?1 AND (parent IS NULL OR parent != ?2) LIMIT 1",
                 params![text(path), except_parent],
                 |_| Ok(()),
             )
             .optional()
-            .map(|found| found.is_some())
+            .map(|found| found.is_some())?)
     }
 
-    /// Moves a job to a new state (and clears its error unless one is given).
-    fn set_state(&self, id: i64, state: State, error: Option<&str>) -> rusqlite::Result<()> {
+    fn set_state(&self, id: i64, state: State, error: Option<&str>) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, state.as_str(), error, now()],
@@ -356,8 +337,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Starts an attempt: the state becomes `running`/`merging` and attempts grows by one.
-    fn start_attempt(&self, id: i64, state: State) -> rusqlite::Result<()> {
+    fn start_attempt(&self, id: i64, state: State) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = ?2, attempts = attempts + 1, updated_at = ?3 WHERE id = ?1",
             params![id, state.as_str(), now()],
@@ -365,8 +345,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Puts a job back in the queue after a transient failure, to run at `at`.
-    fn retry_at(&self, id: i64, at: f64, error: &str) -> rusqlite::Result<()> {
+    fn retry_at(&self, id: i64, at: f64, error: &str) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'queued', next_attempt_at = ?2, error = ?3, updated_at = ?4 \
              WHERE id = ?1",
@@ -375,8 +354,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Resets an interrupted job to queued (its attempt is not counted against it).
-    fn requeue_interrupted(&self, id: i64) -> rusqlite::Result<()> {
+    fn requeue_interrupted(&self, id: i64) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?2 \
              WHERE id = ?1",
@@ -385,7 +363,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn set_path(&self, id: i64, path: &Path) -> rusqlite::Result<()> {
+    fn set_path(&self, id: i64, path: &Path) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET path = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, text(path), now()],
@@ -393,7 +371,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Records the proxy a split job wrote and starts its wait for a return.
     fn proxy_written(
         &self,
         id: i64,
@@ -402,7 +379,7 @@ impl SqliteStore {
         signature: &[u8],
         expires_at: f64,
         details: &str,
-    ) -> rusqlite::Result<()> {
+    ) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'awaiting-return', proxy_path = ?2, proxy_width = ?3, \
              proxy_height = ?4, signature = ?5, expires_at = ?6, details = ?7, error = NULL, \
@@ -421,7 +398,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Pairs a merge job with its split job, fixing its variant number and output path.
     fn pair(
         &self,
         id: i64,
@@ -429,7 +405,7 @@ impl SqliteStore {
         variant: u32,
         pairing: &str,
         output_path: &Path,
-    ) -> rusqlite::Result<()> {
+    ) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET parent = ?2, variant = ?3, pairing = ?4, output_path = ?5, \
              updated_at = ?6 WHERE id = ?1",
@@ -438,18 +414,16 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Commits a finished merge in one transaction: the merge job done, its split job done,
-    /// and where the original and the returned file now are.
     fn merge_done(
-        &mut self,
+        &self,
         id: i64,
         parent: i64,
         return_now_at: &Path,
         original_now_at: &Path,
         details: &str,
-    ) -> rusqlite::Result<()> {
+    ) -> StoreResult<()> {
         let t = now();
-        let tx = self.connection.transaction()?;
+        let tx = self.connection.unchecked_transaction()?;
         tx.execute(
             "UPDATE jobs SET state = 'done', path = ?2, details = ?3, error = NULL, updated_at = ?4 \
              WHERE id = ?1",
@@ -459,11 +433,10 @@ impl SqliteStore {
             "UPDATE jobs SET state = 'done', path = ?2, error = NULL, updated_at = ?3 WHERE id = ?1",
             params![parent, text(original_now_at), t],
         )?;
-        tx.commit()
+        Ok(tx.commit()?)
     }
 
-    /// Records the output path a job will write (decided once, reused by a re-run).
-    fn set_output(&self, id: i64, output: &Path) -> rusqlite::Result<()> {
+    fn set_output(&self, id: i64, output: &Path) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET output_path = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, text(output), now()],
@@ -471,8 +444,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// A single-step job finished: done, with where its input now is.
-    fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> rusqlite::Result<()> {
+    fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET state = 'done', path = ?2, details = ?3, error = NULL, updated_at = ?4 \
              WHERE id = ?1",
@@ -481,7 +453,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn close(&self, id: i64) -> rusqlite::Result<()> {
+    fn close(&self, id: i64) -> StoreResult<()> {
         self.connection.execute(
             "UPDATE jobs SET closed = 1, updated_at = ?2 WHERE id = ?1",
             params![id, now()],
@@ -489,8 +461,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Number of jobs in each state, by kind.
-    fn counts(&self) -> rusqlite::Result<Vec<(Kind, State, u64)>> {
+    fn counts(&self) -> StoreResult<Vec<(Kind, State, u64)>> {
         let mut statement = self
             .connection
             .prepare("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state ORDER BY kind")?;
@@ -501,205 +472,23 @@ impl SqliteStore {
                 row.get::<_, i64>(2)? as u64,
             ))
         })?;
-        rows.collect()
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// Jobs in `state`, newest first, at most `limit`.
-    fn in_state(&self, state: State, limit: usize) -> rusqlite::Result<Vec<Job>> {
-        self.query(
+    fn in_state(&self, state: State, limit: usize) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
             "state = ?1 ORDER BY updated_at DESC LIMIT ?2",
             &[&state.as_str(), &(limit as i64)],
-        )
+        )?)
     }
 
-    /// The most recently finished job.
-    fn last_finished(&self) -> rusqlite::Result<Option<Job>> {
+    fn last_finished(&self) -> StoreResult<Option<Job>> {
         Ok(self
             .query(
                 "state IN ('done', 'failed', 'awaiting-return') ORDER BY updated_at DESC LIMIT 1",
                 &[],
             )?
             .pop())
-    }
-}
-
-impl Store for SqliteStore {
-    fn find_identity(
-        &self,
-        rule: &str,
-        kind: Kind,
-        identity: &FileIdentity,
-    ) -> StoreResult<Option<Job>> {
-        Ok(SqliteStore::find_identity(self, rule, kind, identity)?)
-    }
-
-    fn knows_stat(
-        &self,
-        rule: &str,
-        kind: Kind,
-        path: &Path,
-        size: u64,
-        mtime_ns: i64,
-    ) -> StoreResult<bool> {
-        Ok(SqliteStore::knows_stat(
-            self, rule, kind, path, size, mtime_ns,
-        )?)
-    }
-
-    fn insert(
-        &self,
-        rule: &str,
-        kind: Kind,
-        identity: &FileIdentity,
-        state: State,
-    ) -> StoreResult<i64> {
-        Ok(SqliteStore::insert(self, rule, kind, identity, state)?)
-    }
-
-    fn get(&self, id: i64) -> StoreResult<Option<Job>> {
-        Ok(SqliteStore::get(self, id)?)
-    }
-
-    fn interrupted(&self) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::interrupted(self)?)
-    }
-
-    fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::runnable(self, at, limit)?)
-    }
-
-    fn next_retry_at(&self, at: f64) -> StoreResult<Option<f64>> {
-        Ok(SqliteStore::next_retry_at(self, at)?)
-    }
-
-    fn pending_proxies(&self, rule: &str) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::pending_proxies(self, rule)?)
-    }
-
-    fn overdue(&self, at: f64) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::overdue(self, at)?)
-    }
-
-    fn window_over(&self, at: f64, grace: f64, rule: &str) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::window_over(self, at, grace, rule)?)
-    }
-
-    fn next_deadline(&self) -> StoreResult<Option<f64>> {
-        Ok(SqliteStore::next_deadline(self)?)
-    }
-
-    fn set_incomplete(&self, id: i64, until: f64, reason: &str) -> StoreResult<()> {
-        Ok(SqliteStore::set_incomplete(self, id, until, reason)?)
-    }
-
-    fn incomplete_due(&self, at: f64) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::incomplete_due(self, at)?)
-    }
-
-    fn superseded_by(&self, newer: i64) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::superseded_by(self, newer)?)
-    }
-
-    fn variants_of(&self, parent: i64) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::variants_of(self, parent)?)
-    }
-
-    fn output_taken(&self, path: &Path, except_parent: i64) -> StoreResult<bool> {
-        Ok(SqliteStore::output_taken(self, path, except_parent)?)
-    }
-
-    fn set_state(&self, id: i64, state: State, error: Option<&str>) -> StoreResult<()> {
-        Ok(SqliteStore::set_state(self, id, state, error)?)
-    }
-
-    fn start_attempt(&self, id: i64, state: State) -> StoreResult<()> {
-        Ok(SqliteStore::start_attempt(self, id, state)?)
-    }
-
-    fn retry_at(&self, id: i64, at: f64, error: &str) -> StoreResult<()> {
-        Ok(SqliteStore::retry_at(self, id, at, error)?)
-    }
-
-    fn requeue_interrupted(&self, id: i64) -> StoreResult<()> {
-        Ok(SqliteStore::requeue_interrupted(self, id)?)
-    }
-
-    fn set_path(&self, id: i64, path: &Path) -> StoreResult<()> {
-        Ok(SqliteStore::set_path(self, id, path)?)
-    }
-
-    fn proxy_written(
-        &self,
-        id: i64,
-        proxy_path: &Path,
-        size: (u32, u32),
-        signature: &[u8],
-        expires_at: f64,
-        details: &str,
-    ) -> StoreResult<()> {
-        Ok(SqliteStore::proxy_written(
-            self, id, proxy_path, size, signature, expires_at, details,
-        )?)
-    }
-
-    fn pair(
-        &self,
-        id: i64,
-        parent: i64,
-        variant: u32,
-        pairing: &str,
-        output_path: &Path,
-    ) -> StoreResult<()> {
-        Ok(SqliteStore::pair(
-            self,
-            id,
-            parent,
-            variant,
-            pairing,
-            output_path,
-        )?)
-    }
-
-    fn merge_done(
-        &mut self,
-        id: i64,
-        parent: i64,
-        return_now_at: &Path,
-        original_now_at: &Path,
-        details: &str,
-    ) -> StoreResult<()> {
-        Ok(SqliteStore::merge_done(
-            self,
-            id,
-            parent,
-            return_now_at,
-            original_now_at,
-            details,
-        )?)
-    }
-
-    fn set_output(&self, id: i64, output: &Path) -> StoreResult<()> {
-        Ok(SqliteStore::set_output(self, id, output)?)
-    }
-
-    fn job_done(&self, id: i64, input_now_at: &Path, details: &str) -> StoreResult<()> {
-        Ok(SqliteStore::job_done(self, id, input_now_at, details)?)
-    }
-
-    fn close(&self, id: i64) -> StoreResult<()> {
-        Ok(SqliteStore::close(self, id)?)
-    }
-
-    fn counts(&self) -> StoreResult<Vec<(Kind, State, u64)>> {
-        Ok(SqliteStore::counts(self)?)
-    }
-
-    fn in_state(&self, state: State, limit: usize) -> StoreResult<Vec<Job>> {
-        Ok(SqliteStore::in_state(self, state, limit)?)
-    }
-
-    fn last_finished(&self) -> StoreResult<Option<Job>> {
-        Ok(SqliteStore::last_finished(self)?)
     }
 }
 
@@ -722,16 +511,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteStore::open(dir.path()).unwrap();
         let id = journal
-            .insert("photos", Kind::Split, &identity("/in/a.jpg"), State::Queued)
+            .insert("photos", Kind::Input, &identity("/in/a.jpg"), State::Queued)
             .unwrap();
         assert!(journal
-            .insert("photos", Kind::Split, &identity("/in/a.jpg"), State::Queued)
+            .insert("photos", Kind::Input, &identity("/in/a.jpg"), State::Queued)
             .is_err());
         journal.start_attempt(id, State::Running).unwrap();
         drop(journal);
         let journal = SqliteStore::open(dir.path()).unwrap();
         let found = journal
-            .find_identity("photos", Kind::Split, &identity("/in/a.jpg"))
+            .find_identity("photos", Kind::Input, &identity("/in/a.jpg"))
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -749,7 +538,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = SqliteStore::open(dir.path()).unwrap();
         let id = journal
-            .insert("r", Kind::Split, &identity("/in/b.jpg"), State::Queued)
+            .insert("r", Kind::Input, &identity("/in/b.jpg"), State::Queued)
             .unwrap();
         journal.retry_at(id, now() + 100.0, "disk full").unwrap();
         assert!(journal.runnable(now(), 10).unwrap().is_empty());

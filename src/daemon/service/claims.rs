@@ -121,15 +121,8 @@ impl Daemon {
         let root = &self.intake.roots()[claim.root];
         let kind = kind_of(root.role);
         let rule = root.rule.clone();
-        if self.journal.knows_stat(
-            &rule,
-            kind,
-            &claim.path,
-            claim.stat.size,
-            claim.stat.mtime_ns,
-        )? {
-            return Ok(());
-        }
+        // `claim_ready` skipped files whose stat the journal knows before they were hashed,
+        // and a path is hashed once at a time: only the content can tell this one apart now.
         let identity = FileIdentity {
             path: claim.path.clone(),
             size: claim.stat.size,

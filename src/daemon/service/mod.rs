@@ -6,20 +6,15 @@
 //! journal still shows as running when the daemon starts is run again, and writes the same
 //! output path again, atomically.
 
-use crate::core::signature::Signature;
-use crate::daemon::config::{self, Config, OriginalsPolicy, Recipe, Rule, SplitToProxy, Upscale};
+use crate::daemon::config::{self, Config, Rule};
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
 use crate::daemon::journal::{FileIdentity, Job, Kind, SqliteStore, State, Store};
-use crate::daemon::model_lane::ModelLane;
-use crate::daemon::normalise_job::{self, NormaliseWork, Normalised};
-use crate::daemon::pairing::{self, Pairing, PendingProxy};
-use crate::daemon::round_trip::{self, MergeWork, Merged, ProxyWritten};
+use crate::daemon::model_lane::{ModelLane, ScaleKnown};
 use crate::daemon::systemd;
 use crate::daemon::trees::{self, ClaimedVersion, ErrorSidecar, ProcessingLog, SourceNow, Trees};
-use crate::daemon::upscale_job::{self, UpscaleWork, Upscaled};
-use crate::io::decode;
 use crate::io::{clock, names};
 use crate::ops::OpError;
+use crate::recipes::{Finish, Start, Work};
 use anyhow::Context;
 use claims::{spawn_hasher, Hashed};
 use serde_json::json;
@@ -34,7 +29,7 @@ mod claims;
 mod outcomes;
 mod starts;
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::recipes::VERSION;
 
 /// What wakes the main loop.
 enum Event {
@@ -42,7 +37,7 @@ enum Event {
     Signal(i32),
     Finished {
         job_id: i64,
-        outcome: Box<Outcome>,
+        outcome: Outcome,
     },
     /// The hashing thread read a claimed file through: its content hash, or why not.
     Hashed {
@@ -60,79 +55,13 @@ enum Event {
 /// exchange returns.
 fn kind_of(role: Role) -> Kind {
     match role {
-        Role::Inbox => Kind::Split,
-        Role::ExchangeIn => Kind::Merge,
+        Role::Inbox => Kind::Input,
+        Role::Return => Kind::Return,
     }
 }
 
-/// What the daemon knows of a model's scale (it names upscale outputs `{stem}_x{scale}_...`).
-#[derive(Debug, Clone, PartialEq)]
-enum ScaleKnown {
-    /// The lane is loading the model; its jobs wait.
-    Probing,
-    Known(u32),
-    /// The model cannot be loaded: its jobs run and fail with the reason.
-    Unavailable,
-}
-
-/// Work handed to a worker thread.
-enum Work {
-    Split {
-        job_id: i64,
-        original: PathBuf,
-        options: Box<SplitToProxy>,
-        limits: decode::DecodeLimits,
-    },
-    Merge {
-        job_id: i64,
-        work: Box<MergeWork>,
-    },
-    Upscale {
-        job_id: i64,
-        work: Box<UpscaleWork>,
-    },
-    Normalise {
-        job_id: i64,
-        work: Box<NormaliseWork>,
-    },
-}
-
-impl Work {
-    fn job_id(&self) -> i64 {
-        match self {
-            Work::Split { job_id, .. }
-            | Work::Merge { job_id, .. }
-            | Work::Upscale { job_id, .. }
-            | Work::Normalise { job_id, .. } => *job_id,
-        }
-    }
-}
-
-enum Outcome {
-    Split(Result<Box<ProxyWritten>, OpError>),
-    Merge(Result<Merged, OpError>),
-    Upscale(Result<Upscaled, OpError>),
-    Normalise(Result<Box<Normalised>, OpError>),
-}
-
-/// A provenance sidecar's `source` block: where the input came from, its hash, and what of
-/// it was used (an animated GIF's later frames are dropped).
-fn source_block(job: &Job) -> serde_json::Value {
-    let mut block = json!({
-        "path": job.claimed_path,
-        "sha256": job.sha256,
-        "bytes": job.size,
-        "claimed_at": clock::rfc3339(job.created_at),
-    });
-    let notes = crate::io::gif::source_notes(&job.path);
-    if !notes.is_empty() {
-        block["notes"] = json!(notes);
-    }
-    block
-}
-
-/// How many candidate proxies a held return's message names (the rest are counted).
-const HELD_CANDIDATES_NAMED: usize = 5;
+/// What a worker brings back: the recipe's result to finish, or why the job failed.
+type Outcome = Result<Box<dyn Finish>, OpError>;
 
 /// Job ids for a log line: `3, 7, 12` (at most ten, then a count).
 fn job_list(ids: impl Iterator<Item = i64>) -> String {
@@ -187,7 +116,6 @@ fn create_folders(config: &Config, trees: &Trees) -> anyhow::Result<()> {
     for rule in &config.rules {
         dirs.extend(trees.rule_dirs(&rule.name));
     }
-    dirs.push(config.daemon.state_dir.join("work"));
     for dir in dirs {
         trees::ensure_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -201,27 +129,21 @@ fn watch_roots(config: &Config) -> Vec<WatchRoot> {
         .collect();
     let mut roots = Vec::new();
     for rule in &config.rules {
-        // Captions a normalise rule reads beside its images are the rule's, not strays.
-        let sidecars = match &rule.recipe {
-            Recipe::Normalise(_) => vec![glob::Pattern::new("*.txt").expect("valid pattern")],
-            Recipe::SplitToProxy(_) | Recipe::Upscale(_) => Vec::new(),
-        };
         roots.push(WatchRoot {
             rule: rule.name.clone(),
             role: Role::Inbox,
             dir: rule.watch.clone(),
             patterns: rule.patterns.clone(),
-            sidecars,
+            sidecars: rule.recipe.sidecar_patterns(),
         });
-        match &rule.recipe {
-            Recipe::SplitToProxy(options) => roots.push(WatchRoot {
+        if let Some(dir) = rule.recipe.return_folder() {
+            roots.push(WatchRoot {
                 rule: rule.name.clone(),
-                role: Role::ExchangeIn,
-                dir: options.exchange_in.clone(),
+                role: Role::Return,
+                dir: dir.to_path_buf(),
                 patterns: image_patterns.clone(),
                 sidecars: Vec::new(),
-            }),
-            Recipe::Upscale(_) | Recipe::Normalise(_) => {}
+            });
         }
     }
     roots
@@ -241,6 +163,7 @@ fn start_intake(config: &Config, events: &Sender<Event>) -> anyhow::Result<Intak
 
 /// A job handed to a worker, with the flag that cancels its late outputs.
 struct Dispatched {
+    job_id: i64,
     work: Work,
     cancel: Arc<AtomicBool>,
 }
@@ -273,12 +196,12 @@ fn spawn_worker(index: usize, receiver: &WorkQueue, events: &Sender<Event>, lane
                 return;
             };
             crate::io::atomic::set_job_cancel_flag(Some(dispatched.cancel));
-            let (job_id, outcome) = run_work(dispatched.work, &lane);
+            let outcome = run_work(dispatched.work, &lane);
             crate::io::atomic::set_job_cancel_flag(None);
             if events
                 .send(Event::Finished {
-                    job_id,
-                    outcome: Box::new(outcome),
+                    job_id: dispatched.job_id,
+                    outcome,
                 })
                 .is_err()
             {
@@ -288,48 +211,16 @@ fn spawn_worker(index: usize, receiver: &WorkQueue, events: &Sender<Event>, lane
         .expect("spawning a worker thread");
 }
 
-fn run_work(work: Work, lane: &ModelLane) -> (i64, Outcome) {
-    let panic_message = |p: Box<dyn std::any::Any + Send>| {
+/// Runs a job's work; a panic becomes the job's failure, never the worker's end.
+fn run_work(work: Work, lane: &ModelLane) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(lane))).unwrap_or_else(|p| {
         let text = p
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into());
-        OpError::Internal(format!("the job panicked: {text}"))
-    };
-    match work {
-        Work::Split {
-            job_id,
-            original,
-            options,
-            limits,
-        } => {
-            let result = std::panic::catch_unwind(|| {
-                round_trip::write_proxy(job_id, &original, &options, &limits).map(Box::new)
-            })
-            .unwrap_or_else(|p| Err(panic_message(p)));
-            (job_id, Outcome::Split(result))
-        }
-        Work::Merge { job_id, work } => {
-            let result = std::panic::catch_unwind(|| round_trip::merge_return(&work))
-                .unwrap_or_else(|p| Err(panic_message(p)));
-            (job_id, Outcome::Merge(result))
-        }
-        Work::Upscale { job_id, work } => {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                upscale_job::run(&work, lane)
-            }))
-            .unwrap_or_else(|p| Err(panic_message(p)));
-            (job_id, Outcome::Upscale(result))
-        }
-        Work::Normalise { job_id, work } => {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                normalise_job::run(&work, lane).map(Box::new)
-            }))
-            .unwrap_or_else(|p| Err(panic_message(p)));
-            (job_id, Outcome::Normalise(result))
-        }
-    }
+        Err(OpError::Internal(format!("the job panicked: {text}")))
+    })
 }
 
 fn spawn_signal_thread(events: &Sender<Event>) -> anyhow::Result<()> {
@@ -431,19 +322,14 @@ impl Daemon {
         let mut dirs = Vec::new();
         for rule in &self.config.rules {
             dirs.extend(self.trees.rule_dirs(&rule.name));
-            if let Recipe::SplitToProxy(options) = &rule.recipe {
-                dirs.push(options.exchange_out.clone());
-            }
+            dirs.extend(rule.recipe.output_folders().iter().map(|d| d.to_path_buf()));
         }
         for dir in dirs {
             removed += trees::remove_stale_temp_files(&dir);
         }
-        let work_root = self.config.daemon.state_dir.join("work");
-        if let Ok(entries) = std::fs::read_dir(&work_root) {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+        // darkroom keeps nothing in `state/work`; what is there is scratch an interrupted
+        // older version left.
+        let _ = std::fs::remove_dir_all(self.config.daemon.state_dir.join("work"));
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an interrupted run");
         }
@@ -476,7 +362,7 @@ impl Daemon {
             {
                 match event {
                     Event::Fs(event) => self.intake.on_event(event),
-                    Event::Finished { job_id, outcome } => self.finish(job_id, *outcome),
+                    Event::Finished { job_id, outcome } => self.finish(job_id, outcome),
                     Event::Hashed { claim, sha256 } => self.hashed(claim, sha256),
                     Event::ModelScale { model, scale } => self.learn_scale(model, scale),
                     Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => self.reload(),
@@ -525,7 +411,7 @@ impl Daemon {
                 break;
             }
             match inbox.recv_timeout(left) {
-                Ok(Event::Finished { job_id, outcome }) => self.finish(job_id, *outcome),
+                Ok(Event::Finished { job_id, outcome }) => self.finish(job_id, outcome),
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -654,10 +540,14 @@ impl Daemon {
     }
 
     /// Hands a job to the workers with a fresh cancel flag.
-    fn send_work(&mut self, work: Work) -> Result<(), mpsc::SendError<Dispatched>> {
+    fn send_work(&mut self, job_id: i64, work: Work) -> Result<(), mpsc::SendError<Dispatched>> {
         let cancel = Arc::new(AtomicBool::new(false));
-        self.cancels.insert(work.job_id(), Arc::clone(&cancel));
-        self.work.send(Dispatched { work, cancel })
+        self.cancels.insert(job_id, Arc::clone(&cancel));
+        self.work.send(Dispatched {
+            job_id,
+            work,
+            cancel,
+        })
     }
 
     /// Jobs running longer than `job_timeout` are set aside: their input is quarantined with
@@ -684,7 +574,7 @@ impl Daemon {
                 &self.lane,
             );
             self.workers_spawned += 1;
-            let limit_text = crate::daemon::config::format_duration(limit);
+            let limit_text = config::format_duration(limit);
             tracing::error!(
                 job = id,
                 job_timeout = %limit_text,
@@ -698,5 +588,52 @@ impl Daemon {
                 self.fail(&job, &error);
             }
         }
+    }
+}
+
+/// What recipes get of the daemon on its main thread.
+impl crate::recipes::Service for Daemon {
+    fn journal(&self) -> &dyn Store {
+        self.journal.as_ref()
+    }
+
+    fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    fn limits(&self) -> crate::io::decode::DecodeLimits {
+        self.config.daemon.limits
+    }
+
+    fn runtime(&self) -> &config::RuntimeSettings {
+        &self.config.runtime
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.config.daemon.max_attempts
+    }
+
+    fn record(&mut self, job: &Job, to: State, detail: Option<&str>) {
+        Daemon::record(self, job, to, detail);
+    }
+
+    fn fail(&mut self, job: &Job, error: &OpError) {
+        Daemon::fail(self, job, error);
+    }
+
+    fn withdraw(&mut self, job: &Job, why: &str) {
+        Daemon::withdraw(self, job, why);
+    }
+
+    fn last_done(&mut self, text: String) {
+        self.last_job = text;
+    }
+
+    fn note_left_folder(&mut self, file: &Path) {
+        Daemon::note_left_folder(self, file);
+    }
+
+    fn model_scale(&mut self, spec: &config::ModelSpec) -> ScaleKnown {
+        Daemon::model_scale(self, spec)
     }
 }

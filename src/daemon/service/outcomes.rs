@@ -1,5 +1,5 @@
-//! Finishing jobs: recording what workers bring back, failures and retries, the jobs that
-//! wait in place, deadlines and the systemd status line.
+//! Finishing jobs: handing what workers bring back to its recipe, failures and retries, the
+//! jobs that wait in place, deadlines and the systemd status line.
 
 use super::*;
 
@@ -22,14 +22,8 @@ impl Daemon {
         };
         let seconds = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
         let result = match outcome {
-            Outcome::Split(Ok(written)) => self.split_done(&job, *written),
-            Outcome::Merge(Ok(merged)) => self.merge_done(&job, merged, seconds),
-            Outcome::Upscale(Ok(upscaled)) => self.upscale_done(&job, upscaled, seconds),
-            Outcome::Normalise(Ok(normalised)) => self.normalise_done(&job, *normalised, seconds),
-            Outcome::Split(Err(e))
-            | Outcome::Merge(Err(e))
-            | Outcome::Upscale(Err(e))
-            | Outcome::Normalise(Err(e)) => {
+            Ok(done) => done.finish(&job, seconds, self),
+            Err(e) => {
                 self.fail(&job, &e);
                 Ok(())
             }
@@ -41,128 +35,6 @@ impl Daemon {
                 "cannot record a finished job"
             );
         }
-    }
-
-    pub(super) fn split_done(&mut self, job: &Job, written: ProxyWritten) -> anyhow::Result<()> {
-        let Some(Recipe::SplitToProxy(options)) = self.config.rule(&job.rule).map(|r| &r.recipe)
-        else {
-            anyhow::bail!("rule {} is gone", job.rule);
-        };
-        let expires_at = clock::now() + options.return_timeout.as_secs_f64();
-        let details = json!({
-            "path": written.proxy_path,
-            "geometry": written.metadata.geometry,
-            "target": written.metadata.target.to_string(),
-            "filter": written.metadata.filter,
-            "seconds": written.seconds,
-        });
-        self.journal.proxy_written(
-            job.id,
-            &written.proxy_path,
-            (written.width, written.height),
-            &written.signature.to_bytes(),
-            expires_at,
-            &details.to_string(),
-        )?;
-        self.record(job, State::AwaitingReturn, None);
-        tracing::info!(
-            job = job.id,
-            file = %job.path.display(),
-            proxy = %written.proxy_path.display(),
-            size = %format!("{}x{}", written.width, written.height),
-            seconds = format!("{:.3}", written.seconds),
-            "proxy written; waiting for the processed image"
-        );
-        self.last_job = format!("{} proxied", names::stem_of(&job.path));
-        Ok(())
-    }
-
-    pub(super) fn upscale_done(
-        &mut self,
-        job: &Job,
-        upscaled: Upscaled,
-        seconds: f64,
-    ) -> anyhow::Result<()> {
-        self.journal.job_done(
-            job.id,
-            &upscaled.original_now_at,
-            &upscaled.provenance.to_string(),
-        )?;
-        self.record(
-            job,
-            State::Done,
-            Some(&upscaled.output.display().to_string()),
-        );
-        // The enhance recipe runs through the same job; its log says what it did.
-        let done = if upscaled.provenance.get("enhance").is_some() {
-            "enhanced"
-        } else {
-            "upscaled"
-        };
-        tracing::info!(
-            job = job.id,
-            file = %job.claimed_path.display(),
-            output = %upscaled.output.display(),
-            model = %upscaled.provenance["model"]["name"].as_str().unwrap_or("?"),
-            seconds = format!("{seconds:.3}"),
-            "{done}"
-        );
-        self.last_job = format!("{} {done}", names::stem_of(&job.claimed_path));
-        Ok(())
-    }
-
-    pub(super) fn normalise_done(
-        &mut self,
-        job: &Job,
-        done: Normalised,
-        seconds: f64,
-    ) -> anyhow::Result<()> {
-        let record = serde_json::to_value(&done.record)?;
-        self.journal
-            .job_done(job.id, &done.original_now_at, &record.to_string())?;
-        self.record(job, State::Done, Some(&done.output.display().to_string()));
-        tracing::info!(
-            job = job.id,
-            file = %job.claimed_path.display(),
-            output = %done.output.display(),
-            bucket = done.record.bucket.as_deref().unwrap_or("-"),
-            sharpness = done.record.scores.as_ref().map_or(0.0, |s| s.sharpness),
-            seconds = format!("{seconds:.3}"),
-            "normalised into the set"
-        );
-        self.last_job = format!("{} normalised", names::stem_of(&job.claimed_path));
-        Ok(())
-    }
-
-    pub(super) fn merge_done(
-        &mut self,
-        job: &Job,
-        merged: Merged,
-        seconds: f64,
-    ) -> anyhow::Result<()> {
-        let parent = job.parent.context("merge job without its split job")?;
-        self.journal.merge_done(
-            job.id,
-            parent,
-            &merged.returned_now_at,
-            &merged.original_now_at,
-            &merged.provenance.to_string(),
-        )?;
-        self.record(job, State::Done, Some(&merged.output.display().to_string()));
-        if let Ok(Some(split)) = self.journal.get(parent) {
-            self.note_left_folder(&split.claimed_path);
-        }
-        tracing::info!(
-            job = job.id,
-            split_job = parent,
-            output = %merged.output.display(),
-            original = %merged.original_now_at.display(),
-            pairing = job.pairing.as_deref().unwrap_or("?"),
-            seconds = format!("{seconds:.3}"),
-            "merged into the full-resolution original"
-        );
-        self.last_job = format!("{} merged", names::stem_of(&merged.output));
-        Ok(())
     }
 
     /// A job failed. Transient failures retry with backoff until attempts run out;
@@ -236,7 +108,7 @@ impl Daemon {
             "job failed ({kind}); the file was moved aside with an error sidecar"
         );
         if kind != "rejected" {
-            self.log_set_aside_in_set(job, &reason);
+            self.tell_recipe_set_aside(job, &reason);
         }
         let _ = self.journal.set_path(job.id, &moved_to);
         if let Err(e) = self.journal.set_state(job.id, State::Failed, Some(&reason)) {
@@ -246,23 +118,12 @@ impl Daemon {
         self.last_job = format!("{} failed", names::stem_of(&job.claimed_path));
     }
 
-    /// A normalise rule's set lists every input it was given: one set aside for a reason of
-    /// its own (not a quality verdict, which the set logged already) is entered too.
-    pub(super) fn log_set_aside_in_set(&self, job: &Job, reason: &str) {
-        let Some(rule) = self.config.rule(&job.rule) else {
-            return;
-        };
-        if !matches!(rule.recipe, Recipe::Normalise(_)) || job.kind != Kind::Split {
-            return;
-        }
-        if let Err(e) = normalise_job::log_set_aside(
-            job.id,
-            &job.claimed_path,
-            reason,
-            &self.trees.images(&rule.name),
-            &self.trees.metadata(&rule.name),
-        ) {
-            tracing::warn!(job = job.id, error = %e, "cannot enter the set-aside input in the set's log");
+    /// A job's recipe hears of an input set aside for a reason of its own (not the
+    /// recipe's verdict).
+    pub(super) fn tell_recipe_set_aside(&mut self, job: &Job, reason: &str) {
+        let config = Arc::clone(&self.config);
+        if let Some(rule) = config.rule(&job.rule) {
+            rule.recipe.set_aside(rule, job, reason, self);
         }
     }
 
@@ -328,38 +189,6 @@ impl Daemon {
         }
     }
 
-    /// Held returns whose file is gone (renamed after its proxy, or removed) are withdrawn;
-    /// those held past their rule's return window are set aside with the reason.
-    pub(super) fn check_held(&mut self, now: f64) {
-        let Ok(held) = self.journal.in_state(State::Held, 10_000) else {
-            return;
-        };
-        for job in held {
-            if !job.path.exists() {
-                self.withdraw(
-                    &job,
-                    "the held return left exchange_in (renamed after its proxy, or removed)",
-                );
-                continue;
-            }
-            let Some(Recipe::SplitToProxy(options)) =
-                self.config.rule(&job.rule).map(|r| &r.recipe)
-            else {
-                continue;
-            };
-            let window = options.return_timeout + options.return_grace;
-            if now - job.updated_at >= window.as_secs_f64() {
-                let error = OpError::Usage(format!(
-                    "held for {} (return_timeout plus return_grace) without being paired: its content matches several proxies about equally and it was not renamed after one of them",
-                    config::format_duration(window)
-                ));
-                let mut job = job.clone();
-                job.attempts = self.config.daemon.max_attempts;
-                self.fail(&job, &error);
-            }
-        }
-    }
-
     /// Ends a job whose file left its watched folder before it was processed.
     pub(super) fn withdraw(&mut self, job: &Job, why: &str) {
         tracing::info!(job = job.id, file = %job.path.display(), "withdrawn: {why}");
@@ -401,12 +230,11 @@ impl Daemon {
             .min()
     }
 
-    /// Marks proxies with no return in time as expired; closes windows past their grace;
-    /// settles incomplete files and held returns.
+    /// Marks proxies with no return in time as expired; settles incomplete files; then each
+    /// rule's recipe keeps its own deadlines.
     pub(super) fn check_deadlines(&mut self) {
         let now = clock::now();
         self.check_incomplete(now);
-        self.check_held(now);
         self.remove_emptied_folders();
         if let Ok(overdue) = self.journal.overdue(now) {
             for job in overdue {
@@ -424,31 +252,9 @@ impl Daemon {
                 self.record(&job, State::Expired, None);
             }
         }
-        let rules: Vec<Rule> = self.config.rules.clone();
-        for rule in rules {
-            let Recipe::SplitToProxy(options) = &rule.recipe else {
-                continue;
-            };
-            let grace = options.return_grace.as_secs_f64();
-            let Ok(jobs) = self.journal.window_over(now, grace, &rule.name) else {
-                continue;
-            };
-            for job in jobs {
-                if let Some(proxy) = &job.proxy_path {
-                    let _ = std::fs::remove_file(proxy);
-                }
-                let _ = self.journal.close(job.id);
-                if job.state == State::Expired && rule.originals == OriginalsPolicy::Move {
-                    let error = OpError::Usage(format!(
-                        "no processed image came back within return_timeout ({}s) plus return_grace ({}s)",
-                        options.return_timeout.as_secs(),
-                        options.return_grace.as_secs()
-                    ));
-                    let mut job = job.clone();
-                    job.attempts = self.config.daemon.max_attempts;
-                    self.fail(&job, &error);
-                }
-            }
+        let config = Arc::clone(&self.config);
+        for rule in &config.rules {
+            rule.recipe.housekeeping(rule, now, self);
         }
     }
 

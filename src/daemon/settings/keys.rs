@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 /// The keys a derived `Deserialize` struct accepts: its field names, as serde hands them to
 /// a deserializer (the struct's own declaration is the only list).
-pub(super) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut fields: &'static [&'static str] = &[];
     let _ = T::deserialize(FieldNames(&mut fields));
     fields
@@ -44,7 +44,7 @@ impl<'de> de::Deserializer<'de> for FieldNames<'_> {
 
 /// `table` read as `T`: unknown keys and keys whose value does not fit are each reported as
 /// `label.key` and left out, and what remains is read (the defaults when even that fails).
-pub(super) fn read_table<T: DeserializeOwned + Default>(
+pub(crate) fn read_table<T: DeserializeOwned + Default>(
     mut table: toml::Table,
     label: &str,
     line: usize,
@@ -55,7 +55,7 @@ pub(super) fn read_table<T: DeserializeOwned + Default>(
 }
 
 /// Like [`read_table`] for a table whose unknown keys were already reported.
-pub(super) fn read_known_keys<T: DeserializeOwned + Default>(
+pub(crate) fn read_known_keys<T: DeserializeOwned + Default>(
     mut table: toml::Table,
     label: &str,
     line: usize,
@@ -89,10 +89,10 @@ pub(super) fn read_known_keys<T: DeserializeOwned + Default>(
 /// The line of every key of a config text, by its path: `daemon.workers`, `rule[1].size`,
 /// `models.photo.tile`, `[daemon]` itself as `daemon`.
 #[derive(Debug, Default)]
-pub(super) struct KeyLines(HashMap<String, usize>);
+pub(crate) struct KeyLines(HashMap<String, usize>);
 
 impl KeyLines {
-    pub(super) fn of(text: &str) -> KeyLines {
+    pub(crate) fn of(text: &str) -> KeyLines {
         let mut lines = HashMap::new();
         if let Ok(document) = DeTable::parse(text) {
             let line_of = |offset: usize| {
@@ -109,7 +109,7 @@ impl KeyLines {
 
     /// The line of the key a problem names. Rule labels carry the rule's name
     /// (`rule[1] 'photos'.size`), which the path leaves out.
-    pub(super) fn line(&self, key: &str) -> Option<usize> {
+    pub(crate) fn line(&self, key: &str) -> Option<usize> {
         let mut path = String::with_capacity(key.len());
         let mut rest = key;
         while let Some(start) = rest.find(" '") {

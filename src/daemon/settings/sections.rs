@@ -3,63 +3,63 @@
 use super::*;
 
 /// `[daemon]` defaults (`incomplete_grace`'s is [`DEFAULT_INCOMPLETE_GRACE`]).
-pub(super) const DEFAULT_ROOT: &str = "var";
-pub(super) const DEFAULT_WORKERS: usize = 1;
-pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-pub(super) const DEFAULT_STABILITY_WINDOW: Duration = Duration::from_secs(2);
-pub(super) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-pub(super) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-pub(super) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_ROOT: &str = "var";
+pub(crate) const DEFAULT_WORKERS: usize = 1;
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+pub(crate) const DEFAULT_STABILITY_WINDOW: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawRuntime {
-    pub(super) onnxruntime: Option<PathBuf>,
-    pub(super) threads: Option<usize>,
-    pub(super) provider: Option<String>,
-    pub(super) memory_budget_mib: Option<u64>,
+pub(crate) struct RawRuntime {
+    pub(crate) onnxruntime: Option<PathBuf>,
+    pub(crate) threads: Option<usize>,
+    pub(crate) provider: Option<String>,
+    pub(crate) memory_budget_mib: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawModel {
-    pub(super) path: PathBuf,
-    pub(super) tile: Option<toml::Value>,
-    pub(super) context: Option<u32>,
+pub(crate) struct RawModel {
+    pub(crate) path: PathBuf,
+    pub(crate) tile: Option<toml::Value>,
+    pub(crate) context: Option<u32>,
     #[serde(default)]
-    pub(super) domains: Vec<String>,
-    pub(super) scale: Option<u32>,
-    pub(super) input_range: Option<String>,
-    pub(super) batch: Option<usize>,
+    pub(crate) domains: Vec<String>,
+    pub(crate) scale: Option<u32>,
+    pub(crate) input_range: Option<String>,
+    pub(crate) batch: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawDaemon {
-    pub(super) root: Option<PathBuf>,
-    pub(super) state_dir: Option<PathBuf>,
-    pub(super) log_dir: Option<PathBuf>,
-    pub(super) log_level: Option<String>,
-    pub(super) workers: Option<usize>,
-    pub(super) stability_window: Option<toml::Value>,
-    pub(super) incomplete_grace: Option<toml::Value>,
-    pub(super) shutdown_timeout: Option<toml::Value>,
-    pub(super) max_attempts: Option<u32>,
-    pub(super) retry_backoff: Option<toml::Value>,
-    pub(super) job_timeout: Option<toml::Value>,
-    pub(super) limits: Option<RawLimits>,
+pub(crate) struct RawDaemon {
+    pub(crate) root: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) log_dir: Option<PathBuf>,
+    pub(crate) log_level: Option<String>,
+    pub(crate) workers: Option<usize>,
+    pub(crate) stability_window: Option<toml::Value>,
+    pub(crate) incomplete_grace: Option<toml::Value>,
+    pub(crate) shutdown_timeout: Option<toml::Value>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) retry_backoff: Option<toml::Value>,
+    pub(crate) job_timeout: Option<toml::Value>,
+    pub(crate) limits: Option<RawLimits>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawLimits {
-    pub(super) max_megapixels: Option<u64>,
-    pub(super) max_file_mib: Option<u64>,
-    pub(super) max_alloc_mib: Option<u64>,
-    pub(super) max_side: Option<u32>,
+pub(crate) struct RawLimits {
+    pub(crate) max_megapixels: Option<u64>,
+    pub(crate) max_file_mib: Option<u64>,
+    pub(crate) max_alloc_mib: Option<u64>,
+    pub(crate) max_side: Option<u32>,
 }
 
-pub(super) fn resolve_daemon(
+pub(crate) fn resolve_daemon(
     table: Option<toml::Spanned<toml::Table>>,
     base: &Path,
     problems: &mut Problems,
@@ -177,7 +177,7 @@ pub(super) fn resolve_daemon(
     }
 }
 
-pub(super) fn resolve_runtime(
+pub(crate) fn resolve_runtime(
     table: Option<toml::Spanned<toml::Table>>,
     base: &Path,
     problems: &mut Problems,
@@ -204,7 +204,7 @@ pub(super) fn resolve_runtime(
     }
 }
 
-pub(super) fn resolve_models(
+pub(crate) fn resolve_models(
     tables: std::collections::BTreeMap<String, toml::Spanned<toml::Table>>,
     base: &Path,
     problems: &mut Problems,
