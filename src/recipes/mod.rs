@@ -18,7 +18,6 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-mod archive;
 mod enhance;
 pub mod model_job;
 mod normalise;
@@ -32,7 +31,6 @@ pub const ALL: &[Registration] = &[
     upscale::REGISTRATION,
     enhance::REGISTRATION,
     normalise::REGISTRATION,
-    archive::REGISTRATION,
 ];
 
 /// How the config finds a recipe and reads its keys.
