@@ -409,7 +409,7 @@ fn normalise_command(
     })?;
     if inputs.is_empty() {
         return Err(OpError::Usage(format!(
-            "no images (.png .jpg .jpeg .tif .tiff .webp) in {}",
+            "no images (.png .jpg .jpeg .tif .tiff .webp .gif) in {}",
             input_dir.display()
         )));
     }

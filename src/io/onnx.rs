@@ -599,7 +599,7 @@ impl Model {
             done += group.len();
             progress(done, total);
         }
-        out.clamp_unit();
+        // Values are as the model gives them; the caller clamps as it quantises.
         Ok(out)
     }
 

@@ -1417,7 +1417,7 @@ pub fn list_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             .to_ascii_lowercase();
         if matches!(
             ext.as_str(),
-            "png" | "jpg" | "jpeg" | "tif" | "tiff" | "webp"
+            "png" | "jpg" | "jpeg" | "tif" | "tiff" | "webp" | "gif"
         ) {
             files.push(path);
         }

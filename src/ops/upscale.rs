@@ -236,7 +236,7 @@ pub fn upscale_image(
     }
     // Progress counts colour tiles, then alpha tiles.
     let passes = if has_alpha { 2 } else { 1 };
-    let colour = model.upscale(
+    let mut colour = model.upscale(
         &Planar::from_interleaved(&rgb, 3, width, height),
         tile,
         context,
@@ -244,12 +244,13 @@ pub fn upscale_image(
     )?;
     let alpha_up = if has_alpha {
         let grey3: Vec<f32> = alpha.iter().flat_map(|&a| [a, a, a]).collect();
-        let up = model.upscale(
+        let mut up = model.upscale(
             &Planar::from_interleaved(&grey3, 3, width, height),
             tile,
             context,
             &mut |done, total| progress(total + done, total * 2),
         )?;
+        up.clamp_unit();
         let plane = (up.width * up.height) as usize;
         Some(
             (0..plane)
@@ -261,7 +262,8 @@ pub fn upscale_image(
     };
     let (ow, oh) = (colour.width, colour.height);
     if !grey && !has_alpha && !sixteen {
-        // The common case, straight from the planar output, rows in parallel.
+        // The common case, straight from the planar output, rows in parallel; the cast to
+        // u8 saturates, so it is the clamp too (one pass over the output, not two).
         use rayon::prelude::*;
         let plane = (ow * oh) as usize;
         let mut raw = vec![0u8; plane * 3];
@@ -278,6 +280,7 @@ pub fn upscale_image(
         let buffer = ImageBuffer::from_raw(ow, oh, raw).expect("sized above");
         return Ok(DynamicImage::ImageRgb8(buffer));
     }
+    colour.clamp_unit();
     let samples = colour.to_interleaved();
     let pixel = |i: usize| [samples[i * 3], samples[i * 3 + 1], samples[i * 3 + 2]];
     let luma = |p: [f32; 3]| (p[0] + p[1] + p[2]) / 3.0;
