@@ -88,13 +88,13 @@ pub trait Recipe: std::fmt::Debug + Send + Sync {
 
     /// A folder besides the inbox that the rule watches for files coming back (claimed as
     /// [`Kind::Return`] jobs).
-    fn return_folder(&self) -> Option<&Path> {
+    fn return_folder(&self) -> Option<Folder<'_>> {
         None
     }
 
     /// Folders outside the output trees that the recipe writes into (its temp files there
     /// are cleaned up after a crash).
-    fn output_folders(&self) -> Vec<&Path> {
+    fn output_folders(&self) -> Vec<Folder<'_>> {
         Vec::new()
     }
 
@@ -116,6 +116,13 @@ pub trait Recipe: std::fmt::Debug + Send + Sync {
 
     /// For tests and tools that need the concrete options.
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A folder of a recipe's own, with the rule key that names it (for config problems).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Folder<'a> {
+    pub key: &'static str,
+    pub path: &'a Path,
 }
 
 /// What starting a job comes to.

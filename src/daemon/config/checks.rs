@@ -21,20 +21,24 @@ pub(super) fn check_rules_together(
             problems.push(format!("{label}.name"), None, "two rules share this name");
         }
         let mut folders = vec![("watch", rule.watch.clone())];
-        if let Some(returns) = rule.recipe.return_folder() {
-            folders.push(("exchange_in", returns.to_path_buf()));
+        let returns = rule.recipe.return_folder();
+        if let Some(returns) = returns {
+            folders.push((returns.key, returns.path.to_path_buf()));
         }
         for output in rule.recipe.output_folders() {
-            if Some(output) == rule.recipe.return_folder() {
+            if let Some(returns) = returns.filter(|r| r.path == output.path) {
                 problems.push(
-                    format!("{label}.exchange_out"),
+                    format!("{label}.{}", output.key),
                     None,
-                    "exchange_out and exchange_in must be different folders, or darkroom would pair its own proxies",
+                    format!(
+                        "{} and {} must be different folders, or darkroom would take its own outputs back",
+                        output.key, returns.key
+                    ),
                 );
             }
-            if inside(output, &rule.watch) {
+            if inside(output.path, &rule.watch) {
                 problems.push(
-                    format!("{label}.exchange_out"),
+                    format!("{label}.{}", output.key),
                     None,
                     "must not be inside the watched folder",
                 );

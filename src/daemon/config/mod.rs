@@ -146,8 +146,13 @@ impl Config {
         ];
         for rule in &self.rules {
             dirs.push(rule.watch.clone());
-            dirs.extend(rule.recipe.output_folders().iter().map(|d| d.to_path_buf()));
-            dirs.extend(rule.recipe.return_folder().map(Path::to_path_buf));
+            dirs.extend(
+                rule.recipe
+                    .output_folders()
+                    .iter()
+                    .map(|f| f.path.to_path_buf()),
+            );
+            dirs.extend(rule.recipe.return_folder().map(|f| f.path.to_path_buf()));
         }
         dirs
     }

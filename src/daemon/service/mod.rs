@@ -136,11 +136,11 @@ fn watch_roots(config: &Config) -> Vec<WatchRoot> {
             patterns: rule.patterns.clone(),
             sidecars: rule.recipe.sidecar_patterns(),
         });
-        if let Some(dir) = rule.recipe.return_folder() {
+        if let Some(returns) = rule.recipe.return_folder() {
             roots.push(WatchRoot {
                 rule: rule.name.clone(),
                 role: Role::Return,
-                dir: dir.to_path_buf(),
+                dir: returns.path.to_path_buf(),
                 patterns: image_patterns.clone(),
                 sidecars: Vec::new(),
             });
@@ -322,7 +322,12 @@ impl Daemon {
         let mut dirs = Vec::new();
         for rule in &self.config.rules {
             dirs.extend(self.trees.rule_dirs(&rule.name));
-            dirs.extend(rule.recipe.output_folders().iter().map(|d| d.to_path_buf()));
+            dirs.extend(
+                rule.recipe
+                    .output_folders()
+                    .iter()
+                    .map(|f| f.path.to_path_buf()),
+            );
         }
         for dir in dirs {
             removed += trees::remove_stale_temp_files(&dir);

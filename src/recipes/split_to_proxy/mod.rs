@@ -8,7 +8,7 @@
 //! `return_timeout` expires, its window closes after `return_grace`, and a held return is
 //! set aside after both.
 
-use super::{Recipe, Registration, Rule, Service, Start};
+use super::{Folder, Recipe, Registration, Rule, Service, Start};
 use crate::core::delta::DeltaDepth;
 use crate::core::geometry::Target;
 use crate::daemon::journal::{Job, Kind, State};
@@ -19,7 +19,7 @@ use crate::io::external::UpscaleMethod;
 use crate::io::names;
 use crate::ops::OpError;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 mod config;
@@ -77,12 +77,18 @@ impl Recipe for SplitToProxy {
         "split-to-proxy"
     }
 
-    fn return_folder(&self) -> Option<&Path> {
-        Some(&self.exchange_in)
+    fn return_folder(&self) -> Option<Folder<'_>> {
+        Some(Folder {
+            key: "exchange_in",
+            path: &self.exchange_in,
+        })
     }
 
-    fn output_folders(&self) -> Vec<&Path> {
-        vec![&self.exchange_out]
+    fn output_folders(&self) -> Vec<Folder<'_>> {
+        vec![Folder {
+            key: "exchange_out",
+            path: &self.exchange_out,
+        }]
     }
 
     fn start(&self, rule: &Rule, job: &Job, service: &mut dyn Service) -> anyhow::Result<Start> {
