@@ -28,6 +28,9 @@ import time
 import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The test suite's stdlib PNG reader (any filter), shared rather than copied.
+sys.path.insert(0, os.path.join(ROOT, "tests", "tools"))
+from nn_upscale import read_png  # noqa: E402
 BINARY = os.environ.get("DARKROOM_BINARY", os.path.join(ROOT, "target", "release", "darkroom"))
 SHARED = os.environ.get("DARKROOM_SHARED", os.path.join(ROOT, "..", "shared"))
 PHOTO = os.path.join(SHARED, "testdata", "photo_bus_4032x3024_p3.jpg")
@@ -82,51 +85,18 @@ def chunk(kind, body):
     )
 
 
-def unfilter(raw, width, bpp, height):
-    """PNG rows without their filters (8-bit samples), as one bytearray per row."""
-    stride = width * bpp
-    rows, prev, pos = [], bytearray(stride), 0
-    for _ in range(height):
-        kind = raw[pos]
-        line = bytearray(raw[pos + 1 : pos + 1 + stride])
-        pos += 1 + stride
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b = prev[i]
-            c = prev[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + a) & 255
-            elif kind == 2:
-                line[i] = (line[i] + b) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                line[i] = (line[i] + pred) & 255
-        rows.append(line)
-        prev = line
-    return rows
-
-
 def edited_proxy(path):
     """The proxy with a brightening tone curve, as an 8-bit PNG (filter None)."""
-    data = open(path, "rb").read()
-    header, idat, kept = None, b"", b""
-    for kind, body in png_chunks(data):
+    header, kept = None, b""
+    for kind, body in png_chunks(open(path, "rb").read()):
         if kind == b"IHDR":
             header = body
-        elif kind == b"IDAT":
-            idat += body
         elif kind in (b"iCCP", b"sRGB", b"gAMA", b"cHRM"):
             kept += chunk(kind, body)
-    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
+    _, _, depth, colour, _, rows = read_png(path)
     if depth != 8 or colour not in (2, 6):
         raise SystemExit(f"unexpected proxy format: depth {depth}, colour type {colour}")
-    bpp = 3 if colour == 2 else 4
     curve = bytes(v + (255 - v) // 8 for v in range(256))
-    rows = unfilter(zlib.decompress(idat), width, bpp, height)
     out = b"".join(b"\0" + bytes(row).translate(curve) for row in rows)
     return (
         b"\x89PNG\r\n\x1a\n"

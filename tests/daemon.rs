@@ -1263,8 +1263,6 @@ fn kill_9_while_normalising_leaves_exactly_one_image_per_input_after_restart() {
 
 #[test]
 fn a_gif_a_file_no_rule_takes_and_special_entries_each_get_a_clear_outcome() {
-    use image::codecs::gif::GifEncoder;
-    use image::{Delay, Frame, Rgba, RgbaImage};
     let mut tree = Tree::new(&config_text("", ""));
     tree.start();
     let inbox = tree.inbox();
@@ -1275,23 +1273,7 @@ fn a_gif_a_file_no_rule_takes_and_special_entries_each_get_a_clear_outcome() {
     std::os::unix::fs::symlink("loop.png", inbox.join("loop.png")).unwrap();
     std::os::unix::fs::symlink("nowhere.png", inbox.join("gone.png")).unwrap();
     // A three-frame animated GIF and a file no pattern takes.
-    let mut gif = Vec::new();
-    {
-        let mut encoder = GifEncoder::new(&mut gif);
-        for i in 0..3u8 {
-            let frame = RgbaImage::from_fn(64, 48, |x, y| {
-                Rgba([(x * 4) as u8, (y * 5) as u8, i * 80, 255])
-            });
-            encoder
-                .encode_frame(Frame::from_parts(
-                    frame,
-                    0,
-                    0,
-                    Delay::from_numer_denom_ms(100, 1),
-                ))
-                .unwrap();
-        }
-    }
+    let gif = common::three_frame_gif();
     let dropped = Instant::now();
     std::fs::write(tree.path("anim.gif"), &gif).unwrap();
     std::fs::rename(tree.path("anim.gif"), inbox.join("anim.gif")).unwrap();

@@ -1076,28 +1076,10 @@ fn a_too_small_source_is_enlarged_by_the_named_model_on_the_command_line() {
 
 #[test]
 fn an_animated_gif_is_read_as_its_first_frame_and_its_record_says_so() {
-    use image::codecs::gif::GifEncoder;
-    use image::{Delay, Frame, Rgba, RgbaImage};
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
-    let mut gif = Vec::new();
-    {
-        let mut encoder = GifEncoder::new(&mut gif);
-        for i in 0..3u8 {
-            let frame = RgbaImage::from_fn(64, 48, |x, y| {
-                Rgba([(x * 4) as u8, (y * 5) as u8, i * 80, 255])
-            });
-            encoder
-                .encode_frame(Frame::from_parts(
-                    frame,
-                    0,
-                    0,
-                    Delay::from_numer_denom_ms(100, 1),
-                ))
-                .unwrap();
-        }
-    }
+    let gif = common::three_frame_gif();
     std::fs::write(input.join("anim.gif"), &gif).unwrap();
     run_ok(dir.path(), &["normalise", "in", "set", "--preset", "sd15"]);
     let records = records(&dir.path().join("set"));

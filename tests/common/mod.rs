@@ -141,3 +141,27 @@ pub fn listing(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A three-frame animated GIF of 64x48 gradients, each frame its own blue.
+pub fn three_frame_gif() -> Vec<u8> {
+    use image::codecs::gif::GifEncoder;
+    use image::{Delay, Frame, Rgba, RgbaImage};
+    let mut gif = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut gif);
+        for i in 0..3u8 {
+            let frame = RgbaImage::from_fn(64, 48, |x, y| {
+                Rgba([(x * 4) as u8, (y * 5) as u8, i * 80, 255])
+            });
+            encoder
+                .encode_frame(Frame::from_parts(
+                    frame,
+                    0,
+                    0,
+                    Delay::from_numer_denom_ms(100, 1),
+                ))
+                .unwrap();
+        }
+    }
+    gif
+}
