@@ -6,8 +6,7 @@
 //! A model that also enlarges (any super-resolution network) is brought back to the input's
 //! size with Lanczos3, so an x2 restoration model works as an enhancer at the same size.
 
-use super::model_pipeline::{self, ModelSteps};
-use super::upscale::{recommended_context, run_denoise_model, upscale_image, UpscaleOptions};
+use super::upscale::{recommended_context, run_pipeline, upscale_image, UpscaleOptions};
 use super::{sibling_path, OpError};
 use crate::io::decode::DecodeLimits;
 use crate::io::onnx::Model;
@@ -55,22 +54,12 @@ pub fn enhance(
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
         .map_err(OpError::from)?;
-    let steps = ModelSteps {
-        pre: options.pre,
-        smooth: options.smooth,
-        sharpen: options.sharpen,
-        enhance: Some(*via),
-    };
-    let mut denoise = |image: &image::DynamicImage| run_denoise_model(image, options);
-    let result = model_pipeline::run(
+    let result = run_pipeline(
         input,
         &output_path,
         limits,
-        &steps,
-        options
-            .denoise_model
-            .is_some()
-            .then_some(&mut denoise as &mut model_pipeline::RunModel<'_>),
+        options,
+        Some(*via),
         &mut |image| upscale_image(image, model, tile, context, progress).map_err(OpError::from),
     )?;
     let seconds = started.elapsed().as_secs_f64();

@@ -213,6 +213,37 @@ pub fn run_denoise_model(
     upscale_image(image, &mut denoiser, tile, context, &mut |_, _| {}).map_err(OpError::from)
 }
 
+/// Runs `model` over the file `input` through the model pipeline, with `options`'
+/// corrections and denoising model around it; `enhance` as for [`ModelSteps`]. The CLI's
+/// upscale and enhance both run here.
+pub(super) fn run_pipeline(
+    input: &Path,
+    output: &Path,
+    limits: &DecodeLimits,
+    options: &UpscaleOptions,
+    enhance: Option<model_pipeline::Via>,
+    model: &mut model_pipeline::RunModel<'_>,
+) -> Result<model_pipeline::PipelineOutput, OpError> {
+    let steps = ModelSteps {
+        pre: options.pre,
+        smooth: options.smooth,
+        sharpen: options.sharpen,
+        enhance,
+    };
+    let mut denoise = |image: &DynamicImage| run_denoise_model(image, options);
+    model_pipeline::run(
+        input,
+        output,
+        limits,
+        &steps,
+        options
+            .denoise_model
+            .is_some()
+            .then_some(&mut denoise as &mut model_pipeline::RunModel<'_>),
+        model,
+    )
+}
+
 /// Upscales a decoded image with a loaded model. Pure apart from the model run.
 pub fn upscale_image(
     image: &DynamicImage,
@@ -357,35 +388,18 @@ pub fn upscale(
     let tile = model
         .tile_side(options.tile, options.memory_budget, context)
         .map_err(OpError::from)?;
-    let steps = ModelSteps {
-        pre: options.pre,
-        smooth: options.smooth,
-        sharpen: options.sharpen,
-        enhance: None,
-    };
-    let mut denoise = |image: &DynamicImage| run_denoise_model(image, options);
-    let result = model_pipeline::run(
-        input,
-        &output_path,
-        limits,
-        &steps,
-        options
-            .denoise_model
-            .is_some()
-            .then_some(&mut denoise as &mut model_pipeline::RunModel<'_>),
-        &mut |image| {
-            upscale_passes(
-                image,
-                model,
-                tile,
-                context,
-                options.passes,
-                options.target,
-                progress,
-            )
-            .map_err(OpError::from)
-        },
-    )?;
+    let result = run_pipeline(input, &output_path, limits, options, None, &mut |image| {
+        upscale_passes(
+            image,
+            model,
+            tile,
+            context,
+            options.passes,
+            options.target,
+            progress,
+        )
+        .map_err(OpError::from)
+    })?;
     let tiles =
         crate::core::tiling::plan(result.input_width, result.input_height, tile, context).len();
     let seconds = started.elapsed().as_secs_f64();

@@ -48,10 +48,8 @@ impl Daemon {
         let Start::Run { state, work } = rule.recipe.start(rule, job, self)? else {
             return Ok(false);
         };
-        // The recipe may have paired or named the job: log from the journal's row.
-        let job = self.journal.get(job.id)?.unwrap_or_else(|| job.clone());
         self.journal.start_attempt(job.id, state)?;
-        self.record(&job, state, None);
+        self.record(job, state, None);
         self.in_flight.insert(job.id, Instant::now());
         self.send_work(job.id, work)
             .map_err(|_| anyhow::anyhow!("the workers are gone"))?;

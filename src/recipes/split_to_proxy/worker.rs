@@ -17,7 +17,7 @@ use crate::daemon::pairing;
 use crate::daemon::trees::{file_source, write_json_atomic, ClaimedVersion};
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::metadata::ProxyMetadata;
-use crate::io::{atomic, hash, names};
+use crate::io::{atomic, names};
 use crate::ops::merge::{layer_for, merge_layers};
 use crate::ops::split::{build_proxy, load_source, write_proxy_file};
 use crate::ops::OpError;
@@ -139,15 +139,14 @@ fn proxy_for_merge(
     original: &Path,
 ) -> Result<(DynamicImage, ProxyGeometry, &'static str), OpError> {
     if let Some(written) = &work.proxy {
-        let unchanged = hash::sha256_file(&written.path).is_ok_and(|h| h == written.sha256);
-        if unchanged {
-            if let Ok(loaded) = decode::load(&written.path, &work.limits) {
-                let g = written.geometry;
-                if (loaded.image.width(), loaded.image.height())
+        // `load` hashes the bytes it decodes: one read tells whether it is the split's file.
+        if let Ok(loaded) = decode::load(&written.path, &work.limits) {
+            let g = written.geometry;
+            if loaded.sha256 == written.sha256
+                && (loaded.image.width(), loaded.image.height())
                     == (g.canvas_width, g.canvas_height)
-                {
-                    return Ok((loaded.image, g, "exchange_out"));
-                }
+            {
+                return Ok((loaded.image, g, "exchange_out"));
             }
         }
     }
