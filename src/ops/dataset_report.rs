@@ -430,13 +430,15 @@ fn write_all(metadata_dir: &Path, records: &[Record], report: &Report) -> Result
             .expect("json")
             .as_bytes(),
     )?;
+    write("validation_report.html", render_html(report).as_bytes())?;
+    // Last, so that whoever sees a new validation_report.json also sees the HTML and the
+    // assessment that go with it.
     write(
         "validation_report.json",
         serde_json::to_string_pretty(report)
             .expect("json")
             .as_bytes(),
-    )?;
-    write("validation_report.html", render_html(report).as_bytes())
+    )
 }
 
 fn escape(text: &str) -> String {
