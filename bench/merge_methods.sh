@@ -22,7 +22,7 @@ PY
 for method in additive guided; do
   for _ in $(seq "$runs"); do
     /usr/bin/time -f "%e %M" -a -o "times_$method" "$bin" -q merge bus.jpg bus_proxy_delta.png \
-      --refined-delta-image bus_proxy_delta_refined.png --method "$method" -o "out_$method.png" >/dev/null
+      --refined-delta-image bus_proxy_delta_refined.png --method "$method" -o "out_$method.png" --overwrite >/dev/null
   done
   sort -n "times_$method" | awk -v m="$method" '{t[NR]=$1; r[NR]=$2} END {
     printf "%-8s median %.2f s  peak RSS %.0f MiB  (%d runs)\n", m, t[int((NR+1)/2)], r[int((NR+1)/2)]/1024, NR }'

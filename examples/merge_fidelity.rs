@@ -12,7 +12,8 @@
 //! 2048x1536 (SSIM's float buffers for 12 MP would dominate the run). The 12-MP photo also
 //! gets a timing of the in-memory merge (no decode or encode), median of 3.
 //!
-//! Usage: cargo run --release --example merge_fidelity -- [RADIUS] [EPSILON] [PICTURE.jpg]
+//! Usage: cargo run --release --example merge_fidelity -- [CELL] [BINS] [EPSILON] [RESIDUAL]
+//! [PICTURE.jpg]
 //! With PICTURE, also writes a crop of the bus photo (before, additive, guided, truth, and the
 //! error of each merge x8) for a person to look at.
 
@@ -272,13 +273,19 @@ fn flatten(image: DynamicImage) -> DynamicImage {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut params = GuidedParams::default();
-    if let Some(r) = args.get(1).and_then(|s| s.parse().ok()) {
-        params.radius = r;
+    if let Some(v) = args.get(1).and_then(|s| s.parse().ok()) {
+        params.cell = v;
     }
-    if let Some(e) = args.get(2).and_then(|s| s.parse().ok()) {
-        params.epsilon = e;
+    if let Some(v) = args.get(2).and_then(|s| s.parse().ok()) {
+        params.bins = v;
     }
-    let picture = args.get(3).cloned();
+    if let Some(v) = args.get(3).and_then(|s| s.parse().ok()) {
+        params.epsilon = v;
+    }
+    if let Some(v) = args.get(4).and_then(|s| s.parse().ok()) {
+        params.residual = v;
+    }
+    let picture = args.get(5).cloned();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
     println!("guided parameters: {params:?}\n");
     println!("| image | kind | edit | additive PSNR / SSIM | additive16 PSNR / SSIM | guided PSNR / SSIM | guided - additive |");

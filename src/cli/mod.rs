@@ -202,11 +202,16 @@ pub enum Command {
         /// additive (imgproxyproc's merge) or guided (local colour maps; see above).
         #[arg(long, default_value = "additive", value_name = "METHOD")]
         method: ops::merge::MergeMethod,
-        /// Guided: window radius in proxy pixels (larger = smoother, more robust maps).
-        #[arg(long, default_value_t = GuidedParams::default().radius, value_name = "PIXELS")]
-        guided_radius: u32,
-        /// Guided: ridge weight in 8-bit levels squared (larger = flat areas lean more on the
-        /// whole image's colour map).
+        /// Guided: proxy pixels per cell of the grid of colour maps (smaller follows
+        /// faster-varying edits, larger fits more robustly).
+        #[arg(long, default_value_t = GuidedParams::default().cell, value_name = "PIXELS", value_parser = clap::value_parser!(u32).range(1..))]
+        guided_cell: u32,
+        /// Guided: luminance levels of the grid, black to white (more = dark and bright
+        /// pixels of one area get more separate maps).
+        #[arg(long, default_value_t = GuidedParams::default().bins, value_name = "LEVELS", value_parser = clap::value_parser!(u32).range(2..=256))]
+        guided_bins: u32,
+        /// Guided: ridge weight in 8-bit levels squared (larger = colours that vary little
+        /// lean more on the coarser map around them).
         #[arg(long, default_value_t = GuidedParams::default().epsilon, value_name = "LEVELS2")]
         guided_epsilon: f32,
     },

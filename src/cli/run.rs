@@ -149,7 +149,8 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             cmd_timeout,
             force,
             method,
-            guided_radius,
+            guided_cell,
+            guided_bins,
             guided_epsilon,
         } => {
             let method = match method {
@@ -160,7 +161,8 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                         )));
                     }
                     ops::merge::MergeMethod::Guided(GuidedParams {
-                        radius: guided_radius,
+                        cell: guided_cell,
+                        bins: guided_bins,
                         epsilon: guided_epsilon,
                         ..defaults
                     })

@@ -7,7 +7,7 @@
 //! delta was computed. Alpha is never touched. The work runs in row bands, in place, so the
 //! only large buffer besides the original is one horizontally-resampled copy of each delta.
 
-use super::guided::{AffineUpsampler, GuidedError, GuidedField, GuidedParams};
+use super::guided::{AffineUpsampler, GuidedError, GuidedField, GuidedParams, SliceScratch};
 use super::resample::Taps;
 use image::DynamicImage;
 use rayon::prelude::*;
@@ -205,8 +205,9 @@ pub struct RowScratch {
     /// One band of resampled source rows per layer.
     bands: Vec<BandRows>,
     row16: Vec<u16>,
-    /// One row of vertically interpolated affine coefficients.
-    coefficients: Vec<f32>,
+    /// The guided merge's buffers, and the row as it was before it.
+    slice: Option<SliceScratch>,
+    before: Vec<f32>,
 }
 
 impl<'a> MergePlan<'a> {
@@ -258,11 +259,8 @@ impl<'a> MergePlan<'a> {
             current: vec![0f32; colour_samples],
             bands: self.layers.iter().map(|_| BandRows::default()).collect(),
             row16: Vec::new(),
-            coefficients: self
-                .affine
-                .as_ref()
-                .map(AffineUpsampler::scratch)
-                .unwrap_or_default(),
+            slice: self.affine.as_ref().map(AffineUpsampler::scratch),
+            before: Vec::new(),
         }
     }
 
@@ -348,11 +346,22 @@ impl<'a> MergePlan<'a> {
         if !single {
             gather(row, &mut s.current, total, colour);
         }
+        let mut untouched = false;
         if let Some(affine) = &self.affine {
-            affine.transform_row(y, &mut s.current, S::UNIT, &mut s.coefficients);
+            let slice = s.slice.as_mut().expect("scratch made by this plan");
+            if affine.has_untouched() {
+                affine.weights_row(y, slice);
+                s.before.clear();
+                s.before.extend_from_slice(&s.current);
+                untouched = true;
+            }
+            affine.transform_row(y, &mut s.current, S::UNIT, slice);
             if self.layers.is_empty() {
                 for v in &mut s.current {
                     *v = v.clamp(0.0, S::MAX);
+                }
+                if untouched {
+                    keep_untouched(&mut s.current, &s.before, &slice.weights, colour);
                 }
                 scatter(&s.current, row, total, colour);
             }
@@ -376,6 +385,10 @@ impl<'a> MergePlan<'a> {
                     *v = (*v + c).clamp(0.0, S::MAX);
                 }
                 if index + 1 == self.layers.len() {
+                    if untouched {
+                        let weights = &s.slice.as_ref().expect("scratch made by this plan").weights;
+                        keep_untouched(&mut s.current, &s.before, weights, colour);
+                    }
                     scatter(&s.current, row, total, colour);
                 }
             }
@@ -407,6 +420,24 @@ fn apply_in_place<S: Sample>(row: &mut [S], change: &[f32], total: usize, colour
         for (px, ch) in row.chunks_exact_mut(total).zip(change.chunks_exact(colour)) {
             for (p, c) in px[..colour].iter_mut().zip(ch) {
                 *p = S::from_f32((p.to_f32() + c).clamp(0.0, S::MAX));
+            }
+        }
+    }
+}
+
+/// `merged = before + weight (merged - before)` per pixel: exactly `before` where the weight
+/// is 0 (the model changed nothing near the pixel).
+fn keep_untouched(merged: &mut [f32], before: &[f32], weights: &[f32], colour: usize) {
+    for ((m, b), w) in merged
+        .chunks_exact_mut(colour)
+        .zip(before.chunks_exact(colour))
+        .zip(weights)
+    {
+        if *w == 0.0 {
+            m.copy_from_slice(b);
+        } else if *w < 1.0 {
+            for (mv, bv) in m.iter_mut().zip(b) {
+                *mv = bv + w * (*mv - bv);
             }
         }
     }

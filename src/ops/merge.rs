@@ -432,7 +432,7 @@ pub fn merge_layers(
             let gray = !image.color().has_color();
             let prepared = prepare_guided(proxy, layers, gray, &params)
                 .map_err(|e| OpError::mismatch(delta_path, e))?;
-            tracing::debug!(elapsed = ?fit_started.elapsed(), radius = params.radius, epsilon = params.epsilon, "guided maps fitted");
+            tracing::debug!(elapsed = ?fit_started.elapsed(), cell = params.cell, bins = params.bins, epsilon = params.epsilon, "guided maps fitted");
             Some(prepared)
         }
     };
