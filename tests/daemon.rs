@@ -1326,3 +1326,94 @@ fn a_gif_a_file_no_rule_takes_and_special_entries_each_get_a_clear_outcome() {
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn a_rule_with_a_model_for_new_content_merges_it_sharper_and_changes_nothing_else() {
+    // Two rules, one with `upscale_method = "model:photo"`, get the same photo and return the
+    // same edit: a checkerboard painted into the proxy, new content no colour map explains.
+    let model = common::shared_dir().join("models/waifu2x-upconv7-photo-x2.onnx");
+    let config = format!(
+        "{}\n[models.photo]\npath = \"{}\"\ntile = 128\n\n\
+         [[rule]]\nname = \"plain\"\nrecipe = \"split-to-proxy\"\nsize = \"512x512\"\n",
+        config_text("", "upscale_method = \"model:photo\""),
+        model.display()
+    );
+    let mut tree = Tree::new(&config);
+    tree.start();
+    let mut outputs = Vec::new();
+    for rule in ["photos", "plain"] {
+        let inbox = tree.path(&format!("var/inbox/{rule}"));
+        std::fs::copy(
+            testdata("photo_exif_orientation6.jpg"),
+            inbox.join("falls.jpg"),
+        )
+        .unwrap();
+        let proxy = tree.wait_for_file(&tree.path(&format!("var/exchange/out/{rule}")), |n| {
+            n.ends_with("_proxy.png")
+        });
+        let mut edited = load(&proxy).image.to_rgb8();
+        for y in 200..300u32 {
+            for x in 150..350u32 {
+                let red = ((x - 150) / 8 + (y - 200) / 8) % 2 == 0;
+                edited.put_pixel(
+                    x,
+                    y,
+                    image::Rgb(if red { [200, 30, 40] } else { [245, 240, 230] }),
+                );
+            }
+        }
+        let stem = proxy.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        edited
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        write_via_rename(
+            &tree.path(&format!("var/exchange/in/{rule}")),
+            &format!("{stem}_edited.png"),
+            &bytes,
+        );
+        let output = tree.path(&format!("var/processed/{rule}/images/falls.png"));
+        tree.wait_for("the merge", || output.is_file());
+        outputs.push(load(&output).image.to_rgb8());
+    }
+    assert_eq!(
+        metadata_json(&tree, "falls")["options"]["upscale_method"],
+        "model:photo"
+    );
+    // The checkerboard is (150..350, 200..300) of a 512x512 canvas holding the 1800x1200
+    // picture at 512x341 from row 85: (527..1230, 404..756) of the original.
+    let (with_model, plain) = (&outputs[0], &outputs[1]);
+    let inside = |x: u32, y: u32| (527..1230).contains(&x) && (404..756).contains(&y);
+    let near = |x: u32, y: u32| (400..1360).contains(&x) && (280..880).contains(&y);
+    let mut differ_inside = 0;
+    for (x, y, p) in with_model.enumerate_pixels() {
+        if !near(x, y) {
+            assert_eq!(
+                p,
+                plain.get_pixel(x, y),
+                "({x}, {y}) is away from the new content"
+            );
+        } else if inside(x, y) {
+            differ_inside += usize::from(p != plain.get_pixel(x, y));
+        }
+    }
+    assert!(
+        differ_inside > 10_000,
+        "the model changed {differ_inside} pixels of the new content"
+    );
+    let crop = |img: &image::RgbImage| {
+        darkroom::core::quality::sharpness(&darkroom::core::quality::Luma::of(
+            &image::DynamicImage::ImageRgb8(img.clone()).crop_imm(540, 420, 680, 320),
+        ))
+    };
+    let (sharp_model, sharp_plain) = (crop(with_model), crop(plain));
+    assert!(
+        sharp_model > 1.5 * sharp_plain,
+        "the model's checkerboard ({sharp_model:.0}) should be sharper than Lanczos3's ({sharp_plain:.0})"
+    );
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}

@@ -294,3 +294,143 @@ fn an_edit_of_one_rectangle_changes_no_pixel_outside_it_and_its_margin() {
         );
     }
 }
+
+/// A red and white checkerboard (squares of 3% of the short side, 4x4 supersampled) pasted
+/// over the centre of a `w x h` RGB picture: new content, the same at any resolution.
+fn paste_checker(img: &mut RgbImage) {
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let short = w.min(h);
+    let (square, half) = (0.03 * short, 0.2 * short);
+    let (cx, cy) = (0.5 * w, 0.5 * h);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        let (mut cover, mut red) = (0.0f32, 0.0f32);
+        for s in 0u8..16 {
+            let u = x as f32 + (f32::from(s % 4) + 0.5) / 4.0;
+            let v = y as f32 + (f32::from(s / 4) + 0.5) / 4.0;
+            if (u - cx).abs() < half && (v - cy).abs() < half {
+                cover += 1.0 / 16.0;
+                let cell = ((u - cx + half) / square).floor() + ((v - cy + half) / square).floor();
+                if cell as i64 % 2 == 0 {
+                    red += 1.0 / 16.0;
+                }
+            }
+        }
+        let pasted = [0, 1, 2]
+            .map(|c| red * [200.0, 30.0, 40.0][c] + (cover - red) * [245.0, 240.0, 230.0][c]);
+        for (v, t) in p.0.iter_mut().zip(pasted) {
+            *v = (f32::from(*v) * (1.0 - cover) + t).round() as u8;
+        }
+    }
+}
+
+#[test]
+fn a_super_resolution_model_brings_new_content_back_sharper_than_lanczos() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let name = "photo_exif_orientation6.jpg";
+    let original = load(&stage(d, name)).image;
+    run_ok(d, &["split", name, "25%", "25%"]);
+    let stem = "photo_exif_orientation6";
+    let mut processed = load(&d.join(format!("{stem}_proxy.png"))).image.to_rgb8();
+    paste_checker(&mut processed);
+    processed.save(d.join("processed.png")).unwrap();
+    run_ok(
+        d,
+        &["delta", name, "processed.png", "25%", "25%", "--refine"],
+    );
+    let mut truth = original.to_rgb8();
+    paste_checker(&mut truth);
+    let truth = DynamicImage::ImageRgb8(truth);
+    let models = shared_dir().join("models");
+    let (delta, refined) = (
+        format!("{stem}_proxy_delta.png"),
+        format!("{stem}_proxy_delta_refined.png"),
+    );
+    let merge = |output: &str, extra: &[&str]| {
+        let mut args = vec![
+            "merge",
+            name,
+            &delta,
+            "--refined-delta-image",
+            &refined,
+            "--method",
+            "guided",
+            "-o",
+            output,
+        ];
+        args.extend_from_slice(extra);
+        run_ok(d, &args);
+        load(&d.join(output)).image.to_rgb8()
+    };
+    let lanczos = merge("lanczos.png", &[]);
+    let models_dir = models.to_string_lossy().into_owned();
+    let model = merge(
+        "model.png",
+        &[
+            "--upscale-method",
+            "model:waifu2x-upconv7-photo-x2",
+            "--models-dir",
+            &models_dir,
+        ],
+    );
+    let (l, m) = (
+        psnr(&DynamicImage::ImageRgb8(lanczos.clone()), &truth),
+        psnr(&DynamicImage::ImageRgb8(model.clone()), &truth),
+    );
+    eprintln!("pasted checkerboard: Lanczos3 {l:.2} dB, model {m:.2} dB");
+    assert!(
+        m >= l + 2.0,
+        "the model ({m:.2} dB) should beat Lanczos3 ({l:.2} dB) by 2 dB"
+    );
+    // Away from the new content (a margin of 64 pixels around the pasted square), the
+    // model changes nothing.
+    let (w, h) = (truth.width() as f32, truth.height() as f32);
+    let half = 0.2 * w.min(h) + 64.0;
+    for (x, y, p) in model.enumerate_pixels() {
+        if (x as f32 - 0.5 * w).abs() > half || (y as f32 - 0.5 * h).abs() > half {
+            assert_eq!(
+                p,
+                lanczos.get_pixel(x, y),
+                "({x}, {y}) is away from the new content"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_model_for_the_additive_merge_or_a_missing_model_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, stem) = identity_deltas(d, "tiny_17x9.png", "8", "8");
+    let delta = format!("{stem}_proxy_delta.png");
+    let out = darkroom()
+        .current_dir(d)
+        .args([
+            "merge",
+            "tiny_17x9.png",
+            &delta,
+            "--upscale-method",
+            "model:x",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--method guided"), "{stderr}");
+    let out = darkroom()
+        .current_dir(d)
+        .args([
+            "merge",
+            "tiny_17x9.png",
+            &delta,
+            "--method",
+            "guided",
+            "--upscale-method",
+            "model:no_such_model",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no model 'no_such_model'"), "{stderr}");
+}

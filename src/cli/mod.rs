@@ -165,7 +165,9 @@ pub enum Command {
             value_name = "PATH"
         )]
         refined_delta_image: Option<PathBuf>,
-        /// basic (float Lanczos3) or cmd(program ... %i ... %o ...).
+        /// basic (float Lanczos3), cmd(program ... %i ... %o ...) (additive), or
+        /// model:NAME (guided: a super-resolution ONNX model enlarges what the model
+        /// painted new, instead of Lanczos3; NAME is a path or a model in --models-dir).
         #[arg(
             long = "upscale-method",
             alias = "upscale_method",
@@ -173,6 +175,9 @@ pub enum Command {
             value_name = "METHOD"
         )]
         upscale_method: UpscaleMethod,
+        /// Where model:NAME looks for NAME.onnx (default: $DARKROOM_MODELS, else ./models).
+        #[arg(long, value_name = "DIR")]
+        models_dir: Option<PathBuf>,
         /// Method for the refined delta (default: --upscale-method).
         #[arg(
             long = "refined-upscale-method",

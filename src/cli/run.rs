@@ -144,6 +144,7 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
             delta,
             refined_delta_image,
             upscale_method,
+            models_dir,
             refined_upscale_method,
             output_image,
             cmd_timeout,
@@ -178,6 +179,9 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
                 command_timeout: Duration::from_secs(cmd_timeout),
                 force,
                 proxy: None,
+                models_dir: models_dir
+                    .or_else(|| std::env::var_os("DARKROOM_MODELS").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from("models")),
             };
             let header = image::ImageReader::open(&original)
                 .ok()

@@ -99,6 +99,19 @@ pub struct GuidedField {
     /// Per pixel, how much of the merge applies: 0 where the model changed nothing nearby (the
     /// original is kept exactly), 1 at and around its changes. `None` when it is 1 everywhere.
     touched: Option<Vec<f32>>,
+    /// Where no colour map explains the processed proxy (new content).
+    content: Option<ContentRegion>,
+}
+
+/// Where the model painted new content: the maps leave more than [`CONTENT_LEVELS`] of the
+/// processed proxy unexplained. The additive residual brings such content back at the
+/// proxy's resolution; a super-resolution model can bring it back sharper.
+#[derive(Debug, Clone)]
+pub struct ContentRegion {
+    /// The bounding box of the non-zero weights, in proxy pixels of the fitted area.
+    pub area: Rect,
+    /// Per pixel of the fitted area: 1 on new content, ramping to 0 around it.
+    pub weights: Vec<f32>,
 }
 
 /// Coefficients per grid node: A row-major (output channel by input channel), then b.
@@ -120,6 +133,9 @@ const GLOBAL_TRUST: (f64, f64) = (0.05, 0.25);
 const PARENT_WEIGHT: f64 = 4.0;
 /// Luma weights (Rec. 601) of the grid's luminance axis.
 const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+/// Unexplained change (8-bit levels, largest channel) from which a proxy pixel starts to
+/// count as new content, and at which it fully does.
+const CONTENT_LEVELS: (f32, f32) = (24.0, 48.0);
 /// Proxy pixels around a change that get the full merge, and the width of the ramp to the
 /// untouched original beyond them.
 const TOUCH_MARGIN: usize = 2;
@@ -582,7 +598,55 @@ fn touched_mask(proxy: &[f32], processed: &[f32], width: usize, height: usize) -
     Some(box_mean(&grown, width, height, TOUCH_RAMP / 2))
 }
 
+/// The new-content region of a residual (`width x height`, RGB, unexplained change) of
+/// `processed`.
+fn content_region(
+    raw: &[f32],
+    processed: &[f32],
+    width: usize,
+    height: usize,
+) -> Option<ContentRegion> {
+    let (low, high) = CONTENT_LEVELS;
+    let hard: Vec<f32> = raw
+        .chunks_exact(3)
+        .zip(processed.chunks_exact(3))
+        .map(|(r, p)| {
+            // A clipped sample is an edit past the range, not new content.
+            let m = (0..3)
+                .filter(|&c| p[c] > 0.5 && p[c] < 254.5)
+                .fold(0f32, |m, c| m.max(r[c].abs()));
+            smoothstep(f64::from(low), f64::from(high), f64::from(m)) as f32
+        })
+        .collect();
+    if hard.iter().all(|v| *v == 0.0) {
+        return None;
+    }
+    let weights = box_mean(&dilate(&hard, width, height, 1), width, height, 1);
+    let (mut x0, mut y0, mut x1, mut y1) = (width, height, 0, 0);
+    for (n, w) in weights.iter().enumerate() {
+        if *w > 0.0 {
+            let (x, y) = (n % width, n / width);
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+        }
+    }
+    Some(ContentRegion {
+        area: Rect {
+            x: x0 as u32,
+            y: y0 as u32,
+            width: (x1 - x0) as u32,
+            height: (y1 - y0) as u32,
+        },
+        weights,
+    })
+}
+
 impl GuidedField {
+    /// Where the model painted new content, if anywhere.
+    #[must_use]
+    pub fn content(&self) -> Option<&ContentRegion> {
+        self.content.as_ref()
+    }
+
     /// Fits the maps from `proxy` to `processed`: interleaved RGB in 8-bit units, `width x
     /// height` each (the proxy's unpadded area).
     pub fn fit(
@@ -666,18 +730,21 @@ impl GuidedField {
             || slicer.scratch(),
             |scratch, (y, row)| slicer.transform_row(y, row, 1.0, scratch),
         );
-        let share = params.residual;
-        let residual = mapped
+        let raw: Vec<f32> = mapped
             .par_iter()
             .zip(processed.par_iter())
-            .map(|(m, p)| share * core_out_rounding(p - m.clamp(0.0, 255.0)))
+            .map(|(m, p)| p - m.clamp(0.0, 255.0))
             .collect();
+        let content = content_region(&raw, processed, width, height);
+        let share = params.residual;
+        let residual = raw.iter().map(|r| share * core_out_rounding(*r)).collect();
         let touched = touched_mask(proxy, processed, width, height);
         Ok(GuidedField {
             width,
             height,
             residual,
             touched,
+            content,
             grid,
         })
     }
@@ -716,11 +783,12 @@ impl GuidedField {
     /// 3) colour channels.
     pub fn upsampler(&self, width: u32, height: u32, colour: usize) -> AffineUpsampler<'_> {
         let mut slicer = self.grid.slicer(width as usize, height as usize, colour);
-        slicer.touched = self.touched.as_deref().map(|mask| Touched {
-            mask,
-            source_width: self.width,
-            columns: bilinear_positions(self.width, width as usize),
-            rows: bilinear_positions(self.height, height as usize),
+        slicer.touched = self.touched.as_deref().map(|mask| {
+            UpsampledMask::new(
+                mask,
+                (self.width, self.height),
+                (width as usize, height as usize),
+            )
         });
         slicer
     }
@@ -778,12 +846,49 @@ fn bilinear_positions(source: usize, destination: usize) -> Vec<(u32, u32, f32)>
         .collect()
 }
 
-/// The untouched mask, upsampled bilinearly.
-struct Touched<'a> {
+/// A mask at proxy resolution, upsampled bilinearly onto the original row by row; exactly 0
+/// wherever both its neighbours are 0.
+pub struct UpsampledMask<'a> {
     mask: &'a [f32],
     source_width: usize,
     columns: Vec<(u32, u32, f32)>,
     rows: Vec<(u32, u32, f32)>,
+}
+
+impl<'a> UpsampledMask<'a> {
+    /// `mask` covers a `source_width x source_height` proxy area that spans a `width x
+    /// height` original.
+    #[must_use]
+    pub fn new(
+        mask: &'a [f32],
+        (source_width, source_height): (usize, usize),
+        (width, height): (usize, usize),
+    ) -> Self {
+        UpsampledMask {
+            mask,
+            source_width,
+            columns: bilinear_positions(source_width, width),
+            rows: bilinear_positions(source_height, height),
+        }
+    }
+
+    /// The weights of row `y` of the original, into `out` (cleared first).
+    pub fn row(&self, y: usize, out: &mut Vec<f32>) {
+        let (first, second, fy) = self.rows[y];
+        let top = &self.mask[first as usize * self.source_width..][..self.source_width];
+        let bottom = &self.mask[second as usize * self.source_width..][..self.source_width];
+        out.clear();
+        out.extend(self.columns.iter().map(|&(x0, x1, fx)| {
+            let (x0, x1) = (x0 as usize, x1 as usize);
+            let l = top[x0] + fy * (bottom[x0] - top[x0]);
+            let r = top[x1] + fy * (bottom[x1] - top[x1]);
+            if l == 0.0 && r == 0.0 {
+                0.0
+            } else {
+                l + fx * (r - l)
+            }
+        }));
+    }
 }
 
 /// The grid's maps, sliced row by row onto the original.
@@ -794,7 +899,7 @@ pub struct AffineUpsampler<'a> {
     coefficients: std::borrow::Cow<'a, [f32]>,
     columns: Vec<Tent>,
     rows: Vec<Tent>,
-    touched: Option<Touched<'a>>,
+    touched: Option<UpsampledMask<'a>>,
 }
 
 /// Per-thread buffers for [`AffineUpsampler::transform_row`].
@@ -824,25 +929,9 @@ impl AffineUpsampler<'_> {
     /// How much of the merge applies to each pixel of row `y`, into `scratch.weights`: 0
     /// where the original must be kept exactly.
     pub fn weights_row(&self, y: usize, scratch: &mut SliceScratch) {
-        let Some(t) = &self.touched else {
-            return;
-        };
-        let (first, second, fy) = t.rows[y];
-        let top = &t.mask[first as usize * t.source_width..][..t.source_width];
-        let bottom = &t.mask[second as usize * t.source_width..][..t.source_width];
-        scratch.weights.clear();
-        scratch
-            .weights
-            .extend(t.columns.iter().map(|&(x0, x1, fx)| {
-                let (x0, x1) = (x0 as usize, x1 as usize);
-                let l = top[x0] + fy * (bottom[x0] - top[x0]);
-                let r = top[x1] + fy * (bottom[x1] - top[x1]);
-                if l == 0.0 && r == 0.0 {
-                    0.0
-                } else {
-                    l + fx * (r - l)
-                }
-            }));
+        if let Some(t) = &self.touched {
+            t.row(y, &mut scratch.weights);
+        }
     }
 
     /// Maps row `y` of the original's colour samples (`colour` interleaved channels, in units

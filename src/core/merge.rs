@@ -7,7 +7,9 @@
 //! delta was computed. Alpha is never touched. The work runs in row bands, in place, so the
 //! only large buffer besides the original is one horizontally-resampled copy of each delta.
 
-use super::guided::{AffineUpsampler, GuidedError, GuidedField, GuidedParams, SliceScratch};
+use super::guided::{
+    AffineUpsampler, GuidedError, GuidedField, GuidedParams, SliceScratch, UpsampledMask,
+};
 use super::resample::Taps;
 use image::DynamicImage;
 use rayon::prelude::*;
@@ -192,6 +194,8 @@ pub struct MergePlan<'a> {
     layers: Vec<(Prepared<'a>, usize)>,
     /// The guided merge's colour maps, applied to each row before the layers.
     affine: Option<AffineUpsampler<'a>>,
+    /// New content enlarged by a super-resolution model, blended in after the layers.
+    content: Option<ContentPlan<'a>>,
     width: usize,
     total: usize,
     colour: usize,
@@ -208,6 +212,7 @@ pub struct RowScratch {
     /// The guided merge's buffers, and the row as it was before it.
     slice: Option<SliceScratch>,
     before: Vec<f32>,
+    content_weights: Vec<f32>,
 }
 
 impl<'a> MergePlan<'a> {
@@ -233,6 +238,7 @@ impl<'a> MergePlan<'a> {
         Ok(MergePlan {
             layers: prepared,
             affine: None,
+            content: None,
             width: w as usize,
             total: usize::from(original.color().channel_count()),
             colour: if colour { 3 } else { 1 },
@@ -251,6 +257,29 @@ impl<'a> MergePlan<'a> {
         Ok(plan)
     }
 
+    /// Blends `layer` (new content, enlarged) over the merge where `field` found new content.
+    #[must_use]
+    pub fn with_content(
+        mut self,
+        field: &'a GuidedField,
+        layer: &'a ContentLayer,
+        original_height: usize,
+    ) -> Self {
+        if let Some(region) = field.content() {
+            let rgb = layer.image.to_rgb16();
+            self.content = Some(ContentPlan {
+                weights: UpsampledMask::new(
+                    &region.weights,
+                    (field.width, field.height),
+                    (self.width, original_height),
+                ),
+                rect: layer.rect,
+                samples: rgb.into_raw(),
+            });
+        }
+        self
+    }
+
     pub fn scratch(&self) -> RowScratch {
         let colour_samples = self.width * self.colour;
         RowScratch {
@@ -261,6 +290,7 @@ impl<'a> MergePlan<'a> {
             row16: Vec::new(),
             slice: self.affine.as_ref().map(AffineUpsampler::scratch),
             before: Vec::new(),
+            content_weights: Vec::new(),
         }
     }
 
@@ -360,10 +390,13 @@ impl<'a> MergePlan<'a> {
                 for v in &mut s.current {
                     *v = v.clamp(0.0, S::MAX);
                 }
+                if let Some(content) = &self.content {
+                    content.blend_row(y, &mut s.current, S::UNIT, colour, &mut s.content_weights);
+                }
                 if untouched {
                     keep_untouched(&mut s.current, &s.before, &slice.weights, colour);
                 }
-                scatter(&s.current, row, total, colour);
+                scatter_visible(&s.current, row, total, colour);
             }
         }
         for (index, (layer, dc)) in self.layers.iter().enumerate() {
@@ -385,11 +418,24 @@ impl<'a> MergePlan<'a> {
                     *v = (*v + c).clamp(0.0, S::MAX);
                 }
                 if index + 1 == self.layers.len() {
+                    if let Some(content) = &self.content {
+                        content.blend_row(
+                            y,
+                            &mut s.current,
+                            S::UNIT,
+                            colour,
+                            &mut s.content_weights,
+                        );
+                    }
                     if untouched {
                         let weights = &s.slice.as_ref().expect("scratch made by this plan").weights;
                         keep_untouched(&mut s.current, &s.before, weights, colour);
                     }
-                    scatter(&s.current, row, total, colour);
+                    if self.affine.is_some() {
+                        scatter_visible(&s.current, row, total, colour);
+                    } else {
+                        scatter(&s.current, row, total, colour);
+                    }
                 }
             }
         }
@@ -420,6 +466,60 @@ fn apply_in_place<S: Sample>(row: &mut [S], change: &[f32], total: usize, colour
         for (px, ch) in row.chunks_exact_mut(total).zip(change.chunks_exact(colour)) {
             for (p, c) in px[..colour].iter_mut().zip(ch) {
                 *p = S::from_f32((p.to_f32() + c).clamp(0.0, S::MAX));
+            }
+        }
+    }
+}
+
+/// New content enlarged by a super-resolution model: `image` (RGB) covers `rect` of the
+/// original.
+pub struct ContentLayer {
+    pub image: DynamicImage,
+    pub rect: Rect,
+}
+
+/// A [`ContentLayer`] ready to blend: its samples and the upsampled content weights.
+struct ContentPlan<'a> {
+    weights: UpsampledMask<'a>,
+    rect: Rect,
+    /// RGB, 16 bits (one 8-bit level is 257), `rect.width` per row.
+    samples: Vec<u16>,
+}
+
+impl ContentPlan<'_> {
+    /// `row = row + weight (content - row)` over the part of row `y` the layer covers.
+    fn blend_row(
+        &self,
+        y: usize,
+        row: &mut [f32],
+        unit: f32,
+        colour: usize,
+        weights: &mut Vec<f32>,
+    ) {
+        let r = self.rect;
+        let Some(ly) = y
+            .checked_sub(r.y as usize)
+            .filter(|ly| *ly < r.height as usize)
+        else {
+            return;
+        };
+        self.weights.row(y, weights);
+        let line = &self.samples[ly * r.width as usize * 3..][..r.width as usize * 3];
+        let to_units = unit / 257.0;
+        for (lx, px) in line.chunks_exact(3).enumerate() {
+            let x = r.x as usize + lx;
+            let w = weights[x];
+            if w == 0.0 {
+                continue;
+            }
+            let target = [0, 1, 2].map(|c| f32::from(px[c]) * to_units);
+            if colour == 3 {
+                for (v, t) in row[x * 3..x * 3 + 3].iter_mut().zip(target) {
+                    *v += w * (t - *v);
+                }
+            } else {
+                let t = (target[0] + target[1] + target[2]) / 3.0;
+                row[x] += w * (t - row[x]);
             }
         }
     }
@@ -459,6 +559,22 @@ fn scatter<S: Sample>(values: &[f32], row: &mut [S], total: usize, colour: usize
     }
 }
 
+/// [`scatter`] that leaves fully transparent pixels as they were: their colour is not seen,
+/// and whatever a program keeps there (a mask, a second picture) is kept.
+fn scatter_visible<S: Sample>(values: &[f32], row: &mut [S], total: usize, colour: usize) {
+    if total == colour {
+        return scatter(values, row, total, colour);
+    }
+    for (px, v) in row.chunks_exact_mut(total).zip(values.chunks_exact(colour)) {
+        if px[total - 1].to_f32() == 0.0 {
+            continue;
+        }
+        for (p, x) in px.iter_mut().zip(v) {
+            *p = S::from_f32(*x);
+        }
+    }
+}
+
 /// Applies `layers` in order to `original` in place. `progress` is called with the number
 /// of rows finished, from worker threads.
 pub fn apply_layers(
@@ -473,6 +589,52 @@ pub fn apply_layers(
 pub struct GuidedMerge {
     pub field: GuidedField,
     pub residual: DeltaLayer,
+    /// The processed proxy's fitted area (RGB, 8 bits), kept when it holds new content.
+    processed: Option<DynamicImage>,
+}
+
+/// What a super-resolution model should enlarge for a guided merge's new content: `crop`
+/// (the processed proxy around the content, with context) to `rect`'s size, which is where
+/// it lands in the original.
+pub struct ContentRequest {
+    pub crop: DynamicImage,
+    pub rect: Rect,
+}
+
+/// Proxy pixels of context around new content that its enlargement sees.
+const CONTENT_CONTEXT: u32 = 8;
+
+impl GuidedMerge {
+    /// The enlargement new content needs on a `width x height` original, if the model
+    /// painted any.
+    #[must_use]
+    pub fn content_request(&self, width: u32, height: u32) -> Option<ContentRequest> {
+        let region = self.field.content()?;
+        let processed = self.processed.as_ref()?;
+        let (pw, ph) = (processed.width(), processed.height());
+        let a = region.area;
+        let x0 = a.x.saturating_sub(CONTENT_CONTEXT);
+        let y0 = a.y.saturating_sub(CONTENT_CONTEXT);
+        let x1 = (a.x + a.width + CONTENT_CONTEXT).min(pw);
+        let y1 = (a.y + a.height + CONTENT_CONTEXT).min(ph);
+        let scale = |v: u32, from: u32, to: u32| {
+            ((f64::from(v) * f64::from(to) / f64::from(from)).round() as u32).min(to)
+        };
+        let (rx0, rx1) = (scale(x0, pw, width), scale(x1, pw, width));
+        let (ry0, ry1) = (scale(y0, ph, height), scale(y1, ph, height));
+        if rx1 <= rx0 || ry1 <= ry0 {
+            return None;
+        }
+        Some(ContentRequest {
+            crop: processed.crop_imm(x0, y0, x1 - x0, y1 - y0),
+            rect: Rect {
+                x: rx0,
+                y: ry0,
+                width: rx1 - rx0,
+                height: ry1 - ry0,
+            },
+        })
+    }
 }
 
 /// Fits a guided merge from the proxy canvas and the delta layers made against it (main, then
@@ -531,7 +693,17 @@ pub fn prepare_guided(
     let field = GuidedField::fit(&base, &processed, w, h, params)?;
     let gray = gray_original && layers.iter().all(|l| l.channels() == 1);
     let residual = field.residual_layer(gray);
-    Ok(GuidedMerge { field, residual })
+    let processed = field.content().map(|_| {
+        let samples = processed.iter().map(|v| v.round() as u8).collect();
+        DynamicImage::ImageRgb8(
+            image::ImageBuffer::from_raw(area.width, area.height, samples).expect("sized"),
+        )
+    });
+    Ok(GuidedMerge {
+        field,
+        residual,
+        processed,
+    })
 }
 
 /// Merges in memory: `layers` (made against `proxy`) into `original`, additively or, with
@@ -555,6 +727,40 @@ pub fn merge_image(
         }
     }
     Ok(image)
+}
+
+/// How new content is enlarged: the crop of the processed proxy, and the size to make it.
+pub type Enlarge<'a, E> = &'a dyn Fn(DynamicImage, (u32, u32)) -> Result<DynamicImage, E>;
+
+/// [`merge_image`] with the guided merge, where new content comes from `enlarge` (a
+/// super-resolution model) instead of the upsampled residual.
+pub fn merge_image_enlarging_content<E>(
+    original: DynamicImage,
+    proxy: &DynamicImage,
+    layers: &[DeltaLayer],
+    params: &GuidedParams,
+    enlarge: Enlarge<'_, E>,
+) -> Result<Result<DynamicImage, E>, MergeError> {
+    let mut image = promote_for_colour(original, layers);
+    let gray = !image.color().has_color();
+    let prepared = prepare_guided(proxy, layers, gray, params)?;
+    let content = match prepared.content_request(image.width(), image.height()) {
+        None => None,
+        Some(request) => match enlarge(request.crop, (request.rect.width, request.rect.height)) {
+            Ok(enlarged) => Some(ContentLayer {
+                image: enlarged,
+                rect: request.rect,
+            }),
+            Err(e) => return Ok(Err(e)),
+        },
+    };
+    let height = image.height() as usize;
+    let mut plan = MergePlan::guided(&image, &prepared.field, &prepared.residual)?;
+    if let Some(layer) = &content {
+        plan = plan.with_content(&prepared.field, layer, height);
+    }
+    plan.apply_in_place(&mut image, &|_| {})?;
+    Ok(Ok(image))
 }
 
 /// Promotes a gray original to RGB(A) when a colour delta is to be applied to it (a model

@@ -20,6 +20,10 @@ pub enum UpscaleMethod {
     Basic,
     /// An external program; `%i` and `%o` are replaced by the input and output paths.
     Command(CommandTemplate),
+    /// A super-resolution ONNX model, run in-process, for the guided merge's new content
+    /// (`model:<name>`: a `[models.<name>]` table in the daemon, a model name or path in the
+    /// CLI).
+    Model(String),
 }
 
 /// A parsed `cmd(...)` template.
@@ -30,8 +34,10 @@ pub struct CommandTemplate {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MethodParseError {
-    #[error("unknown upscale method '{0}': use 'basic' or 'cmd(program -i %i -o %o ...)'")]
+    #[error("unknown upscale method '{0}': use 'basic', 'cmd(program -i %i -o %o ...)' or 'model:<name>'")]
     Unknown(String),
+    #[error("'{0}': name the model after 'model:'")]
+    NoModel(String),
     #[error("'{0}': the command must be closed with ')' and quoted like a shell command line")]
     Malformed(String),
     #[error("'{0}': the command needs both %i (input file) and %o (output file)")]
@@ -45,6 +51,13 @@ impl FromStr for UpscaleMethod {
         let trimmed = text.trim();
         if trimmed.eq_ignore_ascii_case("basic") || trimmed.eq_ignore_ascii_case("lanczos") {
             return Ok(UpscaleMethod::Basic);
+        }
+        if let Some(name) = trimmed.strip_prefix("model:") {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(MethodParseError::NoModel(text.into()));
+            }
+            return Ok(UpscaleMethod::Model(name.to_string()));
         }
         let Some(inner) = trimmed.strip_prefix("cmd(") else {
             return Err(MethodParseError::Unknown(text.into()));
@@ -67,6 +80,7 @@ impl std::fmt::Display for UpscaleMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpscaleMethod::Basic => write!(f, "basic"),
+            UpscaleMethod::Model(name) => write!(f, "model:{name}"),
             UpscaleMethod::Command(t) => write!(
                 f,
                 "cmd({})",

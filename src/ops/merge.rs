@@ -9,7 +9,9 @@ use super::{ensure_free_disk, sibling_path, warn_if_memory_heavy, OpError};
 use crate::core::delta::normalise_delta_layout;
 use crate::core::geometry::ProxyGeometry;
 use crate::core::guided::GuidedParams;
-use crate::core::merge::{prepare_guided, promote_for_colour, DeltaLayer, MergePlan, Rect};
+use crate::core::merge::{
+    prepare_guided, promote_for_colour, ContentLayer, DeltaLayer, Enlarge, MergePlan, Rect,
+};
 use crate::core::proxy::make_proxy_owned;
 use crate::io::decode::{self, DecodeLimits, LoadedImage};
 use crate::io::encode::{self, estimated_size, OutputFormat};
@@ -73,6 +75,9 @@ pub struct MergeOptions {
     /// The proxy the delta was made against, when the caller already has it (the guided
     /// merge needs it). Default none: rebuilt from the original as `split` made it.
     pub proxy: Option<DynamicImage>,
+    /// Where `model:<name>` looks for `<name>.onnx` when the name is not a path. Default
+    /// `models`.
+    pub models_dir: PathBuf,
 }
 
 impl Default for MergeOptions {
@@ -86,6 +91,7 @@ impl Default for MergeOptions {
             force: false,
             method: MergeMethod::Additive,
             proxy: None,
+            models_dir: PathBuf::from("models"),
         }
     }
 }
@@ -205,7 +211,8 @@ pub fn layer_for(
 ) -> Result<DeltaLayer, OpError> {
     let area = geometry.area();
     match method {
-        UpscaleMethod::Basic => Ok(DeltaLayer { image: delta, area }),
+        // A model enlarges the guided merge's new content, not the delta.
+        UpscaleMethod::Basic | UpscaleMethod::Model(_) => Ok(DeltaLayer { image: delta, area }),
         UpscaleMethod::Command(template) => {
             // Crop first, so padding never reaches the upscaler or the edges.
             let cropped = delta.crop_imm(area.x, area.y, area.width, area.height);
@@ -284,6 +291,15 @@ pub fn merge(
     let delta = load_delta(delta_path, limits)?;
     let (geometry, geometry_source) =
         resolve_geometry(original_path, &original, delta_path, &delta, options.force)?;
+    let content_model = match &options.upscale_method {
+        UpscaleMethod::Model(name) => Some(name.clone()),
+        _ => None,
+    };
+    if content_model.is_some() && options.method == MergeMethod::Additive {
+        return Err(OpError::Usage(
+            "a model (--upscale-method model:...) enlarges the new content of the guided merge; add --method guided".into(),
+        ));
+    }
     if let MergeMethod::Guided(_) = options.method {
         let methods = [
             Some(&options.upscale_method),
@@ -347,12 +363,38 @@ pub fn merge(
             Some(&rebuilt)
         }
     };
+    let model = content_model
+        .map(|name| {
+            let path = crate::ops::upscale::resolve_model(&name, &options.models_dir)?;
+            crate::ops::upscale::load_model(&path, &Default::default())
+        })
+        .transpose()?
+        .map(std::sync::Mutex::new);
+    let enlarge = |crop: DynamicImage, target: (u32, u32)| {
+        let mut model = model
+            .as_ref()
+            .expect("only called with a model")
+            .lock()
+            .expect("one user");
+        let context = crate::ops::upscale::recommended_context(&model.name);
+        crate::ops::upscale::upscale_passes(
+            &crop,
+            &mut model,
+            256,
+            context,
+            1,
+            Some(target),
+            &mut |_, _| {},
+        )
+        .map_err(OpError::from)
+    };
     merge_layers(
         original,
         &layers,
         &geometry,
         options.method,
         proxy,
+        model.is_some().then_some(&enlarge as Enlarge<'_, OpError>),
         &output_path,
         delta_path,
         progress,
@@ -385,6 +427,7 @@ pub fn merge_layers(
     geometry: &ProxyGeometry,
     method: MergeMethod,
     proxy: Option<&DynamicImage>,
+    enlarge: Option<Enlarge<'_, OpError>>,
     output_path: &Path,
     label: &Path,
     progress: &(dyn Fn(u64, u64) + Sync),
@@ -436,9 +479,27 @@ pub fn merge_layers(
             Some(prepared)
         }
     };
+    let content = match (&guided, enlarge) {
+        (Some(g), Some(enlarge)) => match g.content_request(w, h) {
+            Some(request) => {
+                let started = std::time::Instant::now();
+                let image = enlarge(request.crop, (request.rect.width, request.rect.height))?;
+                tracing::debug!(elapsed = ?started.elapsed(), area = ?request.rect, "new content enlarged by the model");
+                Some(ContentLayer {
+                    image,
+                    rect: request.rect,
+                })
+            }
+            None => None,
+        },
+        _ => None,
+    };
     let plan = match &guided {
         None => MergePlan::new(&image, layers),
-        Some(g) => MergePlan::guided(&image, &g.field, &g.residual),
+        Some(g) => MergePlan::guided(&image, &g.field, &g.residual).map(|plan| match &content {
+            Some(layer) => plan.with_content(&g.field, layer, h as usize),
+            None => plan,
+        }),
     }
     .map_err(|e| OpError::mismatch(delta_path, e))?;
     let bytes = if format == OutputFormat::Png {

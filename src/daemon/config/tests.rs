@@ -39,6 +39,46 @@ fn merge_method_is_checked_and_an_external_delta_upscaler_means_additive() {
 }
 
 #[test]
+fn a_model_for_new_content_names_a_models_table_and_needs_the_guided_merge() {
+    let models = format!(
+        "[models.photo]\npath = \"{}/../shared/models/waifu2x-upconv7-photo-x2.onnx\"\n\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let rule = |extra: &str| {
+        format!("{models}[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n{extra}\n")
+    };
+    let config = parse(&rule("upscale_method = \"model:photo\"")).unwrap();
+    let options = options::<SplitToProxy>(&config);
+    assert_eq!(options.merge_method.name(), "guided");
+    assert!(options
+        .content_model
+        .as_ref()
+        .unwrap()
+        .path
+        .ends_with("waifu2x-upconv7-photo-x2.onnx"));
+    // Both problems at once: no such table, and a model with the additive merge.
+    let errors = parse(&rule(
+        "upscale_method = \"model:film\"\nmerge_method = \"additive\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        errors.contains("rule[0] 'p'.upscale_method")
+            && errors.contains("no [models.film] table; models: photo"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("rule[0] 'p'.merge_method")
+            && errors.contains("needs merge_method = \"guided\""),
+        "{errors}"
+    );
+    let errors = parse(&rule("upscale_method = \"model:\""))
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("name the model after 'model:'"), "{errors}");
+}
+
+#[test]
 fn enhance_rules_check_via_and_its_proxy_keys() {
     let models = format!(
         "[models.photo]\npath = \"{}/../shared/models/waifu2x-upconv7-photo-x2.onnx\"\n\n",

@@ -54,7 +54,20 @@ pub(super) fn resolve(
         rule.context.base,
         problems,
     );
-    Some(std::sync::Arc::new(options))
+    let content_model = match &options.upscale_method {
+        UpscaleMethod::Model(name) => crate::daemon::settings::model_named(
+            name,
+            rule.context.models,
+            &format!("{}.upscale_method", rule.label),
+            rule.line,
+            problems,
+        ),
+        _ => None,
+    };
+    Some(std::sync::Arc::new(SplitToProxy {
+        content_model,
+        ..options
+    }))
 }
 
 fn resolve_options(
@@ -114,7 +127,7 @@ fn resolve_options(
     // Guided by default; additive when the rule upscales deltas with an external tool.
     let default_method = match upscale_method {
         UpscaleMethod::Command(_) => "additive",
-        UpscaleMethod::Basic => "guided",
+        UpscaleMethod::Basic | UpscaleMethod::Model(_) => "guided",
     };
     let merge_method = raw
         .merge_method
@@ -132,6 +145,15 @@ fn resolve_options(
             format!("{label}.merge_method"),
             Some(line),
             "an external delta upscaler (upscale_method = \"cmd(...)\") needs merge_method = \"additive\"",
+        );
+    }
+    if merge_method == crate::ops::merge::MergeMethod::Additive
+        && matches!(upscale_method, UpscaleMethod::Model(_))
+    {
+        problems.push(
+            format!("{label}.merge_method"),
+            Some(line),
+            "a model (upscale_method = \"model:<name>\") enlarges the guided merge's new content; it needs merge_method = \"guided\"",
         );
     }
     let exchange = root.join("exchange");
@@ -172,5 +194,6 @@ fn resolve_options(
         match_threshold,
         match_margin,
         merge_method,
+        content_model: None,
     }
 }

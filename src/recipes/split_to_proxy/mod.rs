@@ -54,6 +54,8 @@ pub struct SplitToProxy {
     pub match_margin: f64,
     /// How the returned proxy's change reaches the original: guided (default) or additive.
     pub merge_method: crate::ops::merge::MergeMethod,
+    /// The model `upscale_method = "model:<name>"` names: it enlarges new content.
+    pub content_model: Option<crate::daemon::settings::ModelSpec>,
 }
 
 impl SplitToProxy {
@@ -65,6 +67,7 @@ impl SplitToProxy {
             "delta_depth": match self.delta_depth { DeltaDepth::Eight => 8, DeltaDepth::Sixteen => 16 },
             "upscale_method": match &self.upscale_method {
                 UpscaleMethod::Basic => "basic".to_string(),
+                UpscaleMethod::Model(name) => format!("model:{name}"),
                 UpscaleMethod::Command(c) => format!("cmd({})", c.words.join(" ")),
             },
             "originals": match originals { OriginalsPolicy::Move => "move", OriginalsPolicy::Keep => "keep" },

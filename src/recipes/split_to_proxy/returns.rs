@@ -65,6 +65,7 @@ impl SplitToProxy {
         provenance["jobs"] = json!({ "split": parent.id, "merge": job.id });
         let work = MergeWork {
             options: options.clone(),
+            runtime: service.runtime().clone(),
             limits: service.limits(),
             original,
             original_sha256: parent.sha256.clone(),
@@ -81,8 +82,8 @@ impl SplitToProxy {
         };
         Ok(Start::Run {
             state: State::Merging,
-            work: Box::new(move |_: &ModelLane| {
-                worker::merge_return(&work).map(|merged| Box::new(merged) as Box<dyn Finish>)
+            work: Box::new(move |lane: &ModelLane| {
+                worker::merge_return(&work, lane).map(|merged| Box::new(merged) as Box<dyn Finish>)
             }),
         })
     }

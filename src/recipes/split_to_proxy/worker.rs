@@ -106,6 +106,8 @@ pub struct WrittenProxy {
 #[derive(Debug, Clone)]
 pub struct MergeWork {
     pub options: SplitToProxy,
+    /// How models run (for a rule whose `upscale_method` is a model).
+    pub runtime: crate::daemon::settings::RuntimeSettings,
     pub limits: DecodeLimits,
     /// Where the original is, and where it goes once the output is durable.
     pub original: InputPlace,
@@ -160,7 +162,7 @@ fn proxy_for_merge(
 
 /// Computes the delta(s) of the returned proxy, merges them into the original at full
 /// resolution, writes the provenance, then files the original and the returned proxy.
-pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
+pub fn merge_return(work: &MergeWork, lane: &crate::recipes::ModelLane) -> Result<Merged, OpError> {
     let original_path = work.original.find()?;
     let returned = crate::recipes::first_existing(&work.returned_candidates, "returned image")?;
     let started = Instant::now();
@@ -205,12 +207,27 @@ pub fn merge_return(work: &MergeWork) -> Result<Merged, OpError> {
     ] {
         std::fs::create_dir_all(&dir).map_err(|e| OpError::write(&dir, e))?;
     }
+    // New content goes to the model lane like any model run (the one GPU lane).
+    let enlarge = |crop: DynamicImage, target: (u32, u32)| {
+        let spec = work
+            .options
+            .content_model
+            .as_ref()
+            .expect("only called with a model");
+        lane.upscale(spec, &work.runtime, (1, Some(target)), crop)
+            .map(|result| result.image)
+            .map_err(OpError::from)
+    };
     merge_layers(
         original,
         &layers,
         &geometry,
         work.options.merge_method,
         Some(&proxy),
+        work.options
+            .content_model
+            .is_some()
+            .then_some(&enlarge as crate::core::merge::Enlarge<'_, OpError>),
         &work.output,
         &returned,
         &|_, _| {},
