@@ -55,6 +55,18 @@ fn smooth_colour_cast(px: &mut [f32], w: usize, h: usize) {
     }
 }
 
+/// A colour cast that varies across the picture, added rather than multiplied: warmer (red +24,
+/// blue -16) on the left, cooler (red -16, blue +24) on the right, green +10 at the top to
+/// -10 at the bottom.
+fn varying_cast(px: &mut [f32], w: usize, h: usize) {
+    for (n, p) in px.chunks_exact_mut(3).enumerate() {
+        let (u, v) = ((n % w) as f32 / w as f32, (n / w) as f32 / h as f32);
+        p[0] += 24.0 - 40.0 * u;
+        p[1] += 10.0 - 20.0 * v;
+        p[2] += -16.0 + 40.0 * u;
+    }
+}
+
 fn local_contrast(px: &mut [f32], w: usize, h: usize) {
     let radius = ((0.015 * w.max(h) as f32).round() as usize).max(1);
     let mut blurred = px.to_vec();
@@ -164,10 +176,11 @@ fn pasted_checker(px: &mut [f32], w: usize, h: usize) {
     }
 }
 
-const EDITS: [(&str, Edit, &str); 6] = [
+const EDITS: [(&str, Edit, &str); 7] = [
     ("global affine colour change", global_affine, "affine"),
     ("tone curve + saturation", tone_and_saturation, "global"),
     ("smooth colour cast", smooth_colour_cast, "smooth"),
+    ("varying colour cast (added)", varying_cast, "cast"),
     ("local contrast boost", local_contrast, "local"),
     ("strong grade (delta saturates)", strong_grade, "strong"),
     ("painted discs (new content)", painted_discs, "painted"),
