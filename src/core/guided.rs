@@ -891,6 +891,19 @@ impl<'a> UpsampledMask<'a> {
     }
 }
 
+/// The four grid nodes of one row of the grid around a pixel (its tent along x and along
+/// luminance), as `(index, weight)`; `node(x, level)` gives a node's index.
+#[inline]
+fn corners(tx: Tent, tl: Tent, node: impl Fn(usize, usize) -> usize) -> [(usize, f32); 4] {
+    let (gx, gl) = (tx.node as usize, tl.node as usize);
+    [
+        (node(gx, gl), (1.0 - tx.upper) * (1.0 - tl.upper)),
+        (node(gx + 1, gl), tx.upper * (1.0 - tl.upper)),
+        (node(gx, gl + 1), (1.0 - tx.upper) * tl.upper),
+        (node(gx + 1, gl + 1), tx.upper * tl.upper),
+    ]
+}
+
 /// The grid's maps, sliced row by row onto the original.
 pub struct AffineUpsampler<'a> {
     nodes_x: usize,
@@ -958,15 +971,8 @@ impl AffineUpsampler<'_> {
         if k == 2 {
             for (v, tx) in values.iter_mut().zip(&self.columns) {
                 let tl = Tent::at(*v * to_bins, bins);
-                let (gx, gl) = (tx.node as usize, tl.node as usize);
-                let corners = [
-                    (node(gx, gl), (1.0 - tx.upper) * (1.0 - tl.upper)),
-                    (node(gx + 1, gl), tx.upper * (1.0 - tl.upper)),
-                    (node(gx, gl + 1), (1.0 - tx.upper) * tl.upper),
-                    (node(gx + 1, gl + 1), tx.upper * tl.upper),
-                ];
                 let (mut gain, mut offset) = (0f32, 0f32);
-                for (at, w) in corners {
+                for (at, w) in corners(*tx, tl, node) {
                     gain += w * grid_row[at];
                     offset += w * grid_row[at + 1];
                 }
@@ -978,15 +984,8 @@ impl AffineUpsampler<'_> {
         for (px, tx) in values.chunks_exact_mut(3).zip(&self.columns) {
             let i = [px[0], px[1], px[2]];
             let tl = Tent::at(luma(i) * to_bins, bins);
-            let (gx, gl) = (tx.node as usize, tl.node as usize);
-            let corners = [
-                (node(gx, gl), (1.0 - tx.upper) * (1.0 - tl.upper)),
-                (node(gx + 1, gl), tx.upper * (1.0 - tl.upper)),
-                (node(gx, gl + 1), (1.0 - tx.upper) * tl.upper),
-                (node(gx + 1, gl + 1), tx.upper * tl.upper),
-            ];
             c.fill(0.0);
-            for (at, w) in corners {
+            for (at, w) in corners(*tx, tl, node) {
                 for (o, v) in c.iter_mut().zip(&grid_row[at..at + COEFFS]) {
                     *o += w * v;
                 }
