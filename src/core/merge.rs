@@ -605,6 +605,24 @@ pub struct ContentRequest {
 const CONTENT_CONTEXT: u32 = 8;
 
 impl GuidedMerge {
+    /// New content enlarged by `enlarge` for a `width x height` original, if the model
+    /// painted any.
+    pub fn enlarge_content<E>(
+        &self,
+        width: u32,
+        height: u32,
+        enlarge: Enlarge<'_, E>,
+    ) -> Result<Option<ContentLayer>, E> {
+        let Some(request) = self.content_request(width, height) else {
+            return Ok(None);
+        };
+        let image = enlarge(request.crop, (request.rect.width, request.rect.height))?;
+        Ok(Some(ContentLayer {
+            image,
+            rect: request.rect,
+        }))
+    }
+
     /// The enlargement new content needs on a `width x height` original, if the model
     /// painted any.
     #[must_use]
@@ -744,15 +762,9 @@ pub fn merge_image_enlarging_content<E>(
     let mut image = promote_for_colour(original, layers);
     let gray = !image.color().has_color();
     let prepared = prepare_guided(proxy, layers, gray, params)?;
-    let content = match prepared.content_request(image.width(), image.height()) {
-        None => None,
-        Some(request) => match enlarge(request.crop, (request.rect.width, request.rect.height)) {
-            Ok(enlarged) => Some(ContentLayer {
-                image: enlarged,
-                rect: request.rect,
-            }),
-            Err(e) => return Ok(Err(e)),
-        },
+    let content = match prepared.enlarge_content(image.width(), image.height(), enlarge) {
+        Ok(content) => content,
+        Err(e) => return Ok(Err(e)),
     };
     let height = image.height() as usize;
     let mut plan = MergePlan::guided(&image, &prepared.field, &prepared.residual)?;

@@ -10,7 +10,7 @@ use crate::core::delta::normalise_delta_layout;
 use crate::core::geometry::ProxyGeometry;
 use crate::core::guided::GuidedParams;
 use crate::core::merge::{
-    prepare_guided, promote_for_colour, ContentLayer, DeltaLayer, Enlarge, MergePlan, Rect,
+    prepare_guided, promote_for_colour, DeltaLayer, Enlarge, MergePlan, Rect,
 };
 use crate::core::proxy::make_proxy_owned;
 use crate::io::decode::{self, DecodeLimits, LoadedImage};
@@ -480,18 +480,14 @@ pub fn merge_layers(
         }
     };
     let content = match (&guided, enlarge) {
-        (Some(g), Some(enlarge)) => match g.content_request(w, h) {
-            Some(request) => {
-                let started = std::time::Instant::now();
-                let image = enlarge(request.crop, (request.rect.width, request.rect.height))?;
-                tracing::debug!(elapsed = ?started.elapsed(), area = ?request.rect, "new content enlarged by the model");
-                Some(ContentLayer {
-                    image,
-                    rect: request.rect,
-                })
+        (Some(g), Some(enlarge)) => {
+            let started = std::time::Instant::now();
+            let content = g.enlarge_content(w, h, enlarge)?;
+            if let Some(layer) = &content {
+                tracing::debug!(elapsed = ?started.elapsed(), area = ?layer.rect, "new content enlarged by the model");
             }
-            None => None,
-        },
+            content
+        }
         _ => None,
     };
     let plan = match &guided {
