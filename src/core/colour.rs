@@ -54,15 +54,35 @@ pub fn to_srgb(image: DynamicImage, icc: Option<&[u8]>) -> (DynamicImage, Colour
         Err(e) => return (image, ColourResult::Kept(format!("unreadable: {e}"))),
     };
     let name = profile_name(&source);
+    transform(image, &source, &ColorProfile::new_srgb(), name)
+}
+
+/// Converts `image` from sRGB to `icc` (the inverse of [`to_srgb`]): what a tool returns in
+/// sRGB goes back into its original's colour space.
+pub fn from_srgb(image: DynamicImage, icc: &[u8]) -> (DynamicImage, ColourResult) {
+    let target = match ColorProfile::new_from_slice(icc) {
+        Ok(p) => p,
+        Err(e) => return (image, ColourResult::Kept(format!("unreadable: {e}"))),
+    };
+    let name = profile_name(&target);
+    transform(image, &ColorProfile::new_srgb(), &target, name)
+}
+
+/// Converts `image` from `source` to `target`; `name` names the profile that is not sRGB.
+fn transform(
+    image: DynamicImage,
+    source: &ColorProfile,
+    srgb: &ColorProfile,
+    name: String,
+) -> (DynamicImage, ColourResult) {
     if !image.color().has_color() {
         return (image, ColourResult::Kept("grey image".into()));
     }
-    let srgb = ColorProfile::new_srgb();
     let options = TransformOptions::default();
     let failed = |e: moxcms::CmsError| ColourResult::Kept(format!("{name}: {e}"));
     match image {
         DynamicImage::ImageRgb8(mut buffer) => {
-            match source.create_transform_8bit(Layout::Rgb, &srgb, Layout::Rgb, options) {
+            match source.create_transform_8bit(Layout::Rgb, srgb, Layout::Rgb, options) {
                 Ok(t) => {
                     let src = buffer.as_raw().clone();
                     if let Err(e) = t.transform(&src, &mut buffer) {
@@ -77,7 +97,7 @@ pub fn to_srgb(image: DynamicImage, icc: Option<&[u8]>) -> (DynamicImage, Colour
             }
         }
         DynamicImage::ImageRgba8(mut buffer) => {
-            match source.create_transform_8bit(Layout::Rgba, &srgb, Layout::Rgba, options) {
+            match source.create_transform_8bit(Layout::Rgba, srgb, Layout::Rgba, options) {
                 Ok(t) => {
                     let src = buffer.as_raw().clone();
                     if let Err(e) = t.transform(&src, &mut buffer) {
@@ -91,12 +111,12 @@ pub fn to_srgb(image: DynamicImage, icc: Option<&[u8]>) -> (DynamicImage, Colour
                 Err(e) => (DynamicImage::ImageRgba8(buffer), failed(e)),
             }
         }
-        DynamicImage::ImageRgb16(buffer) => convert16(buffer, Layout::Rgb, &source, &srgb, name)
+        DynamicImage::ImageRgb16(buffer) => convert16(buffer, Layout::Rgb, source, srgb, name)
             .map_or_else(
                 |(b, r)| (DynamicImage::ImageRgb16(b), r),
                 |(b, r)| (DynamicImage::ImageRgb16(b), r),
             ),
-        DynamicImage::ImageRgba16(buffer) => convert16(buffer, Layout::Rgba, &source, &srgb, name)
+        DynamicImage::ImageRgba16(buffer) => convert16(buffer, Layout::Rgba, source, srgb, name)
             .map_or_else(
                 |(b, r)| (DynamicImage::ImageRgba16(b), r),
                 |(b, r)| (DynamicImage::ImageRgba16(b), r),
@@ -107,7 +127,7 @@ pub fn to_srgb(image: DynamicImage, icc: Option<&[u8]>) -> (DynamicImage, Colour
             } else {
                 DynamicImage::ImageRgb16(other.to_rgb16())
             };
-            to_srgb(converted, Some(icc))
+            transform(converted, source, srgb, name)
         }
     }
 }

@@ -78,6 +78,35 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
                 .unwrap_or_default()
         )?;
     }
+    let at_tool = journal.in_state(State::AtTool, 1000)?;
+    let waiting_for_tool = journal.in_state(State::WaitingForTool, 1000)?;
+    if !at_tool.is_empty() || !waiting_for_tool.is_empty() {
+        writeln!(
+            out,
+            "with the tool: {}, waiting for tool: {}",
+            at_tool.len(),
+            waiting_for_tool.len()
+        )?;
+        for job in at_tool.iter().chain(&waiting_for_tool).take(20) {
+            let attempt = match (&job.tool_server, job.tool_attempt) {
+                (Some(server), n) if n > 0 => format!(" attempt {n} at {server}"),
+                _ => String::new(),
+            };
+            let why = match (job.state, job.error.as_deref()) {
+                (State::WaitingForTool, Some(error)) => format!(": {error}"),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "  #{} [{}] {} {} for {}{attempt}{why}",
+                job.id,
+                job.rule,
+                job.claimed_path.display(),
+                if job.state == State::AtTool { "with the tool" } else { "waiting for tool" },
+                human_duration(now - job.updated_at),
+            )?;
+        }
+    }
     let held = journal.in_state(State::Held, 20)?;
     if !held.is_empty() {
         writeln!(out, "held returns: {}", held.len())?;

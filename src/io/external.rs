@@ -140,13 +140,38 @@ impl CommandTemplate {
         timeout: Duration,
         limits: &DecodeLimits,
     ) -> Result<DynamicImage, ExternalError> {
+        let output = self.run_any_size(input, timeout, limits)?;
+        let (got_w, got_h) = (output.width(), output.height());
+        let want = f64::from(expected.0) / f64::from(expected.1);
+        let got = f64::from(got_w) / f64::from(got_h);
+        // Rounding in the tool can shift the aspect by a pixel on either side.
+        let slack = 2.0 / f64::from(got_w.min(got_h)) + 0.02;
+        if (got / want - 1.0).abs() > slack {
+            return Err(ExternalError::WrongShape {
+                program: self.program(),
+                got_w,
+                got_h,
+                want_w: expected.0,
+                want_h: expected.1,
+            });
+        }
+        Ok(output)
+    }
+
+    /// Runs the program on `input` and returns its output image, whatever its size.
+    pub fn run_any_size(
+        &self,
+        input: &DynamicImage,
+        timeout: Duration,
+        limits: &DecodeLimits,
+    ) -> Result<DynamicImage, ExternalError> {
         let program = self.program();
         let dir = tempfile::Builder::new()
             .prefix("darkroom-cmd-")
             .tempdir()
             .map_err(ExternalError::TempFiles)?;
-        let in_path = dir.path().join("delta_in.png");
-        let out_path = dir.path().join("delta_out.png");
+        let in_path = dir.path().join("input.png");
+        let out_path = dir.path().join("output.png");
         let bytes = png_encode::encode(input, None, &[], &PngOptions::default())
             .map_err(|e| ExternalError::TempFiles(std::io::Error::other(e.to_string())))?;
         std::fs::write(&in_path, bytes).map_err(ExternalError::TempFiles)?;
@@ -211,25 +236,8 @@ impl CommandTemplate {
         if !out_path.exists() {
             return Err(ExternalError::NoOutput { program });
         }
-        let loaded =
-            decode::load(&out_path, limits).map_err(|source| ExternalError::BadOutput {
-                program: program.clone(),
-                source,
-            })?;
-        let (got_w, got_h) = (loaded.image.width(), loaded.image.height());
-        let want = f64::from(expected.0) / f64::from(expected.1);
-        let got = f64::from(got_w) / f64::from(got_h);
-        // Rounding in the tool can shift the aspect by a pixel on either side.
-        let slack = 2.0 / f64::from(got_w.min(got_h)) + 0.02;
-        if (got / want - 1.0).abs() > slack {
-            return Err(ExternalError::WrongShape {
-                program,
-                got_w,
-                got_h,
-                want_w: expected.0,
-                want_h: expected.1,
-            });
-        }
+        let loaded = decode::load(&out_path, limits)
+            .map_err(|source| ExternalError::BadOutput { program, source })?;
         Ok(loaded.image)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod clock;
+pub mod comfyui;
 pub mod decode;
 pub mod deflate;
 pub mod encode;

@@ -22,6 +22,7 @@ mod enhance;
 pub mod model_job;
 mod normalise;
 pub mod split_to_proxy;
+pub mod tool;
 mod upscale;
 
 /// Every recipe a config can name, in the order `--help` and errors list them. A new recipe
@@ -131,6 +132,10 @@ pub enum Start {
     Wait,
     /// The job runs: the journal moves it to `state` and a worker runs `work`.
     Run { state: State, work: Work },
+    /// The job goes to its tool (`at-tool`): `work` runs on a thread of its own, since it
+    /// mostly waits on the tool, outside the workers and `job_timeout` (the tool's own
+    /// timeout bounds it). A shutdown does not wait for it; the next start resumes it.
+    Tool { work: Work },
 }
 
 /// A job's work, run on a worker thread (the model lane is there for model steps). What it
@@ -168,6 +173,8 @@ pub trait Service {
     fn note_left_folder(&mut self, file: &Path);
     /// The scale of a model, measured by the lane on first use.
     fn model_scale(&mut self, spec: &ModelSpec) -> ScaleKnown;
+    /// How many jobs of `rule` are with their tool now.
+    fn tool_jobs(&self, rule: &str) -> usize;
 }
 
 /// The darkroom version every provenance sidecar names.

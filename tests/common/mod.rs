@@ -2,6 +2,7 @@
 //! real `darkroom` binary, and comparing images.
 #![allow(dead_code)]
 
+pub mod comfyui;
 pub mod daemon;
 
 use darkroom::io::decode::{self, LoadedImage};

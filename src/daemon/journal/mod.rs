@@ -43,7 +43,11 @@ impl Kind {
 /// failed; a merge job whose content match is ambiguous is held.
 ///
 /// A file that read as empty or truncated is `incomplete`: left in place and watched for
-/// `incomplete_grace`, since a writer may still be appending to it. When it changes, the new
+/// `incomplete_grace`, since a writer may still be appending to it.
+///
+/// A split job of a rule with a `tool` goes from running (the split) to waiting-for-tool, then
+/// at-tool while darkroom drives the tool, back to waiting-for-tool while the tool is
+/// unreachable, and to awaiting-return once the tool's outputs are queued as its returns. When it changes, the new
 /// version is claimed as a new job and this one is `superseded`; when it leaves the folder
 /// (removed, or renamed by a person pairing a held return) its job is `withdrawn`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,10 +63,14 @@ pub enum State {
     Incomplete,
     Superseded,
     Withdrawn,
+    /// Waits for its tool (to be sent, or for the tool to answer again); runnable once due.
+    WaitingForTool,
+    /// With its tool: a prompt submitted to ComfyUI, or a command running.
+    AtTool,
 }
 
 impl State {
-    pub const ALL: [State; 11] = [
+    pub const ALL: [State; 13] = [
         State::Queued,
         State::Running,
         State::AwaitingReturn,
@@ -74,6 +82,8 @@ impl State {
         State::Incomplete,
         State::Superseded,
         State::Withdrawn,
+        State::WaitingForTool,
+        State::AtTool,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +99,8 @@ impl State {
             State::Incomplete => "incomplete",
             State::Superseded => "superseded",
             State::Withdrawn => "withdrawn",
+            State::WaitingForTool => "waiting-for-tool",
+            State::AtTool => "at-tool",
         }
     }
 
@@ -146,6 +158,20 @@ pub struct Job {
     pub closed: bool,
     /// JSON: timings and other details for the metadata tree.
     pub details: Option<String>,
+    /// Jobs of a rule with a tool: the tool attempt last started (0 before the first); the
+    /// ComfyUI prompt id is derived from it and the job id.
+    pub tool_attempt: u32,
+    /// The tool server that attempt went to.
+    pub tool_server: Option<String>,
+}
+
+/// A file a tool returned for a job, durable in the returns tree, to be queued as a merge
+/// job already paired with it.
+#[derive(Debug, Clone)]
+pub struct ToolReturn {
+    pub identity: FileIdentity,
+    pub variant: u32,
+    pub output_path: PathBuf,
 }
 
 mod sqlite;
@@ -286,6 +312,27 @@ pub trait Store: Send {
         original_now_at: &Path,
         details: &str,
     ) -> StoreResult<()>;
+
+    /// Records the tool attempt a job is about to make and the server it goes to, before
+    /// anything is sent: a restart looks that attempt up before making another.
+    fn set_tool_attempt(&self, id: i64, attempt: u32, server: &str) -> StoreResult<()>;
+
+    /// The job's tool is unreachable (or not yet free): it waits until `at`, the attempt it
+    /// started is not counted against it.
+    fn wait_for_tool(&self, id: i64, at: f64, reason: &str) -> StoreResult<()>;
+
+    /// Commits what a tool returned for split job `parent` in one transaction: each file a
+    /// merge job already paired with it (queued), and the split job awaiting its returns
+    /// until `expires_at` (further returns by hand are still taken until then), its details
+    /// replaced by `details`.
+    fn tool_returned(
+        &self,
+        rule: &str,
+        parent: i64,
+        returns: &[ToolReturn],
+        expires_at: f64,
+        details: &str,
+    ) -> StoreResult<Vec<i64>>;
 
     /// Records the output path a job will write (decided once, reused by a re-run).
     fn set_output(&self, id: i64, output: &Path) -> StoreResult<()>;

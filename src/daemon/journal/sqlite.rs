@@ -12,7 +12,10 @@ pub struct SqliteStore {
 
 /// The schema's migrations, in order: migration `n` brings `user_version` from `n - 1` to
 /// `n`. A new table or column is a new entry at the end; entries are never edited.
-const MIGRATIONS: &[(&str, &str)] = &[("jobs: identities, states, attempts, proxies", SCHEMA_1)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("jobs: identities, states, attempts, proxies", SCHEMA_1),
+    ("jobs: tool attempts", SCHEMA_2),
+];
 
 const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,9 +54,15 @@ CREATE INDEX IF NOT EXISTS jobs_open ON jobs(closed, kind, rule);
 CREATE INDEX IF NOT EXISTS jobs_output ON jobs(output_path);
 ";
 
+const SCHEMA_2: &str = "
+ALTER TABLE jobs ADD COLUMN tool_attempt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN tool_server TEXT;
+";
+
 const COLUMNS: &str = "id, kind, rule, claimed_path, path, size, sha256, state, attempts, \
     next_attempt_at, created_at, updated_at, error, parent, variant, pairing, output_path, \
-    proxy_path, proxy_width, proxy_height, signature, expires_at, closed, details, mtime_ns";
+    proxy_path, proxy_width, proxy_height, signature, expires_at, closed, details, mtime_ns, \
+    tool_attempt, tool_server";
 
 /// Brings the journal's schema to the newest version this darkroom knows, each migration in
 /// its own transaction. A journal written by a newer darkroom is refused, not downgraded.
@@ -108,6 +117,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         closed: row.get::<_, i64>(22)? != 0,
         details: row.get(23)?,
         mtime_ns: row.get(24)?,
+        tool_attempt: row.get(25)?,
+        tool_server: row.get(26)?,
     })
 }
 
@@ -234,12 +245,16 @@ impl Store for SqliteStore {
     }
 
     fn interrupted(&self) -> StoreResult<Vec<Job>> {
-        Ok(self.query("state IN ('running', 'merging') ORDER BY id", &[])?)
+        Ok(self.query(
+            "state IN ('running', 'merging', 'at-tool') ORDER BY id",
+            &[],
+        )?)
     }
 
     fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>> {
         Ok(self.query(
-            "state = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
+            "state IN ('queued', 'waiting-for-tool') \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
              ORDER BY id LIMIT ?2",
             &[&at, &(limit as i64)],
         )?)
@@ -247,7 +262,8 @@ impl Store for SqliteStore {
 
     fn next_retry_at(&self, at: f64) -> StoreResult<Option<f64>> {
         Ok(self.connection.query_row(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued' AND next_attempt_at > ?1",
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ('queued', 'waiting-for-tool') \
+             AND next_attempt_at > ?1",
             [at],
             |row| row.get(0),
         )?)
@@ -356,8 +372,8 @@ impl Store for SqliteStore {
 
     fn requeue_interrupted(&self, id: i64) -> StoreResult<()> {
         self.connection.execute(
-            "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?2 \
-             WHERE id = ?1",
+            "UPDATE jobs SET state = CASE state WHEN 'at-tool' THEN 'waiting-for-tool' \
+             ELSE 'queued' END, attempts = MAX(attempts - 1, 0), updated_at = ?2 WHERE id = ?1",
             params![id, now()],
         )?;
         Ok(())
@@ -434,6 +450,63 @@ impl Store for SqliteStore {
             params![parent, text(original_now_at), t],
         )?;
         Ok(tx.commit()?)
+    }
+
+    fn set_tool_attempt(&self, id: i64, attempt: u32, server: &str) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE jobs SET tool_attempt = ?2, tool_server = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, attempt, server, now()],
+        )?;
+        Ok(())
+    }
+
+    fn wait_for_tool(&self, id: i64, at: f64, reason: &str) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE jobs SET state = 'waiting-for-tool', next_attempt_at = ?2, error = ?3, \
+             attempts = MAX(attempts - 1, 0), updated_at = ?4 WHERE id = ?1",
+            params![id, at, reason, now()],
+        )?;
+        Ok(())
+    }
+
+    fn tool_returned(
+        &self,
+        rule: &str,
+        parent: i64,
+        returns: &[ToolReturn],
+        expires_at: f64,
+        details: &str,
+    ) -> StoreResult<Vec<i64>> {
+        let t = now();
+        let tx = self.connection.unchecked_transaction()?;
+        let mut ids = Vec::with_capacity(returns.len());
+        for r in returns {
+            tx.execute(
+                "INSERT INTO jobs (kind, rule, claimed_path, path, size, mtime_ns, inode, sha256, \
+                 state, created_at, updated_at, parent, variant, pairing, output_path) \
+                 VALUES ('merge', ?1, ?2, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?7, ?8, ?9, 'tool', ?10)",
+                params![
+                    rule,
+                    text(&r.identity.path),
+                    r.identity.size as i64,
+                    r.identity.mtime_ns,
+                    r.identity.inode as i64,
+                    r.identity.sha256,
+                    t,
+                    parent,
+                    r.variant,
+                    text(&r.output_path)
+                ],
+            )?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.execute(
+            "UPDATE jobs SET state = 'awaiting-return', expires_at = ?2, error = NULL, \
+             next_attempt_at = NULL, details = ?4, updated_at = ?3 WHERE id = ?1",
+            params![parent, expires_at, t, details],
+        )?;
+        tx.commit()?;
+        Ok(ids)
     }
 
     fn set_output(&self, id: i64, output: &Path) -> StoreResult<()> {

@@ -91,6 +91,8 @@ struct Daemon {
     lane: ModelLane,
     workers_spawned: usize,
     in_flight: HashMap<i64, Instant>,
+    /// Jobs with their tool (on threads of their own), by id, with their rule.
+    tool_in_flight: HashMap<i64, String>,
     /// Cancel flags of running jobs.
     cancels: HashMap<i64, Arc<AtomicBool>>,
     /// Jobs set aside after their time limit whose workers have not come back yet.
@@ -275,6 +277,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         lane,
         workers_spawned,
         in_flight: HashMap::new(),
+        tool_in_flight: HashMap::new(),
         cancels: HashMap::new(),
         abandoned: Default::default(),
         last_job: "none yet".into(),
@@ -640,5 +643,9 @@ impl crate::recipes::Service for Daemon {
 
     fn model_scale(&mut self, spec: &config::ModelSpec) -> ScaleKnown {
         Daemon::model_scale(self, spec)
+    }
+
+    fn tool_jobs(&self, rule: &str) -> usize {
+        self.tool_in_flight.values().filter(|r| *r == rule).count()
     }
 }

@@ -15,6 +15,7 @@ impl Daemon {
             drop(outcome);
             return;
         }
+        self.tool_in_flight.remove(&job_id);
         let started = self.in_flight.remove(&job_id);
         let Ok(Some(job)) = self.journal.get(job_id) else {
             tracing::error!(job = job_id, "finished job missing from the journal");
@@ -268,9 +269,11 @@ impl Daemon {
                 .sum()
         };
         let status = format!(
-            "{} queued, {} running, {} awaiting return, {} held, {} failed, {} done; last: {}",
+            "{} queued, {} running, {} at tool, {} waiting for tool, {} awaiting return, {} held, {} failed, {} done; last: {}",
             count(State::Queued),
             self.in_flight.len(),
+            self.tool_in_flight.len(),
+            count(State::WaitingForTool),
             count(State::AwaitingReturn),
             count(State::Held),
             count(State::Failed),

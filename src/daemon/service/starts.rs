@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// Where a started job runs.
+pub(super) enum Lane {
+    Worker,
+    Tool,
+}
+
 impl Daemon {
     /// Starts queued jobs while workers are free.
     pub(super) fn dispatch(&mut self) {
@@ -11,9 +17,8 @@ impl Daemon {
             .daemon
             .workers
             .saturating_sub(self.in_flight.len());
-        if free == 0 {
-            return;
-        }
+        // Jobs waiting for their tool start whether or not a worker is free: they run on
+        // threads of their own.
         let jobs = match self.journal.runnable(clock::now(), free + 64) {
             Ok(jobs) => jobs,
             Err(e) => {
@@ -23,8 +28,8 @@ impl Daemon {
         };
         let mut started = 0;
         for job in jobs {
-            if started == free {
-                break;
+            if started >= free && job.state != State::WaitingForTool {
+                continue;
             }
             let Some(rule) = self.config.rule(&job.rule).cloned() else {
                 if self.orphans_warned.insert(job.id) {
@@ -33,8 +38,8 @@ impl Daemon {
                 continue;
             };
             match self.start(&rule, &job) {
-                Ok(true) => started += 1,
-                Ok(false) => {}
+                Ok(Some(Lane::Worker)) => started += 1,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(job = job.id, error = format!("{e:#}"), "cannot start job")
                 }
@@ -43,17 +48,35 @@ impl Daemon {
     }
 
     /// Starts one job through its rule's recipe: the one place the service hands a job to a
-    /// recipe. `false` when the recipe lets it wait.
-    fn start(&mut self, rule: &Rule, job: &Job) -> anyhow::Result<bool> {
-        let Start::Run { state, work } = rule.recipe.start(rule, job, self)? else {
-            return Ok(false);
-        };
-        self.journal.start_attempt(job.id, state)?;
-        self.record(job, state, None);
-        self.in_flight.insert(job.id, Instant::now());
-        self.send_work(job.id, work)
-            .map_err(|_| anyhow::anyhow!("the workers are gone"))?;
-        Ok(true)
+    /// recipe. `None` when the recipe lets it wait, else where it runs.
+    fn start(&mut self, rule: &Rule, job: &Job) -> anyhow::Result<Option<Lane>> {
+        match rule.recipe.start(rule, job, self)? {
+            Start::Wait => Ok(None),
+            Start::Run { state, work } => {
+                self.journal.start_attempt(job.id, state)?;
+                self.record(job, state, None);
+                self.in_flight.insert(job.id, Instant::now());
+                self.send_work(job.id, work)
+                    .map_err(|_| anyhow::anyhow!("the workers are gone"))?;
+                Ok(Some(Lane::Worker))
+            }
+            Start::Tool { work } => {
+                self.journal.start_attempt(job.id, State::AtTool)?;
+                self.record(job, State::AtTool, None);
+                self.tool_in_flight.insert(job.id, job.rule.clone());
+                let events = self.events.clone();
+                let lane = self.lane.clone();
+                let job_id = job.id;
+                std::thread::Builder::new()
+                    .name(format!("darkroom-tool-{job_id}"))
+                    .spawn(move || {
+                        let outcome = run_work(work, &lane);
+                        let _ = events.send(Event::Finished { job_id, outcome });
+                    })
+                    .context("cannot start a tool thread")?;
+                Ok(Some(Lane::Tool))
+            }
+        }
     }
 
     /// The scale of `spec`'s model: from the config, from an earlier probe, or `Probing`

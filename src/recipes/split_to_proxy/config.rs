@@ -1,6 +1,6 @@
 //! split-to-proxy's rule keys, their defaults and checks.
 
-use super::SplitToProxy;
+use super::{SplitToProxy, Via};
 use crate::core::delta::DeltaDepth;
 use crate::core::geometry::Target;
 use crate::daemon::settings::*;
@@ -37,6 +37,8 @@ pub(super) struct RawSplitToProxy {
     match_threshold: Option<f64>,
     match_margin: Option<f64>,
     merge_method: Option<String>,
+    tool: Option<toml::Value>,
+    via: Option<String>,
 }
 
 /// Reads a split-to-proxy rule's own keys.
@@ -44,7 +46,35 @@ pub(super) fn resolve(
     rule: super::super::RecipeTable<'_>,
     problems: &mut Problems,
 ) -> Option<std::sync::Arc<dyn super::super::Recipe>> {
-    let raw: RawSplitToProxy = read_known_keys(rule.table, rule.label, rule.line, problems);
+    let mut raw: RawSplitToProxy = read_known_keys(rule.table, rule.label, rule.line, problems);
+    let tool = raw.tool.take().and_then(|value| {
+        crate::recipes::tool::resolve(
+            value,
+            rule.label,
+            rule.line,
+            rule.context.base,
+            problems,
+        )
+    });
+    let via = match raw.via.take().as_deref() {
+        None | Some("proxy") => Via::Proxy,
+        Some("full") => Via::Full,
+        Some(other) => {
+            problems.push(
+                format!("{}.via", rule.label),
+                Some(rule.line),
+                format!("'{other}': use \"proxy\" (the tool gets the proxy, its change is merged back) or \"full\" (the tool gets the whole image, its outputs are the results)"),
+            );
+            Via::Proxy
+        }
+    };
+    if via == Via::Full && tool.is_none() && !problems_name(problems, rule.label) {
+        problems.push(
+            format!("{}.via", rule.label),
+            Some(rule.line),
+            "via = \"full\" sends the whole image to the rule's tool: set tool as well",
+        );
+    }
     let options = resolve_options(
         raw,
         rule.rule,
@@ -66,6 +96,8 @@ pub(super) fn resolve(
     };
     Some(std::sync::Arc::new(SplitToProxy {
         content_model,
+        tool,
+        via,
         ..options
     }))
 }
@@ -195,5 +227,13 @@ fn resolve_options(
         match_margin,
         merge_method,
         content_model: None,
+        tool: None,
+        via: Via::Proxy,
     }
+}
+
+/// Whether a problem was already recorded for the rule's `tool` key.
+fn problems_name(problems: &Problems, label: &str) -> bool {
+    let key = format!("{label}.tool");
+    problems.errors.iter().any(|e| e.key.starts_with(&key))
 }

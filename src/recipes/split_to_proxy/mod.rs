@@ -24,6 +24,7 @@ use std::time::Duration;
 
 mod config;
 mod returns;
+mod tool_stage;
 pub mod worker;
 
 pub use config::{DEFAULT_PROXY_SIZE, DEFAULT_PROXY_TARGET};
@@ -56,6 +57,19 @@ pub struct SplitToProxy {
     pub merge_method: crate::ops::merge::MergeMethod,
     /// The model `upscale_method = "model:<name>"` names: it enlarges new content.
     pub content_model: Option<crate::daemon::settings::ModelSpec>,
+    /// The tool darkroom drives itself with each proxy (or image), if the rule names one.
+    pub tool: Option<crate::recipes::tool::Tool>,
+    /// What the tool gets.
+    pub via: Via,
+}
+
+/// What a rule's tool is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The proxy; the tool's change is merged back at full resolution.
+    Proxy,
+    /// The whole image; the tool's outputs are the results.
+    Full,
 }
 
 impl SplitToProxy {
@@ -71,6 +85,7 @@ impl SplitToProxy {
                 UpscaleMethod::Command(c) => format!("cmd({})", c.words.join(" ")),
             },
             "originals": match originals { OriginalsPolicy::Move => "move", OriginalsPolicy::Keep => "keep" },
+            "tool": self.tool.as_ref().map(crate::recipes::tool::Tool::describe),
         })
     }
 }
@@ -96,8 +111,24 @@ impl Recipe for SplitToProxy {
 
     fn start(&self, rule: &Rule, job: &Job, service: &mut dyn Service) -> anyhow::Result<Start> {
         match job.kind {
+            Kind::Input if self.tool.is_some() && self.via == Via::Full => {
+                self.start_full(rule, job, service)
+            }
+            Kind::Input if self.tool.is_some() && self.proxy_ready(job) => {
+                self.start_tool(rule, job, service)
+            }
             Kind::Input => Ok(self.start_split(job, service)),
             Kind::Return => self.start_merge(rule, job, service),
+        }
+    }
+
+    fn set_aside(&self, _rule: &Rule, job: &Job, _reason: &str, service: &mut dyn Service) {
+        // A proxy nobody will return (its tool failed it) is not left in exchange_out.
+        if self.tool.is_some() && job.kind == Kind::Input {
+            if let Some(proxy) = &job.proxy_path {
+                let _ = std::fs::remove_file(proxy);
+                let _ = service.journal().close(job.id);
+            }
         }
     }
 
@@ -123,6 +154,7 @@ impl SplitToProxy {
                 Ok(Box::new(Split {
                     written,
                     return_timeout: options.return_timeout,
+                    to_tool: options.tool.is_some(),
                 }) as Box<dyn super::Finish>)
             }),
         }
@@ -185,6 +217,8 @@ impl SplitToProxy {
 struct Split {
     written: worker::ProxyWritten,
     return_timeout: Duration,
+    /// The rule's tool takes the proxy next.
+    to_tool: bool,
 }
 
 impl super::Finish for Split {
@@ -212,14 +246,26 @@ impl super::Finish for Split {
             expires_at,
             &details.to_string(),
         )?;
-        service.record(job, State::AwaitingReturn, None);
+        if self.to_tool {
+            service
+                .journal()
+                .set_state(job.id, State::WaitingForTool, None)?;
+            service.record(job, State::WaitingForTool, None);
+        } else {
+            service.record(job, State::AwaitingReturn, None);
+        }
         tracing::info!(
             job = job.id,
             file = %job.path.display(),
             proxy = %written.proxy_path.display(),
             size = %format!("{}x{}", written.width, written.height),
             seconds = format!("{:.3}", written.seconds),
-            "proxy written; waiting for the processed image"
+            "{}",
+            if self.to_tool {
+                "proxy written; it goes to the rule's tool"
+            } else {
+                "proxy written; waiting for the processed image"
+            }
         );
         service.last_done(format!("{} proxied", names::stem_of(&job.path)));
         Ok(())

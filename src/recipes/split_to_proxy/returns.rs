@@ -205,22 +205,7 @@ impl SplitToProxy {
             .max()
             .unwrap_or(0)
             + 1;
-        let base = names::stem_of(&parent.claimed_path);
-        let images = service.trees().images(&job.rule);
-        let name = if variant == 1 {
-            format!("{base}.png")
-        } else {
-            format!("{base}_v{variant}.png")
-        };
-        let mut output = images.join(&name);
-        if service.journal().output_taken(&output, parent_id)? || (variant == 1 && output.exists())
-        {
-            output = images.join(format!(
-                "{}_{}.png",
-                names::stem_of(&output),
-                pairing::job_token(parent_id)
-            ));
-        }
+        let output = output_for(service, &parent, variant)?;
         service
             .journal()
             .pair(job.id, parent_id, variant, pairing.method(), &output)?;
@@ -234,6 +219,31 @@ impl SplitToProxy {
         );
         Ok(Some((parent_id, variant, output)))
     }
+}
+
+/// The merged output of variant `variant` (1, 2, ...) of split job `parent`: `photo.png`,
+/// `photo_v2.png`, ..., tagged with the job id when another job has that name.
+pub(super) fn output_for(
+    service: &dyn Service,
+    parent: &Job,
+    variant: u32,
+) -> anyhow::Result<PathBuf> {
+    let base = names::stem_of(&parent.claimed_path);
+    let images = service.trees().images(&parent.rule);
+    let name = if variant == 1 {
+        format!("{base}.png")
+    } else {
+        format!("{base}_v{variant}.png")
+    };
+    let mut output = images.join(&name);
+    if service.journal().output_taken(&output, parent.id)? || (variant == 1 && output.exists()) {
+        output = images.join(format!(
+            "{}_{}.png",
+            names::stem_of(&output),
+            pairing::job_token(parent.id)
+        ));
+    }
+    Ok(output)
 }
 
 /// The proxy a split recorded in its job's details (path, hash, geometry), when it did.
