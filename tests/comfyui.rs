@@ -74,7 +74,10 @@ fn run_in_comfyui(server: &ComfyUi, workflow_file: &str, image: &Path) -> image:
                 return image::load_from_memory(&bytes).unwrap();
             }
             PromptStatus::Failed(message) => panic!("the reference run failed: {message}"),
-            _ => assert!(std::time::Instant::now() < deadline, "the reference run did not end"),
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "the reference run did not end"
+            ),
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
@@ -86,7 +89,10 @@ fn a_12_mp_photo_comes_back_from_a_comfyui_colour_workflow_within_40_db_of_the_w
     let server = comfyui::shared();
     let mut tree = Tree::new(&config(
         "1024x1024",
-        &comfy_tool(&format!("\"{}\"", server.url()), "config/workflows/grade.json"),
+        &comfy_tool(
+            &format!("\"{}\"", server.url()),
+            "config/workflows/grade.json",
+        ),
         "",
     ));
     tree.start();
@@ -94,7 +100,8 @@ fn a_12_mp_photo_comes_back_from_a_comfyui_colour_workflow_within_40_db_of_the_w
     tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
     let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
     tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/bus.jpg").is_file()
+        tree.path("var/processed/photos/originals/bus.jpg")
+            .is_file()
     });
     assert_eq!(images(&tree).len(), 1, "one output per workflow image");
     let provenance = sidecar(&tree, &output);
@@ -104,7 +111,10 @@ fn a_12_mp_photo_comes_back_from_a_comfyui_colour_workflow_within_40_db_of_the_w
     assert_eq!(provenance["return"]["pairing"], "tool");
     assert!(tree.log().contains("ComfyUI runs node 3 (ImageBlend)"));
     let merged = load(&output);
-    assert!(merged.icc_profile.is_some(), "the original's profile is put back");
+    assert!(
+        merged.icc_profile.is_some(),
+        "the original's profile is put back"
+    );
 
     // The same workflow, run by ComfyUI itself on the full-resolution image (in sRGB).
     let dir = tempfile::tempdir().unwrap();
@@ -118,7 +128,10 @@ fn a_12_mp_photo_comes_back_from_a_comfyui_colour_workflow_within_40_db_of_the_w
     let gain_over_doing_nothing = psnr(&reference, &original);
     let score = psnr(&ours, &reference);
     eprintln!("merged vs full-resolution workflow: {score:.1} dB (the original: {gain_over_doing_nothing:.1} dB)");
-    assert!(gain_over_doing_nothing < 30.0, "the workflow changes the colours");
+    assert!(
+        gain_over_doing_nothing < 30.0,
+        "the workflow changes the colours"
+    );
     assert!(score >= 40.0, "{score:.1} dB");
 }
 
@@ -127,7 +140,10 @@ fn when_comfyui_is_killed_mid_job_the_job_waits_and_completes_with_one_output_on
     let mut server = ComfyUi::start();
     let mut tree = Tree::new(&config(
         "512x512",
-        &comfy_tool(&format!("\"{}\"", server.url()), "tests/workflows/slow_blur.json"),
+        &comfy_tool(
+            &format!("\"{}\"", server.url()),
+            "tests/workflows/slow_blur.json",
+        ),
         "",
     ));
     tree.start();
@@ -147,14 +163,19 @@ fn when_comfyui_is_killed_mid_job_the_job_waits_and_completes_with_one_output_on
     server.restart();
     let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
     tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png").is_file()
+        tree.path("var/processed/photos/originals/coffee.png")
+            .is_file()
     });
     assert_eq!(images(&tree).len(), 1);
     let provenance = sidecar(&tree, &output);
     // The restarted server had lost the prompt: a second attempt, submitted once.
     assert_eq!(provenance["proxy"]["tool"]["attempt"], 2, "{provenance:#}");
     assert_eq!(server.history_len(), 1);
-    assert!(tree.log().contains("no longer has prompt"), "{}", tree.log());
+    assert!(
+        tree.log().contains("no longer has prompt"),
+        "{}",
+        tree.log()
+    );
 }
 
 #[test]
@@ -162,17 +183,23 @@ fn darkroom_killed_right_after_submitting_finds_its_prompt_and_never_submits_it_
     let server = ComfyUi::start();
     let mut tree = Tree::new(&config(
         "512x512",
-        &comfy_tool(&format!("\"{}\"", server.url()), "tests/workflows/slow_blur.json"),
+        &comfy_tool(
+            &format!("\"{}\"", server.url()),
+            "tests/workflows/slow_blur.json",
+        ),
         "",
     ));
     tree.start();
     tree.drop_file("photo_coffee_600x400.png", "coffee.png");
-    tree.wait_for("the submission", || tree.log().contains("submitted to ComfyUI"));
+    tree.wait_for("the submission", || {
+        tree.log().contains("submitted to ComfyUI")
+    });
     tree.kill_hard();
     tree.start();
     let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
     tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png").is_file()
+        tree.path("var/processed/photos/originals/coffee.png")
+            .is_file()
     });
     let log = tree.log();
     assert!(
@@ -191,7 +218,10 @@ fn a_workflow_with_a_node_type_comfyui_lacks_is_a_config_error_that_names_it() {
     let server = comfyui::shared();
     let tree = Tree::new(&config(
         "512x512",
-        &comfy_tool(&format!("\"{}\"", server.url()), "tests/workflows/missing_node.json"),
+        &comfy_tool(
+            &format!("\"{}\"", server.url()),
+            "tests/workflows/missing_node.json",
+        ),
         "",
     ));
     let output = common::darkroom()
@@ -221,12 +251,20 @@ fn a_workflow_that_fails_in_comfyui_fails_the_job_with_comfyuis_own_message() {
     ));
     tree.start();
     tree.drop_file("photo_coffee_600x400.png", "coffee.png");
-    let sidecar = tree.wait_for_file(&tree.path("var/failed/photos"), |n| n.ends_with(".error.json"));
+    let sidecar = tree.wait_for_file(&tree.path("var/failed/photos"), |n| {
+        n.ends_with(".error.json")
+    });
     let error: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sidecar).unwrap()).unwrap();
     let reason = error["reason"].as_str().unwrap();
-    assert!(reason.contains("failed in ComfyUI: node 3 (ImageBlur)"), "{reason}");
-    assert!(reason.contains("Padding size should be less than"), "{reason}");
+    assert!(
+        reason.contains("failed in ComfyUI: node 3 (ImageBlur)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("Padding size should be less than"),
+        "{reason}"
+    );
     assert_eq!(error["kind"], "permanent");
     // Its proxy is not left behind for a return that cannot come.
     assert!(files_in(&tree.exchange_out()).is_empty());
@@ -264,18 +302,25 @@ fn via_full_sends_the_whole_image_and_files_the_workflows_outputs_with_their_siz
     let server = comfyui::shared();
     let mut tree = Tree::new(&config(
         "512x512",
-        &comfy_tool(&format!("\"{}\"", server.url()), "tests/workflows/upscale_x2.json"),
+        &comfy_tool(
+            &format!("\"{}\"", server.url()),
+            "tests/workflows/upscale_x2.json",
+        ),
         "via = \"full\"",
     ));
     tree.start();
     tree.drop_file("photo_coffee_600x400.png", "coffee.png");
     let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
     tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png").is_file()
+        tree.path("var/processed/photos/originals/coffee.png")
+            .is_file()
     });
     assert_eq!(image::image_dimensions(&output).unwrap(), (1200, 800));
     let provenance = sidecar(&tree, &output);
-    assert_eq!(provenance["outputs"][0]["size_ratio"], serde_json::json!([2.0, 2.0]));
+    assert_eq!(
+        provenance["outputs"][0]["size_ratio"],
+        serde_json::json!([2.0, 2.0])
+    );
     assert_eq!(provenance["options"]["via"], "full");
     // No proxy was made.
     assert!(files_in(&tree.exchange_out()).is_empty());

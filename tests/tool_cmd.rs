@@ -29,7 +29,9 @@ fn run_with(tool_line: &str, daemon_extra: &str) -> Tree {
 
 /// The error sidecar of the set-aside photo.
 fn failure(tree: &Tree) -> serde_json::Value {
-    let sidecar = tree.wait_for_file(&tree.path("var/failed/photos"), |n| n.ends_with(".error.json"));
+    let sidecar = tree.wait_for_file(&tree.path("var/failed/photos"), |n| {
+        n.ends_with(".error.json")
+    });
     serde_json::from_str(&std::fs::read_to_string(sidecar).unwrap()).unwrap()
 }
 
@@ -38,7 +40,8 @@ fn a_script_tool_grades_each_proxy_and_its_change_is_merged_at_full_resolution()
     let tree = run_with(&python_tool(""), "");
     let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
     tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png").is_file()
+        tree.path("var/processed/photos/originals/coffee.png")
+            .is_file()
     });
     let original = common::load(&tree.path("var/processed/photos/originals/coffee.png"));
     let merged = common::load(&output);
@@ -58,7 +61,10 @@ fn a_script_tool_grades_each_proxy_and_its_change_is_merged_at_full_resolution()
     .unwrap();
     assert_eq!(provenance["proxy"]["tool"]["tool"], "cmd");
     assert_eq!(provenance["return"]["pairing"], "tool");
-    assert!(files_in(&tree.exchange_in()).is_empty(), "nothing goes through exchange_in");
+    assert!(
+        files_in(&tree.exchange_in()).is_empty(),
+        "nothing goes through exchange_in"
+    );
 }
 
 #[test]
@@ -81,7 +87,10 @@ fn a_tool_that_hangs_is_killed_at_command_timeout_with_its_process_group() {
     );
     let error = failure(&tree);
     let reason = error["reason"].as_str().unwrap();
-    assert!(reason.contains("did not finish within 2 s and was killed"), "{reason}");
+    assert!(
+        reason.contains("did not finish within 2 s and was killed"),
+        "{reason}"
+    );
     // No `sleep 300` of the tool's group survives.
     let survivors = std::process::Command::new("pgrep")
         .args(["-f", "sleep 300"])

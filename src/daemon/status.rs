@@ -102,7 +102,11 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
                 job.id,
                 job.rule,
                 job.claimed_path.display(),
-                if job.state == State::AtTool { "with the tool" } else { "waiting for tool" },
+                if job.state == State::AtTool {
+                    "with the tool"
+                } else {
+                    "waiting for tool"
+                },
                 human_duration(now - job.updated_at),
             )?;
         }

@@ -141,10 +141,7 @@ impl Server {
             .read_to_vec()
             .map_err(|e| self.unreachable(format!("{what}: reading the answer: {e}")))?;
         if status >= 500 {
-            return Err(self.unreachable(format!(
-                "{what} answered {status}: {}",
-                snippet(&body)
-            )));
+            return Err(self.unreachable(format!("{what} answered {status}: {}", snippet(&body))));
         }
         Ok((status, body))
     }
@@ -157,10 +154,7 @@ impl Server {
             JSON_LIMIT,
         )?;
         if status != 200 {
-            return Err(self.protocol(format!(
-                "GET {path} answered {status}: {}",
-                snippet(&body)
-            )));
+            return Err(self.protocol(format!("GET {path} answered {status}: {}", snippet(&body))));
         }
         serde_json::from_slice(&body)
             .map_err(|e| self.protocol(format!("GET {path} is not JSON: {e}")))
@@ -206,7 +200,11 @@ impl Server {
     pub fn upload(&self, subfolder: &str, name: &str, png: &[u8]) -> Result<String, ComfyError> {
         let boundary = format!("darkroom-{}", uuid_hex(png));
         let mut body = Vec::with_capacity(png.len() + 512);
-        for (field, value) in [("subfolder", subfolder), ("overwrite", "true"), ("type", "input")] {
+        for (field, value) in [
+            ("subfolder", subfolder),
+            ("overwrite", "true"),
+            ("type", "input"),
+        ] {
             body.extend_from_slice(
                 format!(
                     "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n"
@@ -256,7 +254,12 @@ impl Server {
 
     /// Submits `prompt` (a workflow in API format) as `prompt_id`. A refused workflow comes
     /// back as [`ComfyError::Refused`] with ComfyUI's own words.
-    pub fn submit(&self, prompt: &Value, prompt_id: &str, client_id: &str) -> Result<(), ComfyError> {
+    pub fn submit(
+        &self,
+        prompt: &Value,
+        prompt_id: &str,
+        client_id: &str,
+    ) -> Result<(), ComfyError> {
         let (status, answer) = self.post_json(
             "/prompt",
             &json!({ "prompt": prompt, "prompt_id": prompt_id, "client_id": client_id }),
@@ -278,11 +281,14 @@ impl Server {
         }
         let queue = self.get_json("/queue")?;
         let holds = |key: &str| {
-            queue.get(key).and_then(Value::as_array).is_some_and(|items| {
-                items
-                    .iter()
-                    .any(|item| item.get(1).and_then(Value::as_str) == Some(prompt_id))
-            })
+            queue
+                .get(key)
+                .and_then(Value::as_array)
+                .is_some_and(|items| {
+                    items
+                        .iter()
+                        .any(|item| item.get(1).and_then(Value::as_str) == Some(prompt_id))
+                })
         };
         Ok(if holds("queue_running") {
             PromptStatus::Running
@@ -319,10 +325,7 @@ impl Server {
             limit,
         )?;
         if status != 200 {
-            return Err(self.protocol(format!(
-                "GET /view of {} answered {status}",
-                image.filename
-            )));
+            return Err(self.protocol(format!("GET /view of {} answered {status}", image.filename)));
         }
         Ok(body)
     }
@@ -344,7 +347,7 @@ impl Server {
         let (socket, _) = tungstenite::client(url.as_str(), stream).ok()?;
         socket
             .get_ref()
-            .set_read_timeout(Some(Duration::from_millis(250)))
+            .set_read_timeout(Some(Duration::from_millis(40)))
             .ok()?;
         Some(Watch { socket })
     }
@@ -371,7 +374,7 @@ pub enum WatchEvent {
 }
 
 impl Watch {
-    /// The next event about `prompt_id`, waiting up to about a quarter second.
+    /// The next event about `prompt_id`, waiting up to about 40 ms.
     pub fn next(&mut self, prompt_id: &str) -> WatchEvent {
         loop {
             let message = match self.socket.read() {
@@ -451,7 +454,13 @@ fn history_status(entry: &Value) -> PromptStatus {
                 .into_iter()
                 .flatten()
             {
-                let field = |k: &str| image.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let field = |k: &str| {
+                    image
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
                 images.push((
                     node.clone(),
                     OutputImage {
@@ -486,7 +495,10 @@ fn refusal_message(answer: &Value) -> String {
     }
     if let Some(nodes) = answer.get("node_errors").and_then(Value::as_object) {
         for (id, node) in nodes {
-            let class = node.get("class_type").and_then(Value::as_str).unwrap_or("?");
+            let class = node
+                .get("class_type")
+                .and_then(Value::as_str)
+                .unwrap_or("?");
             for error in node
                 .get("errors")
                 .and_then(Value::as_array)
@@ -507,7 +519,11 @@ fn refusal_message(answer: &Value) -> String {
 
 /// At most 300 characters of a body, for messages.
 fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(body).trim().chars().take(300).collect()
+    String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 /// A boundary token from the content (any value absent from the body would do).
@@ -521,7 +537,11 @@ fn uuid_hex(bytes: &[u8]) -> String {
 /// run, so a restart finds the prompt it submitted.
 pub fn prompt_id(job_key: &str, attempt: u32) -> String {
     const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6461_726b_726f_6f6d_2d63_6f6d_6679_7569);
-    uuid::Uuid::new_v5(&NAMESPACE, format!("{job_key} attempt {attempt}").as_bytes()).to_string()
+    uuid::Uuid::new_v5(
+        &NAMESPACE,
+        format!("{job_key} attempt {attempt}").as_bytes(),
+    )
+    .to_string()
 }
 
 #[cfg(test)]
@@ -560,7 +580,13 @@ mod tests {
             "node_errors": {"3": {"class_type": "ImageBlend", "errors": [
                 {"message": "Value not in list", "details": "blend_mode: 'nope' not in [...]"}]}}});
         let message = refusal_message(&answer);
-        assert!(message.starts_with("Prompt outputs failed validation"), "{message}");
-        assert!(message.contains("node 3 (ImageBlend): Value not in list"), "{message}");
+        assert!(
+            message.starts_with("Prompt outputs failed validation"),
+            "{message}"
+        );
+        assert!(
+            message.contains("node 3 (ImageBlend): Value not in list"),
+            "{message}"
+        );
     }
 }

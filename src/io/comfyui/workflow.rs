@@ -194,8 +194,13 @@ mod tests {
 
     #[test]
     fn finds_its_single_loader_and_saver_and_fills_them_in_per_job() {
-        let w = Workflow::parse(&grade(), None, None, &[("3.blend_factor".into(), json!(0.5))])
-            .unwrap();
+        let w = Workflow::parse(
+            &grade(),
+            None,
+            None,
+            &[("3.blend_factor".into(), json!(0.5))],
+        )
+        .unwrap();
         assert_eq!((w.input_node.as_str(), w.output_node.as_str()), ("1", "4"));
         let prompt = w.prompt_for("darkroom/a.png", "darkroom/a");
         assert_eq!(prompt["1"]["inputs"]["image"], "darkroom/a.png");
@@ -212,7 +217,10 @@ mod tests {
         let mut v: Value = serde_json::from_str(&grade()).unwrap();
         v["9"] = json!({"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}});
         let e = Workflow::parse(&v.to_string(), None, None, &[]).unwrap_err();
-        assert!(e.0[0].contains("4, 9") && e.0[0].contains("output_node"), "{e:?}");
+        assert!(
+            e.0[0].contains("4, 9") && e.0[0].contains("output_node"),
+            "{e:?}"
+        );
         assert!(Workflow::parse(&v.to_string(), None, Some("9"), &[]).is_ok());
     }
 
@@ -220,9 +228,12 @@ mod tests {
     fn the_ui_format_and_unknown_override_nodes_are_named() {
         let e = Workflow::parse(r#"{"nodes": [], "links": []}"#, None, None, &[]).unwrap_err();
         assert!(e.0[0].contains("Export (API)"), "{e:?}");
-        let e = Workflow::parse(&grade(), Some("7"), None, &[("8.x".into(), json!(1))])
-            .unwrap_err();
+        let e =
+            Workflow::parse(&grade(), Some("7"), None, &[("8.x".into(), json!(1))]).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e:?}");
-        assert!(e.0[0].contains("input_node '7'") && e.0[1].contains("no node '8'"), "{e:?}");
+        assert!(
+            e.0[0].contains("input_node '7'") && e.0[1].contains("no node '8'"),
+            "{e:?}"
+        );
     }
 }

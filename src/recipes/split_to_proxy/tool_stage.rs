@@ -244,7 +244,9 @@ fn file_results(
             .map_err(|e| OpError::write(&target, e))?;
         let size = image::image_dimensions(&target).ok();
         let ratio = match (size, original_size) {
-            (Some((w, h)), Some((ow, oh))) => json!([f64::from(w) / f64::from(ow), f64::from(h) / f64::from(oh)]),
+            (Some((w, h)), Some((ow, oh))) => {
+                json!([f64::from(w) / f64::from(ow), f64::from(h) / f64::from(oh)])
+            }
             _ => serde_json::Value::Null,
         };
         described.push(json!({
@@ -315,7 +317,9 @@ fn settle(
         Ok(Staged::Outcome(ToolOutcome::Renew(why))) => {
             stage.tool.after(job.id, server, true, true);
             tracing::warn!(job = job.id, file = %job.claimed_path.display(), "{why}; submitting it again as a new attempt");
-            service.journal().wait_for_tool(job.id, clock::now(), &why)?;
+            service
+                .journal()
+                .wait_for_tool(job.id, clock::now(), &why)?;
             service.record(job, State::WaitingForTool, Some(&why));
             Ok(None)
         }
@@ -365,7 +369,11 @@ impl Finish for ToolStage {
             clock::now() + self.return_timeout.as_secs_f64(),
             &with_tool_notes(job, notes),
         )?;
-        service.record(job, State::AwaitingReturn, Some("the tool returned its outputs"));
+        service.record(
+            job,
+            State::AwaitingReturn,
+            Some("the tool returned its outputs"),
+        );
         tracing::info!(
             job = job.id,
             file = %job.claimed_path.display(),
@@ -406,14 +414,21 @@ impl Finish for FullStage {
         service
             .journal()
             .job_done(job.id, &original_now_at, &provenance.to_string())?;
-        service.record(job, State::Done, Some(&self.output_first.display().to_string()));
+        service.record(
+            job,
+            State::Done,
+            Some(&self.output_first.display().to_string()),
+        );
         tracing::info!(
             job = job.id,
             file = %job.claimed_path.display(),
             outputs = %outputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
             "the tool's outputs are filed as the results"
         );
-        service.last_done(format!("{} done by the tool", names::stem_of(&job.claimed_path)));
+        service.last_done(format!(
+            "{} done by the tool",
+            names::stem_of(&job.claimed_path)
+        ));
         Ok(())
     }
 }

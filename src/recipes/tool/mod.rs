@@ -323,8 +323,8 @@ fn resolve_comfyui(
             ok = false;
         }
     }
-    let text_of = |table: &mut toml::Table, name: &str, problems: &mut Problems| {
-        match table.remove(name) {
+    let text_of =
+        |table: &mut toml::Table, name: &str, problems: &mut Problems| match table.remove(name) {
             None => None,
             Some(toml::Value::String(s)) => Some(s),
             Some(toml::Value::Integer(n)) => Some(n.to_string()),
@@ -336,8 +336,7 @@ fn resolve_comfyui(
                 );
                 None
             }
-        }
-    };
+        };
     let input_node = text_of(&mut table, "input_node", problems);
     let output_node = text_of(&mut table, "output_node", problems);
     let mut overrides = Vec::new();

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub const COMFYUI_SUBFOLDER: &str = "darkroom";
 /// How often a prompt is looked up while the websocket is quiet (or absent).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often it is looked up once the websocket said it ended (or with no websocket, how
+/// long the loop sleeps between reads).
+const EAGER_POLL_INTERVAL: Duration = Duration::from_millis(40);
 
 /// One tool stage, decided on the main thread.
 #[derive(Debug, Clone)]
@@ -230,8 +233,15 @@ fn follow(
     let started = Instant::now();
     let mut last_poll = Instant::now();
     let mut last_progress = Instant::now() - Duration::from_secs(10);
+    // Once the websocket says the prompt ended, its history entry follows within moments:
+    // it is looked up often until it is there.
+    let mut ended_at: Option<Instant> = None;
     loop {
-        let mut look = last_poll.elapsed() >= POLL_INTERVAL;
+        let interval = match ended_at {
+            Some(t) if t.elapsed() < Duration::from_secs(5) => EAGER_POLL_INTERVAL,
+            _ => POLL_INTERVAL,
+        };
+        let mut look = last_poll.elapsed() >= interval;
         match watch.as_mut().map(|w| w.next(prompt_id)) {
             Some(WatchEvent::Executing(Some(node))) => {
                 let line = format!("node {node} ({})", tool.workflow.class_of(&node));
@@ -240,14 +250,22 @@ fn follow(
             }
             Some(WatchEvent::Progress { node, value, max }) => {
                 if last_progress.elapsed() >= Duration::from_secs(2) || value == max {
-                    tracing::info!(job = stage.job_id, prompt_id, node, "ComfyUI progress {value}/{max}");
+                    tracing::info!(
+                        job = stage.job_id,
+                        prompt_id,
+                        node,
+                        "ComfyUI progress {value}/{max}"
+                    );
                     last_progress = Instant::now();
                 }
             }
-            Some(WatchEvent::Executing(None) | WatchEvent::Ended) => look = true,
+            Some(WatchEvent::Executing(None) | WatchEvent::Ended) => {
+                ended_at.get_or_insert_with(Instant::now);
+                look = true;
+            }
             Some(WatchEvent::Closed) => *watch = None,
             Some(WatchEvent::Quiet) => {}
-            None => std::thread::sleep(Duration::from_millis(200)),
+            None => std::thread::sleep(EAGER_POLL_INTERVAL),
         }
         if !look {
             continue;
@@ -291,7 +309,8 @@ fn write_output(
     path: &std::path::Path,
     stage: &ToolRun,
 ) -> Result<(), OpError> {
-    let loaded = decode::decode_bytes(bytes, &stage.limits).map_err(|e| OpError::decode(path, e))?;
+    let loaded =
+        decode::decode_bytes(bytes, &stage.limits).map_err(|e| OpError::decode(path, e))?;
     check_size(&loaded.image, stage, "ComfyUI")?;
     let (image, profile) = match icc {
         Some(icc) => (colour::from_srgb(loaded.image, icc).0, Some(icc)),
