@@ -325,3 +325,40 @@ fn via_full_sends_the_whole_image_and_files_the_workflows_outputs_with_their_siz
     // No proxy was made.
     assert!(files_in(&tree.exchange_out()).is_empty());
 }
+
+#[test]
+fn a_workflow_that_saves_two_images_gives_two_variants_and_rule_inputs_override_the_workflow() {
+    let server = comfyui::shared();
+    // The sample grade with its colour image made a batch of two (an `inputs` override): the
+    // blend, and so the Save Image node, then gives two images.
+    let tool = format!(
+        "{{ comfyui = \"{}\", workflow = \"{}\", inputs = {{ \"2.batch_size\" = 2, \"3.blend_factor\" = 0.6 }} }}",
+        server.url(),
+        workflow("config/workflows/grade.json").display()
+    );
+    let mut tree = Tree::new(&config("512x512", &tool, ""));
+    tree.start();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    tree.wait_for("two variants", || images(&tree).len() == 2);
+    let names: Vec<String> = images(&tree)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["coffee.png", "coffee_v2.png"]);
+    for (variant, name) in [(1, "coffee.png"), (2, "coffee_v2.png")] {
+        let provenance = sidecar(
+            &tree,
+            &tree.path(&format!("var/processed/photos/images/{name}")),
+        );
+        assert_eq!(provenance["return"]["variant"], variant);
+        assert_eq!(provenance["return"]["pairing"], "tool");
+    }
+    // A stronger blend than the workflow's own 0.35: further from the original.
+    let original = load(&testdata("photo_coffee_600x400.png")).image;
+    let graded = load(&tree.path("var/processed/photos/images/coffee.png")).image;
+    assert!(
+        psnr(&original, &graded) < 25.0,
+        "{:.1} dB",
+        psnr(&original, &graded)
+    );
+}

@@ -72,7 +72,7 @@ pub fn from_srgb(image: DynamicImage, icc: &[u8]) -> (DynamicImage, ColourResult
 fn transform(
     image: DynamicImage,
     source: &ColorProfile,
-    srgb: &ColorProfile,
+    target: &ColorProfile,
     name: String,
 ) -> (DynamicImage, ColourResult) {
     if !image.color().has_color() {
@@ -82,7 +82,7 @@ fn transform(
     let failed = |e: moxcms::CmsError| ColourResult::Kept(format!("{name}: {e}"));
     match image {
         DynamicImage::ImageRgb8(mut buffer) => {
-            match source.create_transform_8bit(Layout::Rgb, srgb, Layout::Rgb, options) {
+            match source.create_transform_8bit(Layout::Rgb, target, Layout::Rgb, options) {
                 Ok(t) => {
                     let src = buffer.as_raw().clone();
                     if let Err(e) = t.transform(&src, &mut buffer) {
@@ -97,7 +97,7 @@ fn transform(
             }
         }
         DynamicImage::ImageRgba8(mut buffer) => {
-            match source.create_transform_8bit(Layout::Rgba, srgb, Layout::Rgba, options) {
+            match source.create_transform_8bit(Layout::Rgba, target, Layout::Rgba, options) {
                 Ok(t) => {
                     let src = buffer.as_raw().clone();
                     if let Err(e) = t.transform(&src, &mut buffer) {
@@ -111,12 +111,12 @@ fn transform(
                 Err(e) => (DynamicImage::ImageRgba8(buffer), failed(e)),
             }
         }
-        DynamicImage::ImageRgb16(buffer) => convert16(buffer, Layout::Rgb, source, srgb, name)
+        DynamicImage::ImageRgb16(buffer) => convert16(buffer, Layout::Rgb, source, target, name)
             .map_or_else(
                 |(b, r)| (DynamicImage::ImageRgb16(b), r),
                 |(b, r)| (DynamicImage::ImageRgb16(b), r),
             ),
-        DynamicImage::ImageRgba16(buffer) => convert16(buffer, Layout::Rgba, source, srgb, name)
+        DynamicImage::ImageRgba16(buffer) => convert16(buffer, Layout::Rgba, source, target, name)
             .map_or_else(
                 |(b, r)| (DynamicImage::ImageRgba16(b), r),
                 |(b, r)| (DynamicImage::ImageRgba16(b), r),
@@ -127,7 +127,7 @@ fn transform(
             } else {
                 DynamicImage::ImageRgb16(other.to_rgb16())
             };
-            transform(converted, source, srgb, name)
+            transform(converted, source, target, name)
         }
     }
 }
@@ -138,11 +138,11 @@ fn convert16<P: image::Pixel<Subpixel = u16>>(
     mut buffer: ImageBuffer<P, Vec<u16>>,
     layout: Layout,
     source: &ColorProfile,
-    srgb: &ColorProfile,
+    target: &ColorProfile,
     name: String,
 ) -> Result<Converted16<P>, Converted16<P>> {
     let transform =
-        match source.create_transform_16bit(layout, srgb, layout, TransformOptions::default()) {
+        match source.create_transform_16bit(layout, target, layout, TransformOptions::default()) {
             Ok(t) => t,
             Err(e) => return Err((buffer, ColourResult::Kept(format!("{name}: {e}")))),
         };

@@ -11,7 +11,7 @@
 //! prompt up instead of submitting it again.
 
 use crate::daemon::journal::{Job, Store};
-use crate::daemon::settings::{duration_or, format_duration, resolve_path, Problems};
+use crate::daemon::settings::{duration_or, resolve_path, Problems};
 use crate::io::comfyui::{Server, Workflow};
 use crate::io::external::{CommandTemplate, UpscaleMethod};
 use std::collections::HashSet;
@@ -456,13 +456,5 @@ fn check_node_types(
                 "cannot check the workflow's node types now; jobs wait for the server"
             ),
         }
-    }
-}
-
-/// The text `status` and logs give for a tool's timeout.
-pub fn timeout_text(tool: &Tool, command_timeout: Duration) -> String {
-    match tool {
-        Tool::ComfyUi(c) => format_duration(c.timeout),
-        Tool::Command(_) => format_duration(command_timeout),
     }
 }
