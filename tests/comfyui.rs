@@ -289,7 +289,9 @@ fn with_two_servers_and_one_of_them_down_every_job_goes_to_the_live_one() {
     for name in ["a.png", "b.png", "c.png"] {
         tree.drop_file("photo_coffee_600x400.png", name);
     }
-    tree.wait_for("three outputs", || images(&tree).len() == 3);
+    tree.wait_for("three outputs with their sidecars", || {
+        files_in(&tree.path("var/metadata/photos")).len() == 3
+    });
     for output in images(&tree) {
         let provenance = sidecar(&tree, &output);
         assert_eq!(provenance["proxy"]["tool"]["server"], server.url().as_str());
@@ -339,7 +341,10 @@ fn a_workflow_that_saves_two_images_gives_two_variants_and_rule_inputs_override_
     let mut tree = Tree::new(&config("512x512", &tool, ""));
     tree.start();
     tree.drop_file("photo_coffee_600x400.png", "coffee.png");
-    tree.wait_for("two variants", || images(&tree).len() == 2);
+    // Each output's sidecar is written after it: wait for those.
+    tree.wait_for("two variants with their sidecars", || {
+        files_in(&tree.path("var/metadata/photos")).len() == 2
+    });
     let names: Vec<String> = images(&tree)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -360,5 +365,33 @@ fn a_workflow_that_saves_two_images_gives_two_variants_and_rule_inputs_override_
         psnr(&original, &graded) < 25.0,
         "{:.1} dB",
         psnr(&original, &graded)
+    );
+}
+
+#[test]
+fn a_comfyui_server_that_does_not_answer_at_config_load_is_a_warning_not_an_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let tree = Tree::new(&config(
+        "512x512",
+        &comfy_tool(
+            &format!("\"http://127.0.0.1:{port}\""),
+            "config/workflows/grade.json",
+        ),
+        "",
+    ));
+    let output = common::darkroom()
+        .args(["check-config"])
+        .arg(&tree.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: rule[0] 'photos'.tool.workflow: cannot check")
+            && stderr.contains("its jobs wait for the server"),
+        "{stderr}"
     );
 }

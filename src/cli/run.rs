@@ -18,6 +18,9 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
         Command::CheckConfig { config } => match load(config) {
             Err(code) => code,
             Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("darkroom: warning: {warning}");
+                }
                 println!(
                     "{}: ok ({} rule{}, root {})",
                     config.path.display(),
@@ -62,6 +65,9 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
                         return Some(73);
                     }
                 };
+                for warning in &config.warnings {
+                    tracing::warn!("{warning}");
+                }
                 match service::serve(config) {
                     Ok(()) => 0,
                     Err(e) => {

@@ -34,6 +34,9 @@ pub struct Config {
     /// `[models.<name>]`, by name.
     pub models: std::collections::BTreeMap<String, ModelSpec>,
     pub rules: Vec<Rule>,
+    /// Things to tell the user that do not stop the config: `check-config` prints them, the
+    /// daemon logs them.
+    pub warnings: Vec<String>,
 }
 
 /// The top-level tables (unknown ones are reported by [`Config::parse`], not by serde).
@@ -131,6 +134,7 @@ impl Config {
                 runtime,
                 models,
                 rules,
+                warnings: problems.warnings,
             })
         } else {
             Err(fail(problems))

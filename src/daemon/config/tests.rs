@@ -298,3 +298,31 @@ fn each_raw_table_lists_its_own_keys() {
     assert!(fields_of::<RawDaemon>().contains(&"incomplete_grace"));
     assert!(fields_of::<crate::ops::normalise::NormaliseSettings>().contains(&"min_sharpness"));
 }
+
+#[test]
+fn a_tool_is_checked_with_every_problem_at_once() {
+    let rule =
+        |extra: &str| format!("[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n{extra}\n");
+    let config = parse(&rule("tool = \"cmd(python3 grade.py %i %o)\"")).unwrap();
+    assert!(matches!(
+        options::<SplitToProxy>(&config).tool,
+        Some(crate::recipes::tool::Tool::Command(_))
+    ));
+    let errors = parse(&rule(
+        "tool = { comfyui = \"localhost:8188\", workflow = \"/nonexistent/grade.json\", timeot = \"1m\" }\nvia = \"whole\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "tool.timeot: unknown key (did you mean `timeout`?)",
+        "tool.comfyui: 'localhost:8188' is not an http:// address",
+        "tool.workflow: cannot read /nonexistent/grade.json",
+        "via: 'whole': use \"proxy\"",
+    ] {
+        assert!(errors.contains(expected), "{expected}\n{errors}");
+    }
+    let errors = parse(&rule("via = \"full\"")).unwrap_err().to_string();
+    assert!(errors.contains("set tool as well"), "{errors}");
+    let errors = parse(&rule("tool = 3")).unwrap_err().to_string();
+    assert!(errors.contains("tool: is an integer"), "{errors}");
+}

@@ -443,6 +443,9 @@ impl Daemon {
                 );
             }
             Ok(config) => {
+                for warning in &config.warnings {
+                    tracing::warn!("{warning}");
+                }
                 let result = create_folders(&config, &self.trees)
                     .and_then(|()| start_intake(&config, &self.events));
                 match result {

@@ -157,6 +157,8 @@ pub(crate) struct RuleContext<'a> {
 pub(crate) struct Problems {
     source: String,
     pub(crate) errors: Vec<ConfigError>,
+    /// What is worth saying but does not stop the config (a tool server not answering yet).
+    pub(crate) warnings: Vec<String>,
     key_lines: KeyLines,
 }
 
@@ -166,6 +168,7 @@ impl Problems {
         Problems {
             source: text.to_string(),
             errors: Vec::new(),
+            warnings: Vec::new(),
             key_lines: KeyLines::of(text),
         }
     }
@@ -184,6 +187,11 @@ impl Problems {
             line,
             message: message.into(),
         });
+    }
+
+    /// Records a warning about `key`.
+    pub(crate) fn warn(&mut self, key: &str, message: impl std::fmt::Display) {
+        self.warnings.push(format!("{key}: {message}"));
     }
 
     pub(crate) fn line_of(&self, offset: usize) -> usize {

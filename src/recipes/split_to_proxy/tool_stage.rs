@@ -14,7 +14,7 @@ use crate::daemon::trees::write_json_atomic;
 use crate::io::{clock, names};
 use crate::ops::OpError;
 use crate::recipes::tool::run::{self, ToolOutcome, ToolRun};
-use crate::recipes::tool::Tool;
+use crate::recipes::tool::{Change, Tool};
 use crate::recipes::{Finish, InputPlace, Rule, Service, Start};
 use serde_json::json;
 use std::os::unix::fs::MetadataExt;
@@ -296,18 +296,29 @@ fn settle(
     service: &mut dyn Service,
 ) -> anyhow::Result<Option<Staged>> {
     let server = &stage.attempt.server;
+    let came_back = |change: Change| {
+        if change == Change::CameBack {
+            tracing::info!(server, "the tool answers again");
+        }
+    };
     match outcome {
         Err(error) => {
             // A retry (if the error allows one) makes a new attempt.
-            stage.tool.after(job.id, server, true, true);
+            came_back(stage.tool.after(job.id, server, true, true));
             service.fail(job, &error);
             Ok(None)
         }
         Ok(Staged::Outcome(ToolOutcome::Unreachable(why))) => {
-            stage.tool.after(job.id, server, false, false);
+            let change = stage.tool.after(job.id, server, false, false);
             let wait = stage.tool.backoff(server);
             let reason = format!("{why}; trying again in {}s", wait.as_secs());
-            tracing::warn!(job = job.id, file = %job.claimed_path.display(), "waiting for tool: {reason}");
+            // Said once when the server goes down; each job's retries are debug lines, and
+            // `darkroom status` lists the waiting jobs.
+            if change == Change::WentDown {
+                tracing::warn!(job = job.id, file = %job.claimed_path.display(), "waiting for tool: {reason}; its jobs wait until it answers");
+            } else {
+                tracing::debug!(job = job.id, file = %job.claimed_path.display(), "waiting for tool: {reason}");
+            }
             service
                 .journal()
                 .wait_for_tool(job.id, clock::now() + wait.as_secs_f64(), &reason)?;
@@ -315,7 +326,7 @@ fn settle(
             Ok(None)
         }
         Ok(Staged::Outcome(ToolOutcome::Renew(why))) => {
-            stage.tool.after(job.id, server, true, true);
+            came_back(stage.tool.after(job.id, server, true, true));
             tracing::warn!(job = job.id, file = %job.claimed_path.display(), "{why}; submitting it again as a new attempt");
             service
                 .journal()
@@ -327,7 +338,7 @@ fn settle(
             unreachable!("returned outcomes are identified on the tool thread")
         }
         Ok(staged) => {
-            stage.tool.after(job.id, server, true, false);
+            came_back(stage.tool.after(job.id, server, true, false));
             Ok(Some(staged))
         }
     }

@@ -75,6 +75,14 @@ struct ServerState {
     ours: usize,
 }
 
+/// What a tool stage's end says about its server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Same,
+    WentDown,
+    CameBack,
+}
+
 /// One start of a job's tool stage, decided on the main thread.
 #[derive(Debug, Clone)]
 pub struct Attempt {
@@ -162,23 +170,31 @@ impl Tool {
     }
 
     /// A tool stage came back: its server answered (or not), and whether the job's next
-    /// start must be a new attempt.
-    pub fn after(&self, job_id: i64, server: &str, reachable: bool, renew: bool) {
+    /// start must be a new attempt. Says whether the server just went down or came back (the
+    /// log says so once, not at every retry of every job).
+    pub fn after(&self, job_id: i64, server: &str, reachable: bool, renew: bool) -> Change {
         let Tool::ComfyUi(tool) = self else {
-            return;
+            return Change::Same;
         };
         let mut board = tool.board();
-        if let Some(index) = tool.servers.iter().position(|s| s.base() == server) {
-            let state = &mut board.servers[index];
-            state.ours = state.ours.saturating_sub(1);
-            match (reachable, state.down_since) {
-                (true, _) => state.down_since = None,
-                (false, None) => state.down_since = Some(Instant::now()),
-                (false, Some(_)) => {}
-            }
-        }
         if renew {
             board.renew.insert(job_id);
+        }
+        let Some(index) = tool.servers.iter().position(|s| s.base() == server) else {
+            return Change::Same;
+        };
+        let state = &mut board.servers[index];
+        state.ours = state.ours.saturating_sub(1);
+        match (reachable, state.down_since) {
+            (true, Some(_)) => {
+                state.down_since = None;
+                Change::CameBack
+            }
+            (false, None) => {
+                state.down_since = Some(Instant::now());
+                Change::WentDown
+            }
+            _ => Change::Same,
         }
     }
 
@@ -282,7 +298,10 @@ pub(crate) fn resolve(
             problems.push(
                 &key,
                 Some(line),
-                format!("is a {}: use \"cmd(program %i %o)\" or a table {{ comfyui = \"http://127.0.0.1:8188\", workflow = \"workflow.json\" }}", other.type_str()),
+                format!("is {}: use \"cmd(program %i %o)\" or a table {{ comfyui = \"http://127.0.0.1:8188\", workflow = \"workflow.json\" }}", match other.type_str() {
+                    t @ ("integer" | "array") => format!("an {t}"),
+                    t => format!("a {t}"),
+                }),
             );
             None
         }
@@ -449,11 +468,12 @@ fn check_node_types(
                     );
                 }
             }
-            Err(e) => tracing::warn!(
-                server = server.base(),
-                workflow = %workflow_path.display(),
-                error = %e,
-                "cannot check the workflow's node types now; jobs wait for the server"
+            Err(e) => problems.warn(
+                &format!("{key}.workflow"),
+                format!(
+                    "cannot check {} against ComfyUI's node types now ({e}); its jobs wait for the server",
+                    workflow_path.display()
+                ),
             ),
         }
     }
