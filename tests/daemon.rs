@@ -826,15 +826,14 @@ fn check_config_reports_every_problem_and_accepts_the_shipped_example() {
     assert_eq!(out.status.code(), Some(78));
 }
 
-#[test]
-fn the_systemd_unit_scores_two_or_lower() {
-    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/darkroom.service");
+/// `systemd-analyze security --offline` of a unit file: its exposure score and report.
+fn unit_exposure(unit: &std::path::Path) -> (f64, String) {
     let out = std::process::Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--threshold=20"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .expect("systemd-analyze is needed (Debian package systemd; scripts/test installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let score: f64 = text
         .lines()
         .find_map(|l| {
@@ -849,7 +848,38 @@ fn the_systemd_unit_scores_two_or_lower() {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
+    (score, text)
+}
+
+#[test]
+fn the_systemd_unit_scores_two_or_lower() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/darkroom.service");
+    let (score, text) = unit_exposure(&unit);
     assert!(score <= 2.0, "exposure {score}:\n{text}");
+}
+
+#[test]
+fn the_tool_network_drop_in_opens_internet_sockets_to_the_loopback_only_and_still_scores_two_or_lower(
+) {
+    // systemd applies a drop-in's [Service] after the unit's: the same as appending it.
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let mut unit = std::fs::read_to_string(systemd.join("darkroom.service")).unwrap();
+    unit.push_str(
+        &std::fs::read_to_string(systemd.join("darkroom.service.d/tool-network.conf")).unwrap(),
+    );
+    let path = dir.path().join("darkroom.service");
+    std::fs::write(&path, unit).unwrap();
+    let (score, text) = unit_exposure(&path);
+    assert!(score <= 2.0, "exposure {score}:\n{text}");
+    assert!(
+        text.contains("Service may allocate Internet sockets"),
+        "{text}"
+    );
+    assert!(
+        text.contains("allow list with only localhost entries"),
+        "{text}"
+    );
 }
 
 fn upscale_config(runtime_line: &str) -> String {
