@@ -395,3 +395,67 @@ fn a_comfyui_server_that_does_not_answer_at_config_load_is_a_warning_not_an_erro
         "{stderr}"
     );
 }
+
+#[test]
+fn a_prompt_past_the_tools_timeout_is_taken_off_comfyui_and_the_job_fails_with_the_reason() {
+    let server = comfyui::shared();
+    let tool = format!(
+        "{{ comfyui = \"{}\", workflow = \"{}\", timeout = \"1s\" }}",
+        server.url(),
+        workflow("tests/workflows/slow_blur.json").display()
+    );
+    let mut tree = Tree::new(
+        &config("512x512", &tool, "").replace("[daemon]\n", "[daemon]\nmax_attempts = 1\n"),
+    );
+    tree.start();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    let sidecar = tree.wait_for_file(&tree.path("var/failed/photos"), |n| {
+        n.ends_with(".error.json")
+    });
+    let error: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sidecar).unwrap()).unwrap();
+    let reason = error["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .contains("did not finish within the tool's timeout (1s); it was taken off the queue"),
+        "{reason}"
+    );
+    // ComfyUI was told: the prompt leaves its queue (interrupted at its next node).
+    let prompt = reason
+        .split("prompt ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    tree.wait_for("the prompt to leave ComfyUI's queue", || {
+        let queue = server.get("/queue").unwrap().to_string();
+        !queue.contains(&prompt)
+    });
+}
+
+#[test]
+fn jobs_are_spread_over_two_live_servers() {
+    let first = comfyui::shared();
+    let second = ComfyUi::start();
+    let mut tree = Tree::new(&config(
+        "512x512",
+        &comfy_tool(
+            &format!("[\"{}\", \"{}\"]", first.url(), second.url()),
+            "config/workflows/grade.json",
+        ),
+        "",
+    ));
+    tree.start();
+    for name in ["a.png", "b.png", "c.png", "d.png"] {
+        tree.drop_file("photo_coffee_600x400.png", name);
+    }
+    tree.wait_for("four outputs with their sidecars", || {
+        files_in(&tree.path("var/metadata/photos")).len() == 4
+    });
+    let servers: std::collections::BTreeSet<String> = images(&tree)
+        .iter()
+        .map(|output| sidecar(&tree, output)["proxy"]["tool"]["server"].to_string())
+        .collect();
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    assert!(second.history_len() >= 1);
+}
