@@ -23,11 +23,37 @@ fn config(size: &str, tool: &str, rule_extra: &str) -> String {
     )
 }
 
-fn comfy_tool(servers: &str, workflow_file: &str) -> String {
+/// A `tool = { ... }` value: ComfyUI at `servers` (a list when more than one) running
+/// `workflow_file` of the checkout.
+fn comfy_tool(servers: &[String], workflow_file: &str) -> String {
+    let quoted: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    let servers = match quoted.as_slice() {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    };
     format!(
         "{{ comfyui = {servers}, workflow = \"{}\" }}",
         workflow(workflow_file).display()
     )
+}
+
+/// Starts a daemon whose rule (512x512 proxies) has `tool`, and drops the coffee photo in.
+fn coffee_through(tool: &str, rule_extra: &str) -> Tree {
+    let mut tree = Tree::new(&config("512x512", tool, rule_extra));
+    tree.start();
+    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    tree
+}
+
+/// Waits for a job's output and for its original to be filed (after the output and its
+/// sidecar are durable); returns the output.
+fn wait_done(tree: &Tree, original: &str) -> PathBuf {
+    let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
+    tree.wait_for("the original to be filed", || {
+        tree.path(&format!("var/processed/photos/originals/{original}"))
+            .is_file()
+    });
+    output
 }
 
 fn images(tree: &Tree) -> Vec<PathBuf> {
@@ -89,20 +115,13 @@ fn a_12_mp_photo_comes_back_from_a_comfyui_colour_workflow_within_40_db_of_the_w
     let server = comfyui::shared();
     let mut tree = Tree::new(&config(
         "1024x1024",
-        &comfy_tool(
-            &format!("\"{}\"", server.url()),
-            "config/workflows/grade.json",
-        ),
+        &comfy_tool(&[server.url()], "config/workflows/grade.json"),
         "",
     ));
     tree.start();
     // 4032x3024 with a Display P3 profile: darkroom sends ComfyUI sRGB and puts P3 back.
     tree.drop_file("photo_bus_4032x3024_p3.jpg", "bus.jpg");
-    let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
-    tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/bus.jpg")
-            .is_file()
-    });
+    let output = wait_done(&tree, "bus.jpg");
     assert_eq!(images(&tree).len(), 1, "one output per workflow image");
     let provenance = sidecar(&tree, &output);
     let tool = &provenance["proxy"]["tool"];
@@ -138,16 +157,10 @@ fn a_12_mp_photo_comes_back_from_a_comfyui_colour_workflow_within_40_db_of_the_w
 #[test]
 fn when_comfyui_is_killed_mid_job_the_job_waits_and_completes_with_one_output_once_it_is_back() {
     let mut server = ComfyUi::start();
-    let mut tree = Tree::new(&config(
-        "512x512",
-        &comfy_tool(
-            &format!("\"{}\"", server.url()),
-            "tests/workflows/slow_blur.json",
-        ),
+    let tree = coffee_through(
+        &comfy_tool(&[server.url()], "tests/workflows/slow_blur.json"),
         "",
-    ));
-    tree.start();
-    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    );
     tree.wait_for("the slow node to run", || {
         tree.log().contains("ComfyUI runs node 3 (ImageBlur)")
     });
@@ -161,11 +174,7 @@ fn when_comfyui_is_killed_mid_job_the_job_waits_and_completes_with_one_output_on
     assert!(tree.inbox().join("coffee.png").is_file());
     assert!(files_in(&tree.path("var/failed/photos")).is_empty());
     server.restart();
-    let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
-    tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png")
-            .is_file()
-    });
+    let output = wait_done(&tree, "coffee.png");
     assert_eq!(images(&tree).len(), 1);
     let provenance = sidecar(&tree, &output);
     // The restarted server had lost the prompt: a second attempt, submitted once.
@@ -181,26 +190,16 @@ fn when_comfyui_is_killed_mid_job_the_job_waits_and_completes_with_one_output_on
 #[test]
 fn darkroom_killed_right_after_submitting_finds_its_prompt_and_never_submits_it_twice() {
     let server = ComfyUi::start();
-    let mut tree = Tree::new(&config(
-        "512x512",
-        &comfy_tool(
-            &format!("\"{}\"", server.url()),
-            "tests/workflows/slow_blur.json",
-        ),
+    let mut tree = coffee_through(
+        &comfy_tool(&[server.url()], "tests/workflows/slow_blur.json"),
         "",
-    ));
-    tree.start();
-    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    );
     tree.wait_for("the submission", || {
         tree.log().contains("submitted to ComfyUI")
     });
     tree.kill_hard();
     tree.start();
-    let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
-    tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png")
-            .is_file()
-    });
+    let output = wait_done(&tree, "coffee.png");
     let log = tree.log();
     assert!(
         log.contains("ComfyUI still has the prompt submitted before the restart")
@@ -218,10 +217,7 @@ fn a_workflow_with_a_node_type_comfyui_lacks_is_a_config_error_that_names_it() {
     let server = comfyui::shared();
     let tree = Tree::new(&config(
         "512x512",
-        &comfy_tool(
-            &format!("\"{}\"", server.url()),
-            "tests/workflows/missing_node.json",
-        ),
+        &comfy_tool(&[server.url()], "tests/workflows/missing_node.json"),
         "",
     ));
     let output = common::darkroom()
@@ -241,16 +237,10 @@ fn a_workflow_with_a_node_type_comfyui_lacks_is_a_config_error_that_names_it() {
 #[test]
 fn a_workflow_that_fails_in_comfyui_fails_the_job_with_comfyuis_own_message() {
     let server = comfyui::shared();
-    let mut tree = Tree::new(&config(
-        "512x512",
-        &comfy_tool(
-            &format!("\"{}\"", server.url()),
-            "tests/workflows/fails_at_run_time.json",
-        ),
+    let tree = coffee_through(
+        &comfy_tool(&[server.url()], "tests/workflows/fails_at_run_time.json"),
         "",
-    ));
-    tree.start();
-    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
+    );
     let sidecar = tree.wait_for_file(&tree.path("var/failed/photos"), |n| {
         n.ends_with(".error.json")
     });
@@ -280,7 +270,7 @@ fn with_two_servers_and_one_of_them_down_every_job_goes_to_the_live_one() {
     let mut tree = Tree::new(&config(
         "512x512",
         &comfy_tool(
-            &format!("[\"http://127.0.0.1:{dead}\", \"{}\"]", server.url()),
+            &[format!("http://127.0.0.1:{dead}"), server.url()],
             "config/workflows/grade.json",
         ),
         "",
@@ -302,21 +292,11 @@ fn with_two_servers_and_one_of_them_down_every_job_goes_to_the_live_one() {
 #[test]
 fn via_full_sends_the_whole_image_and_files_the_workflows_outputs_with_their_size_ratio() {
     let server = comfyui::shared();
-    let mut tree = Tree::new(&config(
-        "512x512",
-        &comfy_tool(
-            &format!("\"{}\"", server.url()),
-            "tests/workflows/upscale_x2.json",
-        ),
+    let tree = coffee_through(
+        &comfy_tool(&[server.url()], "tests/workflows/upscale_x2.json"),
         "via = \"full\"",
-    ));
-    tree.start();
-    tree.drop_file("photo_coffee_600x400.png", "coffee.png");
-    let output = tree.wait_for_file(&tree.path("var/processed/photos/images"), |_| true);
-    tree.wait_for("the original to be filed", || {
-        tree.path("var/processed/photos/originals/coffee.png")
-            .is_file()
-    });
+    );
+    let output = wait_done(&tree, "coffee.png");
     assert_eq!(image::image_dimensions(&output).unwrap(), (1200, 800));
     let provenance = sidecar(&tree, &output);
     assert_eq!(
@@ -377,7 +357,7 @@ fn a_comfyui_server_that_does_not_answer_at_config_load_is_a_warning_not_an_erro
     let tree = Tree::new(&config(
         "512x512",
         &comfy_tool(
-            &format!("\"http://127.0.0.1:{port}\""),
+            &[format!("http://127.0.0.1:{port}")],
             "config/workflows/grade.json",
         ),
         "",
@@ -439,10 +419,7 @@ fn jobs_are_spread_over_two_live_servers() {
     let second = ComfyUi::start();
     let mut tree = Tree::new(&config(
         "512x512",
-        &comfy_tool(
-            &format!("[\"{}\", \"{}\"]", first.url(), second.url()),
-            "config/workflows/grade.json",
-        ),
+        &comfy_tool(&[first.url(), second.url()], "config/workflows/grade.json"),
         "",
     ));
     tree.start();
