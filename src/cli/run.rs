@@ -39,7 +39,11 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
                 0
             }
         },
-        Command::Status { config } => match load(&config.path) {
+        // `status` reads the journal; it never waits on a tool server.
+        Command::Status { config } => match Config::load_offline(&config.path).map_err(|errors| {
+            eprint!("darkroom: {errors}");
+            EX_CONFIG
+        }) {
             Err(code) => code,
             Ok(config) => match status::report(&config) {
                 Ok(text) => {

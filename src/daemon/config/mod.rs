@@ -51,8 +51,19 @@ struct RawDocument {
 }
 
 impl Config {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file, asking each ComfyUI server of a rule's tool whether it
+    /// has the workflow's node types.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, true)
+    }
+
+    /// Reads and checks a config file without asking any tool server (`darkroom status`,
+    /// which only reads the journal, never waits on the network).
+    pub fn load_offline(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, ask_tool_servers: bool) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             path: path.to_path_buf(),
             errors: vec![ConfigError {
@@ -61,14 +72,19 @@ impl Config {
                 message: format!("cannot read: {e}"),
             }],
         })?;
-        Config::parse(
+        Config::parse_with(
             &text,
             &std::path::absolute(path).unwrap_or(path.to_path_buf()),
+            ask_tool_servers,
         )
     }
 
     /// Checks config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        Config::parse_with(text, path, true)
+    }
+
+    fn parse_with(text: &str, path: &Path, ask_tool_servers: bool) -> Result<Config, ConfigErrors> {
         let base = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -114,6 +130,7 @@ impl Config {
                 root: &daemon.root,
                 base: &base,
                 models: &models,
+                ask_tool_servers,
             };
             if let Some(rule) = resolve_rule(index, table, &context, &mut problems) {
                 rules.push(rule);

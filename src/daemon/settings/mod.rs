@@ -151,6 +151,8 @@ pub(crate) struct RuleContext<'a> {
     /// The config file's folder: relative paths start there.
     pub(crate) base: &'a Path,
     pub(crate) models: &'a std::collections::BTreeMap<String, ModelSpec>,
+    /// Whether a rule's ComfyUI servers are asked for their node types.
+    pub(crate) ask_tool_servers: bool,
 }
 
 /// Collects problems while a config is resolved.

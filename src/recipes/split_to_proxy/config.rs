@@ -48,7 +48,7 @@ pub(super) fn resolve(
 ) -> Option<std::sync::Arc<dyn super::super::Recipe>> {
     let mut raw: RawSplitToProxy = read_known_keys(rule.table, rule.label, rule.line, problems);
     let tool = raw.tool.take().and_then(|value| {
-        crate::recipes::tool::resolve(value, rule.label, rule.line, rule.context.base, problems)
+        crate::recipes::tool::resolve(value, rule.label, rule.line, rule.context, problems)
     });
     let via = match raw.via.take().as_deref() {
         None | Some("proxy") => Via::Proxy,

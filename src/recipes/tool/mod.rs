@@ -11,7 +11,7 @@
 //! prompt up instead of submitting it again.
 
 use crate::daemon::journal::{Job, Store};
-use crate::daemon::settings::{duration_or, resolve_path, Problems};
+use crate::daemon::settings::{duration_or, resolve_path, Problems, RuleContext};
 use crate::io::comfyui::{Server, Workflow};
 use crate::io::external::{CommandTemplate, UpscaleMethod};
 use std::collections::HashSet;
@@ -268,7 +268,7 @@ pub(crate) fn resolve(
     value: toml::Value,
     label: &str,
     line: usize,
-    base: &Path,
+    context: &RuleContext<'_>,
     problems: &mut Problems,
 ) -> Option<Tool> {
     let key = format!("{label}.tool");
@@ -292,7 +292,7 @@ pub(crate) fn resolve(
                 line,
                 problems,
             );
-            resolve_comfyui(table, &key, line, base, problems)
+            resolve_comfyui(table, &key, line, context, problems)
         }
         other => {
             problems.push(
@@ -312,9 +312,10 @@ fn resolve_comfyui(
     mut table: toml::Table,
     key: &str,
     line: usize,
-    base: &Path,
+    context: &RuleContext<'_>,
     problems: &mut Problems,
 ) -> Option<Tool> {
+    let base = context.base;
     let servers: Vec<String> = match table.remove("comfyui") {
         Some(toml::Value::String(s)) => vec![s],
         Some(toml::Value::Array(items)) => items
@@ -426,7 +427,9 @@ fn resolve_comfyui(
         return None;
     }
     let servers: Vec<Server> = servers.iter().map(|s| Server::new(s)).collect();
-    check_node_types(&servers, &workflow, &workflow_path, key, line, problems);
+    if context.ask_tool_servers {
+        check_node_types(&servers, &workflow, &workflow_path, key, line, problems);
+    }
     Some(Tool::ComfyUi(Arc::new(ComfyTool {
         servers,
         workflow,
