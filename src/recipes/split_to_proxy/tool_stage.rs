@@ -17,7 +17,6 @@ use crate::recipes::tool::run::{self, ToolOutcome, ToolRun};
 use crate::recipes::tool::{Change, Tool};
 use crate::recipes::{Finish, InputPlace, Rule, Service, Start};
 use serde_json::json;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 impl SplitToProxy {
@@ -206,12 +205,12 @@ fn identify(outcome: ToolOutcome, stage: &ToolRun) -> Result<Staged, OpError> {
 }
 
 fn identity_of(path: &Path) -> std::io::Result<FileIdentity> {
-    let metadata = std::fs::metadata(path)?;
+    let stat = crate::daemon::intake::FileStat::of(&std::fs::metadata(path)?);
     Ok(FileIdentity {
         path: path.to_path_buf(),
-        size: metadata.len(),
-        mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-        inode: metadata.ino(),
+        size: stat.size,
+        mtime_ns: stat.mtime_ns,
+        inode: stat.inode,
         sha256: crate::io::hash::sha256_file(path)?,
     })
 }
