@@ -3,10 +3,13 @@
 //! (`crate::recipes`) (`darkroom serve`).
 
 pub mod config;
+pub mod http;
 pub mod intake;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod model_lane;
+pub mod notify;
 pub mod pairing;
 pub mod service;
 pub mod settings;

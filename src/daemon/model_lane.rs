@@ -10,6 +10,7 @@ use image::DynamicImage;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// What the daemon knows of a model's scale (it names upscale outputs `{stem}_x{scale}_...`).
@@ -62,12 +63,69 @@ enum Request {
 #[derive(Clone)]
 pub struct ModelLane {
     sender: Sender<Request>,
+    state: Arc<Mutex<LaneState>>,
+}
+
+/// What the lane is doing, for the dashboard, `/readyz` and the metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LaneState {
+    /// The lane thread is running.
+    pub alive: bool,
+    /// The model running now, if any.
+    pub busy_with: Option<String>,
+    /// Seconds spent running models (loading included), all told.
+    pub busy_seconds: f64,
+    pub runs: u64,
+    /// The execution provider of the last model loaded (`CPUExecutionProvider`, ...).
+    pub provider: Option<String>,
+    /// Models loaded and kept, by config name.
+    pub loaded: Vec<String>,
+    /// The last load or run error.
+    pub last_error: Option<String>,
+}
+
+/// Marks the lane busy until dropped, adding the time to its total.
+struct Busy<'a> {
+    state: &'a Mutex<LaneState>,
+    started: Instant,
+}
+
+impl<'a> Busy<'a> {
+    fn start(state: &'a Mutex<LaneState>, model: &str) -> Busy<'a> {
+        if let Ok(mut s) = state.lock() {
+            s.busy_with = Some(model.to_string());
+        }
+        Busy {
+            state,
+            started: Instant::now(),
+        }
+    }
+
+    fn end<T>(self, result: &Result<T, ModelError>, model: Option<&Model>, name: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.busy_with = None;
+            s.busy_seconds += self.started.elapsed().as_secs_f64();
+            s.runs += 1;
+            if let Some(model) = model {
+                s.provider = Some(model.provider.clone());
+                if !s.loaded.iter().any(|n| n == name) {
+                    s.loaded.push(name.to_string());
+                }
+            }
+            s.last_error = result.as_ref().err().map(|e| e.to_string());
+        }
+    }
 }
 
 impl ModelLane {
     /// Starts the lane thread. Nothing is loaded until the first request.
     pub fn start() -> ModelLane {
         let (sender, receiver) = mpsc::channel::<Request>();
+        let state = Arc::new(Mutex::new(LaneState {
+            alive: true,
+            ..LaneState::default()
+        }));
+        let lane_state = Arc::clone(&state);
         std::thread::Builder::new()
             .name("darkroom-model-lane".into())
             .spawn(move || {
@@ -75,19 +133,35 @@ impl ModelLane {
                 for request in receiver {
                     match request {
                         Request::Upscale(request) => {
+                            let busy = Busy::start(&lane_state, &request.spec.name);
                             let result = serve(&mut sessions, &request);
+                            let name = &request.spec.name;
+                            busy.end(&result, sessions.get(&request.spec.path), name);
                             let _ = request.reply.send(result);
                         }
                         Request::Probe {
                             spec,
                             runtime,
                             reply,
-                        } => reply(session(&mut sessions, &spec, &runtime).map(|m| m.scale)),
+                        } => {
+                            let busy = Busy::start(&lane_state, &spec.name);
+                            let result = session(&mut sessions, &spec, &runtime).map(|m| m.scale);
+                            busy.end(&result, sessions.get(&spec.path), &spec.name);
+                            reply(result)
+                        }
                     }
+                }
+                if let Ok(mut s) = lane_state.lock() {
+                    s.alive = false;
                 }
             })
             .expect("spawning the model lane");
-        ModelLane { sender }
+        ModelLane { sender, state }
+    }
+
+    /// What the lane is doing now.
+    pub fn state(&self) -> LaneState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Runs `image` through the model of `spec` on the lane and waits for the result.

@@ -185,6 +185,27 @@ pub fn report(config: &Config) -> anyhow::Result<String> {
             job.error.as_deref().unwrap_or("")
         )?;
     }
+    if !config.notify.is_empty() {
+        // A journal the daemon has not migrated yet has no deliveries table.
+        let deliveries = journal.deliveries().unwrap_or_default();
+        writeln!(out, "notifications:")?;
+        for target in &config.notify {
+            let delivery = deliveries.iter().find(|d| d.target == target.url);
+            let line = match delivery {
+                None => "no deliveries yet".to_string(),
+                Some(d) if d.failures == 0 => format!("ok, up to event {}", d.last_event),
+                Some(d) => format!(
+                    "FAILING: {} tries in a row, last: {}; next try in {}",
+                    d.failures,
+                    d.last_error.as_deref().unwrap_or("?"),
+                    d.next_try_at
+                        .map(|at| human_duration(at - now))
+                        .unwrap_or_else(|| "a moment".into())
+                ),
+            };
+            writeln!(out, "  {}: {line}", target.url)?;
+        }
+    }
     Ok(out)
 }
 

@@ -90,6 +90,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     } else {
         temp.persist(path).map_err(|e| e.error)?;
     }
+    sync_dir(&dir)?;
+    crate::io::traffic::note_written(bytes.len() as u64);
+    Ok(())
+}
+
+/// Writes a new file at `path` from `bytes` by temp file, fsync and rename, never replacing
+/// anything: an existing `path` is an `AlreadyExists` error. What watches the folder sees
+/// the whole file appear at once (the temp file's name starts with [`TEMP_PREFIX`]).
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(&dir)?;
+    temp.write_all(bytes)?;
+    temp.flush()?;
+    temp.as_file().sync_all()?;
+    temp.persist_noclobber(path).map_err(|e| e.error)?;
     sync_dir(&dir)
 }
 

@@ -123,6 +123,7 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
+    crate::io::traffic::note_read(bytes.len() as u64);
     Ok(bytes)
 }
 

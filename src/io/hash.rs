@@ -20,6 +20,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
             break;
         }
         hasher.update(&buffer[..n]);
+        crate::io::traffic::note_read(n as u64);
     }
     Ok(hex(&hasher.finalize()))
 }

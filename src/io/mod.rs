@@ -17,4 +17,5 @@ pub mod names;
 pub mod onnx;
 pub mod png_encode;
 pub mod system;
+pub mod traffic;
 pub mod xmp;

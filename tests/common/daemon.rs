@@ -36,6 +36,14 @@ pub fn config_with_grace(incomplete_grace: &str, daemon_extra: &str, rule_extra:
 
 impl Tree {
     pub fn new(config: &str) -> Tree {
+        // Tests run side by side: each daemon's listener takes a port the system picks
+        // (it writes the address to state/http.address), unless the test sets [http].
+        let config = if config.contains("[http]") {
+            config.to_string()
+        } else {
+            format!("{config}\n[http]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        let config = config.as_str();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("darkroom.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -243,6 +251,23 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
 /// Acts as the external model: brightens the proxy by `lift` levels and writes the result
 /// as `name` in `dir`, either in place (`via_rename` false) or through a hidden temp file
 /// renamed into place.
+/// A proxy's PNG bytes with every channel lifted by `lift` (a stand-in for a model's edit).
+pub fn graded_proxy_bytes(proxy: &[u8], lift: u8) -> Vec<u8> {
+    let image = image::load_from_memory(proxy).unwrap().to_rgb8();
+    let graded = image::RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        let p = image.get_pixel(x, y).0;
+        image::Rgb(p.map(|v| v.saturating_add(lift)))
+    });
+    let mut bytes = Vec::new();
+    graded
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
 pub fn write_graded_proxy(
     proxy: &Path,
     dir: &Path,

@@ -4,6 +4,7 @@
 
 pub mod comfyui;
 pub mod daemon;
+pub mod http;
 
 use darkroom::io::decode::{self, LoadedImage};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,13 @@ pub fn darkroom() -> Command {
 }
 
 /// The ONNX Runtime library that `scripts/setup-venv` installed into the checkout's `.venv`.
+/// A program of the project's `.venv` (scripts/setup-venv installs it).
+pub fn venv_bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name)
+}
+
 pub fn runtime_library() -> Option<PathBuf> {
     let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
     std::fs::read_dir(lib).ok()?.flatten().find_map(|python| {

@@ -20,7 +20,8 @@ use rules::*;
 
 pub use crate::daemon::settings::{
     format_duration, parse_duration, parse_size, ConfigError, ConfigErrors, DaemonSettings,
-    ModelSpec, OriginalsPolicy, RuntimeSettings, DEFAULT_INCOMPLETE_GRACE, DEFAULT_PATTERNS,
+    HttpSettings, ModelSpec, NotifyEvent, NotifyTarget, OriginalsPolicy, RuntimeSettings,
+    DEFAULT_INCOMPLETE_GRACE, DEFAULT_PATTERNS,
 };
 pub use crate::recipes::Rule;
 
@@ -34,6 +35,10 @@ pub struct Config {
     /// `[models.<name>]`, by name.
     pub models: std::collections::BTreeMap<String, ModelSpec>,
     pub rules: Vec<Rule>,
+    /// `[http]`: the listener for the API, dashboard and metrics.
+    pub http: HttpSettings,
+    /// `[[notify]]`: webhooks told of jobs' ends.
+    pub notify: Vec<NotifyTarget>,
     /// Things to tell the user that do not stop the config: `check-config` prints them, the
     /// daemon logs them.
     pub warnings: Vec<String>,
@@ -48,6 +53,9 @@ struct RawDocument {
     models: std::collections::BTreeMap<String, toml::Spanned<toml::Table>>,
     #[serde(default)]
     rule: Vec<toml::Spanned<toml::Table>>,
+    http: Option<toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    notify: Vec<toml::Spanned<toml::Table>>,
 }
 
 impl Config {
@@ -124,6 +132,8 @@ impl Config {
         let daemon = resolve_daemon(document.daemon, &base, &mut problems);
         let runtime = resolve_runtime(document.runtime, &base, &mut problems);
         let models = resolve_models(document.models, &base, &mut problems);
+        let http = resolve_http(document.http, &base, &mut problems);
+        let notify = resolve_notify(document.notify, &base, &mut problems);
         let mut rules = Vec::new();
         for (index, table) in document.rule.into_iter().enumerate() {
             let context = RuleContext {
@@ -151,6 +161,8 @@ impl Config {
                 runtime,
                 models,
                 rules,
+                http,
+                notify,
                 warnings: problems.warnings,
             })
         } else {

@@ -67,10 +67,12 @@ pub enum State {
     WaitingForTool,
     /// With its tool: a prompt submitted to ComfyUI, or a command running.
     AtTool,
+    /// Cancelled over HTTP before it finished; its input is set aside like a failure's.
+    Cancelled,
 }
 
 impl State {
-    pub const ALL: [State; 13] = [
+    pub const ALL: [State; 14] = [
         State::Queued,
         State::Running,
         State::AwaitingReturn,
@@ -84,6 +86,7 @@ impl State {
         State::Withdrawn,
         State::WaitingForTool,
         State::AtTool,
+        State::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -101,13 +104,32 @@ impl State {
             State::Withdrawn => "withdrawn",
             State::WaitingForTool => "waiting-for-tool",
             State::AtTool => "at-tool",
+            State::Cancelled => "cancelled",
         }
     }
 
     pub fn parse(text: &str) -> Option<State> {
         State::ALL.into_iter().find(|s| s.as_str() == text)
     }
+
+    /// A job in this state is over and will not run again by itself.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Done
+                | State::Failed
+                | State::Expired
+                | State::Superseded
+                | State::Withdrawn
+                | State::Cancelled
+        )
+    }
 }
+
+/// Why a job failed, as a class the metrics, webhooks and API report: `bad-input` (the
+/// file itself), `rejected` (a training set's quality control), `gave-up` (transient
+/// failures, attempts spent), `timeout` (past `job_timeout`) or `cancelled`.
+pub type FailureClass = &'static str;
 
 /// What identifies a claimed file: the same path, size, mtime and content is never queued twice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +185,50 @@ pub struct Job {
     pub tool_attempt: u32,
     /// The tool server that attempt went to.
     pub tool_server: Option<String>,
+    /// Failed or cancelled jobs: the [`FailureClass`].
+    pub failure: Option<String>,
+}
+
+/// One state change of a job, as the journal recorded it (in the same transaction as the
+/// change itself): the event log of `GET /jobs/{id}`, the feed of `GET /events` and the
+/// webhooks' outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    /// Increases with every change; never reused.
+    pub id: i64,
+    pub job: i64,
+    pub rule: String,
+    pub kind: Kind,
+    pub at: f64,
+    pub state: State,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub failure: Option<String>,
+}
+
+/// Which jobs a page of `jobs_page` holds: newest first, ids below `before`.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub rule: Option<String>,
+    pub state: Option<State>,
+    pub kind: Option<Kind>,
+    /// Only the job claimed at this path.
+    pub claimed_path: Option<PathBuf>,
+    /// Only jobs of files with this name.
+    pub file_name: Option<String>,
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// How far a webhook target has been told: the last event it took, and its failing streak.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivery {
+    pub target: String,
+    pub last_event: i64,
+    /// Failed tries of the event after `last_event` in a row.
+    pub failures: u32,
+    pub next_try_at: Option<f64>,
+    pub last_error: Option<String>,
 }
 
 /// A file a tool returned for a job, durable in the returns tree, to be queued as a merge
@@ -350,4 +416,46 @@ pub trait Store: Send {
 
     /// The most recently finished job.
     fn last_finished(&self) -> StoreResult<Option<Job>>;
+
+    /// Ends a job without a result: `state` is failed or cancelled, `class` a
+    /// [`FailureClass`], `input_now_at` where its input was set aside.
+    fn set_failed(
+        &self,
+        id: i64,
+        state: State,
+        class: FailureClass,
+        reason: &str,
+        input_now_at: &Path,
+    ) -> StoreResult<()>;
+
+    /// Queues an ended job again from the start (a retry): its input is back at `path`,
+    /// attempts start over, and its error and tool attempt stay for the record.
+    fn requeue(&self, id: i64, path: &Path) -> StoreResult<()>;
+
+    /// A page of jobs, newest first.
+    fn jobs_page(&self, query: &JobQuery) -> StoreResult<Vec<Job>>;
+
+    /// Number of jobs by rule, kind and state.
+    fn counts_by_rule(&self) -> StoreResult<Vec<(String, Kind, State, u64)>>;
+
+    /// When the longest-waiting job in `state` entered it.
+    fn oldest_in_state(&self, state: State) -> StoreResult<Option<f64>>;
+
+    /// The state changes of one job, oldest first.
+    fn events_of(&self, job: i64) -> StoreResult<Vec<JobEvent>>;
+
+    /// State changes after event `after`, oldest first, at most `limit`.
+    fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<JobEvent>>;
+
+    /// The newest event's id (0 before any).
+    fn last_event_id(&self) -> StoreResult<i64>;
+
+    /// A webhook target's delivery state, if it has one.
+    fn delivery(&self, target: &str) -> StoreResult<Option<Delivery>>;
+
+    /// Records a webhook target's delivery state.
+    fn set_delivery(&self, delivery: &Delivery) -> StoreResult<()>;
+
+    /// Every webhook target's delivery state.
+    fn deliveries(&self) -> StoreResult<Vec<Delivery>>;
 }

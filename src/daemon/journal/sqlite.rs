@@ -15,6 +15,10 @@ pub struct SqliteStore {
 const MIGRATIONS: &[(&str, &str)] = &[
     ("jobs: identities, states, attempts, proxies", SCHEMA_1),
     ("jobs: tool attempts", SCHEMA_2),
+    (
+        "events of every job's state changes, failure classes, webhook deliveries",
+        SCHEMA_3,
+    ),
 ];
 
 const SCHEMA_1: &str = "
@@ -59,10 +63,43 @@ ALTER TABLE jobs ADD COLUMN tool_attempt INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN tool_server TEXT;
 ";
 
+/// Every change of a job's state or attempt count lands in `events` in the same transaction
+/// as the change itself, by trigger: nothing that writes a job can forget it, and a crash
+/// can never leave a change without its event (the webhooks' outbox depends on that).
+const SCHEMA_3: &str = "
+ALTER TABLE jobs ADD COLUMN failure TEXT;
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job INTEGER NOT NULL REFERENCES jobs(id),
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT,
+    failure TEXT
+);
+CREATE INDEX events_job ON events(job, id);
+CREATE TRIGGER job_inserted AFTER INSERT ON jobs BEGIN
+    INSERT INTO events (job, at, state, attempts, error, failure)
+    VALUES (NEW.id, NEW.updated_at, NEW.state, NEW.attempts, NEW.error, NEW.failure);
+END;
+CREATE TRIGGER job_changed AFTER UPDATE OF state, attempts ON jobs
+WHEN NEW.state IS NOT OLD.state OR NEW.attempts IS NOT OLD.attempts BEGIN
+    INSERT INTO events (job, at, state, attempts, error, failure)
+    VALUES (NEW.id, NEW.updated_at, NEW.state, NEW.attempts, NEW.error, NEW.failure);
+END;
+CREATE TABLE deliveries (
+    target TEXT PRIMARY KEY,
+    last_event INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_try_at REAL,
+    last_error TEXT
+);
+";
+
 const COLUMNS: &str = "id, kind, rule, claimed_path, path, size, sha256, state, attempts, \
     next_attempt_at, created_at, updated_at, error, parent, variant, pairing, output_path, \
     proxy_path, proxy_width, proxy_height, signature, expires_at, closed, details, mtime_ns, \
-    tool_attempt, tool_server";
+    tool_attempt, tool_server, failure";
 
 /// Brings the journal's schema to the newest version this darkroom knows, each migration in
 /// its own transaction. A journal written by a newer darkroom is refused, not downgraded.
@@ -119,12 +156,46 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         mtime_ns: row.get(24)?,
         tool_attempt: row.get(25)?,
         tool_server: row.get(26)?,
+        failure: row.get(27)?,
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "e.id, e.job, j.rule, j.kind, e.at, e.state, e.attempts, e.error, e.failure";
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<JobEvent> {
+    Ok(JobEvent {
+        id: row.get(0)?,
+        job: row.get(1)?,
+        rule: row.get(2)?,
+        kind: Kind::parse(&row.get::<_, String>(3)?),
+        at: row.get(4)?,
+        state: State::parse(&row.get::<_, String>(5)?).unwrap_or(State::Failed),
+        attempts: row.get(6)?,
+        error: row.get(7)?,
+        failure: row.get(8)?,
+    })
+}
+
+fn delivery_from_row(row: &Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        target: row.get(0)?,
+        last_event: row.get(1)?,
+        failures: row.get(2)?,
+        next_try_at: row.get(3)?,
+        last_error: row.get(4)?,
     })
 }
 
 fn text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
+
+/// A job that ended without a result and whose file left the folder it was claimed from
+/// (set aside into `failed/`, or withdrawn): the same file appearing there again is that
+/// job's retry, not a file already handled.
+const CAME_BACK: &str = "(state IN ('failed', 'cancelled') AND path != claimed_path) \
+    OR state = 'withdrawn'";
 
 impl SqliteStore {
     /// Opens (creating if needed) the journal in `state_dir`.
@@ -198,8 +269,10 @@ impl Store for SqliteStore {
         Ok(self
             .connection
             .query_row(
-                "SELECT 1 FROM jobs WHERE rule = ?1 AND kind = ?2 AND claimed_path = ?3 \
-                 AND size = ?4 AND mtime_ns = ?5 LIMIT 1",
+                &format!(
+                    "SELECT 1 FROM jobs WHERE rule = ?1 AND kind = ?2 AND claimed_path = ?3 \
+                     AND size = ?4 AND mtime_ns = ?5 AND NOT ({CAME_BACK}) LIMIT 1"
+                ),
                 params![rule, kind.as_str(), text(path), size as i64, mtime_ns],
                 |_| Ok(()),
             )
@@ -555,6 +628,137 @@ impl Store for SqliteStore {
         )?)
     }
 
+    fn set_failed(
+        &self,
+        id: i64,
+        state: State,
+        class: FailureClass,
+        reason: &str,
+        input_now_at: &Path,
+    ) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE jobs SET state = ?2, failure = ?3, error = ?4, path = ?5, updated_at = ?6 \
+             WHERE id = ?1",
+            params![id, state.as_str(), class, reason, text(input_now_at), now()],
+        )?;
+        Ok(())
+    }
+
+    fn requeue(&self, id: i64, path: &Path) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE jobs SET state = 'queued', attempts = 0, next_attempt_at = NULL, \
+             failure = NULL, path = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, text(path), now()],
+        )?;
+        Ok(())
+    }
+
+    fn jobs_page(&self, query: &JobQuery) -> StoreResult<Vec<Job>> {
+        Ok(self.query(
+            "(?1 IS NULL OR rule = ?1) AND (?2 IS NULL OR state = ?2) \
+             AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR id < ?4) \
+             AND (?6 IS NULL OR claimed_path = ?6) \
+             AND (?7 IS NULL OR substr(claimed_path, -length(?7) - 1) = '/' || ?7) \
+             ORDER BY id DESC LIMIT ?5",
+            &[
+                &query.rule,
+                &query.state.map(State::as_str),
+                &query.kind.map(Kind::as_str),
+                &query.before,
+                &(query.limit as i64),
+                &query.claimed_path.as_deref().map(text),
+                &query.file_name,
+            ],
+        )?)
+    }
+
+    fn counts_by_rule(&self) -> StoreResult<Vec<(String, Kind, State, u64)>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT rule, kind, state, COUNT(*) FROM jobs GROUP BY rule, kind, state",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                Kind::parse(&row.get::<_, String>(1)?),
+                State::parse(&row.get::<_, String>(2)?).unwrap_or(State::Failed),
+                row.get::<_, i64>(3)? as u64,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn oldest_in_state(&self, state: State) -> StoreResult<Option<f64>> {
+        Ok(self.connection.query_row(
+            "SELECT MIN(updated_at) FROM jobs WHERE state = ?1",
+            [state.as_str()],
+            |row| row.get(0),
+        )?)
+    }
+
+    fn events_of(&self, job: i64) -> StoreResult<Vec<JobEvent>> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e JOIN jobs j ON j.id = e.job \
+             WHERE e.job = ?1 ORDER BY e.id"
+        ))?;
+        let rows = statement.query_map([job], event_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn events_after(&self, after: i64, limit: usize) -> StoreResult<Vec<JobEvent>> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e JOIN jobs j ON j.id = e.job \
+             WHERE e.id > ?1 ORDER BY e.id LIMIT ?2"
+        ))?;
+        let rows = statement.query_map(params![after, limit as i64], event_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn last_event_id(&self) -> StoreResult<i64> {
+        Ok(self
+            .connection
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                row.get(0)
+            })?)
+    }
+
+    fn delivery(&self, target: &str) -> StoreResult<Option<Delivery>> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT target, last_event, failures, next_try_at, last_error FROM deliveries \
+                 WHERE target = ?1",
+                [target],
+                delivery_from_row,
+            )
+            .optional()?)
+    }
+
+    fn set_delivery(&self, delivery: &Delivery) -> StoreResult<()> {
+        self.connection.execute(
+            "INSERT INTO deliveries (target, last_event, failures, next_try_at, last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(target) DO UPDATE SET \
+             last_event = excluded.last_event, failures = excluded.failures, \
+             next_try_at = excluded.next_try_at, last_error = excluded.last_error",
+            params![
+                delivery.target,
+                delivery.last_event,
+                delivery.failures,
+                delivery.next_try_at,
+                delivery.last_error
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn deliveries(&self) -> StoreResult<Vec<Delivery>> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT target, last_event, failures, next_try_at, last_error FROM deliveries \
+             ORDER BY target",
+        )?;
+        let rows = statement.query_map([], delivery_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     fn last_finished(&self) -> StoreResult<Option<Job>> {
         Ok(self
             .query(
@@ -616,6 +820,60 @@ mod tests {
         journal.retry_at(id, now() + 100.0, "disk full").unwrap();
         assert!(journal.runnable(now(), 10).unwrap().is_empty());
         assert_eq!(journal.runnable(now() + 101.0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn every_state_change_lands_in_the_event_log_and_a_file_set_aside_can_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let file = identity("/inbox/photos/a.png");
+        let id = store
+            .insert("photos", Kind::Input, &file, State::Queued)
+            .unwrap();
+        store.start_attempt(id, State::Running).unwrap();
+        // Not a state change: no event.
+        store.set_output(id, Path::new("/out/a.png")).unwrap();
+        let aside = Path::new("/failed/a.png");
+        store
+            .set_failed(id, State::Failed, "bad-input", "not an image", aside)
+            .unwrap();
+        let events = store.events_of(id).unwrap();
+        let states: Vec<State> = events.iter().map(|e| e.state).collect();
+        assert_eq!(states, [State::Queued, State::Running, State::Failed]);
+        assert_eq!(events[2].failure.as_deref(), Some("bad-input"));
+        assert_eq!(events[2].error.as_deref(), Some("not an image"));
+        assert_eq!(store.last_event_id().unwrap(), events[2].id);
+        assert_eq!(store.events_after(events[0].id, 10).unwrap().len(), 2);
+        // Set aside, the file is no longer "known" where it was claimed: its return is a retry.
+        assert!(!store
+            .knows_stat("photos", Kind::Input, &file.path, file.size, file.mtime_ns)
+            .unwrap());
+        store.requeue(id, &file.path).unwrap();
+        let job = store.get(id).unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.attempts, job.failure),
+            (State::Queued, 0, None)
+        );
+        assert!(store
+            .knows_stat("photos", Kind::Input, &file.path, file.size, file.mtime_ns)
+            .unwrap());
+        let page = store
+            .jobs_page(&JobQuery {
+                file_name: Some("a.png".into()),
+                limit: 10,
+                ..JobQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.len(), 1);
+        let delivery = Delivery {
+            target: "http://x/hook".into(),
+            last_event: 3,
+            failures: 2,
+            next_try_at: Some(1.0),
+            last_error: Some("refused".into()),
+        };
+        store.set_delivery(&delivery).unwrap();
+        assert_eq!(store.delivery("http://x/hook").unwrap(), Some(delivery));
     }
 
     #[test]

@@ -130,14 +130,17 @@ impl Daemon {
             inode: claim.stat.inode,
             sha256,
         };
-        if self
-            .journal
-            .find_identity(&rule, kind, &identity)?
-            .is_some()
-        {
+        if let Some(known) = self.journal.find_identity(&rule, kind, &identity)? {
+            let set_aside = matches!(known.state, State::Failed | State::Cancelled)
+                && known.path != known.claimed_path;
+            if set_aside || known.state == State::Withdrawn {
+                self.claim_again(&known, &claim.path)?;
+            }
             return Ok(());
         }
         let id = self.journal.insert(&rule, kind, &identity, State::Queued)?;
+        self.metrics
+            .claimed(clock::now() - claim.stat.mtime_ns as f64 / 1e9);
         // The journal's kind says where the file came from (an inbox or the exchange);
         // the recipe says what will be done with it.
         let recipe = self.config.rule(&rule).map_or("", |r| r.recipe.name());
@@ -167,6 +170,28 @@ impl Daemon {
         if claim.unaccepted {
             self.set_aside_unaccepted(id, &rule)?;
         }
+        Ok(())
+    }
+
+    /// A file whose job ended without a result (set aside, cancelled or withdrawn) is back
+    /// where it was claimed: put there by a person or by a retry over HTTP. Its job runs
+    /// again from the start, and the error sidecar left beside its old place goes.
+    pub(super) fn claim_again(&mut self, job: &Job, path: &Path) -> anyhow::Result<()> {
+        let left_at = job.path.clone();
+        self.journal.requeue(job.id, path)?;
+        if left_at != job.claimed_path && !left_at.exists() {
+            let mut sidecar = left_at.clone().into_os_string();
+            sidecar.push(".error.json");
+            let _ = std::fs::remove_file(&sidecar);
+        }
+        tracing::info!(
+            job = job.id,
+            rule = %job.rule,
+            file = %path.display(),
+            was = job.state.as_str(),
+            "claimed again: the file is back in its folder, so its job runs again"
+        );
+        self.record(job, State::Queued, Some("claimed again"));
         Ok(())
     }
 

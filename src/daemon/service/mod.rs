@@ -7,8 +7,10 @@
 //! output path again, atomically.
 
 use crate::daemon::config::{self, Config, Rule};
+use crate::daemon::http;
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
 use crate::daemon::journal::{FileIdentity, Job, Kind, SqliteStore, State, Store};
+use crate::daemon::metrics::Metrics;
 use crate::daemon::model_lane::{ModelLane, ScaleKnown};
 use crate::daemon::systemd;
 use crate::daemon::trees::{self, ClaimedVersion, ErrorSidecar, ProcessingLog, SourceNow, Trees};
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 mod claims;
 mod outcomes;
 mod starts;
+mod steering;
 
 use crate::recipes::VERSION;
 
@@ -49,6 +52,8 @@ enum Event {
         model: PathBuf,
         scale: Result<u32, String>,
     },
+    /// A request of the HTTP API that changes a job.
+    Http(crate::daemon::http::Command),
 }
 
 /// The journal's kind for a file found in a folder of `role`: an inbox gives originals, the
@@ -110,6 +115,15 @@ struct Daemon {
     /// Claimed files go to the hashing thread; their paths while they are there.
     hasher: Sender<Claim>,
     hashing: std::collections::HashSet<PathBuf>,
+    metrics: Arc<Metrics>,
+    /// The config as the HTTP listener and the webhooks see it (replaced on reload).
+    shared_config: Arc<std::sync::RwLock<Arc<Config>>>,
+    /// What the HTTP listener knows; `None` when `[http] listen = ""`.
+    http: Option<Arc<http::Context>>,
+    /// Kept for its lifetime: dropping it stops the listener.
+    _listener: Option<http::Listener>,
+    /// Dropping it stops the webhook deliverer.
+    _notify_stop: Sender<()>,
 }
 
 /// Creates every folder the config names.
@@ -265,6 +279,40 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let workers_spawned = config.daemon.workers;
     let intake = start_intake(&config, &events)?;
     let hasher = spawn_hasher(&events);
+    let metrics = Arc::new(Metrics::new());
+    let shared_config = Arc::new(std::sync::RwLock::new(Arc::clone(&config)));
+    let (http, listener) = match config.http.listen {
+        None => (None, None),
+        Some(address) => {
+            let sender = Mutex::new(events.clone());
+            let context = Arc::new(http::Context {
+                config: Arc::clone(&shared_config),
+                metrics: Arc::clone(&metrics),
+                lane: lane.clone(),
+                trees: trees.clone(),
+                watching: AtomicBool::new(true),
+                commands: Box::new(move |command| {
+                    sender
+                        .lock()
+                        .is_ok_and(|s| s.send(Event::Http(command)).is_ok())
+                }),
+            });
+            let listener = http::start(address, config.http.token.clone(), Arc::clone(&context))?;
+            tracing::info!(
+                address = %listener.address,
+                "the dashboard and API answer at http://{}/",
+                listener.address
+            );
+            (Some(context), Some(listener))
+        }
+    };
+    let (notify_stop, notify_stopped) = mpsc::channel();
+    crate::daemon::notify::start(
+        Arc::clone(&shared_config),
+        Arc::clone(&metrics),
+        notify_stopped,
+    )
+    .context("cannot start the webhook deliverer")?;
     let mut daemon = Daemon {
         config,
         trees,
@@ -288,6 +336,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         model_scales: HashMap::new(),
         hasher,
         hashing: Default::default(),
+        metrics,
+        shared_config,
+        http,
+        _listener: listener,
+        _notify_stop: notify_stop,
     };
     daemon.recover()?;
     daemon.claim_ready();
@@ -373,6 +426,7 @@ impl Daemon {
                     Event::Finished { job_id, outcome } => self.finish(job_id, outcome),
                     Event::Hashed { claim, sha256 } => self.hashed(claim, sha256),
                     Event::ModelScale { model, scale } => self.learn_scale(model, scale),
+                    Event::Http(command) => self.steer(command),
                     Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => self.reload(),
                     Event::Signal(signal) => {
                         tracing::info!(signal, "stopping: no new work is taken");
@@ -408,6 +462,9 @@ impl Daemon {
     fn drain(mut self, inbox: &Receiver<Event>) -> anyhow::Result<()> {
         systemd::stopping();
         self.intake.stop();
+        if let Some(http) = &self.http {
+            http.watching.store(false, Ordering::SeqCst);
+        }
         let deadline = Instant::now() + self.config.daemon.shutdown_timeout;
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -459,7 +516,16 @@ impl Daemon {
                                 "root and state_dir changes take effect at the next restart"
                             );
                         }
+                        if config.http != self.config.http {
+                            tracing::warn!("[http] changes take effect at the next restart");
+                        }
                         self.config = Arc::new(config);
+                        if let Ok(mut shared) = self.shared_config.write() {
+                            *shared = Arc::clone(&self.config);
+                        }
+                        if let Some(http) = &self.http {
+                            http.watching.store(true, Ordering::SeqCst);
+                        }
                         self.model_scales.clear();
                         tracing::info!(rules = self.config.rules.len(), "configuration reloaded");
                     }

@@ -23,7 +23,11 @@ impl Daemon {
         };
         let seconds = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
         let result = match outcome {
-            Ok(done) => done.finish(&job, seconds, self),
+            Ok(done) => {
+                let result = done.finish(&job, seconds, self);
+                self.note_job_ran(&job, seconds);
+                result
+            }
             Err(e) => {
                 self.fail(&job, &e);
                 Ok(())
@@ -36,6 +40,36 @@ impl Daemon {
                 "cannot record a finished job"
             );
         }
+    }
+
+    /// Feeds the metrics a finished job's time and its stages' (the `timings_seconds` its
+    /// recipe recorded in the journal's details).
+    fn note_job_ran(&self, job: &Job, seconds: f64) {
+        let Some(rule) = self.config.rule(&job.rule) else {
+            return;
+        };
+        let details = self
+            .journal
+            .get(job.id)
+            .ok()
+            .flatten()
+            .and_then(|j| j.details);
+        let stages: Vec<(String, f64)> = details
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| {
+                d.get("timings_seconds")
+                    .and_then(|t| t.as_object())
+                    .cloned()
+            })
+            .map(|timings| {
+                timings
+                    .iter()
+                    .filter_map(|(stage, s)| Some((stage.clone(), s.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.metrics
+            .job_ran(rule.recipe.name(), job.kind, seconds, &stages);
     }
 
     /// A job failed. Transient failures retry with backoff until attempts run out;
@@ -83,6 +117,12 @@ impl Daemon {
             _ if permanent => ("permanent", None),
             _ => ("gave-up", None),
         };
+        let class = match error {
+            OpError::Rejected { .. } => "rejected",
+            OpError::TimedOut { .. } => "timeout",
+            _ if permanent => "bad-input",
+            _ => "gave-up",
+        };
         let sidecar = ErrorSidecar {
             file: &job.claimed_path.to_string_lossy(),
             rule: &job.rule,
@@ -111,10 +151,13 @@ impl Daemon {
         if kind != "rejected" {
             self.tell_recipe_set_aside(job, &reason);
         }
-        let _ = self.journal.set_path(job.id, &moved_to);
-        if let Err(e) = self.journal.set_state(job.id, State::Failed, Some(&reason)) {
+        if let Err(e) = self
+            .journal
+            .set_failed(job.id, State::Failed, class, &reason, &moved_to)
+        {
             tracing::error!(error = %e, "cannot record the failure");
         }
+        self.metrics.failed(&job.rule, class);
         self.record(job, State::Failed, Some(&reason));
         self.last_job = format!("{} failed", names::stem_of(&job.claimed_path));
     }
@@ -250,6 +293,7 @@ impl Daemon {
                     State::Expired,
                     Some("no return within return_timeout"),
                 );
+                self.metrics.failed(&job.rule, "expired");
                 self.record(&job, State::Expired, None);
             }
         }

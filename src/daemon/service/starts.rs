@@ -53,6 +53,9 @@ impl Daemon {
         match rule.recipe.start(rule, job, self)? {
             Start::Wait => Ok(None),
             Start::Run { state, work } => {
+                if job.attempts == 0 {
+                    self.metrics.started(clock::now() - job.created_at);
+                }
                 self.journal.start_attempt(job.id, state)?;
                 self.record(job, state, None);
                 self.in_flight.insert(job.id, Instant::now());

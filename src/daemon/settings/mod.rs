@@ -12,9 +12,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod http;
 mod keys;
 mod sections;
 
+pub(crate) use http::{resolve_http, resolve_notify};
+pub use http::{HttpSettings, NotifyEvent, NotifyTarget};
 pub(crate) use keys::*;
 pub(crate) use sections::*;
 

@@ -237,6 +237,7 @@ impl super::Finish for Split {
             "filter": written.metadata.filter,
             "sha256": written.sha256,
             "seconds": written.seconds,
+            "timings_seconds": written.stages.iter().map(|(stage, s)| (stage.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
         });
         service.journal().proxy_written(
             job.id,

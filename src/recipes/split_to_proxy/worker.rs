@@ -40,6 +40,8 @@ pub struct ProxyWritten {
     /// SHA-256 of the proxy file as written.
     pub sha256: String,
     pub seconds: f64,
+    /// Decode, resample and encode-and-write times.
+    pub stages: [(&'static str, f64); 3],
 }
 
 /// Splits `original` into its proxy in `exchange_out`, named after the job.
@@ -50,11 +52,10 @@ pub fn write_proxy(
     limits: &DecodeLimits,
 ) -> Result<ProxyWritten, OpError> {
     let started = Instant::now();
-    let built = build_proxy(
-        original,
-        load_source(original, options.size, limits)?,
-        options.size,
-    )?;
+    let source = load_source(original, options.size, limits)?;
+    let decoded = started.elapsed().as_secs_f64();
+    let built = build_proxy(original, source, options.size)?;
+    let resampled = started.elapsed().as_secs_f64();
     let proxy_stem = pairing::proxy_stem(&names::stem_of(original), job_id);
     let proxy_path = options.exchange_out.join(format!("{proxy_stem}.png"));
     let g = built.metadata.geometry;
@@ -72,6 +73,14 @@ pub fn write_proxy(
         metadata: built.metadata,
         sha256,
         seconds: started.elapsed().as_secs_f64(),
+        stages: [
+            ("decode", decoded),
+            ("resample", resampled - decoded),
+            (
+                "encode_and_write",
+                started.elapsed().as_secs_f64() - resampled,
+            ),
+        ],
     })
 }
 
