@@ -1,6 +1,7 @@
-//! The crash-safe job journal: one SQLite database (WAL, `synchronous=FULL`) with every job
-//! and its state. The daemon's main thread is its only writer; `darkroom status` reads it
-//! while the daemon runs.
+//! The crash-safe job journal: one SQLite database (WAL, `synchronous=FULL`) with every job,
+//! its state and the log of its state changes. The daemon's main thread is the only writer
+//! of jobs (the webhook deliverer writes only its own position in the event log);
+//! `darkroom status` and the HTTP listener read it while the daemon runs.
 //!
 //! A job is either an input (a file claimed from a rule's inbox, `split` in the journal) or
 //! a return (a processed proxy claimed from the rule's return folder, `merge` in the journal,

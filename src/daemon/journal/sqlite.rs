@@ -103,7 +103,8 @@ const COLUMNS: &str = "id, kind, rule, claimed_path, path, size, sha256, state, 
 
 /// Brings the journal's schema to the newest version this darkroom knows, each migration in
 /// its own transaction. A journal written by a newer darkroom is refused, not downgraded.
-fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+/// Returns whether any migration ran.
+fn migrate(connection: &mut Connection) -> rusqlite::Result<bool> {
     let version: usize = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if version > MIGRATIONS.len() {
         return Err(rusqlite::Error::ToSqlConversionFailure(
@@ -122,7 +123,7 @@ fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
         transaction.commit()?;
         tracing::debug!(version = index + 1, what, "journal schema migrated");
     }
-    Ok(())
+    Ok(version < MIGRATIONS.len())
 }
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
@@ -205,7 +206,12 @@ impl SqliteStore {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut connection)?;
+        if migrate(&mut connection)? {
+            // The migrations' pages leave the write-ahead log large; fold them into the
+            // database now, so the log starts small (a file-size limit on the daemon then
+            // bites its outputs, not its journal).
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
         Ok(SqliteStore { connection })
     }
 
