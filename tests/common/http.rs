@@ -229,6 +229,8 @@ impl Browser {
             json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600 }),
         );
         browser.call("Page.reload", json!({}));
+        std::thread::sleep(Duration::from_millis(200));
+        browser.wait_for("the page to load", "document.readyState === 'complete'");
         browser
     }
 
@@ -267,11 +269,15 @@ impl Browser {
         result["result"]["value"].clone()
     }
 
-    /// Waits until `expression` is true in the page.
+    /// Waits until `expression` is true in the page (a page still loading, where it throws,
+    /// is not there yet).
     pub fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + Duration::from_secs(90);
+        let guarded = format!(
+            "(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
+        );
         loop {
-            if self.eval(expression) == json!(true) {
+            if self.eval(&guarded) == json!(true) {
                 return;
             }
             assert!(

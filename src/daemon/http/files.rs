@@ -166,11 +166,25 @@ async fn received_file(request: Request) -> Result<(Bytes, Option<String>), ApiE
     })
 }
 
-/// Writes `bytes` as a new file in `dir` on the blocking pool.
-async fn write_into(dir: PathBuf, target: PathBuf, bytes: Bytes) -> Result<(), ApiError> {
+/// Writes `bytes` as a new file in `dir` under the name [`stored_name`] chooses from
+/// `given`, on the blocking pool. Two uploads of the same name at once both land: the one
+/// that finds its name taken at the rename takes the next free one.
+async fn store_new(
+    dir: PathBuf,
+    given: String,
+    bytes: Bytes,
+    patterns: Vec<glob::Pattern>,
+) -> Result<PathBuf, ApiError> {
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
-        crate::io::atomic::write_new(&target, &bytes)
+        loop {
+            let target = stored_name(&dir, &given, &bytes, &patterns);
+            match crate::io::atomic::write_new(&target, &bytes) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(target),
+            }
+        }
     })
     .await
     .map_err(|e| ApiError::internal(format!("the write stopped: {e}")))?
@@ -254,9 +268,7 @@ pub(super) async fn upload(
         .filter(|n| !n.is_empty())
         .or(part_name)
         .unwrap_or_else(|| "upload".into());
-    let dir = rule.watch.clone();
-    let target = stored_name(&dir, &given, &bytes, &rule.patterns);
-    write_into(dir, target.clone(), bytes).await?;
+    let target = store_new(rule.watch.clone(), given, bytes, rule.patterns.clone()).await?;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -358,8 +370,7 @@ pub(super) async fn give_return(
     limit_check(&app, &bytes)?;
     let ext = extension_of(&bytes).unwrap_or("png");
     let stem = crate::io::names::stem_of(&proxy);
-    let target = stored_name(&folder, &format!("{stem}_http.{ext}"), &bytes, &[]);
-    write_into(folder, target.clone(), bytes).await?;
+    let target = store_new(folder, format!("{stem}_http.{ext}"), bytes, Vec::new()).await?;
     tracing::info!(job = id, file = %target.display(), "return received over HTTP");
     let rule = job.rule.clone();
     let merge = claimed_job(&app, &rule, Kind::Return, &target).await?;
