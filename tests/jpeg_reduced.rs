@@ -114,11 +114,72 @@ fn odd_sizes_and_gray_images_match_jpeg_decoder() {
     }
 }
 
+/// `bytes` transcoded by jpegtran (libjpeg-turbo; scripts/test installs it), which keeps
+/// every coefficient.
+fn jpegtran(bytes: &[u8], args: &[&str]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("jpegtran")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("jpegtran runs (Debian package libjpeg-turbo-progs; scripts/test installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(output.status.success(), "jpegtran {args:?} failed");
+    output.stdout
+}
+
+#[test]
+fn a_progressive_file_reduces_to_its_baseline_twins_pixels() {
+    // jpegtran -progressive keeps every coefficient, so the progressive file's reduced decode
+    // is the baseline file's, exactly, at every reduction; with restart markers too.
+    let bus = std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap();
+    for args in [
+        &["-progressive"][..],
+        &["-progressive", "-restart", "3"][..],
+    ] {
+        let progressive = jpegtran(&bus, args);
+        for n in 1..=7 {
+            let baseline = decode_with(&bus, n, false).unwrap();
+            let (serial, parallel) = both_ways(&progressive, n);
+            let (serial, parallel) = (serial.unwrap(), parallel.unwrap());
+            assert_eq!(
+                (serial.width, serial.height),
+                (baseline.width, baseline.height)
+            );
+            assert!(
+                serial.pixels == baseline.pixels,
+                "{args:?} n={n}: not the baseline's pixels"
+            );
+            assert!(
+                serial.pixels == parallel.pixels,
+                "{args:?} n={n}: two threads differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_progressive_painting_from_the_wild_decodes_as_jpeg_decoder_does() {
+    let painting = std::fs::read(testdata("painting_peppercarrot_ep01_p03.jpg")).unwrap();
+    for n in [4, 2, 1] {
+        let ours = decode_with(&painting, n, true).expect("the painting is progressive");
+        let (w, h, expected) = reference(&painting, n);
+        assert_eq!((ours.width, ours.height), (w, h), "n={n}");
+        let p = psnr(&ours.pixels, &expected);
+        assert!(p > 44.0, "n={n}: {p:.2} dB from jpeg-decoder");
+    }
+}
+
 #[test]
 fn files_it_does_not_handle_are_left_to_jpeg_decoder() {
-    // Progressive.
-    let painting = std::fs::read(testdata("painting_peppercarrot_ep01_p03.jpg")).unwrap();
-    assert!(decode_with(&painting, 4, true).is_none());
+    // Arithmetic coding.
+    let bus = std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap();
+    assert!(decode_with(&jpegtran(&bus, &["-arithmetic"]), 4, true).is_none());
     // Truncated (no end-of-image marker), text, and a PNG.
     for name in [
         "broken_truncated.jpg",

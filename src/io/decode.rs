@@ -61,6 +61,14 @@ pub enum DecodeError {
     },
     #[error("truncated or corrupt {format:?} data: {reason}")]
     Corrupt { format: ImageFormat, reason: String },
+    #[error(
+        "{coding} JPEG: darkroom reads 8-bit Huffman-coded JPEGs (baseline, extended and \
+         progressive); {advice}"
+    )]
+    UnsupportedJpeg {
+        coding: &'static str,
+        advice: &'static str,
+    },
     #[error("truncated JPEG: the end-of-image marker is missing")]
     TruncatedJpeg,
     #[error("the decoder crashed on this file ({0}); treated as corrupt")]
@@ -149,8 +157,11 @@ pub fn load(path: &Path, limits: &DecodeLimits) -> Result<LoadedImage, DecodeErr
 /// Decodes an in-memory file.
 pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> Result<LoadedImage, DecodeError> {
     let format = sniff(bytes)?;
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(DecodeError::TruncatedJpeg);
+    if format == ImageFormat::Jpeg {
+        if !jpeg_is_complete(bytes) {
+            return Err(DecodeError::TruncatedJpeg);
+        }
+        refuse_unsupported_jpeg(bytes)?;
     }
     let (decoded, sha256) = while_hashing(bytes, || {
         std::panic::catch_unwind(|| {
@@ -337,12 +348,31 @@ fn load_reduced(
     patches: Option<PatchRequest>,
 ) -> Result<ProxySource, DecodeError> {
     let bytes = read_bounded(path, limits.max_file_bytes)?;
-    if sniff(&bytes)? == ImageFormat::Jpeg && jpeg_is_complete(&bytes) {
-        if let Some(source) = reduced_jpeg(&bytes, limits, needed, finish, patches) {
+    reduced_or_full(&bytes, limits, needed, finish, patches)
+}
+
+/// [`load_for_proxy`] of an in-memory file.
+pub fn proxy_source_of(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+) -> Result<ProxySource, DecodeError> {
+    reduced_or_full(bytes, limits, needed, Finish::Reduced, None)
+}
+
+fn reduced_or_full(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    needed: &dyn Fn(u32, u32) -> (u32, u32),
+    finish: Finish,
+    patches: Option<PatchRequest>,
+) -> Result<ProxySource, DecodeError> {
+    if sniff(bytes)? == ImageFormat::Jpeg && jpeg_is_complete(bytes) {
+        if let Some(source) = reduced_jpeg(bytes, limits, needed, finish, patches) {
             return Ok(source);
         }
     }
-    let loaded = decode_bytes(&bytes, limits)?;
+    let loaded = decode_bytes(bytes, limits)?;
     Ok(ProxySource {
         full_width: loaded.image.width(),
         full_height: loaded.image.height(),
@@ -532,6 +562,52 @@ fn stored_pixel(
 
 /// How much larger than the proxy a DCT-reduced decode must stay (Pillow's default is 2).
 const REDUCING_GAP: u32 = 2;
+
+/// Refuses, with what to do instead, the JPEG codings darkroom's decoders do not read
+/// (where the decoder's own words would be "header DAC is not supported").
+fn refuse_unsupported_jpeg(bytes: &[u8]) -> Result<(), DecodeError> {
+    const TO_HUFFMAN: &str = "re-encode it losslessly with Huffman coding first, for example \
+         `jpegtran -copy all -optimize in.jpg > out.jpg`";
+    const TO_16_BIT: &str = "convert it to a 16-bit PNG or TIFF first";
+    let Some((marker, precision)) = jpeg_frame(bytes) else {
+        return Ok(()); // no frame header: the decoder reports the file as corrupt
+    };
+    let (coding, advice) = match marker {
+        0xC9..=0xCB | 0xCD..=0xCF => ("arithmetic-coded", TO_HUFFMAN),
+        0xC3 => ("lossless", TO_16_BIT),
+        0xC5..=0xC7 => ("hierarchical", TO_16_BIT),
+        _ if precision > 8 => ("12-bit", TO_16_BIT),
+        _ => return Ok(()),
+    };
+    Err(DecodeError::UnsupportedJpeg { coding, advice })
+}
+
+/// The first frame header's marker (SOF0-SOF15) and sample precision, skipping every
+/// segment before it by its length.
+fn jpeg_frame(bytes: &[u8]) -> Option<(u8, u8)> {
+    let mut at = 2;
+    loop {
+        if *bytes.get(at)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(at)? == 0xFF {
+            at += 1;
+        }
+        let marker = *bytes.get(at)?;
+        at += 1;
+        if matches!(marker, 0x01 | 0xD0..=0xD7) {
+            continue;
+        }
+        if matches!(marker, 0xD8..=0xDA) {
+            return None; // a scan or the end before any frame
+        }
+        let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            return Some((marker, *bytes.get(at + 2)?));
+        }
+        at += length;
+    }
+}
 
 /// Walks the JPEG marker structure and reports whether the end-of-image marker is reached.
 ///

@@ -92,6 +92,11 @@ impl Config {
         Config::parse_with(text, path, true)
     }
 
+    /// Checks config text without asking any tool server (the config fuzz target).
+    pub fn parse_offline(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        Config::parse_with(text, path, false)
+    }
+
     fn parse_with(text: &str, path: &Path, ask_tool_servers: bool) -> Result<Config, ConfigErrors> {
         let base = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

@@ -36,19 +36,44 @@ impl EntropyData {
     }
 }
 
+impl EntropyData {
+    /// Copies a scan's data up to the next marker that is not a restart marker (of a
+    /// progressive file: tables, the next scan or the end); returns it and that marker's
+    /// offset in `data`.
+    pub(super) fn unstuff_scan(data: &[u8]) -> Option<(EntropyData, usize)> {
+        let mut bytes = crate::io::system::with_capacity_large(data.len());
+        let mut restarts = Vec::new();
+        let mut at = 0;
+        loop {
+            let ff = at + memchr::memchr(0xFF, &data[at..])?;
+            bytes.extend_from_slice(&data[at..ff]);
+            let mut next = ff + 1;
+            while *data.get(next)? == 0xFF {
+                next += 1; // fill bytes
+            }
+            match data[next] {
+                0x00 => bytes.push(0xFF),
+                0xD0..=0xD7 => restarts.push(bytes.len()),
+                _ => return Some((EntropyData { bytes, restarts }, ff)),
+            }
+            at = next + 1;
+        }
+    }
+}
+
 /// A big-endian bit reader over unstuffed data; reads past the end give zero bits.
 #[derive(Clone)]
-struct Bits<'a> {
+pub(super) struct Bits<'a> {
     data: &'a [u8],
     /// Next byte to load.
     at: usize,
     /// Bits not yet consumed, left-aligned; `count` of them are valid.
     buffer: u64,
-    count: u32,
+    pub(super) count: u32,
 }
 
 impl<'a> Bits<'a> {
-    fn new(data: &'a [u8], at: usize) -> Bits<'a> {
+    pub(super) fn new(data: &'a [u8], at: usize) -> Bits<'a> {
         Bits {
             data,
             at,
@@ -58,19 +83,19 @@ impl<'a> Bits<'a> {
     }
 
     /// The bit offset of the next unread bit.
-    fn position(&self) -> usize {
+    pub(super) fn position(&self) -> usize {
         self.at * 8 - self.count as usize
     }
 
     /// Whether more bits have been read than the data holds.
-    fn overran(&self) -> bool {
+    pub(super) fn overran(&self) -> bool {
         self.position() > self.data.len() * 8
     }
 
     /// Tops the buffer up to at least 56 valid bits. The bits past `count` are either zero
     /// or the true next bits, so loading the same bytes again is harmless.
     #[inline(always)]
-    fn refill(&mut self) {
+    pub(super) fn refill(&mut self) {
         let word = match self.data.get(self.at..self.at + 8) {
             Some(eight) => u64::from_be_bytes(eight.try_into().expect("eight bytes")),
             None => {
@@ -89,19 +114,19 @@ impl<'a> Bits<'a> {
     }
 
     #[inline(always)]
-    fn peek(&self, bits: u32) -> u64 {
+    pub(super) fn peek(&self, bits: u32) -> u64 {
         self.buffer >> (64 - bits)
     }
 
     #[inline(always)]
-    fn consume(&mut self, bits: u32) {
+    pub(super) fn consume(&mut self, bits: u32) {
         self.buffer <<= bits;
         self.count -= bits;
     }
 
     /// `bits` more bits as a signed coefficient (JPEG's "receive and extend").
     #[inline(always)]
-    fn signed(&mut self, bits: u32) -> i32 {
+    pub(super) fn signed(&mut self, bits: u32) -> i32 {
         if bits == 0 {
             return 0;
         }
@@ -118,7 +143,7 @@ const LOOKUP_BITS: u32 = 9;
 const FAST_BITS: u32 = 10;
 
 /// A Huffman decoding table.
-struct Huffman {
+pub(super) struct Huffman {
     /// By the next FAST_BITS bits, when the code and the value bits after it fit in them:
     /// value << 16 | zero run << 8 | bits used; 0 when they do not. For AC tables an
     /// end-of-block has value 0 and run 0, a run of sixteen zeros value 0 and run 16.
@@ -134,13 +159,13 @@ struct Huffman {
 
 /// Which coefficients a table codes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub(super) enum Class {
     Dc,
     Ac,
 }
 
 impl Huffman {
-    fn new(spec: &HuffmanSpec, class: Class) -> Option<Huffman> {
+    pub(super) fn new(spec: &HuffmanSpec, class: Class) -> Option<Huffman> {
         let mut lookup = Box::new([0u16; 1 << LOOKUP_BITS]);
         let mut max_code = [-1i32; 17];
         let mut offset = [0i32; 17];
@@ -179,7 +204,7 @@ impl Huffman {
 
     /// The next symbol; the buffer must hold at least 16 valid bits.
     #[inline(always)]
-    fn decode(&self, bits: &mut Bits) -> Option<u8> {
+    pub(super) fn decode(&self, bits: &mut Bits) -> Option<u8> {
         let entry = self.lookup[bits.peek(LOOKUP_BITS) as usize];
         if entry != 0 {
             bits.consume(u32::from(entry >> 8));
@@ -239,7 +264,7 @@ fn extend(raw: i32, size: u32) -> i32 {
 }
 
 /// The zigzag position of each coefficient in natural (row-major) order.
-const ZIGZAG_TO_NATURAL: [usize; 64] = [
+pub(super) const ZIGZAG_TO_NATURAL: [usize; 64] = [
     0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
     13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
     52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
@@ -286,7 +311,9 @@ pub(super) const MAX_KEPT: usize = 7;
 const KEPT_SLOT_LEN: usize = 128;
 
 impl ScanTables {
-    pub(super) fn of(header: &Header, n: usize) -> Option<ScanTables> {
+    /// The dequantisation of `header`'s scan components (in scan order) for n x n blocks,
+    /// without Huffman tables (a progressive file's come with each of its scans).
+    pub(super) fn dequantising(header: &Header, n: usize) -> Option<ScanTables> {
         if !(1..=8).contains(&n) {
             return None;
         }
@@ -313,10 +340,6 @@ impl ScanTables {
             large_blocks,
         };
         for s in &header.scan {
-            let dc = header.dc.get(s.dc_table)?.as_ref()?;
-            let ac = header.ac.get(s.ac_table)?.as_ref()?;
-            tables.dc.push(Huffman::new(dc, Class::Dc)?);
-            tables.ac.push(Huffman::new(ac, Class::Ac)?);
             let q = header.quant[header.components[s.frame_index].quant_table].as_ref()?;
             let mut factors = vec![0i32; n * n];
             for (zigzag, &slot) in kept_slot.iter().enumerate().take(64) {
@@ -327,6 +350,28 @@ impl ScanTables {
             tables.quant.push(factors);
         }
         Some(tables)
+    }
+
+    /// The tables of `header`'s scan: its components' Huffman tables and dequantisation.
+    pub(super) fn of(header: &Header, n: usize) -> Option<ScanTables> {
+        let mut tables = ScanTables::dequantising(header, n)?;
+        for s in &header.scan {
+            let dc = header.dc.get(s.dc_table)?.as_ref()?;
+            let ac = header.ac.get(s.ac_table)?.as_ref()?;
+            tables.dc.push(Huffman::new(dc, Class::Dc)?);
+            tables.ac.push(Huffman::new(ac, Class::Ac)?);
+        }
+        Some(tables)
+    }
+
+    /// Where the coefficient of each zigzag index is kept in an n x n block, if it is.
+    pub(super) fn kept_slots(&self) -> [Option<u8>; 64] {
+        let discarded = discarded_slot(if self.large_blocks {
+            LARGE_SCRATCH
+        } else {
+            SMALL_SCRATCH
+        });
+        std::array::from_fn(|k| Some(self.kept_slot[k]).filter(|&slot| slot != discarded))
     }
 }
 

@@ -40,11 +40,9 @@ pub(super) struct Header {
 }
 
 impl Header {
-    pub(super) fn parse(bytes: &[u8]) -> Option<Header> {
-        if bytes.get(..2)? != [0xFF, 0xD8] {
-            return None;
-        }
-        let mut header = Header {
+    /// A header before any marker is read.
+    pub(super) fn empty() -> Header {
+        Header {
             width: 0,
             height: 0,
             components: Vec::new(),
@@ -54,7 +52,14 @@ impl Header {
             ac: Default::default(),
             restart_interval: 0,
             scan_start: 0,
-        };
+        }
+    }
+
+    pub(super) fn parse(bytes: &[u8]) -> Option<Header> {
+        if bytes.get(..2)? != [0xFF, 0xD8] {
+            return None;
+        }
+        let mut header = Header::empty();
         let mut adobe_transform = None;
         let mut at = 2;
         loop {
@@ -99,7 +104,7 @@ impl Header {
         (header.components.len() == 1 || colour_coded).then_some(header)
     }
 
-    fn read_frame(&mut self, body: &[u8]) -> Option<()> {
+    pub(super) fn read_frame(&mut self, body: &[u8]) -> Option<()> {
         if !self.components.is_empty() || *body.first()? != 8 {
             return None; // a second frame, or 12-bit samples
         }
@@ -124,7 +129,7 @@ impl Header {
         Some(())
     }
 
-    fn read_huffman(&mut self, mut body: &[u8]) -> Option<()> {
+    pub(super) fn read_huffman(&mut self, mut body: &[u8]) -> Option<()> {
         while !body.is_empty() {
             let (class, id) = (body[0] >> 4, usize::from(body[0] & 15));
             let counts: [u8; 16] = body.get(1..17)?.try_into().ok()?;
@@ -144,7 +149,7 @@ impl Header {
         Some(())
     }
 
-    fn read_quant(&mut self, mut body: &[u8]) -> Option<()> {
+    pub(super) fn read_quant(&mut self, mut body: &[u8]) -> Option<()> {
         while !body.is_empty() {
             let (precision, id) = (body[0] >> 4, usize::from(body[0] & 15));
             if id > 3 || precision > 1 {

@@ -28,6 +28,7 @@ mod header;
 mod idct_x86;
 mod parallel;
 mod pixels;
+mod progressive;
 
 use entropy::{EntropyData, ScanTables};
 pub use full_luma::Region;
@@ -77,15 +78,7 @@ const PARALLEL_FROM_BYTES: usize = 256 * 1024;
 /// Decodes `bytes` at `n`/8 of its size (`n` = 4, 2 or 1) to pixels, on two threads when
 /// `two_threads` and the data is large enough to be worth it.
 pub fn decode_with(bytes: &[u8], n: usize, two_threads: bool) -> Option<Reduced> {
-    let planes = decode_planes(bytes, n, two_threads)?;
-    let (width, height) = planes.size();
-    Some(Reduced {
-        width,
-        height,
-        channels: planes.channels(),
-        pixels: planes.pixels(),
-        entropy: planes.entropy,
-    })
+    decode_planes(bytes, n, two_threads).map(Planes::into_reduced)
 }
 
 /// A reduced JPEG as its component planes (luma, and chroma at its own resolution), before
@@ -112,14 +105,59 @@ pub fn decode_planes_with_luma(
     two_threads: bool,
     regions: &[Region],
 ) -> Option<(Planes, Vec<Vec<u8>>)> {
+    let parallel_from = if two_threads {
+        PARALLEL_FROM_BYTES
+    } else {
+        usize::MAX
+    };
+    decode_planes_split_from(bytes, n, parallel_from, regions)
+}
+
+/// [`decode_with`] on two threads however little data there is: the speculative split on
+/// every file, for the tests and fuzz targets that check it gives the one-thread result.
+pub fn decode_always_split(bytes: &[u8], n: usize) -> Option<Reduced> {
+    decode_planes_split_from(bytes, n, 0, &[]).map(|(planes, _)| planes.into_reduced())
+}
+
+/// The decode, with the Huffman decoding shared between two threads when the entropy-coded
+/// data has at least `parallel_from` bytes.
+fn decode_planes_split_from(
+    bytes: &[u8],
+    n: usize,
+    parallel_from: usize,
+    regions: &[Region],
+) -> Option<(Planes, Vec<Vec<u8>>)> {
     if !(1..=entropy::MAX_KEPT).contains(&n) {
         return None;
     }
-    let header = Header::parse(bytes)?;
+    let Some(header) = Header::parse(bytes) else {
+        // Progressive: one thread decodes the scans; the transform is shared as above.
+        if !regions.is_empty() {
+            return None;
+        }
+        // Its entropy-coded data is about the file's size.
+        let parallel = bytes.len() >= parallel_from;
+        let decoded = progressive::decode(bytes, n, parallel)?;
+        let planes = inverse_transform(
+            &decoded.coefficients,
+            &decoded.layout,
+            &decoded.tables,
+            parallel,
+        );
+        return Some((
+            Planes {
+                layout: decoded.layout,
+                planes,
+                parallel,
+                entropy: EntropySplit::Serial,
+            },
+            Vec::new(),
+        ));
+    };
     let layout = Layout::of(&header, n)?;
     let data = EntropyData::unstuff(&bytes[header.scan_start..])?;
     let tables = ScanTables::of(&header, n)?;
-    let parallel = two_threads && data.bytes.len() >= PARALLEL_FROM_BYTES;
+    let parallel = data.bytes.len() >= parallel_from;
     let (coefficients, entropy) =
         parallel::decode_entropy(&data, &layout, &tables, header.restart_interval, parallel)?;
     let luma = if regions.is_empty() {
@@ -157,6 +195,17 @@ impl Planes {
     /// The reduced image's pixels, rows packed: chroma upsampled, converted to RGB.
     fn pixels(&self) -> Vec<u8> {
         to_pixels(&self.planes, &self.layout, self.parallel)
+    }
+
+    fn into_reduced(self) -> Reduced {
+        let (width, height) = self.size();
+        Reduced {
+            width,
+            height,
+            channels: self.channels(),
+            pixels: self.pixels(),
+            entropy: self.entropy,
+        }
     }
 
     /// The reduced image itself, as [`Planes::pixels`].

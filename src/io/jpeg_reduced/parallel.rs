@@ -25,7 +25,7 @@ pub(super) struct Coefficients {
 }
 
 impl Coefficients {
-    fn whole(per_mcu: usize, head: Vec<i16>, head_starts: Vec<usize>) -> Coefficients {
+    pub(super) fn whole(per_mcu: usize, head: Vec<i16>, head_starts: Vec<usize>) -> Coefficients {
         Coefficients {
             per_mcu,
             head,
