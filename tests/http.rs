@@ -185,6 +185,13 @@ fn bad_requests_get_a_json_4xx_that_says_what_to_do_and_nothing_else_happens() {
         "not a state",
     );
     expect(get(&format!("{base}/api/v1/jobs?limit=0")), 400, "limit");
+    for filter in ["rule", "state", "kind", "file"] {
+        expect(
+            get(&format!("{base}/api/v1/jobs?{filter}=")),
+            400,
+            "has no value",
+        );
+    }
     expect(
         get(&format!("{base}/api/v1/jobs?colour=red")),
         400,

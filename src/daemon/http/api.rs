@@ -264,8 +264,13 @@ fn job_query(query: Option<&str>, config: &Config) -> Result<JobQuery, ApiError>
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode(value);
+        if value.is_empty() && matches!(key, "rule" | "state" | "kind" | "file") {
+            return Err(ApiError::bad_request(format!(
+                "{key} has no value: give one, or leave {key} out for every {key}"
+            )));
+        }
         match key {
-            "rule" if !value.is_empty() => {
+            "rule" => {
                 if config.rule(&value).is_none() {
                     return Err(ApiError::not_found(format!(
                         "no rule '{value}': the rules are {}",
@@ -274,7 +279,7 @@ fn job_query(query: Option<&str>, config: &Config) -> Result<JobQuery, ApiError>
                 }
                 result.rule = Some(value);
             }
-            "state" if !value.is_empty() => {
+            "state" => {
                 result.state = Some(State::parse(&value).ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "'{value}' is not a state: use one of {}",
@@ -282,7 +287,7 @@ fn job_query(query: Option<&str>, config: &Config) -> Result<JobQuery, ApiError>
                     ))
                 })?);
             }
-            "kind" if !value.is_empty() => {
+            "kind" => {
                 result.kind = Some(match value.as_str() {
                     "split" => Kind::Input,
                     "merge" => Kind::Return,
@@ -293,7 +298,7 @@ fn job_query(query: Option<&str>, config: &Config) -> Result<JobQuery, ApiError>
                     }
                 });
             }
-            "file" if !value.is_empty() => result.file_name = Some(value),
+            "file" => result.file_name = Some(value),
             "limit" => {
                 result.limit = value
                     .parse::<usize>()
@@ -312,7 +317,6 @@ fn job_query(query: Option<&str>, config: &Config) -> Result<JobQuery, ApiError>
                     )
                 })?);
             }
-            "rule" | "state" | "kind" | "file" => {}
             other => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter '{other}': use rule, state, kind, file, limit, cursor"
