@@ -133,9 +133,11 @@ def png_chunk(kind, data):
 
 
 def main():
-    # Each target's folder is written afresh; SEEDS/README.md (the licences) stays.
-    for folder in SEEDS.glob("*/"):
-        shutil.rmtree(folder)
+    # Each target's seeds are written afresh; SEEDS/README.md (the licences) and the inputs
+    # fuzzing found (regression_*, each a regression test from then on) stay.
+    for path in SEEDS.glob("*/*"):
+        if not path.name.startswith("regression_"):
+            path.unlink()
     photo = small("photo_coffee_600x400.png", (48, 32))
     odd = small("tiny_17x9.png", (17, 9))
     gray = Image.open(SHARED / "gray_camera_512.png").resize((24, 24), Image.LANCZOS)

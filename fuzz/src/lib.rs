@@ -22,6 +22,7 @@ pub const LIMITS: DecodeLimits = DecodeLimits {
 /// with its metadata cleaned the way outputs expect. A JPEG also goes through the proxy
 /// path (DCT-reduced decoding) at a reduction that depends on the input.
 pub fn decode(data: &[u8], format: ImageFormat) {
+    panics_darkroom_catches_are_errors();
     if decode::sniff(data).ok() != Some(format) {
         return;
     }
@@ -70,6 +71,16 @@ pub fn decode(data: &[u8], format: ImageFormat) {
             }
         }
     }
+}
+
+/// darkroom turns a panic inside a third-party decoder into an error for that file
+/// (`io::decode` catches it: `DecodeError::DecoderPanic`). libFuzzer's panic hook aborts on
+/// every panic, caught or not; the decode targets replace it with one that only prints the
+/// panic, so a panic darkroom catches becomes the error the invariants check, and one it
+/// does not catch (a broken invariant, a panic in darkroom's own code) still ends the run.
+fn panics_darkroom_catches_are_errors() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}"))));
 }
 
 fn check_packets(packets: &xmp::Packets) {
