@@ -368,7 +368,12 @@ fn reduced_or_full(
     patches: Option<PatchRequest>,
 ) -> Result<ProxySource, DecodeError> {
     if sniff(bytes)? == ImageFormat::Jpeg && jpeg_is_complete(bytes) {
-        if let Some(source) = reduced_jpeg(bytes, limits, needed, finish, patches) {
+        // Guarded as the full decode is: a panic in the reduced path falls back to the full
+        // decode, which reports the file's error.
+        let reduced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reduced_jpeg(bytes, limits, needed, finish, patches)
+        }));
+        if let Ok(Some(source)) = reduced {
             return Ok(source);
         }
     }

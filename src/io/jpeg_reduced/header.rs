@@ -181,6 +181,9 @@ impl Header {
         }
         for c in body.get(1..1 + 2 * count)?.chunks_exact(2) {
             let frame_index = self.components.iter().position(|f| f.id == c[0])?;
+            if self.scan.iter().any(|s| s.frame_index == frame_index) {
+                return None; // a component named twice (and another not at all)
+            }
             self.scan.push(ScanComponent {
                 frame_index,
                 dc_table: usize::from(c[1] >> 4),
@@ -278,5 +281,20 @@ impl Layout {
     /// Coefficients stored per MCU (n x n per block).
     pub(super) fn coefficients_per_mcu(&self) -> usize {
         self.blocks_per_mcu * self.n * self.n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_that_names_a_component_twice_is_refused() {
+        // Found by the jpeg_reduced fuzz target: the scan names Cb twice and Y not at all,
+        // and the colour conversion then read the wrong planes.
+        let bytes = include_bytes!(
+            "../../../fuzz/seeds/jpeg_reduced/regression_scan_names_a_component_twice.jpg"
+        );
+        assert!(Header::parse(bytes).is_none());
     }
 }

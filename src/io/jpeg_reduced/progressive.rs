@@ -142,6 +142,12 @@ impl Scan {
         let mut components = Vec::with_capacity(count);
         for c in body.get(1..1 + 2 * count)?.chunks_exact(2) {
             let frame_index = header.components.iter().position(|f| f.id == c[0])?;
+            if components
+                .iter()
+                .any(|s: &ScanComponent| s.frame_index == frame_index)
+            {
+                return None; // a component named twice
+            }
             components.push(ScanComponent {
                 frame_index,
                 dc_table: usize::from(c[1] >> 4),
