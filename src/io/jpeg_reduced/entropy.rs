@@ -15,28 +15,11 @@ impl EntropyData {
     /// Copies the scan's data up to the next marker that is not a restart marker, which must
     /// be the end of the image (anything else means more scans, left to jpeg-decoder).
     pub(super) fn unstuff(data: &[u8]) -> Option<EntropyData> {
-        let mut bytes = crate::io::system::with_capacity_large(data.len());
-        let mut restarts = Vec::new();
-        let mut at = 0;
-        loop {
-            let ff = at + memchr::memchr(0xFF, &data[at..])?;
-            bytes.extend_from_slice(&data[at..ff]);
-            let mut next = ff + 1;
-            while *data.get(next)? == 0xFF {
-                next += 1; // fill bytes
-            }
-            match data[next] {
-                0x00 => bytes.push(0xFF),
-                0xD0..=0xD7 => restarts.push(bytes.len()),
-                0xD9 => return Some(EntropyData { bytes, restarts }),
-                _ => return None,
-            }
-            at = next + 1;
-        }
+        let (entropy, marker_at) = EntropyData::unstuff_scan(data)?;
+        let code = data[marker_at..].iter().find(|&&b| b != 0xFF)?;
+        (*code == 0xD9).then_some(entropy)
     }
-}
 
-impl EntropyData {
     /// Copies a scan's data up to the next marker that is not a restart marker (of a
     /// progressive file: tables, the next scan or the end); returns it and that marker's
     /// offset in `data`.
