@@ -441,6 +441,11 @@ pub struct ModelArgs {
     /// Execution provider: auto (CUDA when available, else CPU), cpu, or cuda (required).
     #[arg(long, default_value = "auto")]
     provider: darkroom::io::onnx::Provider,
+    /// On CUDA, how cuDNN picks a convolution algorithm for each new tile shape:
+    /// heuristic (at once), or exhaustive (times every algorithm once per shape, seconds
+    /// each; worth it only for many images of one size).
+    #[arg(long, default_value = "heuristic", value_name = "heuristic|exhaustive")]
+    cuda_conv_search: darkroom::io::onnx::ConvSearch,
     /// Tiles stacked into one model run (same-size tiles only). More can fill a GPU; on a
     /// CPU 1 is as fast. A batch that fails is rerun one tile at a time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -506,6 +511,7 @@ impl ModelArgs {
             onnxruntime,
             threads: 0,
             provider: darkroom::io::onnx::Provider::default(),
+            cuda_conv_search: darkroom::io::onnx::ConvSearch::default(),
             batch: 1,
             input_range: darkroom::io::onnx::ValueRange::Unit,
             white_balance: false,
@@ -556,6 +562,7 @@ impl ModelArgs {
                 smooth: self.smooth,
                 denoise_model,
                 batch: usize::from(self.batch),
+                conv_search: self.cuda_conv_search,
                 range: self.input_range,
             },
         ))

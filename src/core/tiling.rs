@@ -201,6 +201,31 @@ impl Planar {
         planar
     }
 
+    /// From interleaved 8-bit RGB, as 0..1 samples; rows in parallel.
+    pub fn from_rgb8(samples: &[u8], width: u32, height: u32) -> Planar {
+        use rayon::prelude::*;
+        let mut planar = Planar::new(3, width, height);
+        let (w, plane) = (width as usize, width as usize * height as usize);
+        if plane == 0 {
+            return planar;
+        }
+        let (r, rest) = planar.data.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        let unit = |v: u8| f32::from(v) / 255.0;
+        r.par_chunks_mut(w)
+            .zip(g.par_chunks_mut(w))
+            .zip(b.par_chunks_mut(w))
+            .zip(samples.par_chunks_exact(w * 3))
+            .for_each(|(((r, g), b), row)| {
+                for (x, pixel) in row.chunks_exact(3).enumerate() {
+                    r[x] = unit(pixel[0]);
+                    g[x] = unit(pixel[1]);
+                    b[x] = unit(pixel[2]);
+                }
+            });
+        planar
+    }
+
     /// Back to interleaved samples.
     pub fn to_interleaved(&self) -> Vec<f32> {
         let plane = self.width as usize * self.height as usize;
@@ -257,14 +282,30 @@ impl Planar {
                 "a {width}x{height} model output does not hold the expected region {from:?}"
             ));
         }
-        let w = from.width as usize;
-        for c in 0..self.channels {
-            let src = c * sw * height as usize;
-            let dst = c * dw * self.height as usize;
-            for row in 0..from.height as usize {
-                let s = src + (from.y as usize + row) * sw + from.x as usize;
-                let d = dst + (y as usize + row) * dw + x as usize;
-                self.data[d..d + w].copy_from_slice(&source[s..s + w]);
+        let (w, rows) = (from.width as usize, self.height as usize);
+        let copy_row = |index: usize, row: &mut [f32]| {
+            let (c, dy) = (index / rows, index % rows);
+            if dy < y as usize || dy >= (y + from.height) as usize {
+                return;
+            }
+            let s = c * sw * height as usize + (from.y as usize + dy - y as usize) * sw;
+            let s = s + from.x as usize;
+            row[x as usize..x as usize + w].copy_from_slice(&source[s..s + w]);
+        };
+        // A whole image's output (megabytes) is copied on every core; a tile's on one.
+        if w * from.height as usize >= 1 << 18 {
+            use rayon::prelude::*;
+            self.data
+                .par_chunks_mut(dw)
+                .enumerate()
+                .for_each(|(index, row)| copy_row(index, row));
+        } else {
+            let first = y as usize;
+            for c in 0..self.channels {
+                for dy in first..first + from.height as usize {
+                    let index = c * rows + dy;
+                    copy_row(index, &mut self.data[index * dw..(index + 1) * dw]);
+                }
             }
         }
         Ok(())
@@ -333,6 +374,59 @@ pub fn bleed_into_transparent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rgb8_to_planar_matches_the_float_route() {
+        let (w, h) = (37u32, 5u32);
+        let raw: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
+        let floats: Vec<f32> = raw.iter().map(|&v| f32::from(v) / 255.0).collect();
+        let direct = Planar::from_rgb8(&raw, w, h);
+        assert_eq!(direct.data, Planar::from_interleaved(&floats, 3, w, h).data);
+    }
+
+    #[test]
+    fn a_large_paste_on_every_core_equals_the_one_row_at_a_time_copy() {
+        // 600 x 500 crosses the size from which rows are copied in parallel.
+        let (w, h) = (640u32, 520u32);
+        let source = Planar {
+            channels: 3,
+            width: w,
+            height: h,
+            data: (0..w * h * 3).map(|i| i as f32).collect(),
+        };
+        let from = Rect {
+            x: 20,
+            y: 10,
+            width: 600,
+            height: 500,
+        };
+        let mut parallel = Planar::new(3, 700, 560);
+        parallel.paste(&source, from, 50, 40);
+        let mut serial = Planar::new(3, 700, 560);
+        for c in 0..3usize {
+            for row in 0..500usize {
+                for col in 0..600usize {
+                    let s = c * (w * h) as usize + (10 + row) * w as usize + 20 + col;
+                    serial.data[c * 700 * 560 + (40 + row) * 700 + 50 + col] = source.data[s];
+                }
+            }
+        }
+        assert_eq!(parallel.data, serial.data);
+        // A small paste (one tile) takes the single-threaded route to the same result.
+        let small = Rect {
+            x: 3,
+            y: 2,
+            width: 30,
+            height: 20,
+        };
+        let mut one = Planar::new(3, 64, 64);
+        one.paste(&source, small, 7, 9);
+        assert_eq!(
+            one.data[2 * 64 * 64 + 9 * 64 + 7],
+            source.data[2 * (w * h) as usize + 2 * w as usize + 3]
+        );
+        assert_eq!(one.data[0], 0.0);
+    }
 
     #[test]
     fn cores_cover_the_image_once_and_are_balanced() {

@@ -245,6 +245,7 @@ fn session<'a>(
             range: spec.range,
             batch: spec.batch,
             expected_scale: spec.scale,
+            conv_search: settings.cuda_conv_search,
         };
         let started = Instant::now();
         let model = Model::load(&spec.path, runtime, options)?;

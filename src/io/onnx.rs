@@ -1,11 +1,12 @@
 //! ONNX Runtime, loaded at run time (`ort` with `load-dynamic`), and image-to-image models.
 //!
 //! The library is looked for, in order: an explicit path (config `[runtime] onnxruntime` or
-//! `--onnxruntime`), `ORT_DYLIB_PATH`, beside the executable, the project's `.venv` made by
-//! `scripts/setup-venv` (beside the daemon's config or in the working directory), and the
-//! site-packages of `python3` (the `onnxruntime` or
+//! `--onnxruntime`), `ORT_DYLIB_PATH`, beside the executable, the project's `.venv-cuda` or
+//! `.venv` made by `scripts/setup-venv [--cuda]` (beside the daemon's config or in the
+//! working directory), and the site-packages of `python3` (the `onnxruntime` or
 //! `onnxruntime-gpu` wheel). Where it was found is logged. When it is not found, model work
-//! fails with one line that says how to install it, and nothing else is affected.
+//! fails with one line that says how to install it, and nothing else is affected. For CUDA,
+//! the CUDA and cuDNN libraries pip installed beside `onnxruntime-gpu` are loaded first.
 
 use crate::core::tiling::{self, Planar, Rect, Tile};
 use ort::session::Session;
@@ -15,9 +16,9 @@ use std::sync::OnceLock;
 
 /// How to install the runtime, for error messages.
 pub const INSTALL_HINT: &str =
-    "install it with `scripts/setup-venv` (pip install onnxruntime==1.31.1 into ./.venv), \
-     or `pip install onnxruntime==1.31.1` (onnxruntime-gpu for CUDA), or point ORT_DYLIB_PATH \
-     at libonnxruntime.so";
+    "install it with `scripts/setup-venv` (pip install onnxruntime==1.31.1 into ./.venv; \
+     `scripts/setup-venv --cuda` for onnxruntime-gpu), or `pip install onnxruntime==1.31.1`, \
+     or point ORT_DYLIB_PATH at libonnxruntime.so";
 
 /// Model and runtime errors.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,6 +59,29 @@ impl std::str::FromStr for Provider {
     }
 }
 
+/// How cuDNN picks its convolution algorithm for each new input shape on CUDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvSearch {
+    /// cuDNN's heuristics: no time spent per new shape.
+    #[default]
+    Heuristic,
+    /// Time every algorithm the first time a shape is seen (seconds per shape), then use
+    /// the fastest: pays off only when every image and tile has one of a few shapes.
+    Exhaustive,
+}
+
+impl std::str::FromStr for ConvSearch {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "heuristic" => Ok(ConvSearch::Heuristic),
+            "exhaustive" => Ok(ConvSearch::Exhaustive),
+            _ => Err(format!("'{text}': use heuristic or exhaustive")),
+        }
+    }
+}
+
 /// The loaded runtime.
 pub struct Runtime {
     pub library: PathBuf,
@@ -85,9 +109,12 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     found.pop()
 }
 
-fn venv_library(root: &Path) -> Option<PathBuf> {
-    let lib = root.join(".venv").join("lib");
-    for entry in std::fs::read_dir(lib).ok()?.flatten() {
+/// The venvs looked for under a root, in order: the GPU wheel's (`scripts/setup-venv
+/// --cuda`), then the CPU wheel's.
+const VENVS: [&str; 2] = [".venv-cuda", ".venv"];
+
+fn venv_library(venv: &Path) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(venv.join("lib")).ok()?.flatten() {
         let capi = entry
             .path()
             .join("site-packages")
@@ -117,7 +144,7 @@ fn python_library() -> Option<PathBuf> {
     library_in(&Path::new(dir).join("capi"))
 }
 
-/// The config's folder, where a `.venv` beside it is looked for.
+/// The config's folder, where a `.venv-cuda` or `.venv` beside it is looked for.
 static CONFIG_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// Makes [`locate`] look for a `.venv` beside the config at `config_path` (and one or two
@@ -132,8 +159,9 @@ pub fn look_near_config(config_path: &Path) {
 }
 
 /// Finds the ONNX Runtime library; returns it and where it looked, in this order: the
-/// explicit path, `ORT_DYLIB_PATH`, beside the executable, a `.venv` beside the config (and
-/// up to two folders above it), a `.venv` in the working directory, python3's site-packages.
+/// explicit path, `ORT_DYLIB_PATH`, beside the executable, a `.venv-cuda` or `.venv` beside
+/// the config (and up to two folders above it) or in the working directory, python3's
+/// site-packages.
 pub fn locate(explicit: Option<&Path>) -> (Option<PathBuf>, Vec<String>) {
     let mut looked = Vec::new();
     if let Some(path) = explicit {
@@ -162,9 +190,11 @@ pub fn locate(explicit: Option<&Path>) -> (Option<PathBuf>, Vec<String>) {
         .unwrap_or_default();
     roots.extend(std::env::current_dir().ok());
     for root in &roots {
-        looked.push(format!("{}", root.join(".venv").display()));
-        if let Some(found) = venv_library(root) {
-            return (Some(found), looked);
+        for venv in VENVS.map(|name| root.join(name)) {
+            looked.push(format!("{}", venv.display()));
+            if let Some(found) = venv_library(&venv) {
+                return (Some(found), looked);
+            }
         }
     }
     looked.push("python3's site-packages".into());
@@ -264,6 +294,8 @@ pub struct LoadOptions {
     pub batch: usize,
     /// The scale the configuration says the model has: checked against the probe.
     pub expected_scale: Option<u32>,
+    /// cuDNN's convolution algorithm choice (CUDA only).
+    pub conv_search: ConvSearch,
 }
 
 impl LoadOptions {
@@ -285,6 +317,7 @@ impl Default for LoadOptions {
             range: ValueRange::Unit,
             batch: 1,
             expected_scale: None,
+            conv_search: ConvSearch::default(),
         }
     }
 }
@@ -326,6 +359,65 @@ fn tensor_info(value: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
     }
 }
 
+/// The CUDA 13 and cuDNN 9 libraries that ONNX Runtime's CUDA provider needs, as pip's
+/// `onnxruntime-gpu[cuda,cudnn]` lays them out in site-packages (the order matters:
+/// cuBLAS needs cuBLASLt loaded first).
+const PIP_CUDA_LIBRARIES: [&str; 7] = [
+    "nvidia/cu13/lib/libcublasLt.so.13",
+    "nvidia/cu13/lib/libcublas.so.13",
+    "nvidia/cu13/lib/libnvrtc.so.13",
+    "nvidia/cu13/lib/libcurand.so.10",
+    "nvidia/cu13/lib/libcufft.so.12",
+    "nvidia/cu13/lib/libcudart.so.13",
+    "nvidia/cudnn/lib/libcudnn.so.9",
+];
+
+/// Loads the CUDA libraries that pip installed beside an `onnxruntime-gpu` package, as its
+/// Python `preload_dlls()` does, so that a venv made with `pip install
+/// onnxruntime-gpu[cuda,cudnn]==1.31.1` runs on CUDA with no system CUDA toolkit and no
+/// `LD_LIBRARY_PATH`. A library pip did not install is left to the loader's own search
+/// (a system CUDA toolkit). Runs once per process.
+fn preload_pip_cuda_libraries(ort_library: &Path) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // .../site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1
+        let Some(site_packages) = ort_library.ancestors().nth(3) else {
+            return;
+        };
+        let mut loaded = Vec::new();
+        for relative in PIP_CUDA_LIBRARIES {
+            let path = site_packages.join(relative);
+            if !path.is_file() {
+                continue;
+            }
+            let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: dlopen with a valid C string; the handle is kept for the process's
+            // life (never dlclosed), as the provider library links against it by soname.
+            let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if handle.is_null() {
+                // SAFETY: dlerror returns null or a C string valid until the next dl call.
+                let reason = unsafe { libc::dlerror() };
+                let reason = if reason.is_null() {
+                    String::new()
+                } else {
+                    // SAFETY: non-null, from dlerror just above, read before any other dl call.
+                    unsafe { std::ffi::CStr::from_ptr(reason) }
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                tracing::warn!(library = %path.display(), %reason, "could not load a CUDA library that pip installed; the CUDA provider may not start");
+            } else {
+                loaded.push(relative.rsplit('/').next().unwrap_or(relative));
+            }
+        }
+        if !loaded.is_empty() {
+            tracing::debug!(from = %site_packages.display(), libraries = ?loaded, "loaded pip's CUDA libraries");
+        }
+    });
+}
+
 /// Builds a session on `provider` (CUDA falling back to the CPU, loudly, under `Auto`).
 fn build_session(
     path: &Path,
@@ -333,6 +425,7 @@ fn build_session(
     runtime: &Runtime,
     threads: usize,
     provider: Provider,
+    conv_search: ConvSearch,
 ) -> Result<(Session, &'static str), ModelError> {
     let bad = |reason: String| ModelError::BadModel {
         path: path.display().to_string(),
@@ -344,7 +437,15 @@ fn build_session(
         .map_err(|e| bad(e.to_string()))?;
     let mut provider_name = "CPU";
     if provider != Provider::Cpu {
-        let cuda = ort::ep::CUDA::default().build().error_on_failure();
+        preload_pip_cuda_libraries(&runtime.library);
+        let search = match conv_search {
+            ConvSearch::Heuristic => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
+            ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
+        };
+        let cuda = ort::ep::CUDA::default()
+            .with_conv_algorithm_search(search)
+            .build()
+            .error_on_failure();
         match builder.with_execution_providers([cuda]) {
             Ok(with_cuda) => {
                 builder = with_cuda;
@@ -389,8 +490,14 @@ impl Model {
         };
         let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
         let sha256 = crate::io::hash::sha256_hex(&bytes);
-        let (session, provider_name) =
-            build_session(path, &bytes, runtime, options.threads, options.provider)?;
+        let (session, provider_name) = build_session(
+            path,
+            &bytes,
+            runtime,
+            options.threads,
+            options.provider,
+            options.conv_search,
+        )?;
         let (input, output) = match (session.inputs(), session.outputs()) {
             ([input], [output, ..]) => (input, output),
             (inputs, outputs) => {
@@ -751,6 +858,7 @@ impl Model {
             self.runtime,
             self.options.threads,
             Provider::Cpu,
+            self.options.conv_search,
         )?;
         Ok(session)
     }

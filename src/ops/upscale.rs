@@ -49,6 +49,8 @@ pub struct UpscaleOptions {
     pub provider: onnx::Provider,
     /// Tiles per model run. Default (0) 1.
     pub batch: usize,
+    /// cuDNN's convolution algorithm choice on CUDA. Default heuristic.
+    pub conv_search: onnx::ConvSearch,
     /// The value range of the model's tensors. Default 0..1.
     pub range: onnx::ValueRange,
 }
@@ -192,6 +194,7 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
         range: options.range,
         batch: options.batch.max(1),
         expected_scale: None,
+        conv_search: options.conv_search,
     };
     Model::load(path, runtime, load).map_err(OpError::from)
 }
@@ -256,23 +259,29 @@ pub fn upscale_image(
     let has_alpha = image.color().has_alpha();
     let grey = image.color().channel_count() <= 2;
     let sixteen = image.color().bytes_per_pixel() / image.color().channel_count() >= 2;
-    let rgba = image.to_rgba32f();
-    let mut rgb: Vec<f32> = rgba
-        .pixels()
-        .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
-        .collect();
-    let alpha: Vec<f32> = rgba.pixels().map(|p| p.0[3]).collect();
-    if has_alpha {
-        bleed_into_transparent(&mut rgb, &alpha, width, height, 64);
-    }
     // Progress counts colour tiles, then alpha tiles.
     let passes = if has_alpha { 2 } else { 1 };
-    let mut colour = model.upscale(
-        &Planar::from_interleaved(&rgb, 3, width, height),
-        tile,
-        context,
-        &mut |done, total| progress(done, total * passes),
-    )?;
+    let (planar, alpha) = match image {
+        // The common case in one parallel pass, not through RGBA floats.
+        DynamicImage::ImageRgb8(rgb8) => {
+            (Planar::from_rgb8(rgb8.as_raw(), width, height), Vec::new())
+        }
+        _ => {
+            let rgba = image.to_rgba32f();
+            let mut rgb: Vec<f32> = rgba
+                .pixels()
+                .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
+                .collect();
+            let alpha: Vec<f32> = rgba.pixels().map(|p| p.0[3]).collect();
+            if has_alpha {
+                bleed_into_transparent(&mut rgb, &alpha, width, height, 64);
+            }
+            (Planar::from_interleaved(&rgb, 3, width, height), alpha)
+        }
+    };
+    let mut colour = model.upscale(&planar, tile, context, &mut |done, total| {
+        progress(done, total * passes)
+    })?;
     let alpha_up = if has_alpha {
         let grey3: Vec<f32> = alpha.iter().flat_map(|&a| [a, a, a]).collect();
         let mut up = model.upscale(

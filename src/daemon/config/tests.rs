@@ -144,6 +144,33 @@ fn correction_keys_parse_for_model_rules_and_report_bad_values() {
 }
 
 #[test]
+fn cudnn_search_is_heuristic_unless_set_and_a_wrong_word_is_reported() {
+    let rule = "[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n";
+    let config = parse(rule).unwrap();
+    assert_eq!(
+        config.runtime.cuda_conv_search,
+        crate::io::onnx::ConvSearch::Heuristic
+    );
+    let config = parse(&format!(
+        "[runtime]\ncuda_conv_search = \"exhaustive\"\n\n{rule}"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.runtime.cuda_conv_search,
+        crate::io::onnx::ConvSearch::Exhaustive
+    );
+    let errors = parse(&format!(
+        "[runtime]\ncuda_conv_search = \"fastest\"\n\n{rule}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        errors.contains("line 2: runtime.cuda_conv_search: 'fastest': use heuristic or exhaustive"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn model_tables_take_auto_tiles_batches_ranges_and_a_scale() {
     let path = format!(
         "{}/../shared/models/waifu2x-upconv7-photo-x2.onnx",

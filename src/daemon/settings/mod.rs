@@ -36,6 +36,8 @@ pub struct RuntimeSettings {
     pub threads: usize,
     /// `auto` (CUDA when available), `cpu` or `cuda` (required).
     pub provider: crate::io::onnx::Provider,
+    /// cuDNN's convolution algorithm choice on CUDA: `heuristic` or `exhaustive`.
+    pub cuda_conv_search: crate::io::onnx::ConvSearch,
     /// Memory one model run may use, for models with `tile = "auto"`; default: see
     /// `io::onnx::default_memory_budget`.
     pub memory_budget: Option<u64>,

@@ -17,6 +17,7 @@ pub(crate) struct RawRuntime {
     pub(crate) onnxruntime: Option<PathBuf>,
     pub(crate) threads: Option<usize>,
     pub(crate) provider: Option<String>,
+    pub(crate) cuda_conv_search: Option<String>,
     pub(crate) memory_budget_mib: Option<u64>,
 }
 
@@ -196,10 +197,20 @@ pub(crate) fn resolve_runtime(
             problems.push("runtime.provider", Some(line), e);
             crate::io::onnx::Provider::Auto
         });
+    let cuda_conv_search = raw
+        .cuda_conv_search
+        .as_deref()
+        .unwrap_or("heuristic")
+        .parse()
+        .unwrap_or_else(|e: String| {
+            problems.push("runtime.cuda_conv_search", Some(line), e);
+            crate::io::onnx::ConvSearch::default()
+        });
     RuntimeSettings {
         onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
         threads: raw.threads.unwrap_or(0),
         provider,
+        cuda_conv_search,
         memory_budget: raw.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
     }
 }
