@@ -6,8 +6,8 @@
 //!
 //! - Full-size decodes (`io::decode`, what every recipe reads) match libjpeg-turbo's within
 //!   [`FULL_PSNR_MIN`] and [`FULL_MAX_ABS`] ([`full_bound`] states the one exception).
-//! - Reduced decodes at 1/2, 1/4 and 1/8 (the proxy path: darkroom's own decoder, or
-//!   jpeg-decoder's scaled decode for what it does not take) are within [`SCALED_PSNR_MIN`]
+//! - Reduced decodes at 1/2, 1/4 and 1/8 (the proxy path: darkroom's own decoder; what it
+//!   does not take, CMYK and YCCK here, is decoded at full size) are within [`SCALED_PSNR_MIN`]
 //!   and [`SCALED_MAX_ABS`] of libjpeg-turbo's own DCT-scaled decodes, and within one level
 //!   at 1/8 where no component is subsampled (both are then each block's mean). The two
 //!   reductions differ by design: darkroom keeps each block's n x n lowest frequencies

@@ -423,3 +423,49 @@ fn source_scores_of_a_reduced_decode_are_measured_at_full_size() {
         );
     }
 }
+
+#[test]
+fn what_the_proxy_path_reads_before_the_pixels_is_what_jpeg_decoder_reads() {
+    // Frame size, EXIF and the ICC profile (the bus photo carries Display P3, the rotated
+    // photo EXIF orientation 6), on every real JPEG of the corpus and a CMYK file.
+    let bus = std::fs::read(testdata("photo_bus_4032x3024_p3.jpg")).unwrap();
+    let mut files: Vec<(String, Vec<u8>)> = [
+        "photo_bus_4032x3024_p3.jpg",
+        "photo_exif_orientation6.jpg",
+        "panorama_4032x1008_4to1.jpg",
+        "painting_peppercarrot_ep01_p03.jpg",
+        "broken_truncated.jpg",
+    ]
+    .iter()
+    .map(|name| (name.to_string(), std::fs::read(testdata(name)).unwrap()))
+    .collect();
+    files.push(("bus, progressive".into(), jpegtran(&bus, &["-progressive"])));
+    let mut with_icc = 0;
+    let mut with_exif = 0;
+    for (name, bytes) in &files {
+        let ours = darkroom::io::jpeg_reduced::FileInfo::read(bytes).expect(name);
+        let mut theirs = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+        theirs.read_info().unwrap();
+        let info = theirs.info().unwrap();
+        assert_eq!(
+            (ours.width, ours.height),
+            (u32::from(info.width), u32::from(info.height)),
+            "{name}"
+        );
+        assert_eq!(
+            ours.exif.map(<[u8]>::to_vec),
+            theirs.exif_data().map(<[u8]>::to_vec),
+            "{name}"
+        );
+        assert_eq!(ours.icc, theirs.icc_profile(), "{name}");
+        with_icc += usize::from(ours.icc.is_some());
+        with_exif += usize::from(ours.exif.is_some());
+    }
+    assert!(
+        with_icc >= 2 && with_exif >= 1,
+        "icc {with_icc}, exif {with_exif}"
+    );
+    // Not a JPEG, or no frame before the scan: nothing.
+    assert!(darkroom::io::jpeg_reduced::FileInfo::read(b"\x89PNG\r\n\x1a\n").is_none());
+    assert!(darkroom::io::jpeg_reduced::FileInfo::read(&[0xFF, 0xD8, 0xFF, 0xD9]).is_none());
+}

@@ -394,18 +394,16 @@ fn reduced_jpeg(
     patches: Option<PatchRequest>,
 ) -> Option<ProxySource> {
     use image::metadata::Orientation;
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.read_info().ok()?;
-    let info = decoder.info()?;
-    let (stored_w, stored_h) = (u32::from(info.width), u32::from(info.height));
+    let info = jpeg_reduced::FileInfo::read(bytes)?;
+    let (stored_w, stored_h) = (info.width, info.height);
     if stored_w > limits.max_side
         || stored_h > limits.max_side
         || u64::from(stored_w) * u64::from(stored_h) > limits.max_pixels
     {
         return None; // the full path reports the limit
     }
-    let orientation = decoder
-        .exif_data()
+    let orientation = info
+        .exif
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     let swapped = matches!(
@@ -432,13 +430,12 @@ fn reduced_jpeg(
     // hair of a full-resolution Lanczos downscale (README: "split and DCT-domain reduction").
     let (req_w, req_h) = (resample_to.0 * REDUCING_GAP, resample_to.1 * REDUCING_GAP);
     // The most reduction (N of every 8 pixels kept) that leaves both sides at least the
-    // needed size; none possible: the full decoder (zune-jpeg) is faster. (jpeg-decoder's
-    // own `scale` is satisfied by either side alone, so it is only asked for this size.)
+    // needed size; none possible: the full decoder (zune-jpeg) is faster.
     let scaled_side = |side: u32, n: u32| (side * n).div_ceil(8);
     let kept =
         (1..8).find(|&n| scaled_side(stored_w, n) >= req_w && scaled_side(stored_h, n) >= req_h)?;
     let (w, h) = (scaled_side(stored_w, kept), scaled_side(stored_h, kept));
-    let icc = decoder.icc_profile();
+    let icc = info.icc;
     // Where the score patches (on the upright full size) lie in the stored image.
     let regions: Vec<jpeg_reduced::Region> = patches
         .and_then(|p| {
@@ -471,25 +468,9 @@ fn reduced_jpeg(
                     Finish::ResampledToNeeded => planes.resized(resample_to.0, resample_to.1),
                 }
             }
-            // The scores need full-size patches, which only darkroom's decoder gives.
-            _ if patches.is_some() => None,
-            // Not a file for the two-thread decoder (progressive, CMYK, damaged...).
-            _ => {
-                let scaled = decoder.scale(w as u16, h as u16).ok()?;
-                if (u32::from(scaled.0), u32::from(scaled.1)) != (w, h) {
-                    return None;
-                }
-                let pixels = decoder.decode().ok()?;
-                match decoder.info()?.pixel_format {
-                    jpeg_decoder::PixelFormat::RGB24 => {
-                        image::ImageBuffer::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
-                    }
-                    jpeg_decoder::PixelFormat::L8 => {
-                        image::ImageBuffer::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
-                    }
-                    _ => None,
-                }
-            }
+            // Not a file for darkroom's decoder (CMYK, arithmetic, damaged...): the full
+            // decode reads it, or says why not.
+            _ => None,
         }
     });
     let mut image = image?;
@@ -587,31 +568,9 @@ fn refuse_unsupported_jpeg(bytes: &[u8]) -> Result<(), DecodeError> {
     Err(DecodeError::UnsupportedJpeg { coding, advice })
 }
 
-/// The first frame header's marker (SOF0-SOF15) and sample precision, skipping every
-/// segment before it by its length.
+/// The first frame header's marker (SOF0-SOF15) and sample precision.
 fn jpeg_frame(bytes: &[u8]) -> Option<(u8, u8)> {
-    let mut at = 2;
-    loop {
-        if *bytes.get(at)? != 0xFF {
-            return None;
-        }
-        while *bytes.get(at)? == 0xFF {
-            at += 1;
-        }
-        let marker = *bytes.get(at)?;
-        at += 1;
-        if matches!(marker, 0x01 | 0xD0..=0xD7) {
-            continue;
-        }
-        if matches!(marker, 0xD8..=0xDA) {
-            return None; // a scan or the end before any frame
-        }
-        let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
-        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            return Some((marker, *bytes.get(at + 2)?));
-        }
-        at += length;
-    }
+    jpeg_reduced::FileInfo::read(bytes).map(|info| (info.frame_marker, info.precision))
 }
 
 /// Walks the JPEG marker structure and reports whether the end-of-image marker is reached.

@@ -13,7 +13,7 @@ pub(super) struct EntropyData {
 
 impl EntropyData {
     /// Copies the scan's data up to the next marker that is not a restart marker, which must
-    /// be the end of the image (anything else means more scans, left to jpeg-decoder).
+    /// be the end of the image (anything else means more scans, left to the full decoder).
     pub(super) fn unstuff(data: &[u8]) -> Option<EntropyData> {
         let (entropy, marker_at) = EntropyData::unstuff_scan(data)?;
         let code = data[marker_at..].iter().find(|&&b| b != 0xFF)?;

@@ -1,5 +1,184 @@
-//! The markers up to the scan: frame, tables, restart interval, scan; and where each
-//! component's blocks and reduced pixels go.
+//! The marker walk every JPEG reader here shares ([`Segments`]), what the proxy path reads
+//! before any pixel ([`FileInfo`]: frame size, EXIF, ICC), the markers up to the scan (frame,
+//! tables, restart interval, scan), and where each component's blocks and reduced pixels go.
+
+/// One marker segment: its code, its body (after the two length bytes), and the offset just
+/// after it, where a scan's entropy-coded data begins.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Segment<'a> {
+    pub(crate) marker: u8,
+    pub(crate) body: &'a [u8],
+    pub(crate) end: usize,
+}
+
+/// The marker segments of a JPEG after its SOI, in order, each skipped by its length and
+/// each scan's entropy-coded data stepped over (restart markers and stuffed bytes included).
+/// Fill bytes and standalone markers (RSTn, TEM) are passed over. The end-of-image marker
+/// is the last segment yielded (with an empty body); a file that is cut short or breaks the
+/// structure ends the walk without it (see [`Segments::reached_end`]).
+pub(crate) struct Segments<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    /// The last segment was a scan, whose data starts at `at`.
+    in_scan: bool,
+    ended: bool,
+    reached_end: bool,
+}
+
+impl<'a> Segments<'a> {
+    /// The segments of `bytes`; `None` unless it starts with SOI.
+    pub(crate) fn of(bytes: &'a [u8]) -> Option<Segments<'a>> {
+        (bytes.get(..2)? == [0xFF, 0xD8]).then_some(Segments {
+            bytes,
+            at: 2,
+            in_scan: false,
+            ended: false,
+            reached_end: false,
+        })
+    }
+
+    /// Whether the walk reached the end-of-image marker.
+    pub(crate) fn reached_end(&self) -> bool {
+        self.reached_end
+    }
+
+    fn step(&mut self) -> Option<Segment<'a>> {
+        let bytes = self.bytes;
+        if std::mem::take(&mut self.in_scan) {
+            self.at += scan_data_length(bytes.get(self.at..)?)?;
+        }
+        loop {
+            // A marker: 0xFF, any fill 0xFF bytes, the code.
+            if *bytes.get(self.at)? != 0xFF {
+                return None;
+            }
+            while *bytes.get(self.at)? == 0xFF {
+                self.at += 1;
+            }
+            let marker = *bytes.get(self.at)?;
+            self.at += 1;
+            match marker {
+                0x01 | 0xD0..=0xD7 => continue, // no payload
+                0xD9 => {
+                    self.reached_end = true;
+                    return Some(Segment {
+                        marker,
+                        body: &[],
+                        end: self.at,
+                    });
+                }
+                0xD8 => return None, // a second start of image
+                _ => {}
+            }
+            let length = usize::from(u16::from_be_bytes([
+                *bytes.get(self.at)?,
+                *bytes.get(self.at + 1)?,
+            ]));
+            let body = bytes.get(self.at + 2..self.at.checked_add(length)?)?;
+            self.at += length;
+            self.in_scan = marker == 0xDA;
+            return Some(Segment {
+                marker,
+                body,
+                end: self.at,
+            });
+        }
+    }
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = Segment<'a>;
+
+    fn next(&mut self) -> Option<Segment<'a>> {
+        if self.ended {
+            return None;
+        }
+        let segment = self.step();
+        self.ended = segment.is_none_or(|s| s.marker == 0xD9);
+        segment
+    }
+}
+
+/// How many bytes of entropy-coded data (restart markers and stuffed bytes included) start
+/// `data`: up to the first marker that is neither.
+pub(crate) fn scan_data_length(data: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let ff = at + memchr::memchr(0xFF, &data[at..])?;
+        let mut next = ff + 1;
+        while *data.get(next)? == 0xFF {
+            next += 1;
+        }
+        if !matches!(data[next], 0x00 | 0xD0..=0xD7) {
+            return Some(ff);
+        }
+        at = next + 1;
+    }
+}
+
+/// What a JPEG says about itself before its first scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo<'a> {
+    /// The first frame header's marker (SOF0-SOF15) and sample precision.
+    pub frame_marker: u8,
+    pub precision: u8,
+    pub width: u32,
+    pub height: u32,
+    pub components: u8,
+    /// The EXIF block of the first APP1 `Exif` segment, from its TIFF header on.
+    pub exif: Option<&'a [u8]>,
+    /// The ICC profile of the APP2 `ICC_PROFILE` segments, joined in their order; `None`
+    /// when any is missing or named twice.
+    pub icc: Option<Vec<u8>>,
+}
+
+impl<'a> FileInfo<'a> {
+    /// Reads the segments before the first scan; `None` when the file is not a JPEG or has
+    /// no frame header before its first scan.
+    pub fn read(bytes: &'a [u8]) -> Option<FileInfo<'a>> {
+        let mut frame = None;
+        let mut exif = None;
+        let mut icc_chunks: Vec<(u8, u8, &[u8])> = Vec::new();
+        for segment in Segments::of(bytes)? {
+            let body = segment.body;
+            match segment.marker {
+                0xC0..=0xCF if frame.is_none() && !matches!(segment.marker, 0xC4 | 0xC8 | 0xCC) => {
+                    frame = Some((segment.marker, body));
+                }
+                0xE1 if exif.is_none() && body.starts_with(b"Exif\0\0") => exif = Some(&body[6..]),
+                0xE2 if body.starts_with(b"ICC_PROFILE\0") && body.len() >= 14 => {
+                    icc_chunks.push((body[12], body[13], &body[14..]));
+                }
+                0xDA | 0xD9 => break,
+                _ => {}
+            }
+        }
+        let (frame_marker, body) = frame?;
+        let icc = joined_icc(&mut icc_chunks);
+        Some(FileInfo {
+            frame_marker,
+            precision: *body.first()?,
+            height: u32::from(u16::from_be_bytes(body.get(1..3)?.try_into().ok()?)),
+            width: u32::from(u16::from_be_bytes(body.get(3..5)?.try_into().ok()?)),
+            components: *body.get(5)?,
+            exif,
+            icc,
+        })
+    }
+}
+
+/// The ICC profile from its APP2 chunks (sequence number from 1, count, data): all of them,
+/// each once, agreeing on the count.
+fn joined_icc(chunks: &mut [(u8, u8, &[u8])]) -> Option<Vec<u8>> {
+    let count = chunks.first()?.1;
+    chunks.sort_by_key(|c| c.0);
+    let complete = usize::from(count) == chunks.len()
+        && chunks
+            .iter()
+            .enumerate()
+            .all(|(i, c)| usize::from(c.0) == i + 1 && c.1 == count);
+    complete.then(|| chunks.iter().flat_map(|c| c.2.iter().copied()).collect())
+}
 
 /// A Huffman table as given in a DHT segment: code counts per length and the symbols.
 #[derive(Debug, Clone)]
@@ -56,29 +235,11 @@ impl Header {
     }
 
     pub(super) fn parse(bytes: &[u8]) -> Option<Header> {
-        if bytes.get(..2)? != [0xFF, 0xD8] {
-            return None;
-        }
         let mut header = Header::empty();
         let mut adobe_transform = None;
-        let mut at = 2;
-        loop {
-            // A marker: 0xFF, any fill 0xFF bytes, the code.
-            if *bytes.get(at)? != 0xFF {
-                return None;
-            }
-            while *bytes.get(at)? == 0xFF {
-                at += 1;
-            }
-            let marker = *bytes.get(at)?;
-            at += 1;
-            if matches!(marker, 0x01 | 0xD0..=0xD7) {
-                continue; // no payload
-            }
-            let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
-            let body = bytes.get(at + 2..at.checked_add(length)?)?;
-            at += length;
-            match marker {
+        for segment in Segments::of(bytes)? {
+            let body = segment.body;
+            match segment.marker {
                 0xC0 | 0xC1 => header.read_frame(body)?,
                 0xC4 => header.read_huffman(body)?,
                 0xDB => header.read_quant(body)?,
@@ -89,7 +250,7 @@ impl Header {
                 0xEE if body.starts_with(b"Adobe") => adobe_transform = body.get(11).copied(),
                 0xDA => {
                     header.read_scan(body)?;
-                    header.scan_start = at;
+                    header.scan_start = segment.end;
                     break;
                 }
                 // Any other frame type: progressive, lossless, arithmetic, hierarchical.
@@ -97,6 +258,9 @@ impl Header {
                 0xD9 => return None,
                 _ => {} // APPn, COM and the like
             }
+        }
+        if header.scan_start == 0 {
+            return None; // the walk ended before a scan
         }
         let colour_coded = header.components.len() == 3
             && adobe_transform != Some(0)
@@ -112,7 +276,7 @@ impl Header {
         self.width = usize::from(u16::from_be_bytes(body.get(3..5)?.try_into().ok()?));
         let count = usize::from(*body.get(5)?);
         if self.width == 0 || self.height == 0 || !(count == 1 || count == 3) {
-            return None; // DNL-defined heights and CMYK are left to jpeg-decoder
+            return None; // DNL-defined heights and CMYK are left to the full decoder
         }
         for c in body.get(6..6 + 3 * count)?.chunks_exact(3) {
             let (h, v) = (usize::from(c[1] >> 4), usize::from(c[1] & 15));
@@ -296,5 +460,68 @@ mod tests {
             "../../../fuzz/seeds/jpeg_reduced/regression_scan_names_a_component_twice.jpg"
         );
         assert!(Header::parse(bytes).is_none());
+    }
+
+    /// A segment: marker, length, body.
+    fn segment(marker: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xFF, marker];
+        out.extend_from_slice(&(body.len() as u16 + 2).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn the_walk_steps_over_scan_data_and_ends_at_the_end_of_image() {
+        let mut file = vec![0xFF, 0xD8];
+        file.extend(segment(0xE0, b"JFIF\0"));
+        file.extend(segment(0xDA, &[1, 1, 0, 0, 63, 0]));
+        // Scan data with a stuffed byte, a restart marker and fill bytes before the next marker.
+        file.extend([0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xFF]);
+        file.extend(segment(0xDA, &[1, 1, 0, 0, 63, 0]));
+        file.extend([0x78, 0xFF, 0xD9]);
+        let mut segments = Segments::of(&file).unwrap();
+        let markers: Vec<u8> = segments.by_ref().map(|s| s.marker).collect();
+        assert_eq!(markers, [0xE0, 0xDA, 0xDA, 0xD9]);
+        assert!(segments.reached_end());
+        // Cut anywhere: the walk stops where the structure stops, never at an end it lacks.
+        for cut in 2..file.len() - 1 {
+            let mut segments = Segments::of(&file[..cut]).unwrap();
+            segments.by_ref().for_each(drop);
+            assert!(!segments.reached_end(), "cut at {cut}");
+        }
+        assert!(Segments::of(b"\x89PNG").is_none());
+    }
+
+    #[test]
+    fn the_icc_profile_is_joined_in_sequence_order_only_when_complete() {
+        let icc = |seq: u8, count: u8, data: &[u8]| {
+            let mut body = b"ICC_PROFILE\0".to_vec();
+            body.extend([seq, count]);
+            body.extend_from_slice(data);
+            segment(0xE2, &body)
+        };
+        let file = |chunks: &[Vec<u8>]| {
+            let mut out = vec![0xFF, 0xD8];
+            out.extend(segment(0xC0, &[8, 0, 2, 0, 3, 1, 1, 0x11, 0]));
+            for chunk in chunks {
+                out.extend_from_slice(chunk);
+            }
+            out.extend([0xFF, 0xD9]);
+            out
+        };
+        let whole = file(&[icc(2, 2, b"def"), icc(1, 2, b"abc")]);
+        let info = FileInfo::read(&whole).unwrap();
+        assert_eq!(info.icc.as_deref(), Some(&b"abcdef"[..]));
+        assert_eq!((info.width, info.height, info.precision), (3, 2, 8));
+        assert_eq!(
+            FileInfo::read(&file(&[icc(1, 2, b"abc")])).unwrap().icc,
+            None
+        );
+        assert_eq!(
+            FileInfo::read(&file(&[icc(1, 2, b"abc"), icc(1, 2, b"abc")]))
+                .unwrap()
+                .icc,
+            None
+        );
     }
 }

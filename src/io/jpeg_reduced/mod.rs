@@ -17,7 +17,8 @@
 //! Only what proxies of photos need is decoded here: 8-bit baseline (or extended) Huffman,
 //! one interleaved scan, one or three components sampled 1x or 2x. Anything else (progressive,
 //! arithmetic coding, CMYK or RGB-coded files, several scans) and any damage gives `None`,
-//! and the caller decodes with `jpeg-decoder`, which reports errors the usual way.
+//! and the caller decodes the file at full size (zune-jpeg), which reports errors the usual
+//! way.
 
 #[cfg(target_arch = "x86_64")]
 mod colour_x86;
@@ -32,6 +33,7 @@ mod progressive;
 
 use entropy::{EntropyData, ScanTables};
 pub use full_luma::Region;
+pub use header::FileInfo;
 use header::{Header, Layout};
 use pixels::{inverse_transform, to_pixels, ycbcr_to_rgb};
 

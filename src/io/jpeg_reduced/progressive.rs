@@ -10,7 +10,7 @@
 //! between scans, damage) gives `None`, and the caller decodes another way.
 
 use super::entropy::{Bits, Class, EntropyData, Huffman, ScanTables};
-use super::header::{Header, Layout, ScanComponent};
+use super::header::{Header, Layout, ScanComponent, Segments};
 use super::parallel::Coefficients;
 
 /// A progressive file decoded to its kept coefficients, ready for the inverse transform.
@@ -33,25 +33,10 @@ pub(super) fn decode(bytes: &[u8], n: usize, parallel: bool) -> Option<Decoded> 
     let needed = needed_scans(&scan_bands(bytes)?, kept_zigzag_limit(n));
     let mut jobs = Vec::new();
     let mut scan_index = 0;
-    let mut at = 2;
-    loop {
-        if *bytes.get(at)? != 0xFF {
-            return None;
-        }
-        while *bytes.get(at)? == 0xFF {
-            at += 1;
-        }
-        let marker = *bytes.get(at)?;
-        at += 1;
-        match marker {
-            0x01 | 0xD0..=0xD7 => continue,
-            0xD9 => break,
-            _ => {}
-        }
-        let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
-        let body = bytes.get(at + 2..at.checked_add(length)?)?;
-        at += length;
-        match marker {
+    let mut segments = Segments::of(bytes)?;
+    for segment in &mut segments {
+        let body = segment.body;
+        match segment.marker {
             0xC2 if header.components.is_empty() => header.read_frame(body)?,
             0xC4 => header.read_huffman(body)?,
             // Dequantisation is fixed at the first scan.
@@ -67,18 +52,18 @@ pub(super) fn decode(bytes: &[u8], n: usize, parallel: bool) -> Option<Decoded> 
                 }
                 let scan = Scan::parse(body, &header)?;
                 if *needed.get(scan_index)? {
-                    let (data, end) = EntropyData::unstuff_scan(bytes.get(at..)?)?;
+                    let (data, _) = EntropyData::unstuff_scan(bytes.get(segment.end..)?)?;
                     jobs.push(ScanJob::new(scan, &header, data)?);
-                    at += end;
-                } else {
-                    at += scan_data_length(bytes.get(at..)?)?;
                 }
                 scan_index += 1;
             }
             // Every other frame type, a second frame, a late table.
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDB => return None,
-            _ => {} // APPn, COM and the like
+            _ => {} // APPn, COM, EOI and the like
         }
+    }
+    if !segments.reached_end() {
+        return None; // cut short, or broken structure
     }
     let frame = frame?;
     let mut planes: Vec<Plane> = frame.grids.iter().map(|g| Plane::new(g, n)).collect();
@@ -196,58 +181,25 @@ struct ScanBand {
 /// The band of every scan in `bytes`, walking the markers and skipping each scan's data.
 fn scan_bands(bytes: &[u8]) -> Option<Vec<ScanBand>> {
     let mut bands = Vec::new();
-    let mut at = 2;
-    loop {
-        if *bytes.get(at)? != 0xFF {
-            return None;
-        }
-        while *bytes.get(at)? == 0xFF {
-            at += 1;
-        }
-        let marker = *bytes.get(at)?;
-        at += 1;
-        match marker {
-            0x01 | 0xD0..=0xD7 => continue,
-            0xD9 => return Some(bands),
-            _ => {}
-        }
-        let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
-        let body = bytes.get(at + 2..at.checked_add(length)?)?;
-        at += length;
-        if marker == 0xDA {
-            let count = usize::from(*body.first()?);
-            let ids = body
-                .get(1..1 + 2 * count)?
-                .iter()
-                .step_by(2)
-                .copied()
-                .collect();
-            let rest = body.get(1 + 2 * count..4 + 2 * count)?;
-            bands.push(ScanBand {
-                components: ids,
-                start: usize::from(rest[0]),
-                end: usize::from(rest[1]).min(63),
-                refines: rest[2] >> 4 != 0,
-            });
-            at += scan_data_length(bytes.get(at..)?)?;
-        }
+    let mut segments = Segments::of(bytes)?;
+    for segment in segments.by_ref().filter(|s| s.marker == 0xDA) {
+        let body = segment.body;
+        let count = usize::from(*body.first()?);
+        let ids = body
+            .get(1..1 + 2 * count)?
+            .iter()
+            .step_by(2)
+            .copied()
+            .collect();
+        let rest = body.get(1 + 2 * count..4 + 2 * count)?;
+        bands.push(ScanBand {
+            components: ids,
+            start: usize::from(rest[0]),
+            end: usize::from(rest[1]).min(63),
+            refines: rest[2] >> 4 != 0,
+        });
     }
-}
-
-/// How many bytes of entropy-coded data (restart markers included) start `data`.
-fn scan_data_length(data: &[u8]) -> Option<usize> {
-    let mut at = 0;
-    loop {
-        let ff = at + memchr::memchr(0xFF, &data[at..])?;
-        let mut next = ff + 1;
-        while *data.get(next)? == 0xFF {
-            next += 1;
-        }
-        if !matches!(data[next], 0x00 | 0xD0..=0xD7) {
-            return Some(ff);
-        }
-        at = next + 1;
-    }
+    segments.reached_end().then_some(bands)
 }
 
 /// Which scans a decode keeping zigzag indices up to `last_kept` must decode: those that
