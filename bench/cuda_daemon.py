@@ -39,7 +39,7 @@ TILES = {"realesrgan-x4plus-x4": (512, 64), "realesrgan-x4plus-anime-6b-x4": (51
          "realesr-animevideov3-x4": (512, 32), "waifu2x-upconv7-photo-x2": (1024, 8)}
 
 
-def config(models, root, provider, conv_search):
+def config(models, root, provider, conv_search, tile=None, batch=1):
     text = f"""
 [daemon]
 root = "{root}"
@@ -55,12 +55,14 @@ cuda_conv_search = "{conv_search}"
 listen = "127.0.0.1:0"
 """
     for name in models:
-        tile, context = TILES.get(name, (512, 64))
+        default_tile, context = TILES.get(name, (512, 64))
+        tile = tile or default_tile
         text += f"""
 [models.{name}]
 path = "{os.path.join(SHARED, 'models', name + '.onnx')}"
 tile = {tile}
 context = {context}
+batch = {batch}
 domains = ["{name}"]
 
 [[rule]]
@@ -106,6 +108,8 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--models", default="realesrgan-x4plus-x4,realesr-animevideov3-x4")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--tile", type=int, help="every model's tile (default: 512, waifu2x 1024)")
+    parser.add_argument("--batch", type=int, default=1, help="tiles per model run")
     parser.add_argument("--varied", action="store_true", help="crops of many sizes, not all SIZE x SIZE")
     parser.add_argument("--conv-search", default="heuristic", help="[runtime] cuda_conv_search: heuristic or exhaustive")
     parser.add_argument("--provider", default="cuda", help="cuda, or cpu to try the bench itself on a machine without a GPU")
@@ -115,7 +119,7 @@ def main():
     work = tempfile.mkdtemp(prefix="darkroom-cuda-")
     root = os.path.join(work, "var")
     with open(os.path.join(work, "darkroom.toml"), "w") as f:
-        f.write(config(models, root, args.provider, args.conv_search))
+        f.write(config(models, root, args.provider, args.conv_search, args.tile, args.batch))
     staged = crops(args.images, args.size, os.path.join(work, "staged"), args.varied)
     inputs = {os.path.splitext(os.path.basename(p))[0]: Image.open(p).size for p in staged}
     log = open(os.path.join(work, "daemon.log"), "w")
