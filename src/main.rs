@@ -13,6 +13,15 @@ fn main() {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Serve { .. }) {
+        // A one-shot command whose output goes into a pipe that closes (`darkroom status |
+        // head`) ends quietly, as Unix tools do, instead of panicking on the write. The
+        // daemon keeps SIGPIPE ignored: a tool that exits early must not take it down.
+        // SAFETY: setting a signal's disposition to the default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Some(code) = cli::run_daemon_command(&cli.command) {
         std::process::exit(code);
     }

@@ -349,6 +349,30 @@ fn help_teaches_with_examples() {
     }
 }
 
+#[test]
+fn a_command_whose_output_pipe_is_closed_ends_quietly_as_unix_tools_do() {
+    // `darkroom check-config ... | head -1`: the reader is gone before darkroom writes.
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/darkroom.toml");
+    let out = darkroom()
+        .arg("check-config")
+        .arg(&config)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}
+
 /// The original decoded at full resolution, its proxy geometry for `target`, and the proxy
 /// made from the full-resolution pixels (the reference for reduced decodes).
 fn full_resolution_proxy(
