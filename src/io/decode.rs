@@ -61,6 +61,8 @@ pub enum DecodeError {
     },
     #[error("truncated or corrupt {format:?} data: {reason}")]
     Corrupt { format: ImageFormat, reason: String },
+    #[error("declares {width}x{height} pixels: an image has at least one pixel each way")]
+    NoPixels { width: u32, height: u32 },
     #[error(
         "{coding} JPEG: darkroom reads 8-bit Huffman-coded JPEGs (baseline, extended and \
          progressive); {advice}"
@@ -220,6 +222,9 @@ fn decode_sniffed(
     reader.set_format(format);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(DecodeError::NoPixels { width, height });
+    }
     let pixels = u64::from(width) * u64::from(height);
     if width > limits.max_side || height > limits.max_side || pixels > limits.max_pixels {
         return Err(DecodeError::TooManyPixels {
