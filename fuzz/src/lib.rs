@@ -96,8 +96,18 @@ fn check_packets(packets: &xmp::Packets) {
 
 /// darkroom's own reduced JPEG decoder at every reduction n/8: an image has the size the
 /// header declares at that reduction, as many bytes as its pixels need, and the two-thread
-/// (speculative) decode gives exactly the one-thread result.
+/// (speculative) decode gives exactly the one-thread result. Only frames within [`LIMITS`]
+/// are decoded, as darkroom's proxy path checks the frame against its limits first (a
+/// 637-byte file declaring 65535x65311 pixels made the decoder ask for 1.2 GB).
 pub fn jpeg_reduced(data: &[u8]) {
+    if let Some(info) = jpeg_reduced::FileInfo::read(data) {
+        if info.width > LIMITS.max_side
+            || info.height > LIMITS.max_side
+            || u64::from(info.width) * u64::from(info.height) > LIMITS.max_pixels
+        {
+            return;
+        }
+    }
     let declared = {
         let mut decoder = jpeg_decoder::Decoder::new(data);
         decoder
