@@ -188,24 +188,13 @@ pub(crate) fn resolve_runtime(
     };
     let line = problems.line_of(spanned.span().start);
     let raw: RawRuntime = read_table(spanned.into_inner(), "runtime", line, problems);
-    let provider = raw
-        .provider
-        .as_deref()
-        .unwrap_or("auto")
-        .parse()
-        .unwrap_or_else(|e: String| {
-            problems.push("runtime.provider", Some(line), e);
-            crate::io::onnx::Provider::Auto
-        });
-    let cuda_conv_search = raw
-        .cuda_conv_search
-        .as_deref()
-        .unwrap_or("heuristic")
-        .parse()
-        .unwrap_or_else(|e: String| {
-            problems.push("runtime.cuda_conv_search", Some(line), e);
-            crate::io::onnx::ConvSearch::default()
-        });
+    let provider = parsed_or_default(raw.provider.as_deref(), "runtime.provider", line, problems);
+    let cuda_conv_search = parsed_or_default(
+        raw.cuda_conv_search.as_deref(),
+        "runtime.cuda_conv_search",
+        line,
+        problems,
+    );
     RuntimeSettings {
         onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
         threads: raw.threads.unwrap_or(0),
@@ -213,6 +202,21 @@ pub(crate) fn resolve_runtime(
         cuda_conv_search,
         memory_budget: raw.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
     }
+}
+
+/// A word of the config parsed, or `T`'s default when the key is absent; a word that does
+/// not parse is reported under `key`, and the default stands in so that checking goes on.
+fn parsed_or_default<T: std::str::FromStr<Err = String> + Default>(
+    text: Option<&str>,
+    key: impl Into<String>,
+    line: usize,
+    problems: &mut Problems,
+) -> T {
+    text.map_or(Ok(T::default()), str::parse)
+        .unwrap_or_else(|e| {
+            problems.push(key, Some(line), e);
+            T::default()
+        })
 }
 
 pub(crate) fn resolve_models(
@@ -262,14 +266,12 @@ pub(crate) fn resolve_models(
                 crate::core::tiling::TileSize::default()
             }
         };
-        let range = match raw.input_range.as_deref().map(str::parse) {
-            None => crate::io::onnx::ValueRange::Unit,
-            Some(Ok(range)) => range,
-            Some(Err(e)) => {
-                problems.push(format!("{label}.input_range"), Some(line), e);
-                crate::io::onnx::ValueRange::Unit
-            }
-        };
+        let range: crate::io::onnx::ValueRange = parsed_or_default(
+            raw.input_range.as_deref(),
+            format!("{label}.input_range"),
+            line,
+            problems,
+        );
         if raw.scale.is_some_and(|s| !(1..=16).contains(&s)) {
             problems.push(
                 format!("{label}.scale"),
