@@ -667,7 +667,10 @@ fn a_held_return_never_paired_is_set_aside_when_its_window_ends() {
     tree.wait_for("the held return to be set aside", || sidecar.is_file());
     let text = std::fs::read_to_string(&sidecar).unwrap();
     assert!(text.contains("without being paired"), "{text}");
-    assert!(!tree.status().contains("held returns"));
+    // The sidecar is written before the journal records the failure.
+    tree.wait_for("the journal to say so", || {
+        !tree.status().contains("held returns")
+    });
 }
 
 #[test]
@@ -856,6 +859,34 @@ fn the_systemd_unit_scores_two_or_lower() {
     let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/darkroom.service");
     let (score, text) = unit_exposure(&unit);
     assert!(score <= 2.0, "exposure {score}:\n{text}");
+}
+
+#[test]
+fn the_gpu_drop_in_shows_only_the_nvidia_devices() {
+    // systemd merges a drop-in into its unit; analysed offline, the merge is the unit with
+    // the drop-in's [Service] lines appended.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/darkroom.service")).unwrap();
+    let drop_in =
+        std::fs::read_to_string(root.join("systemd/darkroom.service.d/gpu.conf")).unwrap();
+    let service_lines: String = drop_in
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("[Service]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let merged = unit.replace("\n[Install]", &format!("{service_lines}\n[Install]"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("darkroom.service");
+    std::fs::write(&path, merged).unwrap();
+    let (score, text) = unit_exposure(&path);
+    assert!(score <= 2.5, "exposure {score}:\n{text}");
+    assert!(text.contains("PrivateDevices="), "{text}");
+    assert!(
+        drop_in.contains("DevicePolicy=closed") && drop_in.contains("char-nvidia-uvm"),
+        "the drop-in allows the NVIDIA devices by name and nothing else"
+    );
+    let (default_score, _) = unit_exposure(&root.join("systemd/darkroom.service"));
+    assert!(default_score <= 2.0);
 }
 
 #[test]

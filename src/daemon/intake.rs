@@ -158,6 +158,20 @@ impl Intake {
         Ok(intake)
     }
 
+    /// An intake that watches nothing: on a host that another host's scanning serves.
+    pub fn idle() -> Intake {
+        Intake {
+            roots: Vec::new(),
+            canonical_roots: Vec::new(),
+            watcher: None,
+            candidates: HashMap::new(),
+            window: Duration::ZERO,
+            held_by_writer: HashSet::new(),
+            rescan_soon: Vec::new(),
+            special_logged: HashSet::new(),
+        }
+    }
+
     pub fn roots(&self) -> &[WatchRoot] {
         &self.roots
     }

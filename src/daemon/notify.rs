@@ -13,7 +13,7 @@
 //! only the `deliveries` table.
 
 use crate::daemon::config::{Config, NotifyEvent, NotifyTarget};
-use crate::daemon::journal::{Delivery, Job, JobEvent, Kind, SqliteStore, State, Store};
+use crate::daemon::journal::{Delivery, Job, JobEvent, Kind, SqlStore, State, Store};
 use crate::daemon::metrics::Metrics;
 use crate::io::clock;
 use hmac::{Hmac, Mac};
@@ -114,13 +114,14 @@ fn outputs_of(store: &dyn Store, job: &Job) -> Vec<String> {
 pub fn start(
     config: Arc<RwLock<Arc<Config>>>,
     metrics: Arc<Metrics>,
+    leading: Arc<std::sync::atomic::AtomicBool>,
     stop: Receiver<()>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let state_dir = config
+    let opening = config
         .read()
-        .map(|c| c.daemon.state_dir.clone())
-        .unwrap_or_default();
-    let store = SqliteStore::open(&state_dir)?;
+        .map(|c| c.daemon.journal_opening())
+        .map_err(|_| anyhow::anyhow!("the config lock is poisoned"))?;
+    let store = opening.open("webhooks")?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(TIMEOUT))
         .http_status_as_error(false)
@@ -132,7 +133,9 @@ pub fn start(
         .spawn(move || loop {
             let config = config.read().map(|c| Arc::clone(&c)).expect("config lock");
             let mut wait = POLL;
-            for target in &config.notify {
+            // Of the hosts that share a journal, the elected one tells the targets.
+            let leading = leading.load(std::sync::atomic::Ordering::SeqCst);
+            for target in config.notify.iter().filter(|_| leading) {
                 if let Some(next) = deliver_due(&store, &agent, target, &config, &metrics) {
                     wait = wait.min(next);
                 }
@@ -147,7 +150,7 @@ pub fn start(
 
 /// Delivers what is due for `target`; returns how soon to look again if sooner than a poll.
 fn deliver_due(
-    store: &SqliteStore,
+    store: &SqlStore,
     agent: &ureq::Agent,
     target: &NotifyTarget,
     config: &Config,

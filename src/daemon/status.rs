@@ -1,7 +1,7 @@
 //! `darkroom status`: what the journal says, read while the daemon runs.
 
 use crate::daemon::config::Config;
-use crate::daemon::journal::{self, Kind, SqliteStore, State, Store};
+use crate::daemon::journal::{self, Kind, Location, State, Store};
 use crate::io::clock;
 use std::fmt::Write;
 
@@ -24,18 +24,65 @@ fn is_not_taken(error: &str) -> bool {
 
 /// The status report for the daemon configured by `config`.
 pub fn report(config: &Config) -> anyhow::Result<String> {
+    let opening = config.daemon.journal_opening();
+    let where_ = opening.location.describe(&config.daemon.state_dir);
     let path = config.daemon.state_dir.join(journal::FILE_NAME);
-    if !path.exists() {
+    if opening.location == Location::Sqlite && !path.exists() {
         anyhow::bail!(
             "no journal at {}: the daemon has not run with this config yet (start it with `darkroom serve --config {}`)",
             path.display(),
             config.path.display()
         );
     }
-    let journal = SqliteStore::open_read_only(&config.daemon.state_dir)?;
+    let journal = opening
+        .open_reader("status")
+        .map_err(|e| anyhow::anyhow!("cannot read the journal {where_}: {e}"))?;
     let now = clock::now();
     let mut out = String::new();
-    writeln!(out, "journal: {}", path.display())?;
+    writeln!(out, "journal: {where_}")?;
+    if config.daemon.shares_journal() {
+        let hosts = journal.hosts()?;
+        writeln!(out, "hosts: {}", hosts.len())?;
+        for host in &hosts {
+            let state = match host.stopped_at {
+                Some(at) => format!("stopped {} ago", human_duration(now - at)),
+                None if host.heartbeat_age > config.daemon.lease_timeout.as_secs_f64() => {
+                    format!(
+                        "SILENT for {} (its leases have lapsed)",
+                        human_duration(host.heartbeat_age)
+                    )
+                }
+                None => format!(
+                    "alive, last heartbeat {} ago",
+                    human_duration(host.heartbeat_age)
+                ),
+            };
+            let running = if host.running.is_empty() {
+                "running nothing".to_string()
+            } else {
+                format!(
+                    "running {} (jobs {})",
+                    host.running.len(),
+                    host.running
+                        .iter()
+                        .take(10)
+                        .map(|id| format!("#{id}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let leads = if host.leads.is_empty() {
+                String::new()
+            } else {
+                format!(", elected {}", host.leads.join(", "))
+            };
+            writeln!(
+                out,
+                "  {} (pid {}, roles {}, {}): {state}, {running}{leads}",
+                host.name, host.pid, host.roles, host.version
+            )?;
+        }
+    }
     let counts = journal.counts()?;
     for kind in [Kind::Input, Kind::Return] {
         let parts: Vec<String> = State::ALL

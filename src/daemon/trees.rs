@@ -70,15 +70,17 @@ pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
-/// Removes temp files a crash left behind in `dir` (never anything else). Returns how many.
-pub fn remove_stale_temp_files(dir: &Path) -> usize {
+/// Removes temp files a crash left behind in `dir` (never anything else): every darkroom
+/// temp file, or with `host_tag` ([`atomic::temp_tag_of`]) only that host's. Returns how many.
+pub fn remove_stale_temp_files(dir: &Path, host_tag: Option<&str>) -> usize {
+    let prefix = format!("{TEMP_PREFIX}{}", host_tag.unwrap_or(""));
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if name.to_string_lossy().starts_with(TEMP_PREFIX)
+        if name.to_string_lossy().starts_with(&prefix)
             && entry.file_type().is_ok_and(|t| t.is_file())
             && std::fs::remove_file(entry.path()).is_ok()
         {
@@ -101,9 +103,7 @@ pub fn move_durably(from: &Path, to: &Path) -> std::io::Result<()> {
             atomic::sync_dir(&atomic::parent_dir(from))
         }
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let mut temp = tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .tempfile_in(&to_dir)?;
+            let mut temp = atomic::temp_file_in(&to_dir)?;
             std::io::copy(&mut std::fs::File::open(from)?, temp.as_file_mut())?;
             temp.as_file().sync_all()?;
             let permissions = std::fs::metadata(from)?.permissions();

@@ -11,6 +11,39 @@ use std::sync::Arc;
 /// Prefix of darkroom's temp files; hidden, so watchers and users skip them.
 pub const TEMP_PREFIX: &str = ".darkroom-tmp-";
 
+/// This process's mark in its temp files' names, after [`TEMP_PREFIX`]: on folders several
+/// hosts share, each host removes only its own leftovers (and those of a host whose work
+/// it took over).
+static TEMP_TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The mark a host's temp files carry: `h` and 8 hex digits of its name's hash, then `-`.
+pub fn temp_tag_of(host: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(host.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("h{hex}-")
+}
+
+/// Marks every later temp file of this process as `host`'s (once; later calls are ignored).
+pub fn set_temp_host(host: &str) {
+    let _ = TEMP_TAG.set(temp_tag_of(host));
+}
+
+/// The name prefix of this process's temp files.
+pub fn temp_prefix() -> String {
+    format!("{TEMP_PREFIX}{}", TEMP_TAG.get().map_or("", String::as_str))
+}
+
+/// A new temp file in `dir`, named with [`temp_prefix`], readable as any ordinary file
+/// (0666 before the umask; tempfile's default 0600 would hide outputs from the user's
+/// other tools).
+pub fn temp_file_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&temp_prefix())
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+}
+
 /// Set by the command line (unless `--overwrite`): publishing a file never replaces one that
 /// exists. The daemon leaves it unset, since a job re-run after a crash rewrites its own
 /// output under the same name.
@@ -68,15 +101,7 @@ pub fn check_not_cancelled() -> std::io::Result<()> {
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = parent_dir(path);
-    // 0666 before the umask, as any ordinary file; tempfile's default 0600 would hide
-    // outputs from the user's other tools.
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(&dir)?;
-    temp.write_all(bytes)?;
-    temp.flush()?;
-    temp.as_file().sync_all()?;
+    let temp = durable_temp(&dir, bytes)?;
     check_not_cancelled()?;
     if KEEP_EXISTING.load(Ordering::SeqCst) {
         // link + unlink: fails, atomically, when the target appeared in the meantime.
@@ -100,15 +125,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// the whole file appear at once (the temp file's name starts with [`TEMP_PREFIX`]).
 pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = parent_dir(path);
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(&dir)?;
+    durable_temp(&dir, bytes)?
+        .persist_noclobber(path)
+        .map_err(|e| e.error)?;
+    sync_dir(&dir)
+}
+
+/// `bytes` in a new temp file in `dir`, synced: ready to be renamed into place.
+fn durable_temp(dir: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut temp = temp_file_in(dir)?;
     temp.write_all(bytes)?;
     temp.flush()?;
     temp.as_file().sync_all()?;
-    temp.persist_noclobber(path).map_err(|e| e.error)?;
-    sync_dir(&dir)
+    Ok(temp)
 }
 
 /// fsyncs a directory so a rename inside it is durable.

@@ -17,7 +17,7 @@ use crate::core::corrections::{Bilateral, PreFilters};
 use crate::core::dataset::{self, FitMode, FitPlan, Resolution};
 use crate::core::filters::Unsharp;
 use crate::core::{adjust, colour, quality};
-use crate::io::atomic::{self, TEMP_PREFIX};
+use crate::io::atomic;
 use crate::io::decode::{self, DecodeLimits};
 use crate::io::encode::OutputFormat;
 use crate::io::png_encode;
@@ -933,11 +933,7 @@ fn encode(image: &DynamicImage, options: &NormaliseOptions) -> Result<Vec<u8>, O
 }
 
 fn write_temp(dir: &Path, bytes: &[u8]) -> std::io::Result<tempfile::TempPath> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)?;
+    let mut temp = atomic::temp_file_in(dir)?;
     temp.write_all(bytes)?;
     temp.flush()?;
     temp.as_file().sync_all()?;

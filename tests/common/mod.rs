@@ -2,9 +2,11 @@
 //! real `darkroom` binary, and comparing images.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod comfyui;
 pub mod daemon;
 pub mod http;
+pub mod postgres;
 
 use darkroom::io::decode::{self, LoadedImage};
 use std::path::{Path, PathBuf};

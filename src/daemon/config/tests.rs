@@ -353,3 +353,41 @@ fn a_tool_is_checked_with_every_problem_at_once() {
     let errors = parse(&rule("tool = 3")).unwrap_err().to_string();
     assert!(errors.contains("tool: is an integer"), "{errors}");
 }
+
+#[test]
+fn the_journal_is_sqlite_unless_a_postgresql_url_is_given_and_bad_values_are_all_reported() {
+    use crate::daemon::journal::Location;
+    let rule = "[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n";
+    let config = parse(rule).unwrap();
+    assert_eq!(config.daemon.journal, Location::Sqlite);
+    assert!(!config.daemon.host.is_empty());
+    assert_eq!(config.daemon.lease_timeout, Duration::from_secs(15));
+    let config = parse(&format!(
+        "[daemon]\njournal = \"postgresql://dr:secret@db.lan/jobs\"\nhost = \"gpu1\"\nlease_timeout = \"5s\"\n\n{rule}"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.daemon.journal,
+        Location::Postgres("postgresql://dr:secret@db.lan/jobs".into())
+    );
+    assert_eq!(config.daemon.host, "gpu1");
+    assert_eq!(config.daemon.lease_timeout, Duration::from_secs(5));
+    let errors = parse(&format!(
+        "[daemon]\njournal = \"mysql://dr:secret@db.lan/jobs\"\nhost = \"gpu 1\"\nlease_timeout = \"200ms\"\n\n{rule}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(errors.contains("daemon.journal: 'mysql://dr:***@db.lan/jobs' is neither \"sqlite\" nor a PostgreSQL URL"), "{errors}");
+    assert!(
+        !errors.contains("secret"),
+        "a password never reaches a message: {errors}"
+    );
+    assert!(
+        errors.contains("daemon.host: 'gpu 1' is not a host name"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("daemon.lease_timeout: must be at least 1s"),
+        "{errors}"
+    );
+}

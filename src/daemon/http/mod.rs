@@ -13,7 +13,7 @@
 //! cross-site form cannot send without a CORS preflight this server never grants).
 
 use crate::daemon::config::Config;
-use crate::daemon::journal::{Job, SqliteStore, Store};
+use crate::daemon::journal::{Job, Opening, SqlStore, Store};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::model_lane::ModelLane;
 use crate::daemon::trees::Trees;
@@ -102,18 +102,18 @@ impl Drop for Listener {
 
 /// Read-only journal connections for the handlers, used on tokio's blocking pool.
 struct ReadPool {
-    connections: Vec<Mutex<SqliteStore>>,
+    connections: Vec<Mutex<SqlStore>>,
     next: AtomicUsize,
 }
 
 impl ReadPool {
-    fn open(state_dir: &std::path::Path, size: usize) -> anyhow::Result<ReadPool> {
+    fn open(journal: &Opening, size: usize) -> anyhow::Result<ReadPool> {
         let mut connections = Vec::new();
         for _ in 0..size {
-            let store = SqliteStore::open_read_only(state_dir).with_context(|| {
+            let store = journal.open_reader("http").with_context(|| {
                 format!(
-                    "cannot open the journal in {} for reading",
-                    state_dir.display()
+                    "cannot open the journal {} for reading",
+                    journal.location.describe(&journal.state_dir)
                 )
             })?;
             connections.push(Mutex::new(store));
@@ -247,7 +247,7 @@ pub fn start(
     })?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let pool = Arc::new(ReadPool::open(&state_dir, 4)?);
+    let pool = Arc::new(ReadPool::open(&config.daemon.journal_opening(), 4)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)

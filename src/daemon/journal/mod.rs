@@ -1,7 +1,10 @@
-//! The crash-safe job journal: one SQLite database (WAL, `synchronous=FULL`) with every job,
-//! its state and the log of its state changes. The daemon's main thread is the only writer
-//! of jobs (the webhook deliverer writes only its own position in the event log);
-//! `darkroom status` and the HTTP listener read it while the daemon runs.
+//! The crash-safe job journal: every job, its state and the log of its state changes. One
+//! host keeps it in an SQLite database in its state folder (WAL, `synchronous=FULL`);
+//! several hosts share one in PostgreSQL (`[daemon] journal = "postgresql://..."`), where a
+//! running job is leased by its host. On each host the daemon's main thread is the only
+//! writer of jobs (the webhook deliverer writes only its own position in the event log, the
+//! heartbeat only leases); `darkroom status` and the HTTP listener read it while the daemon
+//! runs.
 //!
 //! A job is either an input (a file claimed from a rule's inbox, `split` in the journal) or
 //! a return (a processed proxy claimed from the rule's return folder, `merge` in the journal,
@@ -188,6 +191,29 @@ pub struct Job {
     pub tool_server: Option<String>,
     /// Failed or cancelled jobs: the [`FailureClass`].
     pub failure: Option<String>,
+    /// The host whose lease the job is under (running there, or about to start there).
+    pub leased_by: Option<String>,
+    /// When that lease lapses unless its host renews it (the database's clock).
+    pub lease_until: Option<f64>,
+}
+
+/// A daemon that shares the journal, as its heartbeat row says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Host {
+    pub name: String,
+    pub pid: i64,
+    /// Its roles, comma-separated.
+    pub roles: String,
+    pub version: String,
+    pub started_at: f64,
+    /// Seconds since its last heartbeat (the database's clock).
+    pub heartbeat_age: f64,
+    /// When it stopped cleanly; `None` while it runs (or since it was killed).
+    pub stopped_at: Option<f64>,
+    /// Jobs running under its lease.
+    pub running: Vec<i64>,
+    /// Roles it is elected for (`scanner`).
+    pub leads: Vec<String>,
 }
 
 /// One state change of a job, as the journal recorded it (in the same transaction as the
@@ -241,26 +267,108 @@ pub struct ToolReturn {
     pub output_path: PathBuf,
 }
 
+mod postgres;
+mod schema;
+mod sql;
 mod sqlite;
+mod store;
 
-pub use sqlite::SqliteStore;
+pub use postgres::{listen_for_work, redacted};
+pub use store::SqlStore;
 
-/// A journal operation that failed, with the backend's own words.
+/// A journal operation that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("journal: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    /// The database's own words.
+    #[error("journal: {0}")]
+    Database(String),
+    /// This host's lease on the job lapsed and the job is no longer its attempt to finish
+    /// (another host took it over, or it was cancelled): the write was refused.
+    #[error("journal: job {job} is no longer this host's to finish: its lease lapsed and the job was taken over")]
+    Fenced { job: i64 },
+}
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+impl StoreError {
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
     }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Where the journal lives: `[daemon] journal`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Location {
+    /// `journal.sqlite` in the state folder (one host).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database that several hosts share.
+    Postgres(String),
+}
+
+impl Location {
+    /// `sqlite`, or a `postgresql://` (`postgres://`) URL.
+    pub fn parse(text: &str) -> Result<Location, String> {
+        if text == "sqlite" {
+            return Ok(Location::Sqlite);
+        }
+        if text.starts_with("postgresql://") || text.starts_with("postgres://") {
+            return text
+                .parse::<::postgres::Config>()
+                .map(|_| Location::Postgres(text.to_string()))
+                .map_err(|e| format!("'{}' is not a PostgreSQL URL: {e}", redacted(text)));
+        }
+        Err(format!(
+            "'{}' is neither \"sqlite\" nor a PostgreSQL URL (postgresql://user@host/database)",
+            redacted(text)
+        ))
+    }
+
+    /// For messages: the SQLite file, or the URL without its password.
+    pub fn describe(&self, state_dir: &Path) -> String {
+        match self {
+            Location::Sqlite => state_dir.join(FILE_NAME).display().to_string(),
+            Location::Postgres(url) => redacted(url),
+        }
+    }
+}
+
+/// What opening a journal needs: where it is, and who this host is in it.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub location: Location,
+    pub state_dir: PathBuf,
+    /// This host's name in leases.
+    pub host: String,
+    /// How long a lease lasts without a heartbeat.
+    pub lease: std::time::Duration,
+}
+
+impl Opening {
+    /// The daemon's own writable journal (its schema brought up to date); `purpose` names
+    /// the connection on the database server.
+    pub fn open(&self, purpose: &str) -> StoreResult<SqlStore> {
+        let db: Box<dyn sql::Database> = match &self.location {
+            Location::Sqlite => Box::new(sqlite::SqliteDb::open(&self.state_dir)?),
+            Location::Postgres(url) => Box::new(postgres::PostgresDb::open(url, purpose)?),
+        };
+        Ok(SqlStore::new(db, &self.host, self.lease))
+    }
+
+    /// A connection for reading while the daemon runs (`darkroom status`, the HTTP API).
+    pub fn open_reader(&self, purpose: &str) -> StoreResult<SqlStore> {
+        let db: Box<dyn sql::Database> = match &self.location {
+            Location::Sqlite => Box::new(sqlite::SqliteDb::open_read_only(&self.state_dir)?),
+            Location::Postgres(url) => Box::new(postgres::PostgresDb::connect(url, purpose)?),
+        };
+        Ok(SqlStore::new(db, &self.host, self.lease))
+    }
+}
+
 /// The operations the daemon needs from its journal, whatever keeps it: claim by identity,
-/// state transitions with attempt numbers, pending proxies, deadlines, retries, counts.
-/// SQLite ([`SqliteStore`]) is the one implementation; no SQL lives outside it.
+/// state transitions with attempt numbers, leases, pending proxies, deadlines, retries,
+/// counts. [`SqlStore`] implements them once over SQLite and PostgreSQL; no SQL lives
+/// outside `journal`.
 pub trait Store: Send {
     /// The job a file identity already has, if any.
     fn find_identity(
@@ -296,8 +404,18 @@ pub trait Store: Send {
     /// are rewritten in place, atomically).
     fn interrupted(&self) -> StoreResult<Vec<Job>>;
 
-    /// Queued jobs whose retry time has come, oldest first.
+    /// Queued jobs whose retry time has come, oldest first. On a shared journal they are
+    /// reserved for this host (skipping those another host holds) until started or
+    /// released.
     fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>>;
+
+    /// Gives back the reservations of jobs [`Store::runnable`] handed out that did not
+    /// start.
+    fn release_unstarted(&self) -> StoreResult<()>;
+
+    /// Running jobs whose host's lease lapsed (the host died, stalled or lost the
+    /// database): queued again, for any host to take. Each with the host that held it.
+    fn reclaim_lapsed(&self) -> StoreResult<Vec<(Job, String)>>;
 
     /// The earliest retry time after `at` among queued jobs (those already due start as
     /// soon as a worker is free, which wakes the loop anyway).
@@ -337,7 +455,9 @@ pub trait Store: Send {
     /// Moves a job to a new state (and clears its error unless one is given).
     fn set_state(&self, id: i64, state: State, error: Option<&str>) -> StoreResult<()>;
 
-    /// Starts an attempt: the state becomes `running`/`merging` and attempts grows by one.
+    /// Starts an attempt: the state becomes `running`/`merging` and attempts grows by one,
+    /// under this host's lease. Every later write about the job is fenced by that attempt
+    /// ([`StoreError::Fenced`] once another host took it over).
     fn start_attempt(&self, id: i64, state: State) -> StoreResult<()>;
 
     /// Puts a job back in the queue after a transient failure, to run at `at`.
@@ -459,4 +579,21 @@ pub trait Store: Send {
 
     /// Every webhook target's delivery state.
     fn deliveries(&self) -> StoreResult<Vec<Delivery>>;
+
+    /// Records this host in the journal's host list as running; refuses when a live daemon
+    /// on this machine already runs under the same host name.
+    fn register_host(&self, roles: &str) -> StoreResult<()>;
+
+    /// Says this host is alive and renews the leases of the jobs it runs; returns how many.
+    fn heartbeat(&self) -> StoreResult<u64>;
+
+    /// Marks this host stopped and gives up what it was elected for.
+    fn host_stopped(&self) -> StoreResult<()>;
+
+    /// Takes or keeps `role` for this host for one lease; false while another host holds
+    /// it. On a journal only one host uses, always true.
+    fn lead(&self, role: &str) -> StoreResult<bool>;
+
+    /// Every host that has used the journal.
+    fn hosts(&self) -> StoreResult<Vec<Host>>;
 }

@@ -9,7 +9,7 @@
 use crate::daemon::config::{self, Config, Rule};
 use crate::daemon::http;
 use crate::daemon::intake::{Claim, Intake, Role, WatchRoot};
-use crate::daemon::journal::{FileIdentity, Job, Kind, SqliteStore, State, Store};
+use crate::daemon::journal::{FileIdentity, Job, Kind, State, Store};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::model_lane::{ModelLane, ScaleKnown};
 use crate::daemon::systemd;
@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod claims;
+mod cluster;
 mod outcomes;
 mod starts;
 mod steering;
@@ -54,6 +55,8 @@ enum Event {
     },
     /// A request of the HTTP API that changes a job.
     Http(crate::daemon::http::Command),
+    /// Another host queued work on the shared journal.
+    Wake,
 }
 
 /// The journal's kind for a file found in a folder of `role`: an inbox gives originals, the
@@ -124,6 +127,11 @@ struct Daemon {
     _listener: Option<http::Listener>,
     /// Dropping it stops the webhook deliverer.
     _notify_stop: Sender<()>,
+    /// This host is the one that scans the folders, watches the deadlines and sends the
+    /// webhooks (always, on a journal only this host uses).
+    leading: Arc<AtomicBool>,
+    /// Dropping it stops the heartbeat (hosts that share the journal).
+    _heartbeat_stop: Option<Sender<()>>,
 }
 
 /// Creates every folder the config names.
@@ -262,22 +270,39 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let trees = Trees::new(&config.daemon.root);
     create_folders(&config, &trees)?;
+    let opening = config.daemon.journal_opening();
+    let journal_name = opening.location.describe(&config.daemon.state_dir);
     let journal: Box<dyn Store> = Box::new(
-        SqliteStore::open(&config.daemon.state_dir).with_context(|| {
-            format!(
-                "cannot open the journal in {}",
-                config.daemon.state_dir.display()
-            )
-        })?,
+        opening
+            .open("daemon")
+            .with_context(|| format!("cannot open the journal {journal_name}"))?,
     );
+    journal
+        .register_host(cluster::ROLES)
+        .with_context(|| format!("cannot join the journal {journal_name}"))?;
+    let shared = config.daemon.shares_journal();
+    let heartbeat_stop = if shared {
+        crate::io::atomic::set_temp_host(&config.daemon.host);
+        Some(cluster::spawn_heartbeat(&opening)?)
+    } else {
+        None
+    };
+    let leading = Arc::new(AtomicBool::new(journal.lead(cluster::SCANNER)?));
     let log = ProcessingLog::open(&trees.processing_log())
         .with_context(|| format!("cannot open {}", trees.processing_log().display()))?;
     let (events, inbox) = mpsc::channel::<Event>();
+    if shared {
+        cluster::spawn_listener(&opening, &events)?;
+    }
     spawn_signal_thread(&events)?;
     let lane = ModelLane::start();
     let (work, work_queue) = spawn_workers(config.daemon.workers, &events, &lane);
     let workers_spawned = config.daemon.workers;
-    let intake = start_intake(&config, &events)?;
+    let intake = if leading.load(Ordering::SeqCst) {
+        start_intake(&config, &events)?
+    } else {
+        Intake::idle()
+    };
     let hasher = spawn_hasher(&events);
     let metrics = Arc::new(Metrics::new());
     let shared_config = Arc::new(std::sync::RwLock::new(Arc::clone(&config)));
@@ -310,6 +335,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     crate::daemon::notify::start(
         Arc::clone(&shared_config),
         Arc::clone(&metrics),
+        Arc::clone(&leading),
         notify_stopped,
     )
     .context("cannot start the webhook deliverer")?;
@@ -341,6 +367,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         http,
         _listener: listener,
         _notify_stop: notify_stop,
+        leading,
+        _heartbeat_stop: heartbeat_stop,
     };
     daemon.recover()?;
     daemon.claim_ready();
@@ -349,6 +377,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         config = %daemon.config.path.display(),
         rules = daemon.config.rules.len(),
         root = %daemon.config.daemon.root.display(),
+        journal = %journal_name,
+        host = %daemon.config.daemon.host,
         version = VERSION,
         "darkroom is running"
     );
@@ -385,8 +415,14 @@ impl Daemon {
                     .map(|f| f.path.to_path_buf()),
             );
         }
+        // On folders other hosts share, only this host's own leftovers are removed.
+        let own = self
+            .config
+            .daemon
+            .shares_journal()
+            .then(|| crate::io::atomic::temp_tag_of(&self.config.daemon.host));
         for dir in dirs {
-            removed += trees::remove_stale_temp_files(&dir);
+            removed += trees::remove_stale_temp_files(&dir, own.as_deref());
         }
         // darkroom keeps nothing in `state/work`; what is there is scratch an interrupted
         // older version left.
@@ -411,6 +447,11 @@ impl Daemon {
             if let Some(wait) = self.next_deadline() {
                 timeout = timeout.min(wait);
             }
+            if self.config.daemon.shares_journal() {
+                // The leases, the scanner's role and other hosts' lapsed work are looked
+                // at once a second.
+                timeout = timeout.min(Duration::from_secs(1));
+            }
             let first = match inbox.recv_timeout(timeout) {
                 Ok(event) => Some(event),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -427,6 +468,7 @@ impl Daemon {
                     Event::Hashed { claim, sha256 } => self.hashed(claim, sha256),
                     Event::ModelScale { model, scale } => self.learn_scale(model, scale),
                     Event::Http(command) => self.steer(command),
+                    Event::Wake => {}
                     Event::Signal(signal) if signal == signal_hook::consts::SIGHUP => self.reload(),
                     Event::Signal(signal) => {
                         tracing::info!(signal, "stopping: no new work is taken");
@@ -441,7 +483,10 @@ impl Daemon {
             self.check_job_timeouts();
             let housekeeping = self.last_housekeeping.elapsed() >= Duration::from_secs(1);
             if housekeeping {
-                self.check_deadlines();
+                self.share_work();
+                if self.leading.load(Ordering::SeqCst) {
+                    self.check_deadlines();
+                }
             }
             self.dispatch();
             if let Some(interval) = watchdog {
@@ -481,6 +526,9 @@ impl Daemon {
                 Err(_) => break,
             }
         }
+        if let Err(e) = self.journal.host_stopped() {
+            tracing::warn!(error = %e, "cannot record this host's stop in the journal");
+        }
         tracing::info!("darkroom stopped");
         Ok(())
     }
@@ -503,8 +551,14 @@ impl Daemon {
                 for warning in &config.warnings {
                     tracing::warn!("{warning}");
                 }
-                let result = create_folders(&config, &self.trees)
-                    .and_then(|()| start_intake(&config, &self.events));
+                let leading = self.leading.load(Ordering::SeqCst);
+                let result = create_folders(&config, &self.trees).and_then(|()| {
+                    if leading {
+                        start_intake(&config, &self.events)
+                    } else {
+                        Ok(Intake::idle())
+                    }
+                });
                 match result {
                     Ok(intake) => {
                         self.intake.stop();

@@ -33,12 +33,17 @@ impl Daemon {
                 Ok(())
             }
         };
-        if let Err(e) = result {
-            tracing::error!(
+        match result {
+            Ok(()) => {}
+            Err(e) if super::starts::is_fenced(&e) => tracing::warn!(
+                job = job_id,
+                "finished after this host's lease lapsed and another host took the job over: this result is not recorded"
+            ),
+            Err(e) => tracing::error!(
                 job = job_id,
                 error = format!("{e:#}"),
                 "cannot record a finished job"
-            );
+            ),
         }
     }
 

@@ -9,6 +9,13 @@ pub(super) enum Lane {
     Tool,
 }
 
+/// The journal refused a write because the job is no longer this host's attempt.
+pub(super) fn is_fenced(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<crate::daemon::journal::StoreError>()
+        .is_some_and(|e| e.is_fenced())
+}
+
 impl Daemon {
     /// Starts queued jobs while workers are free.
     pub(super) fn dispatch(&mut self) {
@@ -31,6 +38,11 @@ impl Daemon {
             if started >= free && job.state != State::WaitingForTool {
                 continue;
             }
+            if self.in_flight.contains_key(&job.id) || self.tool_in_flight.contains_key(&job.id) {
+                // Queued again while this host still runs it (its lease lapsed meanwhile):
+                // the run under way ends first; its late result is fenced off.
+                continue;
+            }
             let Some(rule) = self.config.rule(&job.rule).cloned() else {
                 if self.orphans_warned.insert(job.id) {
                     tracing::warn!(job = job.id, rule = %job.rule, "job waits: its rule is no longer in the config");
@@ -40,10 +52,16 @@ impl Daemon {
             match self.start(&rule, &job) {
                 Ok(Some(Lane::Worker)) => started += 1,
                 Ok(_) => {}
+                Err(e) if is_fenced(&e) => {
+                    tracing::debug!(job = job.id, "another host took the job first");
+                }
                 Err(e) => {
                     tracing::error!(job = job.id, error = format!("{e:#}"), "cannot start job")
                 }
             }
+        }
+        if let Err(e) = self.journal.release_unstarted() {
+            tracing::debug!(error = %e, "cannot release the jobs this host did not start");
         }
     }
 

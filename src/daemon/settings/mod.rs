@@ -70,8 +70,15 @@ pub const DEFAULT_INCOMPLETE_GRACE: Duration = Duration::from_secs(60);
 pub struct DaemonSettings {
     /// Root of the `processed/`, `metadata/` and `failed/` trees.
     pub root: PathBuf,
-    /// Where the journal lives.
+    /// This host's own state (and the journal, when it is SQLite).
     pub state_dir: PathBuf,
+    /// `sqlite` (in `state_dir`), or the PostgreSQL database several hosts share.
+    pub journal: crate::daemon::journal::Location,
+    /// This daemon's name among the hosts that share a journal (default: the machine's).
+    pub host: String,
+    /// How long a running job's lease outlives its host's last heartbeat: past it, another
+    /// host takes the job over.
+    pub lease_timeout: Duration,
     /// Rolling log files.
     pub log_dir: PathBuf,
     /// `error`, `warn`, `info`, `debug` or `trace` (or any `RUST_LOG` directive).
@@ -94,6 +101,23 @@ pub struct DaemonSettings {
     /// fresh worker takes its place.
     pub job_timeout: Duration,
     pub limits: DecodeLimits,
+}
+
+impl DaemonSettings {
+    /// How this daemon opens its journal.
+    pub fn journal_opening(&self) -> crate::daemon::journal::Opening {
+        crate::daemon::journal::Opening {
+            location: self.journal.clone(),
+            state_dir: self.state_dir.clone(),
+            host: self.host.clone(),
+            lease: self.lease_timeout,
+        }
+    }
+
+    /// Several hosts may share the journal.
+    pub fn shares_journal(&self) -> bool {
+        self.journal != crate::daemon::journal::Location::Sqlite
+    }
 }
 
 /// What happens to an original once its outputs are durable.

@@ -1,6 +1,7 @@
 //! `[daemon]`, `[runtime]` and `[models.<name>]`: the daemon's own settings and the model tables.
 
 use super::*;
+use crate::daemon::journal::Location;
 
 /// `[daemon]` defaults (`incomplete_grace`'s is [`DEFAULT_INCOMPLETE_GRACE`]).
 pub(crate) const DEFAULT_ROOT: &str = "var";
@@ -49,6 +50,9 @@ pub(crate) struct RawDaemon {
     pub(crate) retry_backoff: Option<toml::Value>,
     pub(crate) job_timeout: Option<toml::Value>,
     pub(crate) limits: Option<RawLimits>,
+    pub(crate) journal: Option<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) lease_timeout: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -58,6 +62,21 @@ pub(crate) struct RawLimits {
     pub(crate) max_file_mib: Option<u64>,
     pub(crate) max_alloc_mib: Option<u64>,
     pub(crate) max_side: Option<u32>,
+}
+
+/// How long a host's leases outlive its last heartbeat by default.
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// This machine's host name (`gethostname`), the default `[daemon] host`.
+fn this_machine() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let ok = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) } == 0;
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if ok && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
+    }
 }
 
 pub(crate) fn resolve_daemon(
@@ -162,9 +181,44 @@ pub(crate) fn resolve_daemon(
             problems.push("daemon.limits", Some(line), "limits must be above zero");
         }
     }
+    let journal = match raw.journal.as_deref() {
+        None => Location::Sqlite,
+        Some(text) => Location::parse(text).unwrap_or_else(|message| {
+            problems.push("daemon.journal", Some(line), message);
+            Location::Sqlite
+        }),
+    };
+    let host = raw.host.unwrap_or_else(this_machine);
+    if host.is_empty()
+        || host.len() > 64
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        problems.push(
+            "daemon.host",
+            Some(line),
+            format!("'{host}' is not a host name: 1 to 64 characters, no spaces"),
+        );
+    }
+    let lease_timeout = duration_or(
+        raw.lease_timeout,
+        DEFAULT_LEASE_TIMEOUT,
+        "daemon.lease_timeout".into(),
+        line,
+        problems,
+    );
+    if lease_timeout < Duration::from_secs(1) {
+        problems.push(
+            "daemon.lease_timeout",
+            Some(line),
+            "must be at least 1s: a host renews its leases three times per lease_timeout",
+        );
+    }
     DaemonSettings {
         root,
         state_dir,
+        journal,
+        host,
+        lease_timeout: lease_timeout.max(Duration::from_secs(1)),
         log_dir,
         log_level,
         workers: workers.clamp(1, 64),

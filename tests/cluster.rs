@@ -1,0 +1,254 @@
+//! Three real daemons on one shared tree and one real PostgreSQL journal: the work is
+//! shared, nothing is done twice, and a host that dies, stalls or loses the database loses
+//! nothing.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::daemon::write_graded_proxy;
+use common::postgres::PgServer;
+use std::path::Path;
+use std::time::Duration;
+
+const PHOTO: &str = "photo_coffee_600x400.png";
+
+/// `SELECT count(*) ... WHERE <condition>` on the jobs table.
+fn jobs_where(server: &PgServer, condition: &str) -> usize {
+    server
+        .psql(&format!("SELECT count(*) FROM jobs WHERE {condition}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn three_hosts_share_300_drops_and_every_proxy_and_merge_happens_once() {
+    let server = PgServer::start();
+    let mut cluster = Cluster::new(&server, 3, "", "");
+    cluster.start_all();
+    for i in 0..300 {
+        cluster.drop_file(PHOTO, &format!("p{i:03}.png"));
+    }
+    cluster.wait_for("300 proxies", |c| {
+        c.files("var/exchange/out/photos").len() >= 300
+            && jobs_where(&server, "kind = 'split' AND state = 'awaiting-return'") == 300
+    });
+    let proxies = cluster.files("var/exchange/out/photos");
+    assert_eq!(proxies.len(), 300, "exactly one proxy per image");
+    assert_eq!(
+        jobs_where(&server, "kind = 'split'"),
+        300,
+        "one job per image"
+    );
+    assert_eq!(
+        jobs_where(&server, "kind = 'split' AND attempts != 1"),
+        0,
+        "no split ran twice"
+    );
+    for index in 0..3 {
+        let proxied = cluster.log(index).matches("proxy written").count();
+        assert!(
+            proxied > 0,
+            "host {} did none of the work:\n{}",
+            cluster.hosts[index].name,
+            cluster.logs()
+        );
+    }
+    // Returns, merged exactly once whichever host takes them.
+    for proxy in proxies.iter().take(12) {
+        let name = proxy.file_name().unwrap().to_str().unwrap();
+        write_graded_proxy(
+            proxy,
+            &cluster.path("var/exchange/in/photos"),
+            name,
+            20,
+            true,
+        );
+    }
+    cluster.wait_for("12 merges", |c| {
+        c.files("var/processed/photos/images").len() >= 12
+            && jobs_where(&server, "kind = 'merge' AND state = 'done'") == 12
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.files("var/processed/photos/images").len(), 12);
+    assert_eq!(jobs_where(&server, "kind = 'merge'"), 12);
+    assert_eq!(jobs_where(&server, "kind = 'merge' AND attempts != 1"), 0);
+    assert!(
+        cluster.temp_files().is_empty(),
+        "{:?}",
+        cluster.temp_files()
+    );
+    let status = String::from_utf8(
+        common::run_ok(
+            cluster.dir.path(),
+            &[
+                "status",
+                "--config",
+                cluster.hosts[0].config.to_str().unwrap(),
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(status.contains("hosts: 3"), "{status}");
+    assert!(status.contains("elected scanner"), "{status}");
+}
+
+/// A tool that takes a minute on its first call (the host running it is then killed or
+/// stopped) and copies the proxy back at once on every later call.
+fn slow_once_tool(dir: &Path, seconds: u32) -> String {
+    let script = dir.join("tool.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif mkdir '{}' 2>/dev/null; then sleep {seconds}; fi\ncp \"$1\" \"$2\"\n",
+            dir.join("first-call").display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&script).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "tool = \"cmd({} %i %o)\"\ncommand_timeout = \"120s\"",
+        script.display()
+    )
+}
+
+/// The index of the host whose lease a job at the tool is under.
+fn holder(cluster: &Cluster, server: &PgServer) -> usize {
+    let mut name = String::new();
+    cluster.wait_for("a job at the tool", |_| {
+        name = server.psql("SELECT leased_by FROM jobs WHERE state = 'at-tool'");
+        !name.is_empty()
+    });
+    cluster.hosts.iter().position(|h| h.name == name).unwrap()
+}
+
+#[test]
+fn a_host_killed_while_it_runs_a_job_is_replaced_and_the_output_exists_once() {
+    let server = PgServer::start();
+    let tools = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(&server, 3, "", &slow_once_tool(tools.path(), 60));
+    cluster.start_all();
+    cluster.drop_file(PHOTO, "coffee.png");
+    let victim = holder(&cluster, &server);
+    cluster.kill_hard(victim);
+    cluster.wait_for("the job finished by another host", |c| {
+        c.files("var/processed/photos/images").len() == 1
+            && jobs_where(&server, "kind = 'merge' AND state = 'done'") == 1
+    });
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    assert!(
+        survivors.iter().any(|&i| cluster
+            .log(i)
+            .contains("taken over: its host stopped renewing its lease")),
+        "{}",
+        cluster.logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.files("var/processed/photos/images").len(), 1);
+    assert_eq!(jobs_where(&server, "kind = 'merge'"), 1);
+    assert!(
+        cluster.temp_files().is_empty(),
+        "{:?}",
+        cluster.temp_files()
+    );
+}
+
+#[test]
+fn a_stalled_host_s_late_result_is_refused_by_its_fencing_token() {
+    let server = PgServer::start();
+    let tools = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(&server, 3, "", &slow_once_tool(tools.path(), 8));
+    cluster.start_all();
+    cluster.drop_file(PHOTO, "coffee.png");
+    let stalled = holder(&cluster, &server);
+    cluster.signal(stalled, libc::SIGSTOP);
+    cluster.wait_for("the job finished by another host", |c| {
+        c.files("var/processed/photos/images").len() == 1
+            && jobs_where(&server, "kind = 'merge' AND state = 'done'") == 1
+    });
+    // The stalled host's tool call ends while it is stopped; its result waits for it.
+    std::thread::sleep(Duration::from_secs(9));
+    cluster.signal(stalled, libc::SIGCONT);
+    cluster.wait_for("the late result refused", |c| {
+        c.log(stalled).contains("this result is not recorded")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.files("var/processed/photos/images").len(), 1);
+    assert_eq!(jobs_where(&server, "kind = 'merge'"), 1, "no second merge");
+    assert_eq!(jobs_where(&server, "kind = 'split' AND state = 'done'"), 1);
+    assert!(
+        cluster.temp_files().is_empty(),
+        "{:?}",
+        cluster.temp_files()
+    );
+}
+
+#[test]
+fn the_database_stopped_for_20_seconds_mid_run_loses_and_repeats_nothing() {
+    let server = PgServer::start();
+    let mut cluster = Cluster::new(&server, 3, "", "");
+    cluster.start_all();
+    for i in 0..40 {
+        cluster.drop_file(PHOTO, &format!("p{i:02}.png"));
+    }
+    cluster.wait_for("the first proxies", |c| {
+        c.files("var/exchange/out/photos").len() >= 5
+    });
+    server.stop();
+    std::thread::sleep(Duration::from_secs(20));
+    server.start_again();
+    cluster.wait_for("40 proxies", |c| {
+        c.files("var/exchange/out/photos").len() >= 40
+            && jobs_where(&server, "kind = 'split' AND state = 'awaiting-return'") == 40
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(cluster.files("var/exchange/out/photos").len(), 40);
+    assert_eq!(jobs_where(&server, "kind = 'split'"), 40);
+    assert!(
+        cluster.temp_files().is_empty(),
+        "{:?}",
+        cluster.temp_files()
+    );
+    assert!(
+        (0..3).all(|i| cluster.log(i).contains("reconnected to the journal")),
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn a_host_whose_connection_is_cut_reconnects_and_carries_on() {
+    let server = PgServer::start();
+    let mut cluster = Cluster::new(&server, 3, "", "");
+    cluster.start_all();
+    for i in 0..30 {
+        cluster.drop_file(PHOTO, &format!("p{i:02}.png"));
+    }
+    cluster.wait_for("the first proxies", |c| {
+        c.files("var/exchange/out/photos").len() >= 3
+    });
+    let cut: usize = server
+        .psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name LIKE 'darkroom%'",
+        )
+        .parse()
+        .unwrap();
+    assert!(
+        cut >= 6,
+        "each host has a daemon and a heartbeat connection: {cut}"
+    );
+    cluster.wait_for("30 proxies", |_| {
+        jobs_where(&server, "kind = 'split' AND state = 'awaiting-return'") == 30
+    });
+    assert_eq!(cluster.files("var/exchange/out/photos").len(), 30);
+    assert!(
+        (0..3).all(|i| cluster.log(i).contains("reconnected to the journal")),
+        "{}",
+        cluster.logs()
+    );
+}
