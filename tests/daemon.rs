@@ -1470,3 +1470,52 @@ fn a_rule_with_a_model_for_new_content_merges_it_sharper_and_changes_nothing_els
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
+
+/// How many inotify instances a process holds (its `anon_inode:inotify` descriptors).
+fn inotify_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("inotify"))
+        })
+        .count()
+}
+
+#[test]
+fn with_watch_mode_poll_files_are_found_by_scanning_alone() {
+    // What another machine writes into a shared folder raises no inotify event here; a
+    // polling daemon holds no inotify watch at all, and still claims what appears.
+    let mut tree = Tree::new(&config_text(
+        "watch_mode = \"poll\"\npoll_interval = \"300ms\"",
+        "",
+    ));
+    tree.start();
+    assert!(
+        tree.log().contains("polling the watched folders"),
+        "{}",
+        tree.log()
+    );
+    assert_eq!(
+        inotify_fds(tree.pid()),
+        0,
+        "a polling daemon holds no inotify watch"
+    );
+    // Written in two parts with a pause between: claimed whole, once it has settled.
+    let bytes = std::fs::read(testdata("photo_coffee_600x400.png")).unwrap();
+    let target = tree.inbox().join("shared.png");
+    let mut file = std::fs::File::create(&target).unwrap();
+    file.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    file.sync_all().unwrap();
+    std::thread::sleep(Duration::from_millis(350));
+    file.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    drop(file);
+    let proxy = tree.wait_for_file(&tree.exchange_out(), |n| n.starts_with("shared_dr"));
+    let decoded = load(&proxy).image;
+    assert_eq!((decoded.width(), decoded.height()), (512, 512));
+    assert_eq!(tree.log().matches("claimed").count(), 1, "{}", tree.log());
+    assert!(!tree.log().contains("incomplete"), "{}", tree.log());
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+}

@@ -87,6 +87,63 @@ struct Candidate {
     unaccepted: bool,
 }
 
+/// How the intake learns of new files: `[daemon] watch_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchMode {
+    /// inotify, unless a watched folder is on a network filesystem: then polling.
+    #[default]
+    Auto,
+    /// inotify (this machine's writes only).
+    Inotify,
+    /// A scan of every watched folder each `poll_interval`: sees what other machines write
+    /// into a shared folder, which inotify cannot.
+    Poll,
+}
+
+impl std::str::FromStr for WatchMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(WatchMode::Auto),
+            "inotify" => Ok(WatchMode::Inotify),
+            "poll" => Ok(WatchMode::Poll),
+            _ => Err(format!("'{text}': use auto, inotify or poll")),
+        }
+    }
+}
+
+/// The network filesystem a folder is on, by its `statfs` type, if it is on one: inotify
+/// sees no change another machine makes there.
+pub fn network_filesystem(dir: &Path) -> Option<&'static str> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    filesystem_name(stat.f_type as u64)
+}
+
+/// The network (or possibly remote) filesystems among `statfs` type numbers.
+fn filesystem_name(kind: u64) -> Option<&'static str> {
+    Some(match kind {
+        0x6969 => "nfs",
+        0x517B => "smb",
+        0xFF53_4D42 => "cifs",
+        0xFE53_4D42 => "smb2",
+        0x00C3_6400 => "ceph",
+        0x0102_1997 => "9p",
+        0x5346_414F => "afs",
+        0x7375_7245 => "coda",
+        0x0BD0_0BD0 => "lustre",
+        0x0116_1970 => "gfs2",
+        0x7461_636F => "ocfs2",
+        0x6573_5546 => "fuse (sshfs, glusterfs and other remote filesystems use it)",
+        _ => return None,
+    })
+}
+
 /// The watcher and the candidates waiting to be claimed.
 pub struct Intake {
     roots: Vec<WatchRoot>,
@@ -102,6 +159,9 @@ pub struct Intake {
     rescan_soon: Vec<(usize, PathBuf, Instant)>,
     /// Special entries (FIFOs, sockets, devices, broken or escaping symlinks), logged once.
     special_logged: HashSet<PathBuf>,
+    /// Polling instead of inotify: every watched folder is scanned this often.
+    poll_every: Option<Duration>,
+    next_scan: Instant,
 }
 
 /// How long after a new folder's first scan it is scanned again.
@@ -128,26 +188,63 @@ pub fn is_ignored_name(name: &str) -> bool {
 
 impl Intake {
     /// Watches every root (events go to `on_event`) and then scans them, so nothing that
-    /// arrives in between is missed.
+    /// arrives in between is missed. With `poll_every`, or when `mode` is auto and a root
+    /// is on a network filesystem, no watcher is made: the roots are scanned that often.
     pub fn start(
         roots: Vec<WatchRoot>,
         window: Duration,
+        mode: WatchMode,
+        poll_interval: Duration,
         on_event: impl Fn(notify::Result<Event>) + Send + 'static,
     ) -> notify::Result<Intake> {
-        let config = notify::Config::default().with_follow_symlinks(false);
-        let mut watcher = notify::RecommendedWatcher::new(on_event, config)?;
-        let mut canonical_roots = Vec::new();
         for root in &roots {
             std::fs::create_dir_all(&root.dir).map_err(notify::Error::io)?;
-            watcher
-                .watch(&root.dir, RecursiveMode::Recursive)
-                .map_err(|e| e.add_path(root.dir.clone()))?;
-            canonical_roots.push(std::fs::canonicalize(&root.dir).unwrap_or(root.dir.clone()));
         }
+        let poll = match mode {
+            WatchMode::Poll => {
+                tracing::info!(
+                    poll_interval = %crate::daemon::settings::format_duration(poll_interval),
+                    "polling the watched folders (watch_mode = \"poll\")"
+                );
+                true
+            }
+            WatchMode::Inotify => false,
+            WatchMode::Auto => match roots
+                .iter()
+                .find_map(|r| network_filesystem(&r.dir).map(|fs| (r, fs)))
+            {
+                Some((root, fs)) => {
+                    tracing::info!(
+                        folder = %root.dir.display(),
+                        filesystem = fs,
+                        poll_interval = %crate::daemon::settings::format_duration(poll_interval),
+                        "a watched folder is on a network filesystem, where inotify misses other machines' writes: polling instead (watch_mode = \"inotify\" turns this off)"
+                    );
+                    true
+                }
+                None => false,
+            },
+        };
+        let mut watcher = None;
+        if !poll {
+            let config = notify::Config::default().with_follow_symlinks(false);
+            let mut w = notify::RecommendedWatcher::new(on_event, config)?;
+            for root in &roots {
+                w.watch(&root.dir, RecursiveMode::Recursive)
+                    .map_err(|e| e.add_path(root.dir.clone()))?;
+            }
+            watcher = Some(w);
+        }
+        let canonical_roots = roots
+            .iter()
+            .map(|root| std::fs::canonicalize(&root.dir).unwrap_or(root.dir.clone()))
+            .collect();
         let mut intake = Intake {
+            poll_every: poll.then_some(poll_interval),
+            next_scan: Instant::now() + poll_interval,
             roots,
             canonical_roots,
-            watcher: Some(watcher),
+            watcher,
             candidates: HashMap::new(),
             window,
             held_by_writer: HashSet::new(),
@@ -169,7 +266,14 @@ impl Intake {
             held_by_writer: HashSet::new(),
             rescan_soon: Vec::new(),
             special_logged: HashSet::new(),
+            poll_every: None,
+            next_scan: Instant::now(),
         }
+    }
+
+    /// Scanning every `poll_interval` instead of watching.
+    pub fn polls(&self) -> bool {
+        self.poll_every.is_some()
     }
 
     pub fn roots(&self) -> &[WatchRoot] {
@@ -214,10 +318,15 @@ impl Intake {
 
     /// How soon `poll` should run again: soon while candidates wait, otherwise never.
     pub fn next_poll(&self) -> Option<Duration> {
+        let scan = self
+            .poll_every
+            .map(|_| self.next_scan.saturating_duration_since(Instant::now()));
         if self.candidates.is_empty() && self.rescan_soon.is_empty() {
-            None
+            scan
         } else {
-            Some(Duration::from_millis(100))
+            Some(scan.map_or(Duration::from_millis(100), |s| {
+                s.min(Duration::from_millis(100))
+            }))
         }
     }
 
@@ -428,6 +537,12 @@ impl Intake {
     /// Re-examines candidates and returns those ready to be claimed.
     pub fn poll(&mut self) -> Vec<Claim> {
         let now = Instant::now();
+        if let Some(every) = self.poll_every {
+            if now >= self.next_scan {
+                self.rescan();
+                self.next_scan = now + every;
+            }
+        }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rescan_soon)
             .into_iter()
             .partition(|(_, _, at)| *at <= now);
@@ -606,6 +721,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn network_filesystems_are_told_apart_by_their_statfs_type() {
+        assert_eq!(filesystem_name(0x6969), Some("nfs"));
+        assert_eq!(filesystem_name(0xFF53_4D42), Some("cifs"));
+        assert_eq!(filesystem_name(0xEF53), None, "ext4 is local");
+        assert_eq!(filesystem_name(0x0102_1994), None, "tmpfs is local");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(network_filesystem(dir.path()), None);
+        assert_eq!("POLL".parse::<WatchMode>(), Ok(WatchMode::Poll));
+        assert!("fanotify".parse::<WatchMode>().is_err());
+    }
+
+    #[test]
     fn a_queue_overflow_rescans_and_finds_files_no_event_announced() {
         let dir = tempfile::tempdir().unwrap();
         let roots = vec![WatchRoot {
@@ -615,7 +742,14 @@ mod tests {
             patterns: vec![glob::Pattern::new("*.png").unwrap()],
             sidecars: Vec::new(),
         }];
-        let mut intake = Intake::start(roots, Duration::from_secs(60), |_| {}).unwrap();
+        let mut intake = Intake::start(
+            roots,
+            Duration::from_secs(60),
+            WatchMode::Inotify,
+            Duration::from_secs(2),
+            |_| {},
+        )
+        .unwrap();
         assert_eq!(intake.pending(), 0);
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/a.png"), b"x").unwrap();

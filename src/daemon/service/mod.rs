@@ -178,6 +178,8 @@ fn start_intake(config: &Config, events: &Sender<Event>) -> anyhow::Result<Intak
     Intake::start(
         watch_roots(config),
         config.daemon.stability_window,
+        config.daemon.watch_mode,
+        config.daemon.poll_interval,
         move |event| {
             let _ = sender.send(Event::Fs(event));
         },

@@ -72,6 +72,10 @@ pub struct DaemonSettings {
     pub root: PathBuf,
     /// This host's own state (and the journal, when it is SQLite).
     pub state_dir: PathBuf,
+    /// inotify, polling, or inotify unless a watched folder is on a network filesystem.
+    pub watch_mode: crate::daemon::intake::WatchMode,
+    /// How often a polling intake scans every watched folder.
+    pub poll_interval: Duration,
     /// `sqlite` (in `state_dir`), or the PostgreSQL database several hosts share.
     pub journal: crate::daemon::journal::Location,
     /// This daemon's name among the hosts that share a journal (default: the machine's).

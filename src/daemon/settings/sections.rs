@@ -53,6 +53,8 @@ pub(crate) struct RawDaemon {
     pub(crate) journal: Option<String>,
     pub(crate) host: Option<String>,
     pub(crate) lease_timeout: Option<toml::Value>,
+    pub(crate) watch_mode: Option<String>,
+    pub(crate) poll_interval: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -63,6 +65,9 @@ pub(crate) struct RawLimits {
     pub(crate) max_alloc_mib: Option<u64>,
     pub(crate) max_side: Option<u32>,
 }
+
+/// How often a polling intake scans the watched folders by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a host's leases outlive its last heartbeat by default.
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -213,9 +218,31 @@ pub(crate) fn resolve_daemon(
             "must be at least 1s: a host renews its leases three times per lease_timeout",
         );
     }
+    let watch_mode = parsed_or_default(
+        raw.watch_mode.as_deref(),
+        "daemon.watch_mode",
+        line,
+        problems,
+    );
+    let poll_interval = duration_or(
+        raw.poll_interval,
+        DEFAULT_POLL_INTERVAL,
+        "daemon.poll_interval".into(),
+        line,
+        problems,
+    );
+    if poll_interval < Duration::from_millis(100) {
+        problems.push(
+            "daemon.poll_interval",
+            Some(line),
+            "must be at least 100ms: each poll scans every watched folder",
+        );
+    }
     DaemonSettings {
         root,
         state_dir,
+        watch_mode,
+        poll_interval: poll_interval.max(Duration::from_millis(100)),
         journal,
         host,
         lease_timeout: lease_timeout.max(Duration::from_secs(1)),
