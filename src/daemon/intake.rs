@@ -117,8 +117,9 @@ impl std::str::FromStr for WatchMode {
 /// sees no change another machine makes there.
 pub fn network_filesystem(dir: &Path) -> Option<&'static str> {
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    // SAFETY: statfs is plain old data; all zeroes is a valid value of it.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `stat` is a valid struct to write into.
     if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
