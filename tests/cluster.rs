@@ -252,3 +252,64 @@ fn a_host_whose_connection_is_cut_reconnects_and_carries_on() {
         cluster.logs()
     );
 }
+
+#[test]
+fn a_single_host_journal_migrates_into_postgresql_and_its_jobs_go_on_there() {
+    use common::daemon::{config_text, files_in, Tree};
+    let server = PgServer::start();
+    let mut tree = Tree::new(&config_text("", ""));
+    tree.start();
+    for name in ["a.png", "b.png", "c.png"] {
+        tree.drop_file(PHOTO, name);
+    }
+    tree.wait_for("three proxies", || {
+        files_in(&tree.exchange_out()).len() == 3
+    });
+    tree.signal(libc::SIGTERM);
+    assert_eq!(tree.wait_exit().code(), Some(0));
+    let config = tree.config.to_str().unwrap().to_string();
+    let url = server.url();
+    let out = common::run_ok(
+        tree.dir.path(),
+        &["journal", "migrate", "--config", &config, "--to", &url],
+    );
+    let said = String::from_utf8(out.stdout).unwrap();
+    assert!(said.contains("copied 3 jobs"), "{said}");
+    assert_eq!(
+        jobs_where(&server, "kind = 'split' AND state = 'awaiting-return'"),
+        3
+    );
+    let events: usize = server.psql("SELECT count(*) FROM events").parse().unwrap();
+    assert!(
+        events >= 9,
+        "queued, running, awaiting-return for each: {events}"
+    );
+    // A second copy into the same database is refused, and writes nothing.
+    let again = common::darkroom()
+        .args(["journal", "migrate", "--config", &config, "--to", &url])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds 3 jobs"));
+    // The daemon, now on PostgreSQL, merges a return of a proxy the single host wrote.
+    let text = std::fs::read_to_string(&tree.config).unwrap().replacen(
+        "[daemon]\n",
+        &format!("[daemon]\njournal = \"{url}\"\nhost = \"solo\"\n"),
+        1,
+    );
+    std::fs::write(&tree.config, text).unwrap();
+    tree.start();
+    let proxy = files_in(&tree.exchange_out()).remove(0);
+    let name = proxy.file_name().unwrap().to_str().unwrap().to_string();
+    write_graded_proxy(&proxy, &tree.exchange_in(), &name, 20, true);
+    tree.wait_for("the merge", || {
+        files_in(&tree.path("var/processed/photos/images")).len() == 1
+    });
+    assert_eq!(
+        jobs_where(&server, "kind = 'split'"),
+        3,
+        "no file claimed twice"
+    );
+    let next_id: i64 = server.psql("SELECT max(id) FROM jobs").parse().unwrap();
+    assert_eq!(next_id, 4, "new ids follow the copied ones");
+}

@@ -396,6 +396,31 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Work on the daemon's journal itself.
+    Journal {
+        #[command(subcommand)]
+        action: JournalAction,
+    },
+}
+
+/// What `darkroom journal` does.
+#[derive(Debug, Subcommand)]
+pub enum JournalAction {
+    /// Copy a single host's SQLite journal (the one its config names) into an empty
+    /// PostgreSQL database, so that several hosts can share it: every job, its state, its
+    /// event log and the webhooks' positions, with their ids. Jobs that were running are
+    /// queued again. Stop the daemon first; afterwards set `journal` in [daemon] of every
+    /// host's config to the same URL.
+    #[command(
+        after_help = "Example:\n  systemctl stop darkroom\n  darkroom journal migrate --config /etc/darkroom/darkroom.toml --to postgresql://darkroom@db.lan/darkroom\n\nExit codes: 0 copied, 78 the config is invalid, 1 the copy failed (nothing was written)."
+    )]
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The PostgreSQL database to copy into (postgresql://user[:password]@host[:port]/database).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 /// `--config PATH` of the daemon commands.

@@ -56,6 +56,15 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
                 }
             },
         },
+        Command::Journal {
+            action: JournalAction::Migrate { config, to },
+        } => match Config::load_offline(&config.path).map_err(|errors| {
+            eprint!("darkroom: {errors}");
+            EX_CONFIG
+        }) {
+            Err(code) => code,
+            Ok(config) => migrate_journal(&config, to),
+        },
         Command::Serve { config } => match load(&config.path) {
             Err(code) => code,
             Ok(config) => {
@@ -85,6 +94,57 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
     })
 }
 
+/// `darkroom journal migrate`: the copy, and what to do next.
+fn migrate_journal(config: &darkroom::daemon::config::Config, to: &str) -> i32 {
+    use darkroom::daemon::journal::{self, Location};
+    if let Err(e) = Location::parse(to) {
+        eprintln!("darkroom: --to: {e}");
+        return EX_CONFIG;
+    }
+    if config.daemon.shares_journal() {
+        eprintln!(
+            "darkroom: {} already names a PostgreSQL journal; migrate copies the SQLite journal of a single host",
+            config.path.display()
+        );
+        return EX_CONFIG;
+    }
+    let sqlite = config.daemon.state_dir.join(journal::FILE_NAME);
+    if !sqlite.is_file() {
+        eprintln!(
+            "darkroom: no journal at {}: nothing to migrate",
+            sqlite.display()
+        );
+        return 1;
+    }
+    match journal::copy_sqlite_to_postgres(&config.daemon.state_dir, to) {
+        Ok(copied) => {
+            println!(
+                "copied {} jobs, {} events and {} webhook positions from {} into {}",
+                copied.jobs,
+                copied.events,
+                copied.deliveries,
+                sqlite.display(),
+                journal::redacted(to)
+            );
+            if copied.requeued > 0 {
+                println!(
+                    "{} jobs that were running are queued again",
+                    copied.requeued
+                );
+            }
+            println!(
+                "next: set journal = \"{}\" in [daemon] of every host's config, then start the daemons",
+                journal::redacted(to)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("darkroom: {e} (nothing was written)");
+            1
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), OpError> {
     let limits = cli.limits.resolve();
@@ -110,7 +170,10 @@ pub fn run(cli: Cli) -> Result<(), OpError> {
         tracing::debug!("the allocator kept its defaults (large buffers are mapped per image)");
     }
     match cli.command {
-        Command::Serve { .. } | Command::CheckConfig { .. } | Command::Status { .. } => {
+        Command::Serve { .. }
+        | Command::CheckConfig { .. }
+        | Command::Status { .. }
+        | Command::Journal { .. } => {
             unreachable!("daemon commands run through run_daemon_command")
         }
         Command::Split {

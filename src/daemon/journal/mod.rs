@@ -597,3 +597,24 @@ pub trait Store: Send {
     /// Every host that has used the journal.
     fn hosts(&self) -> StoreResult<Vec<Host>>;
 }
+
+/// What [`copy_sqlite_to_postgres`] copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Copied {
+    pub jobs: u64,
+    pub events: u64,
+    pub deliveries: u64,
+    /// Jobs that were running when the single host stopped: queued again, to run anew.
+    pub requeued: u64,
+}
+
+/// `darkroom journal migrate`: copies the SQLite journal in `state_dir` into the
+/// PostgreSQL database at `url`, in one transaction, keeping job and event ids. The
+/// database must hold no jobs yet. Jobs that were running are queued again (no host holds
+/// them there). Stop the daemon first.
+pub fn copy_sqlite_to_postgres(state_dir: &Path, url: &str) -> StoreResult<Copied> {
+    store::copy_sqlite_to_postgres(
+        &sqlite::SqliteDb::open(state_dir)?,
+        &postgres::PostgresDb::open(url, "migrate")?,
+    )
+}

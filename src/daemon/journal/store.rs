@@ -460,8 +460,9 @@ impl Store for SqlStore {
                      state = CASE jobs.state WHEN 'at-tool' THEN 'waiting-for-tool' ELSE 'queued' END, \
                      error = 'taken over: host ' || lapsed.host || ' stopped renewing its lease', \
                      leased_by = NULL, lease_until = NULL, updated_at = ?1 \
-                     FROM (SELECT id, leased_by AS host FROM jobs WHERE state IN {RUNNING} \
-                           AND lease_until < {now_db} {}) AS lapsed \
+                     FROM (SELECT id, COALESCE(leased_by, 'unknown') AS host FROM jobs \
+                           WHERE state IN {RUNNING} \
+                           AND (lease_until IS NULL OR lease_until < {now_db}) {}) AS lapsed \
                      WHERE jobs.id = lapsed.id RETURNING {}, lapsed.host",
                     self.dialect().skip_locked(),
                     columns.join(", ")
@@ -962,6 +963,62 @@ impl Store for SqlStore {
         }
         Ok(hosts)
     }
+}
+
+/// Copies every job, event and webhook position of `from` into the empty journal `to`,
+/// keeping their ids, in one transaction of `to`; jobs left running are queued again.
+pub(super) fn copy_sqlite_to_postgres(
+    from: &dyn Database,
+    to: &dyn Database,
+) -> StoreResult<Copied> {
+    let held: i64 = to
+        .rows("SELECT count(*) FROM jobs", &[])?
+        .first()
+        .map_or(Ok(0), |r| r.int(0))?;
+    if held > 0 {
+        return Err(StoreError::Database(format!(
+            "the PostgreSQL journal already holds {held} jobs: migrate into an empty database"
+        )));
+    }
+    let copy = |table: &str, columns: &str| -> StoreResult<u64> {
+        let rows = from.rows(&format!("SELECT {columns} FROM {table} ORDER BY 1"), &[])?;
+        let count = columns.split(", ").count();
+        let placeholders: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
+        let insert = format!(
+            "INSERT INTO {table} ({columns}) VALUES ({})",
+            placeholders.join(", ")
+        );
+        for row in &rows {
+            to.execute(&insert, &row.0)?;
+        }
+        Ok(rows.len() as u64)
+    };
+    transaction(to, || {
+        // The copied events are the log; the triggers would add a second one.
+        to.batch("ALTER TABLE jobs DISABLE TRIGGER USER")?;
+        let jobs = copy("jobs", &format!("{COLUMNS}, inode"))?;
+        let events = copy("events", "id, job, at, state, attempts, error, failure")?;
+        let deliveries = copy("deliveries", DELIVERY_COLUMNS)?;
+        to.batch("ALTER TABLE jobs ENABLE TRIGGER USER")?;
+        let requeued = to.execute(
+            &format!(
+                "UPDATE jobs SET state = CASE state WHEN 'at-tool' THEN 'waiting-for-tool' \
+                 ELSE 'queued' END, attempts = GREATEST(attempts - 1, 0), leased_by = NULL, \
+                 lease_until = NULL WHERE state IN {RUNNING}"
+            ),
+            &[],
+        )?;
+        to.batch(
+            "SELECT setval('jobs_id_seq', GREATEST((SELECT MAX(id) FROM jobs), 1)); \
+             SELECT setval('events_id_seq', GREATEST((SELECT MAX(id) FROM events), 1))",
+        )?;
+        Ok(Copied {
+            jobs,
+            events,
+            deliveries,
+            requeued,
+        })
+    })
 }
 
 #[cfg(test)]
