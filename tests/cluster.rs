@@ -313,3 +313,70 @@ fn a_single_host_journal_migrates_into_postgresql_and_its_jobs_go_on_there() {
     let next_id: i64 = server.psql("SELECT max(id) FROM jobs").parse().unwrap();
     assert_eq!(next_id, 4, "new ids follow the copied ones");
 }
+
+#[test]
+fn roles_send_model_rules_to_model_hosts_and_the_rest_to_cpu_hosts() {
+    let server = PgServer::start();
+    let tools = tempfile::tempdir().unwrap();
+    let copy_tool = tools.path().join("copy.sh");
+    std::fs::write(&copy_tool, "#!/bin/sh\ncp \"$1\" \"$2\"\n").unwrap();
+    std::fs::set_permissions(
+        &copy_tool,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let tooled_rule = format!(
+        "\n[[rule]]\nname = \"tooled\"\nrecipe = \"split-to-proxy\"\nsize = \"256x256\"\n\
+         tool = \"cmd({} %i %o)\"\n",
+        copy_tool.display()
+    );
+    let mut cluster = Cluster::with_extras(
+        &server,
+        &["roles = [\"intake\", \"cpu\"]", "roles = [\"model\"]"],
+        &tooled_rule,
+    );
+    cluster.start_all();
+    for i in 0..4 {
+        cluster.drop_file(PHOTO, &format!("p{i}.png"));
+        std::fs::create_dir_all(cluster.path("var/inbox/tooled")).unwrap();
+        std::fs::copy(
+            common::testdata(PHOTO),
+            cluster.path(&format!("var/inbox/tooled/t{i}.png")),
+        )
+        .unwrap();
+    }
+    cluster.wait_for("4 proxies and 4 tooled merges", |c| {
+        jobs_where(&server, "rule = 'photos' AND state = 'awaiting-return'") == 4
+            && c.files("var/processed/tooled/images").len() == 4
+    });
+    let (cpu, model) = (cluster.log(0), cluster.log(1));
+    let proxies = |log: &str, rule: &str| {
+        log.lines()
+            .filter(|l| l.contains("proxy written") && l.contains(&format!("inbox/{rule}/")))
+            .count()
+    };
+    assert_eq!(proxies(&cpu, "photos"), 4, "{}", cluster.logs());
+    assert_eq!(proxies(&cpu, "tooled"), 0, "{}", cluster.logs());
+    assert_eq!(proxies(&model, "tooled"), 4, "{}", cluster.logs());
+    assert_eq!(proxies(&model, "photos"), 0, "{}", cluster.logs());
+    let status = String::from_utf8(
+        common::run_ok(
+            cluster.dir.path(),
+            &[
+                "status",
+                "--config",
+                cluster.hosts[0].config.to_str().unwrap(),
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(status.contains("roles intake,cpu"), "{status}");
+    assert!(status.contains("roles model"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("  a (") && l.contains("elected scanner")),
+        "only a host with the intake role scans: {status}"
+    );
+}

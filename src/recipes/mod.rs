@@ -112,6 +112,12 @@ pub trait Recipe: std::fmt::Debug + Send + Sync {
     /// A job of this rule was set aside (`reason`) without a result of the recipe's own.
     fn set_aside(&self, _rule: &Rule, _job: &Job, _reason: &str, _service: &mut dyn Service) {}
 
+    /// Its jobs run a model (on the model lane) or drive a model tool: on hosts that share
+    /// a journal, only hosts with the `model` role take them; the others need `cpu`.
+    fn runs_models(&self) -> bool {
+        false
+    }
+
     /// Deadlines the recipe keeps (checked about once a second).
     fn housekeeping(&self, _rule: &Rule, _now: f64, _service: &mut dyn Service) {}
 

@@ -86,6 +86,10 @@ impl ModelJob {
 }
 
 impl Recipe for ModelJob {
+    fn runs_models(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         if self.enhance.is_some() {
             "enhance"

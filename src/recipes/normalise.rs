@@ -73,6 +73,10 @@ fn resolve(rule: RecipeTable<'_>, problems: &mut Problems) -> Option<Arc<dyn Rec
 }
 
 impl Recipe for Normalise {
+    fn runs_models(&self) -> bool {
+        self.upscale_model.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "normalise"
     }

@@ -25,10 +25,17 @@ impl Cluster {
     /// `count` hosts named `a`, `b`, ... on `server`'s journal. `daemon_extra` and
     /// `rule_extra` are added to every host's `[daemon]` table and to the `photos` rule.
     pub fn new(server: &PgServer, count: usize, daemon_extra: &str, rule_extra: &str) -> Cluster {
+        Cluster::with_extras(server, &vec![daemon_extra; count], rule_extra)
+    }
+
+    /// One host per entry of `daemon_extras`, each with those lines in its `[daemon]`.
+    pub fn with_extras(server: &PgServer, daemon_extras: &[&str], rule_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("var");
-        let hosts = (0..count)
-            .map(|i| {
+        let hosts = daemon_extras
+            .iter()
+            .enumerate()
+            .map(|(i, daemon_extra)| {
                 let name = ((b'a' + i as u8) as char).to_string();
                 let config = dir.path().join(format!("{name}.toml"));
                 let text = format!(

@@ -391,3 +391,35 @@ fn the_journal_is_sqlite_unless_a_postgresql_url_is_given_and_bad_values_are_all
         "{errors}"
     );
 }
+
+#[test]
+fn roles_divide_a_shared_journal_s_work_and_are_checked() {
+    let rule = "[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n";
+    let config = parse(&format!(
+        "[daemon]\njournal = \"postgresql://dr@db/jobs\"\nroles = [\"model\"]\n\n{rule}"
+    ))
+    .unwrap();
+    let roles = config.daemon.roles;
+    assert!(roles.model && !roles.cpu && !roles.intake);
+    assert_eq!(roles.to_string(), "model");
+    let errors = parse(&format!(
+        "[daemon]\njournal = \"postgresql://dr@db/jobs\"\nroles = [\"gpu\"]\n\n{rule}"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        errors.contains("'gpu' is not a role: use intake, cpu and model"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("a host needs at least one role"),
+        "{errors}"
+    );
+    let errors = parse(&format!("[daemon]\nroles = [\"cpu\"]\n\n{rule}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("roles divide the work between hosts that share a journal"),
+        "{errors}"
+    );
+}

@@ -404,10 +404,10 @@ pub trait Store: Send {
     /// are rewritten in place, atomically).
     fn interrupted(&self) -> StoreResult<Vec<Job>>;
 
-    /// Queued jobs whose retry time has come, oldest first. On a shared journal they are
-    /// reserved for this host (skipping those another host holds) until started or
-    /// released.
-    fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>>;
+    /// Queued jobs whose retry time has come, oldest first, of `rules` only when given (the
+    /// rules this host's roles take). On a shared journal they are reserved for this host
+    /// (skipping those another host holds) until started or released.
+    fn runnable(&self, at: f64, limit: usize, rules: Option<&[String]>) -> StoreResult<Vec<Job>>;
 
     /// Gives back the reservations of jobs [`Store::runnable`] handed out that did not
     /// start.

@@ -278,12 +278,30 @@ impl Store for SqlStore {
         }
     }
 
-    fn runnable(&self, at: f64, limit: usize) -> StoreResult<Vec<Job>> {
+    fn runnable(&self, at: f64, limit: usize, rules: Option<&[String]>) -> StoreResult<Vec<Job>> {
+        let mut params: Vec<Value> = values![at, limit as i64].to_vec();
+        if self.shared() {
+            params.extend_from_slice(values![self.host.as_str(), self.lease]);
+        }
+        let of_rules = match rules {
+            None => String::new(),
+            Some([]) => return Ok(Vec::new()),
+            Some(rules) => {
+                let first = params.len() + 1;
+                params.extend(rules.iter().map(|r| Value::Text(r.clone())));
+                let placeholders: Vec<String> =
+                    (first..=params.len()).map(|i| format!("?{i}")).collect();
+                format!(" AND rule IN ({})", placeholders.join(", "))
+            }
+        };
         if !self.shared() {
             return self.jobs(
-                "state IN ('queued', 'waiting-for-tool') \
-                 AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) ORDER BY id LIMIT ?2",
-                values![at, limit as i64],
+                &format!(
+                    "state IN ('queued', 'waiting-for-tool') \
+                     AND (next_attempt_at IS NULL OR next_attempt_at <= ?1){of_rules} \
+                     ORDER BY id LIMIT ?2"
+                ),
+                &params,
             );
         }
         let now = self.dialect().now();
@@ -294,11 +312,11 @@ impl Store for SqlStore {
                     "UPDATE jobs SET leased_by = ?3, lease_until = {now} + ?4 WHERE id IN (\
                        SELECT id FROM jobs WHERE state IN ('queued', 'waiting-for-tool') \
                        AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
-                       AND (leased_by IS NULL OR leased_by = ?3 OR lease_until < {now}) \
+                       AND (leased_by IS NULL OR leased_by = ?3 OR lease_until < {now}){of_rules} \
                        ORDER BY id LIMIT ?2 {}) RETURNING {COLUMNS}",
                     self.dialect().skip_locked()
                 ),
-                values![at, limit as i64, self.host.as_str(), self.lease],
+                &params,
             )?
             .iter()
             .map(job_from_row)
@@ -1079,8 +1097,8 @@ mod tests {
             .insert("r", Kind::Input, &identity("/in/b.jpg"), State::Queued)
             .unwrap();
         journal.retry_at(id, now() + 100.0, "disk full").unwrap();
-        assert!(journal.runnable(now(), 10).unwrap().is_empty());
-        assert_eq!(journal.runnable(now() + 101.0, 10).unwrap().len(), 1);
+        assert!(journal.runnable(now(), 10, None).unwrap().is_empty());
+        assert_eq!(journal.runnable(now() + 101.0, 10, None).unwrap().len(), 1);
     }
 
     #[test]

@@ -9,9 +9,6 @@ use crate::daemon::journal::Opening;
 /// deadlines of proxies and incomplete files, and the webhooks.
 pub(super) const SCANNER: &str = "scanner";
 
-/// What every host does today: claims files when elected, and runs any job.
-pub(super) const ROLES: &str = "intake,cpu,model";
-
 /// Starts the heartbeat thread, on a connection of its own so that a busy main loop never
 /// delays it: it renews this host's leases three times per lease. It stops when the
 /// returned sender is dropped.
@@ -75,9 +72,11 @@ impl Daemon {
             return;
         }
         let was_leading = self.leading.load(Ordering::SeqCst);
-        let leading = match self.journal.lead(SCANNER) {
-            Ok(leading) => leading,
-            Err(e) => {
+        let may_lead = self.config.daemon.roles.intake;
+        let leading = match may_lead.then(|| self.journal.lead(SCANNER)) {
+            None => false,
+            Some(Ok(leading)) => leading,
+            Some(Err(e)) => {
                 if was_leading {
                     tracing::warn!(error = %e, "cannot renew the scanner's role; this host stops scanning until the journal answers");
                 }

@@ -280,7 +280,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the journal {journal_name}"))?,
     );
     journal
-        .register_host(cluster::ROLES)
+        .register_host(&config.daemon.roles.to_string())
         .with_context(|| format!("cannot join the journal {journal_name}"))?;
     let shared = config.daemon.shares_journal();
     let heartbeat_stop = if shared {
@@ -289,7 +289,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let leading = Arc::new(AtomicBool::new(journal.lead(cluster::SCANNER)?));
+    let leading = Arc::new(AtomicBool::new(
+        config.daemon.roles.intake && journal.lead(cluster::SCANNER)?,
+    ));
     let log = ProcessingLog::open(&trees.processing_log())
         .with_context(|| format!("cannot open {}", trees.processing_log().display()))?;
     let (events, inbox) = mpsc::channel::<Event>();

@@ -26,7 +26,11 @@ impl Daemon {
             .saturating_sub(self.in_flight.len());
         // Jobs waiting for their tool start whether or not a worker is free: they run on
         // threads of their own.
-        let jobs = match self.journal.runnable(clock::now(), free + 64) {
+        let rules = self.rules_this_host_runs();
+        let jobs = match self
+            .journal
+            .runnable(clock::now(), free + 64, rules.as_deref())
+        {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the journal");
@@ -63,6 +67,28 @@ impl Daemon {
         if let Err(e) = self.journal.release_unstarted() {
             tracing::debug!(error = %e, "cannot release the jobs this host did not start");
         }
+    }
+
+    /// The rules whose jobs this host's roles let it run (`None`: all of them).
+    fn rules_this_host_runs(&self) -> Option<Vec<String>> {
+        let roles = &self.config.daemon.roles;
+        if roles.cpu && roles.model {
+            return None;
+        }
+        Some(
+            self.config
+                .rules
+                .iter()
+                .filter(|rule| {
+                    if rule.recipe.runs_models() {
+                        roles.model
+                    } else {
+                        roles.cpu
+                    }
+                })
+                .map(|rule| rule.name.clone())
+                .collect(),
+        )
     }
 
     /// Starts one job through its rule's recipe: the one place the service hands a job to a

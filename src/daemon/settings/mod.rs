@@ -83,6 +83,8 @@ pub struct DaemonSettings {
     /// How long a running job's lease outlives its host's last heartbeat: past it, another
     /// host takes the job over.
     pub lease_timeout: Duration,
+    /// What this host does among those that share the journal.
+    pub roles: Roles,
     /// Rolling log files.
     pub log_dir: PathBuf,
     /// `error`, `warn`, `info`, `debug` or `trace` (or any `RUST_LOG` directive).
@@ -105,6 +107,42 @@ pub struct DaemonSettings {
     /// fresh worker takes its place.
     pub job_timeout: Duration,
     pub limits: DecodeLimits,
+}
+
+/// What a host does among the hosts that share a journal: `[daemon] roles`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// May be elected to scan the folders (claims), watch the deadlines and send webhooks.
+    pub intake: bool,
+    /// Runs the jobs of rules without models (splits, merges, normalising).
+    pub cpu: bool,
+    /// Runs the jobs of rules with a model or a model tool (upscale, enhance, tools).
+    pub model: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            intake: true,
+            cpu: true,
+            model: true,
+        }
+    }
+}
+
+impl fmt::Display for Roles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = [
+            (self.intake, "intake"),
+            (self.cpu, "cpu"),
+            (self.model, "model"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        f.write_str(&names.join(","))
+    }
 }
 
 impl DaemonSettings {

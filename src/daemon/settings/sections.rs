@@ -54,6 +54,7 @@ pub(crate) struct RawDaemon {
     pub(crate) host: Option<String>,
     pub(crate) lease_timeout: Option<toml::Value>,
     pub(crate) watch_mode: Option<String>,
+    pub(crate) roles: Option<Vec<String>>,
     pub(crate) poll_interval: Option<toml::Value>,
 }
 
@@ -218,6 +219,37 @@ pub(crate) fn resolve_daemon(
             "must be at least 1s: a host renews its leases three times per lease_timeout",
         );
     }
+    let mut roles = Roles::default();
+    if let Some(names) = &raw.roles {
+        roles = Roles {
+            intake: false,
+            cpu: false,
+            model: false,
+        };
+        for name in names {
+            match name.as_str() {
+                "intake" => roles.intake = true,
+                "cpu" => roles.cpu = true,
+                "model" => roles.model = true,
+                other => problems.push(
+                    "daemon.roles",
+                    Some(line),
+                    format!("'{other}' is not a role: use intake, cpu and model"),
+                ),
+            }
+        }
+        if !(roles.intake || roles.cpu || roles.model) {
+            problems.push("daemon.roles", Some(line), "a host needs at least one role");
+        }
+        if roles != Roles::default() && journal == Location::Sqlite {
+            problems.push(
+                "daemon.roles",
+                Some(line),
+                "roles divide the work between hosts that share a journal: set journal to a \
+                 postgresql:// URL, or remove roles (a single host does everything)",
+            );
+        }
+    }
     let watch_mode = parsed_or_default(
         raw.watch_mode.as_deref(),
         "daemon.watch_mode",
@@ -246,6 +278,7 @@ pub(crate) fn resolve_daemon(
         journal,
         host,
         lease_timeout: lease_timeout.max(Duration::from_secs(1)),
+        roles,
         log_dir,
         log_level,
         workers: workers.clamp(1, 64),

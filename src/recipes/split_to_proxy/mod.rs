@@ -91,6 +91,10 @@ impl SplitToProxy {
 }
 
 impl Recipe for SplitToProxy {
+    fn runs_models(&self) -> bool {
+        self.tool.is_some() || self.content_model.is_some()
+    }
+
     fn name(&self) -> &'static str {
         "split-to-proxy"
     }
