@@ -44,7 +44,7 @@ impl Cluster {
                      stability_window = \"500ms\"\nincomplete_grace = \"1s\"\nretry_backoff = \"200ms\"\n\
                      shutdown_timeout = \"20s\"\nlog_level = \"info\"\nworkers = 1\n{daemon_extra}\n\n\
                      [[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\nsize = \"256x256\"\n{rule_extra}\n\n\
-                     [http]\nlisten = \"\"\n",
+                     [http]\nlisten = \"127.0.0.1:0\"\n",
                     root = root.display(),
                     state = dir.path().join(format!("state-{name}")).display(),
                     logs = dir.path().join(format!("logs-{name}")).display(),
@@ -101,6 +101,13 @@ impl Cluster {
         self.wait_for(&format!("host {} to start", self.hosts[index].name), |c| {
             c.log(index).matches("darkroom is running").count() >= starts
         });
+    }
+
+    /// The HTTP API of a host (its listener writes the port it got to its state folder).
+    pub fn base_url(&self, index: usize) -> String {
+        let file = self.path(&format!("state-{}/http.address", self.hosts[index].name));
+        let address = std::fs::read_to_string(file).expect("the host's listener address");
+        format!("http://{}", address.trim())
     }
 
     pub fn pid(&self, index: usize) -> i32 {

@@ -219,15 +219,35 @@ pub(super) async fn rules(Shared(app): Shared<App>) -> Result<Json<Value>, ApiEr
 /// The daemon at a glance: the model lane, webhook deliveries, counts.
 pub(super) async fn status(Shared(app): Shared<App>) -> Result<Json<Value>, ApiError> {
     let config = app.context.config();
-    let (counts, deliveries, oldest) = app
-        .read(|store| {
+    let shared = config.daemon.shares_journal();
+    let (counts, deliveries, oldest, hosts) = app
+        .read(move |store| {
             Ok((
                 store.counts()?,
                 store.deliveries()?,
                 store.oldest_in_state(State::AwaitingReturn)?,
+                if shared { store.hosts()? } else { Vec::new() },
             ))
         })
         .await?;
+    let lease = config.daemon.lease_timeout.as_secs_f64();
+    let hosts: Vec<Value> = hosts
+        .iter()
+        .map(|h| {
+            json!({
+                "name": h.name,
+                "pid": h.pid,
+                "roles": h.roles.split(',').filter(|r| !r.is_empty()).collect::<Vec<_>>(),
+                "version": h.version,
+                "started_at": time(h.started_at),
+                "seconds_since_heartbeat": h.heartbeat_age,
+                "alive": h.stopped_at.is_none() && h.heartbeat_age <= lease,
+                "stopped_at": h.stopped_at.map(time),
+                "running": h.running,
+                "elected": h.leads,
+            })
+        })
+        .collect();
     let mut states = serde_json::Map::new();
     for (_, state, count) in counts {
         let entry = states.entry(state.as_str()).or_insert(json!(0));
@@ -252,6 +272,8 @@ pub(super) async fn status(Shared(app): Shared<App>) -> Result<Json<Value>, ApiE
         "model_lane": app.context.lane.state(),
         "watching": app.context.watching.load(Ordering::SeqCst),
         "notify": targets,
+        "host": config.daemon.host,
+        "hosts": hosts,
     })))
 }
 
