@@ -233,6 +233,15 @@ pub struct JobEvent {
     pub failure: Option<String>,
 }
 
+/// Which runnable jobs [`Store::runnable`] looks at.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Runnable<'a> {
+    /// Only jobs of these rules (the rules this host's roles take); `None`: every rule.
+    pub rules: Option<&'a [String]>,
+    /// Only jobs waiting for their tool (they need no worker).
+    pub tool_waits_only: bool,
+}
+
 /// Which jobs a page of `jobs_page` holds: newest first, ids below `before`.
 #[derive(Debug, Clone, Default)]
 pub struct JobQuery {
@@ -404,10 +413,10 @@ pub trait Store: Send {
     /// are rewritten in place, atomically).
     fn interrupted(&self) -> StoreResult<Vec<Job>>;
 
-    /// Queued jobs whose retry time has come, oldest first, of `rules` only when given (the
-    /// rules this host's roles take). On a shared journal they are reserved for this host
-    /// (skipping those another host holds) until started or released.
-    fn runnable(&self, at: f64, limit: usize, rules: Option<&[String]>) -> StoreResult<Vec<Job>>;
+    /// Queued jobs whose retry time has come, oldest first, as `filter` narrows them. On a
+    /// shared journal they are reserved for this host (skipping those another host holds)
+    /// until started or released.
+    fn runnable(&self, at: f64, limit: usize, filter: &Runnable<'_>) -> StoreResult<Vec<Job>>;
 
     /// Gives back the reservations of jobs [`Store::runnable`] handed out that did not
     /// start.

@@ -278,12 +278,17 @@ impl Store for SqlStore {
         }
     }
 
-    fn runnable(&self, at: f64, limit: usize, rules: Option<&[String]>) -> StoreResult<Vec<Job>> {
+    fn runnable(&self, at: f64, limit: usize, filter: &Runnable<'_>) -> StoreResult<Vec<Job>> {
+        let states = if filter.tool_waits_only {
+            "('waiting-for-tool')"
+        } else {
+            "('queued', 'waiting-for-tool')"
+        };
         let mut params: Vec<Value> = values![at, limit as i64].to_vec();
         if self.shared() {
             params.extend_from_slice(values![self.host.as_str(), self.lease]);
         }
-        let of_rules = match rules {
+        let of_rules = match filter.rules {
             None => String::new(),
             Some([]) => return Ok(Vec::new()),
             Some(rules) => {
@@ -297,7 +302,7 @@ impl Store for SqlStore {
         if !self.shared() {
             return self.jobs(
                 &format!(
-                    "state IN ('queued', 'waiting-for-tool') \
+                    "state IN {states} \
                      AND (next_attempt_at IS NULL OR next_attempt_at <= ?1){of_rules} \
                      ORDER BY id LIMIT ?2"
                 ),
@@ -310,7 +315,7 @@ impl Store for SqlStore {
             .rows(
                 &format!(
                     "UPDATE jobs SET leased_by = ?3, lease_until = {now} + ?4 WHERE id IN (\
-                       SELECT id FROM jobs WHERE state IN ('queued', 'waiting-for-tool') \
+                       SELECT id FROM jobs WHERE state IN {states} \
                        AND (next_attempt_at IS NULL OR next_attempt_at <= ?1) \
                        AND (leased_by IS NULL OR leased_by = ?3 OR lease_until < {now}){of_rules} \
                        ORDER BY id LIMIT ?2 {}) RETURNING {COLUMNS}",
@@ -1097,8 +1102,17 @@ mod tests {
             .insert("r", Kind::Input, &identity("/in/b.jpg"), State::Queued)
             .unwrap();
         journal.retry_at(id, now() + 100.0, "disk full").unwrap();
-        assert!(journal.runnable(now(), 10, None).unwrap().is_empty());
-        assert_eq!(journal.runnable(now() + 101.0, 10, None).unwrap().len(), 1);
+        assert!(journal
+            .runnable(now(), 10, &Runnable::default())
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            journal
+                .runnable(now() + 101.0, 10, &Runnable::default())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -27,10 +27,16 @@ impl Daemon {
         // Jobs waiting for their tool start whether or not a worker is free: they run on
         // threads of their own.
         let rules = self.rules_this_host_runs();
-        let jobs = match self
-            .journal
-            .runnable(clock::now(), free + 64, rules.as_deref())
-        {
+        // On a shared journal every job looked at is reserved (a write) and the unstarted
+        // ones released again: look at few beyond those that can start. With no worker
+        // free, only jobs waiting for their tool can start.
+        let shared = self.config.daemon.shares_journal();
+        let filter = crate::daemon::journal::Runnable {
+            rules: rules.as_deref(),
+            tool_waits_only: shared && free == 0,
+        };
+        let limit = if shared { free + 8 } else { free + 64 };
+        let jobs = match self.journal.runnable(clock::now(), limit, &filter) {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the journal");
