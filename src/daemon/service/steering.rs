@@ -105,6 +105,17 @@ impl Daemon {
                 )))
             }
         }
+        let elsewhere = job
+            .leased_by
+            .as_deref()
+            .filter(|host| *host != self.config.daemon.host);
+        if let (State::Running | State::Merging, Some(host)) = (job.state, elsewhere) {
+            // Its input is in that host's hands: moving it aside from here would pull it
+            // from under the running work.
+            return Err(Refusal::Conflict(format!(
+                "job {id} is running on host {host}; cancel it through that host's API, or                  wait for it to end"
+            )));
+        }
         if self.in_flight.remove(&id).is_some() {
             if let Some(flag) = self.cancels.remove(&id) {
                 flag.store(true, Ordering::SeqCst);
