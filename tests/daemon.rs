@@ -1519,3 +1519,44 @@ fn with_watch_mode_poll_files_are_found_by_scanning_alone() {
     tree.signal(libc::SIGTERM);
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
+
+#[test]
+fn with_two_devices_two_model_lanes_take_turns_and_the_api_shows_each() {
+    // [runtime] devices starts one model lane per CUDA device. On this CPU the provider is
+    // the CPU for both, which is enough to see the work shared and reported per lane.
+    let models = common::shared_dir().join("models");
+    let config = format!(
+        "{}\n[runtime]\nprovider = \"cpu\"\nthreads = 1\ndevices = [0, 1]\n\n\
+         [models.anime]\npath = \"{}\"\ntile = 16\ncontext = 32\ndomains = [\"anime\"]\n\n\
+         [[rule]]\nname = \"art\"\nrecipe = \"upscale\"\ndomain = \"anime\"\n",
+        config_text("max_attempts = 2\nworkers = 2", ""),
+        models.join("realesr-animevideov3-x4.onnx").display()
+    );
+    let mut tree = Tree::new(&config);
+    tree.start();
+    let inbox = tree.path("var/inbox/art");
+    for i in 0..4 {
+        std::fs::copy(testdata("tiny_17x9.png"), inbox.join(format!("t{i}.png"))).unwrap();
+    }
+    let images = tree.path("var/processed/art/images");
+    tree.wait_for("four upscaled images", || files_in(&images).len() == 4);
+    let status =
+        common::http::get(&format!("{}/api/v1/status", common::http::base_url(&tree))).json();
+    let lanes = status["model_lanes"].as_array().unwrap();
+    assert_eq!(lanes.len(), 2, "{status}");
+    assert_eq!(lanes[0]["device"], 0);
+    assert_eq!(lanes[1]["device"], 1);
+    for lane in lanes {
+        assert!(
+            lane["runs"].as_u64().unwrap() >= 1,
+            "each lane ran a model: {status}"
+        );
+        assert_eq!(lane["loaded"], serde_json::json!(["anime"]), "{status}");
+    }
+    assert_eq!(
+        status["model_lane"]["runs"].as_u64().unwrap(),
+        4 + 1,
+        "4 runs and the probe: {status}"
+    );
+    assert!(tree.log().contains("device=1"), "{}", tree.log());
+}

@@ -1,7 +1,9 @@
 //! The model lane: one thread owns every ONNX Runtime session (loaded once, then reused) and
 //! runs the model work of all jobs, one at a time, as one GPU (or the CPU's inference
 //! threads) can. Decoding, encoding and file moves of other jobs go on meanwhile in the
-//! worker threads, which hand images to the lane and wait for the result.
+//! worker threads, which hand images to the lane and wait for the result. With several CUDA
+//! devices (`[runtime] devices`) there is one such thread per device, each with its own
+//! sessions, and each image goes to the lane with the least work waiting.
 
 use crate::daemon::settings::{ModelSpec, RuntimeSettings};
 use crate::io::onnx::{self, LoadOptions, Model, ModelError};
@@ -9,6 +11,7 @@ use crate::ops::upscale::upscale_passes;
 use image::DynamicImage;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -59,11 +62,20 @@ enum Request {
     },
 }
 
-/// A handle to the lane thread; clone it freely.
-#[derive(Clone)]
-pub struct ModelLane {
+/// One lane thread: its queue, what it is doing, and the requests sent and not yet answered.
+struct Lane {
     sender: Sender<Request>,
     state: Arc<Mutex<LaneState>>,
+    waiting: AtomicUsize,
+}
+
+/// A handle to the lane threads; clone it freely.
+#[derive(Clone)]
+pub struct ModelLane {
+    lanes: Arc<Vec<Lane>>,
+    /// Where the next look for the least busy lane starts: among equally busy lanes, turns
+    /// go round.
+    turn: Arc<AtomicUsize>,
 }
 
 /// What the lane is doing, for the dashboard, `/readyz` and the metrics.
@@ -82,6 +94,8 @@ pub struct LaneState {
     pub loaded: Vec<String>,
     /// The last load or run error.
     pub last_error: Option<String>,
+    /// The CUDA device of this lane (`None`: the default one).
+    pub device: Option<i32>,
 }
 
 /// Marks the lane busy until dropped, adding the time to its total.
@@ -118,50 +132,61 @@ impl<'a> Busy<'a> {
 }
 
 impl ModelLane {
-    /// Starts the lane thread. Nothing is loaded until the first request.
-    pub fn start() -> ModelLane {
-        let (sender, receiver) = mpsc::channel::<Request>();
-        let state = Arc::new(Mutex::new(LaneState {
-            alive: true,
-            ..LaneState::default()
-        }));
-        let lane_state = Arc::clone(&state);
-        std::thread::Builder::new()
-            .name("darkroom-model-lane".into())
-            .spawn(move || {
-                let mut sessions: HashMap<PathBuf, Model> = HashMap::new();
-                for request in receiver {
-                    match request {
-                        Request::Upscale(request) => {
-                            let busy = Busy::start(&lane_state, &request.spec.name);
-                            let result = serve(&mut sessions, &request);
-                            let name = &request.spec.name;
-                            busy.end(&result, sessions.get(&request.spec.path), name);
-                            let _ = request.reply.send(result);
-                        }
-                        Request::Probe {
-                            spec,
-                            runtime,
-                            reply,
-                        } => {
-                            let busy = Busy::start(&lane_state, &spec.name);
-                            let result = session(&mut sessions, &spec, &runtime).map(|m| m.scale);
-                            busy.end(&result, sessions.get(&spec.path), &spec.name);
-                            reply(result)
-                        }
-                    }
-                }
-                if let Ok(mut s) = lane_state.lock() {
-                    s.alive = false;
-                }
-            })
-            .expect("spawning the model lane");
-        ModelLane { sender, state }
+    /// Starts one lane thread per CUDA device of `devices` (one on the default device when
+    /// empty). Nothing is loaded until the first request.
+    pub fn start(devices: &[i32]) -> ModelLane {
+        let devices: Vec<Option<i32>> = if devices.is_empty() {
+            vec![None]
+        } else {
+            devices.iter().copied().map(Some).collect()
+        };
+        let lanes = devices.into_iter().map(start_lane).collect();
+        ModelLane {
+            lanes: Arc::new(lanes),
+            turn: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
-    /// What the lane is doing now.
+    /// Each lane's state, in device order.
+    pub fn lane_states(&self) -> Vec<LaneState> {
+        self.lanes
+            .iter()
+            .map(|l| l.state.lock().map(|s| s.clone()).unwrap_or_default())
+            .collect()
+    }
+
+    /// What the lanes are doing now, as one: alive when all are, the first model running,
+    /// times and runs summed, the models loaded on any.
     pub fn state(&self) -> LaneState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        let states = self.lane_states();
+        let mut all = LaneState {
+            alive: states.iter().all(|s| s.alive),
+            ..LaneState::default()
+        };
+        for state in states {
+            all.busy_with = all.busy_with.or(state.busy_with);
+            all.busy_seconds += state.busy_seconds;
+            all.runs += state.runs;
+            all.provider = all.provider.or(state.provider);
+            all.last_error = all.last_error.or(state.last_error);
+            for name in state.loaded {
+                if !all.loaded.contains(&name) {
+                    all.loaded.push(name);
+                }
+            }
+        }
+        all
+    }
+
+    /// The lane with the least work sent and not yet answered; among equals, the next in
+    /// turn.
+    fn least_busy(&self) -> &Lane {
+        let count = self.lanes.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % count;
+        (0..count)
+            .map(|i| &self.lanes[(start + i) % count])
+            .min_by_key(|l| l.waiting.load(Ordering::SeqCst))
+            .expect("at least one lane")
     }
 
     /// Runs `image` through the model of `spec` on the lane and waits for the result.
@@ -199,7 +224,10 @@ impl ModelLane {
             path: spec.path.display().to_string(),
             reason: "the model lane stopped".into(),
         };
-        self.sender
+        let lane = self.least_busy();
+        lane.waiting.fetch_add(1, Ordering::SeqCst);
+        let result = lane
+            .sender
             .send(Request::Upscale(UpscaleRequest {
                 spec: spec.clone(),
                 runtime: runtime.clone(),
@@ -209,8 +237,10 @@ impl ModelLane {
                 image,
                 reply,
             }))
-            .map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
+            .map_err(|_| gone())
+            .and_then(|()| answer.recv().map_err(|_| gone()));
+        lane.waiting.fetch_sub(1, Ordering::SeqCst);
+        result?
     }
 
     /// Asks for the scale of `spec`'s model without waiting: the lane loads it (after the
@@ -221,7 +251,9 @@ impl ModelLane {
             runtime: runtime.clone(),
             reply,
         };
-        if let Err(mpsc::SendError(Request::Probe { spec, reply, .. })) = self.sender.send(request)
+        // Every lane would find the same scale: the first one that is free enough loads it.
+        if let Err(mpsc::SendError(Request::Probe { spec, reply, .. })) =
+            self.least_busy().sender.send(request)
         {
             reply(Err(ModelError::Inference {
                 path: spec.path.display().to_string(),
@@ -231,11 +263,64 @@ impl ModelLane {
     }
 }
 
-/// The session of `spec`'s model, loaded on first use and kept.
+/// Starts the thread of one lane, on `device`.
+fn start_lane(device: Option<i32>) -> Lane {
+    let (sender, receiver) = mpsc::channel::<Request>();
+    let state = Arc::new(Mutex::new(LaneState {
+        alive: true,
+        device,
+        ..LaneState::default()
+    }));
+    let lane_state = Arc::clone(&state);
+    let name = match device {
+        Some(d) => format!("darkroom-model-lane-{d}"),
+        None => "darkroom-model-lane".into(),
+    };
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut sessions: HashMap<PathBuf, Model> = HashMap::new();
+            let device = device.unwrap_or(0);
+            for request in receiver {
+                match request {
+                    Request::Upscale(request) => {
+                        let busy = Busy::start(&lane_state, &request.spec.name);
+                        let result = serve(&mut sessions, &request, device);
+                        let name = &request.spec.name;
+                        busy.end(&result, sessions.get(&request.spec.path), name);
+                        let _ = request.reply.send(result);
+                    }
+                    Request::Probe {
+                        spec,
+                        runtime,
+                        reply,
+                    } => {
+                        let busy = Busy::start(&lane_state, &spec.name);
+                        let result =
+                            session(&mut sessions, &spec, &runtime, device).map(|m| m.scale);
+                        busy.end(&result, sessions.get(&spec.path), &spec.name);
+                        reply(result)
+                    }
+                }
+            }
+            if let Ok(mut s) = lane_state.lock() {
+                s.alive = false;
+            }
+        })
+        .expect("spawning a model lane");
+    Lane {
+        sender,
+        state,
+        waiting: AtomicUsize::new(0),
+    }
+}
+
+/// The session of `spec`'s model on `device`, loaded on first use and kept.
 fn session<'a>(
     sessions: &'a mut HashMap<PathBuf, Model>,
     spec: &ModelSpec,
     settings: &RuntimeSettings,
+    device: i32,
 ) -> Result<&'a mut Model, ModelError> {
     if !sessions.contains_key(&spec.path) {
         let runtime = onnx::runtime(settings.onnxruntime.as_deref())?;
@@ -246,11 +331,13 @@ fn session<'a>(
             batch: spec.batch,
             expected_scale: spec.scale,
             conv_search: settings.cuda_conv_search,
+            device,
         };
         let started = Instant::now();
         let model = Model::load(&spec.path, runtime, options)?;
         tracing::info!(
             model = %spec.name,
+            device,
             path = %spec.path.display(),
             scale = model.scale,
             provider = %model.provider,
@@ -265,9 +352,10 @@ fn session<'a>(
 fn serve(
     sessions: &mut HashMap<PathBuf, Model>,
     request: &UpscaleRequest,
+    device: i32,
 ) -> Result<LaneResult, ModelError> {
     let spec = &request.spec;
-    let model = session(sessions, spec, &request.runtime)?;
+    let model = session(sessions, spec, &request.runtime, device)?;
     let started = Instant::now();
     let tile = model.tile_side(spec.tile, request.runtime.memory_budget, spec.context)?;
     let tiles = crate::core::tiling::plan(

@@ -296,6 +296,9 @@ pub struct LoadOptions {
     pub expected_scale: Option<u32>,
     /// cuDNN's convolution algorithm choice (CUDA only).
     pub conv_search: ConvSearch,
+    /// The CUDA device to run on (its index, as `nvidia-smi` numbers them within
+    /// `CUDA_VISIBLE_DEVICES`).
+    pub device: i32,
 }
 
 impl LoadOptions {
@@ -318,6 +321,7 @@ impl Default for LoadOptions {
             batch: 1,
             expected_scale: None,
             conv_search: ConvSearch::default(),
+            device: 0,
         }
     }
 }
@@ -426,6 +430,7 @@ fn build_session(
     threads: usize,
     provider: Provider,
     conv_search: ConvSearch,
+    device: i32,
 ) -> Result<(Session, &'static str), ModelError> {
     let bad = |reason: String| ModelError::BadModel {
         path: path.display().to_string(),
@@ -443,6 +448,7 @@ fn build_session(
             ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
         };
         let cuda = ort::ep::CUDA::default()
+            .with_device_id(device)
             .with_conv_algorithm_search(search)
             .build()
             .error_on_failure();
@@ -497,6 +503,7 @@ impl Model {
             options.threads,
             options.provider,
             options.conv_search,
+            options.device,
         )?;
         let (input, output) = match (session.inputs(), session.outputs()) {
             ([input], [output, ..]) => (input, output),
@@ -859,6 +866,7 @@ impl Model {
             self.options.threads,
             Provider::Cpu,
             self.options.conv_search,
+            self.options.device,
         )?;
         Ok(session)
     }

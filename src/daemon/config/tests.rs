@@ -423,3 +423,16 @@ fn roles_divide_a_shared_journal_s_work_and_are_checked() {
         "{errors}"
     );
 }
+
+#[test]
+fn devices_give_one_model_lane_each_and_bad_ones_are_reported() {
+    let rule = "[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n";
+    assert!(parse(rule).unwrap().runtime.devices.is_empty());
+    let config = parse(&format!("[runtime]\ndevices = [0, 1, 3]\n\n{rule}")).unwrap();
+    assert_eq!(config.runtime.devices, vec![0, 1, 3]);
+    let errors = parse(&format!("[runtime]\ndevices = [0, 0, -1]\n\n{rule}"))
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("device 0 is listed twice"), "{errors}");
+    assert!(errors.contains("-1 is not a CUDA device index"), "{errors}");
+}

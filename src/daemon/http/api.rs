@@ -270,6 +270,7 @@ pub(super) async fn status(Shared(app): Shared<App>) -> Result<Json<Value>, ApiE
         "jobs": states,
         "oldest_awaiting_return_since": oldest.map(time),
         "model_lane": app.context.lane.state(),
+        "model_lanes": app.context.lane.lane_states(),
         "watching": app.context.watching.load(Ordering::SeqCst),
         "notify": targets,
         "host": config.daemon.host,

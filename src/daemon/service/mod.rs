@@ -299,7 +299,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         cluster::spawn_listener(&opening, &events)?;
     }
     spawn_signal_thread(&events)?;
-    let lane = ModelLane::start();
+    let lane = ModelLane::start(&config.runtime.devices);
     let (work, work_queue) = spawn_workers(config.daemon.workers, &events, &lane);
     let workers_spawned = config.daemon.workers;
     let intake = if leading.load(Ordering::SeqCst) {
@@ -576,6 +576,18 @@ impl Daemon {
                         }
                         if config.http != self.config.http {
                             tracing::warn!("[http] changes take effect at the next restart");
+                        }
+                        if config.runtime.devices != self.config.runtime.devices {
+                            tracing::warn!(
+                                "[runtime] devices changes take effect at the next restart"
+                            );
+                        }
+                        if config.daemon.journal != self.config.daemon.journal
+                            || config.daemon.host != self.config.daemon.host
+                        {
+                            tracing::warn!(
+                                "journal and host changes take effect at the next restart"
+                            );
                         }
                         self.config = Arc::new(config);
                         if let Ok(mut shared) = self.shared_config.write() {

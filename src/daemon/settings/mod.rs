@@ -41,6 +41,8 @@ pub struct RuntimeSettings {
     /// Memory one model run may use, for models with `tile = "auto"`; default: see
     /// `io::onnx::default_memory_budget`.
     pub memory_budget: Option<u64>,
+    /// CUDA devices, one model lane each; empty: one lane on the default device.
+    pub devices: Vec<i32>,
 }
 
 /// One `[models.<name>]` table.

@@ -20,6 +20,7 @@ pub(crate) struct RawRuntime {
     pub(crate) provider: Option<String>,
     pub(crate) cuda_conv_search: Option<String>,
     pub(crate) memory_budget_mib: Option<u64>,
+    pub(crate) devices: Option<Vec<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,12 +310,31 @@ pub(crate) fn resolve_runtime(
         line,
         problems,
     );
+    let mut devices = Vec::new();
+    for device in raw.devices.unwrap_or_default() {
+        match i32::try_from(device) {
+            Ok(d) if (0..=255).contains(&d) && !devices.contains(&d) => devices.push(d),
+            _ if devices.contains(&(device as i32)) => problems.push(
+                "runtime.devices",
+                Some(line),
+                format!("device {device} is listed twice: one lane per device"),
+            ),
+            _ => problems.push(
+                "runtime.devices",
+                Some(line),
+                format!(
+                    "{device} is not a CUDA device index: use 0, 1, ... as nvidia-smi lists them"
+                ),
+            ),
+        }
+    }
     RuntimeSettings {
         onnxruntime: raw.onnxruntime.map(|p| resolve_path(base, &p)),
         threads: raw.threads.unwrap_or(0),
         provider,
         cuda_conv_search,
         memory_budget: raw.memory_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
+        devices,
     }
 }
 
