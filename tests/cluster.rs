@@ -380,3 +380,56 @@ fn roles_send_model_rules_to_model_hosts_and_the_rest_to_cpu_hosts() {
         "only a host with the intake role scans: {status}"
     );
 }
+
+#[test]
+fn polling_hosts_elect_one_scanner_and_another_takes_over_when_it_dies() {
+    // Polling, as on NFS or SMB where inotify sees nothing another machine writes.
+    let server = PgServer::start();
+    let mut cluster = Cluster::new(
+        &server,
+        3,
+        "watch_mode = \"poll\"\npoll_interval = \"300ms\"",
+        "",
+    );
+    cluster.start_all();
+    for index in 0..3 {
+        let inotify = std::fs::read_dir(format!("/proc/{}/fd", cluster.pid(index)))
+            .unwrap()
+            .flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"))
+            })
+            .count();
+        assert_eq!(inotify, 0, "host {} polls", cluster.hosts[index].name);
+    }
+    cluster.drop_file(PHOTO, "first.png");
+    cluster.wait_for("the first proxy", |_| {
+        jobs_where(&server, "kind = 'split' AND state = 'awaiting-return'") == 1
+    });
+    let scanner = server.psql("SELECT host FROM leaders WHERE role = 'scanner'");
+    let victim = cluster
+        .hosts
+        .iter()
+        .position(|h| h.name == scanner)
+        .unwrap();
+    cluster.kill_hard(victim);
+    cluster.drop_file(PHOTO, "second.png");
+    cluster.wait_for("the second proxy, claimed by a new scanner", |_| {
+        jobs_where(&server, "kind = 'split' AND state = 'awaiting-return'") == 2
+    });
+    let successor = server.psql("SELECT host FROM leaders WHERE role = 'scanner'");
+    assert_ne!(successor, scanner);
+    let index = cluster
+        .hosts
+        .iter()
+        .position(|h| h.name == successor)
+        .unwrap();
+    assert!(
+        cluster
+            .log(index)
+            .contains("elected to scan the watched folders"),
+        "{}",
+        cluster.logs()
+    );
+    assert_eq!(cluster.files("var/exchange/out/photos").len(), 2);
+}
