@@ -56,7 +56,7 @@ impl PgServer {
                 "cannot hand the server's folder to postgres"
             );
         }
-        let server = PgServer {
+        let mut server = PgServer {
             dir,
             bin,
             port: free_port(),
@@ -76,8 +76,41 @@ impl PgServer {
                 "--no-sync",
             ],
         );
+        // The port was free a moment ago; a test beside this one may have taken it since.
+        for _ in 0..3 {
+            if server.try_start() {
+                return server;
+            }
+            server.port = free_port();
+        }
         server.start_again();
         server
+    }
+
+    fn try_start(&self) -> bool {
+        self.pg_ctl_start().status.success()
+    }
+
+    fn pg_ctl_start(&self) -> Output {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.command("pg_ctl")
+            .args([
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ])
+            .output()
+            .unwrap()
     }
 
     fn data(&self) -> String {
