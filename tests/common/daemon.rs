@@ -248,9 +248,6 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Acts as the external model: brightens the proxy by `lift` levels and writes the result
-/// as `name` in `dir`, either in place (`via_rename` false) or through a hidden temp file
-/// renamed into place.
 /// A proxy's PNG bytes with every channel lifted by `lift` (a stand-in for a model's edit).
 pub fn graded_proxy_bytes(proxy: &[u8], lift: u8) -> Vec<u8> {
     let image = image::load_from_memory(proxy).unwrap().to_rgb8();
@@ -268,6 +265,9 @@ pub fn graded_proxy_bytes(proxy: &[u8], lift: u8) -> Vec<u8> {
     bytes
 }
 
+/// Acts as the external model: brightens the proxy by `lift` levels and writes the result
+/// as `name` in `dir`, either in place (`via_rename` false) or through a hidden temp file
+/// renamed into place.
 pub fn write_graded_proxy(
     proxy: &Path,
     dir: &Path,
@@ -275,18 +275,7 @@ pub fn write_graded_proxy(
     lift: u8,
     via_rename: bool,
 ) -> PathBuf {
-    let image = image::open(proxy).unwrap().to_rgb8();
-    let graded = image::RgbImage::from_fn(image.width(), image.height(), |x, y| {
-        let p = image.get_pixel(x, y).0;
-        image::Rgb(p.map(|v| v.saturating_add(lift)))
-    });
-    let mut bytes = Vec::new();
-    graded
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .unwrap();
+    let bytes = graded_proxy_bytes(&std::fs::read(proxy).unwrap(), lift);
     std::fs::create_dir_all(dir).unwrap();
     let target = dir.join(name);
     if via_rename {
