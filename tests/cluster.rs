@@ -72,11 +72,7 @@ fn three_hosts_share_300_drops_and_every_proxy_and_merge_happens_once() {
     assert_eq!(cluster.files("var/processed/photos/images").len(), 12);
     assert_eq!(jobs_where(&server, "kind = 'merge'"), 12);
     assert_eq!(jobs_where(&server, "kind = 'merge' AND attempts != 1"), 0);
-    assert!(
-        cluster.temp_files().is_empty(),
-        "{:?}",
-        cluster.temp_files()
-    );
+    cluster.assert_no_temp_files();
     let status = String::from_utf8(
         common::run_ok(
             cluster.dir.path(),
@@ -91,6 +87,19 @@ fn three_hosts_share_300_drops_and_every_proxy_and_merge_happens_once() {
     .unwrap();
     assert!(status.contains("hosts: 3"), "{status}");
     assert!(status.contains("elected scanner"), "{status}");
+}
+
+/// Three hosts at work: `files` photos dropped, the first `proxies` of them proxied.
+fn busy_cluster(server: &PgServer, files: usize, proxies: usize) -> Cluster {
+    let mut cluster = Cluster::new(server, 3, "", "");
+    cluster.start_all();
+    for i in 0..files {
+        cluster.drop_file(PHOTO, &format!("p{i:02}.png"));
+    }
+    cluster.wait_for("the first proxies", |c| {
+        c.files("var/exchange/out/photos").len() >= proxies
+    });
+    cluster
 }
 
 /// A tool that takes a minute on its first call (the host running it is then killed or
@@ -150,11 +159,7 @@ fn a_host_killed_while_it_runs_a_job_is_replaced_and_the_output_exists_once() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cluster.files("var/processed/photos/images").len(), 1);
     assert_eq!(jobs_where(&server, "kind = 'merge'"), 1);
-    assert!(
-        cluster.temp_files().is_empty(),
-        "{:?}",
-        cluster.temp_files()
-    );
+    cluster.assert_no_temp_files();
 }
 
 #[test]
@@ -180,24 +185,13 @@ fn a_stalled_host_s_late_result_is_refused_by_its_fencing_token() {
     assert_eq!(cluster.files("var/processed/photos/images").len(), 1);
     assert_eq!(jobs_where(&server, "kind = 'merge'"), 1, "no second merge");
     assert_eq!(jobs_where(&server, "kind = 'split' AND state = 'done'"), 1);
-    assert!(
-        cluster.temp_files().is_empty(),
-        "{:?}",
-        cluster.temp_files()
-    );
+    cluster.assert_no_temp_files();
 }
 
 #[test]
 fn the_database_stopped_for_20_seconds_mid_run_loses_and_repeats_nothing() {
     let server = PgServer::start();
-    let mut cluster = Cluster::new(&server, 3, "", "");
-    cluster.start_all();
-    for i in 0..40 {
-        cluster.drop_file(PHOTO, &format!("p{i:02}.png"));
-    }
-    cluster.wait_for("the first proxies", |c| {
-        c.files("var/exchange/out/photos").len() >= 5
-    });
+    let cluster = busy_cluster(&server, 40, 5);
     server.stop();
     std::thread::sleep(Duration::from_secs(20));
     server.start_again();
@@ -208,11 +202,7 @@ fn the_database_stopped_for_20_seconds_mid_run_loses_and_repeats_nothing() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(cluster.files("var/exchange/out/photos").len(), 40);
     assert_eq!(jobs_where(&server, "kind = 'split'"), 40);
-    assert!(
-        cluster.temp_files().is_empty(),
-        "{:?}",
-        cluster.temp_files()
-    );
+    cluster.assert_no_temp_files();
     assert!(
         (0..3).all(|i| cluster.log(i).contains("reconnected to the journal")),
         "{}",
@@ -223,14 +213,7 @@ fn the_database_stopped_for_20_seconds_mid_run_loses_and_repeats_nothing() {
 #[test]
 fn a_host_whose_connection_is_cut_reconnects_and_carries_on() {
     let server = PgServer::start();
-    let mut cluster = Cluster::new(&server, 3, "", "");
-    cluster.start_all();
-    for i in 0..30 {
-        cluster.drop_file(PHOTO, &format!("p{i:02}.png"));
-    }
-    cluster.wait_for("the first proxies", |c| {
-        c.files("var/exchange/out/photos").len() >= 3
-    });
+    let cluster = busy_cluster(&server, 30, 3);
     let cut: usize = server
         .psql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -393,14 +376,12 @@ fn polling_hosts_elect_one_scanner_and_another_takes_over_when_it_dies() {
     );
     cluster.start_all();
     for index in 0..3 {
-        let inotify = std::fs::read_dir(format!("/proc/{}/fd", cluster.pid(index)))
-            .unwrap()
-            .flatten()
-            .filter(|fd| {
-                std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("inotify"))
-            })
-            .count();
-        assert_eq!(inotify, 0, "host {} polls", cluster.hosts[index].name);
+        assert_eq!(
+            common::inotify_fds(cluster.pid(index)),
+            0,
+            "host {} polls",
+            cluster.hosts[index].name
+        );
     }
     cluster.drop_file(PHOTO, "first.png");
     cluster.wait_for("the first proxy", |_| {

@@ -1471,18 +1471,6 @@ fn a_rule_with_a_model_for_new_content_merges_it_sharper_and_changes_nothing_els
     assert_eq!(tree.wait_exit().code(), Some(0));
 }
 
-/// How many inotify instances a process holds (its `anon_inode:inotify` descriptors).
-fn inotify_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().contains("inotify"))
-        })
-        .count()
-}
-
 #[test]
 fn with_watch_mode_poll_files_are_found_by_scanning_alone() {
     // What another machine writes into a shared folder raises no inotify event here; a
@@ -1498,7 +1486,7 @@ fn with_watch_mode_poll_files_are_found_by_scanning_alone() {
         tree.log()
     );
     assert_eq!(
-        inotify_fds(tree.pid()),
+        common::inotify_fds(tree.pid()),
         0,
         "a polling daemon holds no inotify watch"
     );

@@ -650,14 +650,6 @@ fn receiver(dir: &Path, port: u16, failures: u32) -> std::process::Child {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn received(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("received.jsonl"))
         .unwrap_or_default()
@@ -668,7 +660,7 @@ fn received(dir: &Path) -> Vec<Value> {
 
 #[test]
 fn webhooks_reach_a_receiver_that_was_down_even_across_a_kill_9() {
-    let port = free_port();
+    let port = common::free_port();
     let secret = "webhook-secret-for-the-test";
     let config = config_text("max_attempts = 1\n", "")
         + &format!(

@@ -162,6 +162,12 @@ impl Cluster {
         files_in(&self.path(relative))
     }
 
+    /// Fails the test when a darkroom temp file is left anywhere in the shared tree.
+    pub fn assert_no_temp_files(&self) {
+        let left = self.temp_files();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
+
     /// darkroom temp files anywhere in the shared tree.
     pub fn temp_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, found: &mut Vec<PathBuf>) {

@@ -2,6 +2,7 @@
 //! `../shared/third_party/comfyui`, run on the CPU by the venv `scripts/setup-comfyui`
 //! installs, with a base folder of its own in a temp dir, on a free port.
 
+use super::free_port;
 use super::shared_dir;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -27,14 +28,6 @@ fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl ComfyUi {

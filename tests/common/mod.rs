@@ -12,6 +12,27 @@ use darkroom::io::decode::{self, LoadedImage};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A TCP port on the loopback that is free now (the system's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How many inotify instances a process holds (its `anon_inode:inotify` descriptors).
+pub fn inotify_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("inotify"))
+        })
+        .count()
+}
+
 /// `../shared` beside the checkout, or `$DARKROOM_SHARED`.
 pub fn shared_dir() -> PathBuf {
     std::env::var_os("DARKROOM_SHARED")

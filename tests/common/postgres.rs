@@ -4,6 +4,7 @@
 //! dropped. The server comes from Debian's `postgresql` package, which `scripts/test`
 //! installs.
 
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -26,14 +27,6 @@ fn server_bin() -> PathBuf {
         "the cluster tests need a PostgreSQL server: install Debian's postgresql package \
          (scripts/test does)",
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl PgServer {
@@ -78,17 +71,13 @@ impl PgServer {
         );
         // The port was free a moment ago; a test beside this one may have taken it since.
         for _ in 0..3 {
-            if server.try_start() {
+            if server.pg_ctl_start().status.success() {
                 return server;
             }
             server.port = free_port();
         }
         server.start_again();
         server
-    }
-
-    fn try_start(&self) -> bool {
-        self.pg_ctl_start().status.success()
     }
 
     fn pg_ctl_start(&self) -> Output {
@@ -146,24 +135,13 @@ impl PgServer {
 
     /// Starts the server (again, after [`PgServer::stop`]) and waits until it answers.
     pub fn start_again(&self) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log").display().to_string();
-        self.run_ok(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-l",
-                &log,
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
+        let out = self.pg_ctl_start();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
         );
     }
 

@@ -130,7 +130,14 @@ impl PostgresDb {
 
     /// Connects without touching the schema (readers).
     pub fn connect(url: &str, purpose: &str) -> StoreResult<PostgresDb> {
-        let db = PostgresDb {
+        let db = PostgresDb::unconnected(url, purpose);
+        db.batch("SELECT 1")?;
+        Ok(db)
+    }
+
+    /// A handle that connects on its first statement.
+    fn unconnected(url: &str, purpose: &str) -> PostgresDb {
+        PostgresDb {
             url: url.to_string(),
             purpose: purpose.to_string(),
             connection: RefCell::new(Connection {
@@ -141,9 +148,7 @@ impl PostgresDb {
                 lost: false,
                 next_try: Instant::now(),
             }),
-        };
-        db.batch("SELECT 1")?;
-        Ok(db)
+        }
     }
 
     fn new_client(&self) -> StoreResult<Client> {
@@ -290,18 +295,7 @@ pub const WORK_CHANNEL: &str = "darkroom_work";
 /// idle hosts start queued work at once instead of at their next look. Returns when `wake`
 /// returns false.
 pub fn listen_for_work(url: &str, wake: impl Fn() -> bool) {
-    let db = PostgresDb {
-        url: url.to_string(),
-        purpose: "listener".into(),
-        connection: RefCell::new(Connection {
-            client: None,
-            statements: HashMap::new(),
-            in_transaction: false,
-            failures: 0,
-            lost: false,
-            next_try: Instant::now(),
-        }),
-    };
+    let db = PostgresDb::unconnected(url, "listener");
     loop {
         let mut client = match db.new_client() {
             Ok(client) => client,
