@@ -1,10 +1,10 @@
 //! Several real `darkroom serve` processes sharing one tree and one PostgreSQL journal, as
 //! hosts of a cluster do: each with its own host name, state and log folders.
 
-use super::daemon::{files_in, PATIENCE};
+use super::daemon::{files_in, serve_args, PATIENCE};
 use super::postgres::PgServer;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 pub struct Host {
@@ -87,15 +87,7 @@ impl Cluster {
             .open(&host.stderr)
             .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_darkroom"));
-        command
-            .args(["serve", "--config"])
-            .arg(&host.config)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        serve_args(&mut command, &host.config, stderr);
         host.child = Some(command.spawn().unwrap());
         let starts = host.starts;
         self.wait_for(&format!("host {} to start", self.hosts[index].name), |c| {

@@ -34,6 +34,20 @@ pub fn config_with_grace(incomplete_grace: &str, daemon_extra: &str, rule_extra:
     )
 }
 
+/// `serve --config CONFIG` on `command`, outside systemd, logging at the config's level to
+/// `stderr`.
+pub fn serve_args(command: &mut Command, config: &Path, stderr: std::fs::File) {
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+}
+
 impl Tree {
     pub fn new(config: &str) -> Tree {
         // Tests run side by side: each daemon's listener takes a port the system picks
@@ -96,15 +110,7 @@ impl Tree {
                 c
             }
         };
-        command
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        serve_args(&mut command, &self.config, stderr);
         super::with_models(&mut command);
         for (k, v) in env {
             command.env(k, v);
