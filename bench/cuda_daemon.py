@@ -39,17 +39,18 @@ TILES = {"realesrgan-x4plus-x4": (512, 64), "realesrgan-x4plus-anime-6b-x4": (51
          "realesr-animevideov3-x4": (512, 32), "waifu2x-upconv7-photo-x2": (1024, 8)}
 
 
-def config(models, root, provider, conv_search, tile=None, batch=1):
+def config(models, root, provider, conv_search, tile=None, batch=1, devices=None, workers=1):
     text = f"""
 [daemon]
 root = "{root}"
-workers = 1
+workers = {workers}
 stability_window = "1s"
 log_level = "info"
 
 [runtime]
 provider = "{provider}"
 cuda_conv_search = "{conv_search}"
+{f"devices = [{devices}]" if devices else ""}
 
 [http]
 listen = "127.0.0.1:0"
@@ -113,13 +114,16 @@ def main():
     parser.add_argument("--varied", action="store_true", help="crops of many sizes, not all SIZE x SIZE")
     parser.add_argument("--conv-search", default="heuristic", help="[runtime] cuda_conv_search: heuristic or exhaustive")
     parser.add_argument("--provider", default="cuda", help="cuda, or cpu to try the bench itself on a machine without a GPU")
+    parser.add_argument("--devices", help="[runtime] devices, e.g. 0 or 0,1: one model lane per CUDA device")
+    parser.add_argument("--workers", type=int, default=1, help="[daemon] workers (give one per device)")
     parser.add_argument("--json")
     args = parser.parse_args()
     models = args.models.split(",")
     work = tempfile.mkdtemp(prefix="darkroom-cuda-")
     root = os.path.join(work, "var")
     with open(os.path.join(work, "darkroom.toml"), "w") as f:
-        f.write(config(models, root, args.provider, args.conv_search, args.tile, args.batch))
+        f.write(config(models, root, args.provider, args.conv_search, args.tile, args.batch,
+                       args.devices, args.workers))
     staged = crops(args.images, args.size, os.path.join(work, "staged"), args.varied)
     inputs = {os.path.splitext(os.path.basename(p))[0]: Image.open(p).size for p in staged}
     log = open(os.path.join(work, "daemon.log"), "w")
@@ -149,7 +153,9 @@ def main():
                 if daemon.poll() is not None:
                     raise SystemExit(f"the daemon exited; log:\n{open(log.name).read()[-4000:]}")
                 if time.time() - started > args.timeout:
-                    raise SystemExit(f"{name}: {len(done)} of {len(staged)} outputs after {args.timeout} s")
+                    status = urllib.request.urlopen(f"http://{address}/api/v1/status", timeout=10).read().decode()
+                    raise SystemExit(f"{name}: {len(done)} of {len(staged)} outputs after {args.timeout} s\n"
+                                     f"status: {status}\nlog:\n{open(log.name).read()[-6000:]}")
                 for entry in os.scandir(outdir) if os.path.isdir(outdir) else []:
                     if entry.name.endswith(".png") and not entry.name.startswith("."):
                         stem = entry.name.split("_x")[0]
@@ -179,12 +185,14 @@ def main():
         counters = [line for line in metrics.splitlines()
                     if re.match(r"darkroom_(jobs\{|job_duration_seconds_(sum|count)|stage_duration_seconds_(sum|count)|model_lane_busy|failures)", line)]
         gpu = gpu_memory_mib()
+        status = json.load(urllib.request.urlopen(f"http://{address}/api/v1/status", timeout=10))
+        lanes = status.get("model_lanes", [])
     finally:
         daemon.terminate()
         daemon.wait(timeout=60)
         log.close()
     providers = [line for line in open(log.name) if "provider" in line.lower() or "CUDA" in line][:6]
-    report = {"results": results, "gpu_memory_used_mib_at_end": gpu, "metrics": counters,
+    report = {"results": results, "gpu_memory_used_mib_at_end": gpu, "metrics": counters, "model_lanes": lanes,
               "log_lines_about_the_provider": [line.strip() for line in providers]}
     print(json.dumps(report, indent=2))
     if args.json:

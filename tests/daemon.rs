@@ -1540,6 +1540,7 @@ fn with_two_devices_two_model_lanes_take_turns_and_the_api_shows_each() {
             "each lane ran a model: {status}"
         );
         assert_eq!(lane["loaded"], serde_json::json!(["anime"]), "{status}");
+        assert!(lane["device_error"].is_null(), "{status}");
     }
     assert_eq!(
         status["model_lane"]["runs"].as_u64().unwrap(),
@@ -1547,4 +1548,9 @@ fn with_two_devices_two_model_lanes_take_turns_and_the_api_shows_each() {
         "4 runs and the probe: {status}"
     );
     assert!(tree.log().contains("device=1"), "{}", tree.log());
+    let metrics = common::http::get(&format!("{}/metrics", common::http::base_url(&tree))).text();
+    for device in ["0", "1"] {
+        let line = format!("darkroom_model_lane_device_failed{{device=\"{device}\"}} 0");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 }

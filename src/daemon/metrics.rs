@@ -82,6 +82,11 @@ struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetLabels {
     target: String,
 }
@@ -109,6 +114,7 @@ pub struct Metrics {
     lane_busy_seconds: Counter<f64, AtomicU64>,
     lane_runs: Counter,
     lane_provider: Family<ProviderLabels, Gauge>,
+    device_failed: Family<DeviceLabels, Gauge>,
     read_bytes: Counter,
     written_bytes: Counter,
     notify_failing: Family<TargetLabels, Gauge>,
@@ -213,6 +219,13 @@ impl Metrics {
             "1 for the execution provider of the model the lane loaded last",
             lane_provider.clone(),
         );
+        let device_failed = Family::<DeviceLabels, Gauge>::default();
+        registry.register(
+            "model_lane_device_failed",
+            "1 for a CUDA device of [runtime] devices that cannot be used (its lane takes no work), \
+             0 for one that works",
+            device_failed.clone(),
+        );
         let read_bytes = Counter::default();
         registry.register_with_unit(
             "read",
@@ -255,6 +268,7 @@ impl Metrics {
             lane_busy_seconds,
             lane_runs,
             lane_provider,
+            device_failed,
             read_bytes,
             written_bytes,
             notify_failing,
@@ -310,12 +324,12 @@ impl Metrics {
     }
 
     /// The metrics in the OpenMetrics text format, with the gauges read from `journal`,
-    /// `lane` and the IO counters now.
+    /// `lane` (all lanes as one), each of `lanes` and the IO counters now.
     pub fn render(
         &self,
         journal: &dyn Store,
         rules: &[Rule],
-        lane: &LaneState,
+        (lane, lanes): (&LaneState, &[LaneState]),
         now: f64,
     ) -> anyhow::Result<String> {
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
@@ -373,6 +387,16 @@ impl Metrics {
                     provider: provider.clone(),
                 })
                 .set(1);
+        }
+        self.device_failed.clear();
+        for state in lanes {
+            if let Some(device) = state.device {
+                self.device_failed
+                    .get_or_create(&DeviceLabels {
+                        device: device.to_string(),
+                    })
+                    .set(i64::from(state.device_error.is_some()));
+            }
         }
         let (read, written) = crate::io::traffic::totals();
         self.read_bytes

@@ -3,7 +3,9 @@
 //! threads) can. Decoding, encoding and file moves of other jobs go on meanwhile in the
 //! worker threads, which hand images to the lane and wait for the result. With several CUDA
 //! devices (`[runtime] devices`) there is one such thread per device, each with its own
-//! sessions, and each image goes to the lane with the least work waiting.
+//! sessions, and each image goes to the lane with the least work waiting. A lane whose
+//! device cannot be used hands its image back, takes no more work while another lane can,
+//! and the image runs on another lane.
 
 use crate::daemon::settings::{ModelSpec, RuntimeSettings};
 use crate::io::onnx::{self, LoadOptions, Model, ModelError};
@@ -46,7 +48,14 @@ struct UpscaleRequest {
     /// `target` is a least size to cover with whole passes, not an exact size.
     cover: bool,
     image: DynamicImage,
-    reply: Sender<Result<LaneResult, ModelError>>,
+    reply: Sender<Answer>,
+}
+
+/// A lane's answer to an upscale request.
+enum Answer {
+    Done(Result<LaneResult, ModelError>),
+    /// The lane's device cannot be used: the image back, to run on another lane.
+    Refused(DynamicImage, ModelError),
 }
 
 /// Called with a model's scale once the lane has loaded it.
@@ -67,6 +76,13 @@ struct Lane {
     sender: Sender<Request>,
     state: Arc<Mutex<LaneState>>,
     waiting: AtomicUsize,
+}
+
+impl Lane {
+    /// Its device has not failed.
+    fn usable(&self) -> bool {
+        self.state.lock().map_or(true, |s| s.device_error.is_none())
+    }
 }
 
 /// A handle to the lane threads; clone it freely.
@@ -96,6 +112,9 @@ pub struct LaneState {
     pub last_error: Option<String>,
     /// The CUDA device of this lane (`None`: the default one).
     pub device: Option<i32>,
+    /// Why this lane's device cannot be used. Such a lane takes no work while another lane
+    /// can, until the daemon restarts.
+    pub device_error: Option<String>,
 }
 
 /// Marks the lane busy until dropped, adding the time to its total.
@@ -127,8 +146,23 @@ impl<'a> Busy<'a> {
                 }
             }
             s.last_error = result.as_ref().err().map(|e| e.to_string());
+            if let Err(ModelError::DeviceUnusable { device, reason }) = result {
+                if s.device_error.is_none() {
+                    tracing::error!(
+                        device,
+                        %reason,
+                        "CUDA device {device} cannot be used: its model lane takes no more work while another lane can; compare [runtime] devices with `nvidia-smi -L`"
+                    );
+                }
+                s.device_error = Some(reason.clone());
+            }
         }
     }
+}
+
+/// Whether `error` says the lane's device, not the model or the image, is at fault.
+fn device_unusable(error: &ModelError) -> bool {
+    matches!(error, ModelError::DeviceUnusable { .. })
 }
 
 impl ModelLane {
@@ -179,14 +213,26 @@ impl ModelLane {
     }
 
     /// The lane with the least work sent and not yet answered; among equals, the next in
-    /// turn.
+    /// turn. Lanes whose device cannot be used are passed over while another lane can run.
     fn least_busy(&self) -> &Lane {
         let count = self.lanes.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % count;
-        (0..count)
-            .map(|i| &self.lanes[(start + i) % count])
+        let in_turn = || (0..count).map(|i| &self.lanes[(start + i) % count]);
+        let usable = in_turn().filter(|l| l.usable());
+        let lanes: Vec<&Lane> = if self.any_usable() {
+            usable.collect()
+        } else {
+            in_turn().collect()
+        };
+        lanes
+            .into_iter()
             .min_by_key(|l| l.waiting.load(Ordering::SeqCst))
             .expect("at least one lane")
+    }
+
+    /// Whether some lane's device has not failed.
+    fn any_usable(&self) -> bool {
+        self.lanes.iter().any(Lane::usable)
     }
 
     /// Runs `image` through the model of `spec` on the lane and waits for the result.
@@ -219,33 +265,55 @@ impl ModelLane {
         (passes, target, cover): (u32, Option<(u32, u32)>, bool),
         image: DynamicImage,
     ) -> Result<LaneResult, ModelError> {
-        let (reply, answer) = mpsc::channel();
         let gone = || ModelError::Inference {
             path: spec.path.display().to_string(),
             reason: "the model lane stopped".into(),
         };
-        let lane = self.least_busy();
-        lane.waiting.fetch_add(1, Ordering::SeqCst);
-        let result = lane
-            .sender
-            .send(Request::Upscale(UpscaleRequest {
-                spec: spec.clone(),
-                runtime: runtime.clone(),
-                passes,
-                target,
-                cover,
-                image,
-                reply,
-            }))
-            .map_err(|_| gone())
-            .and_then(|()| answer.recv().map_err(|_| gone()));
-        lane.waiting.fetch_sub(1, Ordering::SeqCst);
-        result?
+        let mut image = image;
+        loop {
+            let (reply, answer) = mpsc::channel();
+            let lane = self.least_busy();
+            lane.waiting.fetch_add(1, Ordering::SeqCst);
+            let result = lane
+                .sender
+                .send(Request::Upscale(UpscaleRequest {
+                    spec: spec.clone(),
+                    runtime: runtime.clone(),
+                    passes,
+                    target,
+                    cover,
+                    image,
+                    reply,
+                }))
+                .map_err(|_| gone())
+                .and_then(|()| answer.recv().map_err(|_| gone()));
+            lane.waiting.fetch_sub(1, Ordering::SeqCst);
+            match result? {
+                Answer::Done(result) => return result,
+                // That lane has marked itself: another lane, if one is left, runs it.
+                Answer::Refused(back, error) => {
+                    if !self.any_usable() {
+                        return Err(error);
+                    }
+                    image = back;
+                }
+            }
+        }
     }
 
     /// Asks for the scale of `spec`'s model without waiting: the lane loads it (after the
     /// work queued before) and calls `reply`.
     pub fn probe(&self, spec: &ModelSpec, runtime: &RuntimeSettings, reply: ScaleReply) {
+        // A lane whose device cannot be used has marked itself before it answers: ask
+        // another, while one is left.
+        let lanes = self.clone();
+        let (again_spec, again_runtime) = (spec.clone(), runtime.clone());
+        let reply: ScaleReply = Box::new(move |result| match result {
+            Err(e) if device_unusable(&e) && lanes.any_usable() => {
+                lanes.probe(&again_spec, &again_runtime, reply)
+            }
+            result => reply(result),
+        });
         let request = Request::Probe {
             spec: spec.clone(),
             runtime: runtime.clone(),
@@ -280,7 +348,6 @@ fn start_lane(device: Option<i32>) -> Lane {
         .name(name)
         .spawn(move || {
             let mut sessions: HashMap<PathBuf, Model> = HashMap::new();
-            let device = device.unwrap_or(0);
             for request in receiver {
                 match request {
                     Request::Upscale(request) => {
@@ -288,7 +355,11 @@ fn start_lane(device: Option<i32>) -> Lane {
                         let result = serve(&mut sessions, &request, device);
                         let name = &request.spec.name;
                         busy.end(&result, sessions.get(&request.spec.path), name);
-                        let _ = request.reply.send(result);
+                        let answer = match result {
+                            Err(e) if device_unusable(&e) => Answer::Refused(request.image, e),
+                            result => Answer::Done(result),
+                        };
+                        let _ = request.reply.send(answer);
                     }
                     Request::Probe {
                         spec,
@@ -320,7 +391,7 @@ fn session<'a>(
     sessions: &'a mut HashMap<PathBuf, Model>,
     spec: &ModelSpec,
     settings: &RuntimeSettings,
-    device: i32,
+    device: Option<i32>,
 ) -> Result<&'a mut Model, ModelError> {
     if !sessions.contains_key(&spec.path) {
         let runtime = onnx::runtime(settings.onnxruntime.as_deref())?;
@@ -352,7 +423,7 @@ fn session<'a>(
 fn serve(
     sessions: &mut HashMap<PathBuf, Model>,
     request: &UpscaleRequest,
-    device: i32,
+    device: Option<i32>,
 ) -> Result<LaneResult, ModelError> {
     let spec = &request.spec;
     let model = session(sessions, spec, &request.runtime, device)?;
@@ -400,4 +471,48 @@ fn serve(
         tiles,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail_device(lanes: &ModelLane, index: usize) {
+        lanes.lanes[index].state.lock().unwrap().device_error = Some("invalid device".into());
+    }
+
+    #[test]
+    fn work_goes_round_the_lanes_and_passes_over_a_failed_device() {
+        let lanes = ModelLane::start(&[0, 1, 2]);
+        let picked = |lanes: &ModelLane| {
+            let lane = lanes.least_busy();
+            lane.state.lock().unwrap().device
+        };
+        let mut seen: Vec<Option<i32>> = (0..3).map(|_| picked(&lanes)).collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [Some(0), Some(1), Some(2)],
+            "equally idle lanes take turns"
+        );
+
+        fail_device(&lanes, 1);
+        assert!(lanes.any_usable());
+        for _ in 0..12 {
+            assert_ne!(
+                picked(&lanes),
+                Some(1),
+                "a failed device's lane gets no work"
+            );
+        }
+
+        // With every device failed, requests still go somewhere: each lane tries again and
+        // answers with its own reason, rather than the work waiting for ever.
+        fail_device(&lanes, 0);
+        fail_device(&lanes, 2);
+        assert!(!lanes.any_usable());
+        let mut seen: Vec<Option<i32>> = (0..3).map(|_| picked(&lanes)).collect();
+        seen.sort();
+        assert_eq!(seen, [Some(0), Some(1), Some(2)]);
+    }
 }

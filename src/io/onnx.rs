@@ -33,6 +33,10 @@ pub enum ModelError {
     Inference { path: String, reason: String },
     #[error("the CUDA execution provider was requested but cannot be used: {reason}; install onnxruntime-gpu==1.31.1 with CUDA 13 and cuDNN 9, or use provider \"auto\" or \"cpu\"")]
     ProviderUnavailable { reason: String },
+    /// A CUDA device named in `[runtime] devices` that this ONNX Runtime (a GPU build)
+    /// cannot run on: absent, hidden by `CUDA_VISIBLE_DEVICES`, or failed.
+    #[error("CUDA device {device} cannot be used: {reason}; compare [runtime] devices with what `nvidia-smi -L` lists (numbered within CUDA_VISIBLE_DEVICES)")]
+    DeviceUnusable { device: i32, reason: String },
 }
 
 /// Which execution provider runs the models.
@@ -297,8 +301,9 @@ pub struct LoadOptions {
     /// cuDNN's convolution algorithm choice (CUDA only).
     pub conv_search: ConvSearch,
     /// The CUDA device to run on (its index, as `nvidia-smi` numbers them within
-    /// `CUDA_VISIBLE_DEVICES`).
-    pub device: i32,
+    /// `CUDA_VISIBLE_DEVICES`), when the configuration names one; `None`: device 0.
+    /// A named device that cannot be used is an error, never a quiet move to the CPU.
+    pub device: Option<i32>,
 }
 
 impl LoadOptions {
@@ -321,7 +326,7 @@ impl Default for LoadOptions {
             batch: 1,
             expected_scale: None,
             conv_search: ConvSearch::default(),
-            device: 0,
+            device: None,
         }
     }
 }
@@ -430,7 +435,7 @@ fn build_session(
     threads: usize,
     provider: Provider,
     conv_search: ConvSearch,
-    device: i32,
+    device: Option<i32>,
 ) -> Result<(Session, &'static str), ModelError> {
     let bad = |reason: String| ModelError::BadModel {
         path: path.display().to_string(),
@@ -448,7 +453,7 @@ fn build_session(
             ConvSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
         };
         let cuda = ort::ep::CUDA::default()
-            .with_device_id(device)
+            .with_device_id(device.unwrap_or(0))
             .with_conv_algorithm_search(search)
             .build()
             .error_on_failure();
@@ -459,16 +464,19 @@ fn build_session(
             }
             Err(e) => {
                 let reason = e.to_string();
+                let gpu_build = runtime
+                    .library
+                    .parent()
+                    .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").is_file());
+                if let (Some(device), true) = (device, gpu_build) {
+                    return Err(ModelError::DeviceUnusable { device, reason });
+                }
                 if provider == Provider::Cuda {
                     return Err(ModelError::ProviderUnavailable { reason });
                 }
                 builder = e.recover();
                 // A GPU build whose CUDA libraries fail to load would otherwise fall
                 // back to the CPU silently: say so loudly. The CPU wheel has no CUDA.
-                let gpu_build = runtime
-                    .library
-                    .parent()
-                    .is_some_and(|d| d.join("libonnxruntime_providers_cuda.so").is_file());
                 if gpu_build {
                     tracing::warn!(model = %path.display(), %reason, "the CUDA provider failed to load; running on the CPU");
                 } else {

@@ -149,7 +149,8 @@ impl OpError {
                 ModelError::Inference { .. } => ExitKind::Failure,
                 ModelError::RuntimeMissing { .. }
                 | ModelError::RuntimeBroken { .. }
-                | ModelError::ProviderUnavailable { .. } => ExitKind::Usage,
+                | ModelError::ProviderUnavailable { .. }
+                | ModelError::DeviceUnusable { .. } => ExitKind::Usage,
             },
             OpError::External { .. } | OpError::Internal(_) | OpError::TimedOut { .. } => {
                 ExitKind::Failure

@@ -195,7 +195,7 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
         batch: options.batch.max(1),
         expected_scale: None,
         conv_search: options.conv_search,
-        device: 0,
+        device: None,
     };
     Model::load(path, runtime, load).map_err(OpError::from)
 }

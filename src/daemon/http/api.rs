@@ -53,9 +53,9 @@ pub(super) async fn metrics(
 ) -> Result<Response, ApiError> {
     let metrics = Arc::clone(&app.context.metrics);
     let rules = app.context.config().rules.clone();
-    let lane = app.context.lane.state();
+    let (lane, lanes) = (app.context.lane.state(), app.context.lane.lane_states());
     let text = app
-        .read(move |store| metrics.render(store, &rules, &lane, clock::now()))
+        .read(move |store| metrics.render(store, &rules, (&lane, &lanes), clock::now()))
         .await?;
     let openmetrics = headers
         .get(header::ACCEPT)

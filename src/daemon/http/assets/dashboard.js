@@ -179,8 +179,12 @@ async function renderStatus() {
     $("version").textContent = `v${status.version}`;
     const lane = status.model_lane;
     const laneText = !lane.alive ? "model lane: stopped" : lane.busy_with ? `model lane: running ${lane.busy_with}` : "model lane: idle";
-    $("lane").textContent = `${laneText}${lane.provider ? ` · ${lane.provider}` : ""} · ${lane.runs} runs`;
-    $("lane").className = `pill ${!lane.alive ? "bad" : lane.busy_with ? "run" : "ok"}`;
+    // [runtime] devices: a lane whose CUDA device failed takes no work; say which.
+    const failed = (status.model_lanes || []).filter((l) => l.device_error);
+    const failedText = failed.length ? ` · CUDA device ${failed.map((l) => l.device).join(", ")} failed` : "";
+    $("lane").textContent = `${laneText}${lane.provider ? ` · ${lane.provider}` : ""} · ${lane.runs} runs${failedText}`;
+    $("lane").title = failed.map((l) => `device ${l.device}: ${l.device_error}`).join("\n");
+    $("lane").className = `pill ${!lane.alive || failed.length ? "bad" : lane.busy_with ? "run" : "ok"}`;
     const failing = status.notify.filter((t) => t.delivery && t.delivery.failures > 0);
     $("notify-section").hidden = failing.length === 0;
     $("notify").replaceChildren(...failing.map((t) => el("li", {},
