@@ -285,6 +285,24 @@ fn durations_accept_units_and_bare_seconds() {
     assert_eq!(d("24h".into()), Duration::from_secs(86400));
     assert_eq!(d(toml::Value::Integer(3)), Duration::from_secs(3));
     assert!(parse_duration(&"-1s".into()).is_err());
+    assert_eq!(d("365000d".into()), Duration::from_secs(365_000 * 86_400));
+}
+
+#[test]
+fn a_duration_past_what_clocks_hold_is_a_problem_not_a_crash() {
+    // Found by the config fuzz target: Duration::from_secs_f64 panicked on this.
+    let huge = format!("1{}m", "0".repeat(100));
+    let error = parse_duration(&huge.as_str().into()).unwrap_err();
+    assert!(error.contains("at most 1000 years"), "{error}");
+    assert!(parse_duration(&toml::Value::Integer(i64::MAX)).is_err());
+    assert!(parse_duration(&"365001d".into()).is_err());
+    let problems = Config::parse_offline(
+        &format!("[daemon]\nroot = \"var\"\njob_timeout = \"{huge}\"\n"),
+        Path::new("darkroom.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(problems.contains("daemon.job_timeout"), "{problems}");
 }
 
 #[test]

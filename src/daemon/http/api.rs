@@ -391,11 +391,18 @@ pub(super) async fn jobs(
     Ok(Json(json!({ "jobs": items, "next_cursor": next_cursor })))
 }
 
+/// A path parameter as the handlers take it: the text, or why axum could not read it.
+pub(super) type PathText = Result<UrlPath<String>, axum::extract::rejection::PathRejection>;
+
+/// The text of a path parameter; a malformed one is a 400 with axum's reason.
+pub(super) fn path_text(param: PathText) -> Result<String, ApiError> {
+    let UrlPath(text) = param.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(text)
+}
+
 /// Reads a job id from the path.
-pub(super) fn job_id(
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<i64, ApiError> {
-    let UrlPath(text) = id.map_err(|e| ApiError::bad_request(e.body_text()))?;
+pub(super) fn job_id(id: PathText) -> Result<i64, ApiError> {
+    let text = path_text(id)?;
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -425,10 +432,7 @@ pub(super) async fn load_job(
     found.ok_or_else(|| ApiError::not_found(format!("no job {id}: GET /api/v1/jobs lists them")))
 }
 
-pub(super) async fn job(
-    Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+pub(super) async fn job(Shared(app): Shared<App>, id: PathText) -> Result<Json<Value>, ApiError> {
     let id = job_id(id)?;
     let (job, children, events) = load_job(&app, id).await?;
     let config = app.context.config();
@@ -437,10 +441,7 @@ pub(super) async fn job(
     Ok(Json(body))
 }
 
-pub(super) async fn retry(
-    Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
+pub(super) async fn retry(Shared(app): Shared<App>, id: PathText) -> Result<Response, ApiError> {
     let id = job_id(id)?;
     let job = app
         .command(|reply| Command::Retry { job: id, reply })
@@ -449,10 +450,7 @@ pub(super) async fn retry(
     Ok((StatusCode::ACCEPTED, Json(job_json(&job, &[], &config))).into_response())
 }
 
-pub(super) async fn cancel(
-    Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
+pub(super) async fn cancel(Shared(app): Shared<App>, id: PathText) -> Result<Response, ApiError> {
     let id = job_id(id)?;
     let job = app
         .command(|reply| Command::Cancel { job: id, reply })

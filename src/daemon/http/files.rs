@@ -5,12 +5,12 @@
 //! rename, never replacing anything) and then takes the dropped file's way: the intake
 //! claims it and the journal and recipe take it from there.
 
-use super::api::{job_id, job_json, load_job};
+use super::api::{job_id, job_json, load_job, path_text, PathText};
 use super::*;
 use crate::daemon::journal::{JobQuery, Kind, State};
 use crate::io::decode;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path as UrlPath, RawQuery};
+use axum::extract::{FromRequest, RawQuery};
 use std::path::Path;
 use std::time::Duration;
 
@@ -245,11 +245,11 @@ fn limit_check(app: &App, bytes: &Bytes) -> Result<(), ApiError> {
 /// `POST /api/v1/rules/{rule}/images?name=photo.jpg`: the image lands in the rule's inbox.
 pub(super) async fn upload(
     Shared(app): Shared<App>,
-    rule: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+    rule: PathText,
     RawQuery(query): RawQuery,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let UrlPath(rule_name) = rule.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let rule_name = path_text(rule)?;
     let config = app.context.config();
     let Some(rule) = config.rule(&rule_name) else {
         return Err(ApiError::not_found(format!(
@@ -322,7 +322,7 @@ fn percent_encode(text: &str) -> String {
 /// with that job and no other).
 pub(super) async fn give_return(
     Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+    id: PathText,
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = job_id(id)?;
@@ -480,7 +480,7 @@ fn output_path(job: &Job, children: &[Job], query: Option<&str>) -> Result<PathB
 
 pub(super) async fn output(
     Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+    id: PathText,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = job_id(id)?;
@@ -489,19 +489,13 @@ pub(super) async fn output(
     send_file(&path, "output").await
 }
 
-pub(super) async fn input(
-    Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
+pub(super) async fn input(Shared(app): Shared<App>, id: PathText) -> Result<Response, ApiError> {
     let id = job_id(id)?;
     let (job, _, _) = load_job(&app, id).await?;
     send_file(&job.path, "input").await
 }
 
-pub(super) async fn proxy(
-    Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
+pub(super) async fn proxy(Shared(app): Shared<App>, id: PathText) -> Result<Response, ApiError> {
     let id = job_id(id)?;
     let (job, _, _) = load_job(&app, id).await?;
     match (&job.proxy_path, job.closed) {
@@ -521,7 +515,7 @@ pub(super) async fn proxy(
 /// `GET /jobs/{id}/thumbnail?of=input|output|proxy`: a JPEG that fits 320x320.
 pub(super) async fn thumbnail(
     Shared(app): Shared<App>,
-    id: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
+    id: PathText,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = job_id(id)?;
@@ -582,11 +576,8 @@ fn make_thumbnail(path: &Path, limits: &decode::DecodeLimits) -> Result<Vec<u8>,
 }
 
 /// `GET /api/v1/rules/{rule}/report`: a normalise rule's validation report (HTML).
-pub(super) async fn report(
-    Shared(app): Shared<App>,
-    rule: Result<UrlPath<String>, axum::extract::rejection::PathRejection>,
-) -> Result<Response, ApiError> {
-    let UrlPath(name) = rule.map_err(|e| ApiError::bad_request(e.body_text()))?;
+pub(super) async fn report(Shared(app): Shared<App>, rule: PathText) -> Result<Response, ApiError> {
+    let name = path_text(rule)?;
     let config = app.context.config();
     let Some(rule) = config.rule(&name) else {
         return Err(ApiError::not_found(format!("no rule '{name}'")));

@@ -697,6 +697,27 @@ impl Daemon {
         })
     }
 
+    /// Sets aside a job running on a worker of this host: its late output is refused (the
+    /// cancel flag), and a fresh worker takes the place of the one still busy with it. False
+    /// when no worker here runs it.
+    pub(super) fn abandon_running(&mut self, id: i64) -> bool {
+        if self.in_flight.remove(&id).is_none() {
+            return false;
+        }
+        if let Some(flag) = self.cancels.remove(&id) {
+            flag.store(true, Ordering::SeqCst);
+        }
+        self.abandoned.insert(id);
+        spawn_worker(
+            self.workers_spawned,
+            &self.work_queue,
+            &self.events,
+            &self.lane,
+        );
+        self.workers_spawned += 1;
+        true
+    }
+
     /// Jobs running longer than `job_timeout` are set aside: their input is quarantined with
     /// the reason, their late outputs are refused (the cancel flag), and a fresh worker takes
     /// the place of the one still busy with them.
@@ -709,18 +730,7 @@ impl Daemon {
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {
-            self.in_flight.remove(&id);
-            if let Some(flag) = self.cancels.remove(&id) {
-                flag.store(true, Ordering::SeqCst);
-            }
-            self.abandoned.insert(id);
-            spawn_worker(
-                self.workers_spawned,
-                &self.work_queue,
-                &self.events,
-                &self.lane,
-            );
-            self.workers_spawned += 1;
+            self.abandon_running(id);
             let limit_text = config::format_duration(limit);
             tracing::error!(
                 job = id,

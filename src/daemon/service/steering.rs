@@ -113,22 +113,11 @@ impl Daemon {
             // Its input is in that host's hands: moving it aside from here would pull it
             // from under the running work.
             return Err(Refusal::Conflict(format!(
-                "job {id} is running on host {host}; cancel it through that host's API, or                  wait for it to end"
+                "job {id} is running on host {host}; cancel it through that host's API, or \
+                 wait for it to end"
             )));
         }
-        if self.in_flight.remove(&id).is_some() {
-            if let Some(flag) = self.cancels.remove(&id) {
-                flag.store(true, Ordering::SeqCst);
-            }
-            self.abandoned.insert(id);
-            spawn_worker(
-                self.workers_spawned,
-                &self.work_queue,
-                &self.events,
-                &self.lane,
-            );
-            self.workers_spawned += 1;
-        }
+        self.abandon_running(id);
         let sidecar = ErrorSidecar {
             file: &job.claimed_path.to_string_lossy(),
             rule: &job.rule,

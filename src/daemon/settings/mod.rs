@@ -412,8 +412,18 @@ pub fn parse_duration(value: &toml::Value) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err("a duration must be zero or more".into());
     }
+    if seconds > LONGEST_DURATION_SECONDS {
+        return Err(format!(
+            "{seconds:e} seconds is longer than any timer can count; a duration is at most 1000 \
+             years (\"365000d\")"
+        ));
+    }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+/// The longest duration a config may give: far past any real wait, and far inside what
+/// clocks plus durations can hold.
+const LONGEST_DURATION_SECONDS: f64 = 365_000.0 * 86_400.0;
 
 pub(crate) fn duration_or(
     value: Option<toml::Value>,

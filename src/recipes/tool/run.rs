@@ -232,7 +232,9 @@ fn follow(
 ) -> Result<Vec<(String, comfyui::OutputImage)>, ComfyError> {
     let started = Instant::now();
     let mut last_poll = Instant::now();
-    let mut last_progress = Instant::now() - Duration::from_secs(10);
+    // None until the first progress line (an Instant 10 s back would not exist in a
+    // machine's first 10 s of uptime, when a service may well start).
+    let mut last_progress: Option<Instant> = None;
     // Once the websocket says the prompt ended, its history entry follows within moments:
     // it is looked up often until it is there.
     let mut ended_at: Option<Instant> = None;
@@ -249,14 +251,16 @@ fn follow(
                 log.push(line);
             }
             Some(WatchEvent::Progress { node, value, max }) => {
-                if last_progress.elapsed() >= Duration::from_secs(2) || value == max {
+                if last_progress.is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+                    || value == max
+                {
                     tracing::info!(
                         job = stage.job_id,
                         prompt_id,
                         node,
                         "ComfyUI progress {value}/{max}"
                     );
-                    last_progress = Instant::now();
+                    last_progress = Some(Instant::now());
                 }
             }
             Some(WatchEvent::Executing(None) | WatchEvent::Ended) => {
