@@ -480,8 +480,12 @@ fn batches_of_tiles_give_the_same_pixels_as_one_tile_per_run() {
         ("realesr-animevideov3-x4", 32, 24, (120, 40)),
     ] {
         let input = crop("painting_peppercarrot_ep01_p03.jpg", 300, 600, w, h);
+        let mut one_per_run = model(name);
+        // batch "auto", the default: one tile per run on the CPU, where more is no faster.
+        assert_eq!(one_per_run.provider, "CPU");
+        assert_eq!(one_per_run.options.batch, 1, "{name}");
         let single =
-            upscale_image(&input, &mut model(name), tile, context, &mut |_, _| {}).unwrap();
+            upscale_image(&input, &mut one_per_run, tile, context, &mut |_, _| {}).unwrap();
         let options = UpscaleOptions {
             batch: 4,
             ..UpscaleOptions::default()

@@ -471,10 +471,11 @@ pub struct ModelArgs {
     /// each; worth it only for many images of one size).
     #[arg(long, default_value = "heuristic", value_name = "heuristic|exhaustive")]
     cuda_conv_search: darkroom::io::onnx::ConvSearch,
-    /// Tiles stacked into one model run (same-size tiles only). More can fill a GPU; on a
-    /// CPU 1 is as fast. A batch that fails is rerun one tile at a time.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    batch: u16,
+    /// Tiles stacked into one model run (same-size tiles only), 1 to 64, or auto: 4 on
+    /// CUDA, where it fills the GPU, and 1 on a CPU, where more is no faster. A batch that
+    /// fails is rerun one tile at a time.
+    #[arg(long, default_value = "auto", value_name = "N|auto", value_parser = parse_batch)]
+    batch: usize,
     /// The value range of the model's tensors: 0..1 (the shipped models), -1..1 or 0..255.
     #[arg(
         long,
@@ -537,7 +538,7 @@ impl ModelArgs {
             threads: 0,
             provider: darkroom::io::onnx::Provider::default(),
             cuda_conv_search: darkroom::io::onnx::ConvSearch::default(),
-            batch: 1,
+            batch: darkroom::io::onnx::AUTO_BATCH,
             input_range: darkroom::io::onnx::ValueRange::Unit,
             white_balance: false,
             exposure: None,
@@ -586,7 +587,7 @@ impl ModelArgs {
                 },
                 smooth: self.smooth,
                 denoise_model,
-                batch: usize::from(self.batch),
+                batch: self.batch,
                 conv_search: self.cuda_conv_search,
                 range: self.input_range,
             },
@@ -657,5 +658,17 @@ fn parse_depth(text: &str) -> Result<u8, String> {
         "8" => Ok(8),
         "16" => Ok(16),
         _ => Err("the delta depth is 8 or 16".into()),
+    }
+}
+
+/// `--batch`: 1 to 64 tiles per run, or `auto`.
+fn parse_batch(text: &str) -> Result<usize, String> {
+    match text.trim() {
+        "auto" => Ok(darkroom::io::onnx::AUTO_BATCH),
+        n => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| format!("'{text}': 1 to 64 tiles per run, or auto")),
     }
 }

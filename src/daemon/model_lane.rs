@@ -37,6 +37,8 @@ pub struct LaneResult {
     /// The tile side it ran with (`auto` resolved).
     pub tile: u32,
     pub tiles: usize,
+    /// Tiles per run it ran with (`auto` resolved; 1 after a batch failed).
+    pub batch: usize,
     pub seconds: f64,
 }
 
@@ -469,6 +471,7 @@ fn serve(
         provider: model.provider.clone(),
         tile,
         tiles,
+        batch: model.options.batch,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -47,7 +47,7 @@ pub struct UpscaleOptions {
     pub smooth: Option<crate::core::corrections::Smoothing>,
     /// Execution provider. Default auto (CUDA when available, else CPU).
     pub provider: onnx::Provider,
-    /// Tiles per model run. Default (0) 1.
+    /// Tiles per model run. Default (0, `onnx::AUTO_BATCH`): 4 on CUDA, 1 on the CPU.
     pub batch: usize,
     /// cuDNN's convolution algorithm choice on CUDA. Default heuristic.
     pub conv_search: onnx::ConvSearch,
@@ -192,7 +192,7 @@ pub fn load_model(path: &Path, options: &UpscaleOptions) -> Result<Model, OpErro
         threads: onnx::LoadOptions::threads_or_cores(options.threads),
         provider: options.provider,
         range: options.range,
-        batch: options.batch.max(1),
+        batch: options.batch,
         expected_scale: None,
         conv_search: options.conv_search,
         device: None,

@@ -265,7 +265,11 @@ fn run(work: &ModelWork, lane: &ModelLane) -> Result<Upscaled, OpError> {
             serde_json::json!({
                 "tile": result.tile,
                 "tile_setting": work.recipe.model.tile.to_string(),
-                "batch": work.recipe.model.batch,
+                "batch": result.batch,
+                "batch_setting": match work.recipe.model.batch {
+                    crate::io::onnx::AUTO_BATCH => serde_json::json!("auto"),
+                    n => serde_json::json!(n),
+                },
                 "context": work.recipe.model.context,
                 "tiles": result.tiles,
                 "passes": work.recipe.passes,

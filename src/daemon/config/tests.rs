@@ -185,6 +185,24 @@ fn model_tables_take_auto_tiles_batches_ranges_and_a_scale() {
     assert_eq!((spec.batch, spec.scale), (4, Some(2)));
     assert_eq!(spec.range, crate::io::onnx::ValueRange::Signed);
     assert_eq!(config.runtime.memory_budget, Some(2 << 30));
+    for (written, batch) in [("", 0), ("batch = \"auto\"\n", 0), ("batch = 64\n", 64)] {
+        let rule = "[[rule]]\nname = \"p\"\nrecipe = \"split-to-proxy\"\n";
+        let config = parse(&format!(
+            "[models.photo]\npath = \"{path}\"\n{written}{rule}"
+        ))
+        .unwrap();
+        assert_eq!(config.models["photo"].batch, batch, "{written}");
+    }
+    assert_eq!(crate::io::onnx::AUTO_BATCH, 0);
+    let errors = parse(&format!(
+        "[models.photo]\npath = \"{path}\"\nbatch = \"many\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        errors.contains("or \"auto\" (4 on CUDA, 1 on the CPU)"),
+        "{errors}"
+    );
     let errors = parse(&format!(
         "[models.photo]\npath = \"{path}\"\ntile = \"big\"\nbatch = 0\ninput_range = \"0..2\"\nscale = 0\n"
     ))

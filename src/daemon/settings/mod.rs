@@ -60,7 +60,7 @@ pub struct ModelSpec {
     pub scale: Option<u32>,
     /// The value range of the model's tensors.
     pub range: crate::io::onnx::ValueRange,
-    /// Tiles per run.
+    /// Tiles per run; `AUTO_BATCH` (the default): 4 on CUDA, 1 on the CPU.
     pub batch: usize,
 }
 

@@ -33,7 +33,7 @@ pub(crate) struct RawModel {
     pub(crate) domains: Vec<String>,
     pub(crate) scale: Option<u32>,
     pub(crate) input_range: Option<String>,
-    pub(crate) batch: Option<usize>,
+    pub(crate) batch: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -413,13 +413,22 @@ pub(crate) fn resolve_models(
                 "must be 1 to 16 (or left out: the scale is then measured)".to_string(),
             );
         }
-        if raw.batch.is_some_and(|b| !(1..=64).contains(&b)) {
-            problems.push(
-                format!("{label}.batch"),
-                Some(line),
-                "must be 1 to 64 tiles per run".to_string(),
-            );
-        }
+        let batch = match &raw.batch {
+            None => crate::io::onnx::AUTO_BATCH,
+            Some(toml::Value::String(s)) if s.trim() == "auto" => crate::io::onnx::AUTO_BATCH,
+            Some(toml::Value::Integer(n)) if (1..=64).contains(n) => *n as usize,
+            Some(other) => {
+                problems.push(
+                    format!("{label}.batch"),
+                    Some(line),
+                    format!(
+                        "{other:?}: 1 to 64 tiles per run, or \"auto\" ({} on CUDA, 1 on the CPU)",
+                        crate::io::onnx::CUDA_BATCH
+                    ),
+                );
+                crate::io::onnx::AUTO_BATCH
+            }
+        };
         models.insert(
             name.clone(),
             ModelSpec {
@@ -432,7 +441,7 @@ pub(crate) fn resolve_models(
                 domains: raw.domains,
                 scale: raw.scale,
                 range,
-                batch: raw.batch.unwrap_or(1),
+                batch,
             },
         );
     }
