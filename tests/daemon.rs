@@ -759,11 +759,32 @@ fn a_transient_failure_is_retried_then_given_up_with_a_sidecar() {
 
 #[test]
 fn check_config_reports_every_problem_and_accepts_the_shipped_example() {
-    let out = common::run_ok(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
-        &["check-config", "config/darkroom.toml"],
+    // The shipped config, named as a path, as `--config` (the way serve and status take it),
+    // or not at all.
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        &["check-config", "config/darkroom.toml"][..],
+        &["check-config", "--config", "config/darkroom.toml"],
+        &["check-config"],
+    ] {
+        let out = common::run_ok(repo, args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("photos: split-to-proxy"),
+            "{args:?}: {stdout}"
+        );
+    }
+    let (code, stderr) = common::run_err(
+        repo,
+        &[
+            "check-config",
+            "config/darkroom.toml",
+            "--config",
+            "other.toml",
+        ],
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("photos: split-to-proxy"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 
     let tree = Tree::new(
         "[daemon]\nworkers = 0\nbogus = 1\n\n[[rule]]\nname = \"photos\"\nrecipe = \"split-to-proxy\"\nsize = \"huge\"\nupscale_method = \"cmd(tool %i)\"\n",

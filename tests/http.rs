@@ -900,7 +900,10 @@ fn the_dashboard_shows_work_live_and_its_retry_button_requeues_a_failed_job() {
                 == 2
         },
     );
-    assert!(tree.log().contains("claimed again"), "{}", tree.log());
+    // The journal records the requeue a moment before the log line is written.
+    tree.wait_for("the log's line for the requeue", || {
+        tree.log().contains("claimed again")
+    });
 
     // A phone-sized window shows the same page without sideways scrolling.
     let mut phone = http::Browser::open(&format!("{base}/"), 390, 844);

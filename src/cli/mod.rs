@@ -382,12 +382,20 @@ pub enum Command {
     },
     /// Check a config file and report every problem at once, with keys and lines.
     #[command(
-        after_help = "Example:\n  darkroom check-config config/darkroom.toml\n\nExit codes: 0 valid, 78 invalid."
+        after_help = "Examples:\n  darkroom check-config                           # config/darkroom.toml\n  darkroom check-config /etc/darkroom/darkroom.toml\n  darkroom check-config --config /etc/darkroom/darkroom.toml   # as serve and status take it\n\nExit codes: 0 valid, 78 invalid."
     )]
     CheckConfig {
-        /// The TOML config to check.
-        #[arg(value_name = "PATH", default_value = "config/darkroom.toml")]
-        config: PathBuf,
+        /// The TOML config to check [default: config/darkroom.toml].
+        #[arg(value_name = "PATH", conflicts_with = "config_option")]
+        path: Option<PathBuf>,
+        /// The same, written the way `serve` and `status` take it.
+        #[arg(
+            long = "config",
+            short = 'c',
+            value_name = "PATH",
+            id = "config_option"
+        )]
+        config_option: Option<PathBuf>,
     },
     /// Show the daemon's queue from its journal: jobs by state, proxies awaiting their
     /// return and for how long, held returns and recent failures. Works while it runs.
@@ -423,6 +431,9 @@ pub enum JournalAction {
     },
 }
 
+/// The config a daemon command reads when none is named, relative to where it runs.
+pub const DEFAULT_CONFIG: &str = "config/darkroom.toml";
+
 /// `--config PATH` of the daemon commands.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
@@ -431,7 +442,7 @@ pub struct ConfigArg {
     #[arg(
         long = "config",
         short = 'c',
-        default_value = "config/darkroom.toml",
+        default_value = DEFAULT_CONFIG,
         value_name = "PATH"
     )]
     pub path: PathBuf,

@@ -15,7 +15,14 @@ pub fn run_daemon_command(command: &Command) -> Option<i32> {
         })
     };
     Some(match command {
-        Command::CheckConfig { config } => match load(config) {
+        Command::CheckConfig {
+            path,
+            config_option,
+        } => match load(
+            path.as_deref()
+                .or(config_option.as_deref())
+                .unwrap_or(std::path::Path::new(DEFAULT_CONFIG)),
+        ) {
             Err(code) => code,
             Ok(config) => {
                 for warning in &config.warnings {

@@ -214,6 +214,10 @@ fn model_tables_take_auto_tiles_batches_ranges_and_a_scale() {
             "{key}: {errors}"
         );
     }
+    // A wrong value is quoted as it was written in the file, not as a Rust value.
+    assert!(errors.contains("\"big\": a side in pixels"), "{errors}");
+    assert!(errors.contains("0: 1 to 64 tiles per run"), "{errors}");
+    assert!(!errors.contains("Integer("), "{errors}");
     // Every key that names a model table says which names exist.
     let errors = parse(&format!(
         "[models.photo]\npath = \"{path}\"\n\n[[rule]]\nname = \"u\"\nrecipe = \"upscale\"\nmodel = \"phot\"\ndenoise_model = \"clean\"\n\n[[rule]]\nname = \"n\"\nrecipe = \"normalise\"\nupscale_model = \"big\"\n"

@@ -395,7 +395,10 @@ pub(crate) fn resolve_models(
                 problems.push(
                     format!("{label}.tile"),
                     Some(line),
-                    format!("{other:?}: a side in pixels (0 = whole image) or \"auto\""),
+                    format!(
+                        "{}: a side in pixels (0 = whole image) or \"auto\"",
+                        as_written(other)
+                    ),
                 );
                 crate::core::tiling::TileSize::default()
             }
@@ -415,14 +418,17 @@ pub(crate) fn resolve_models(
         }
         let batch = match &raw.batch {
             None => crate::io::onnx::AUTO_BATCH,
-            Some(toml::Value::String(s)) if s.trim() == "auto" => crate::io::onnx::AUTO_BATCH,
+            Some(toml::Value::String(text)) if text.trim().eq_ignore_ascii_case("auto") => {
+                crate::io::onnx::AUTO_BATCH
+            }
             Some(toml::Value::Integer(n)) if (1..=64).contains(n) => *n as usize,
             Some(other) => {
                 problems.push(
                     format!("{label}.batch"),
                     Some(line),
                     format!(
-                        "{other:?}: 1 to 64 tiles per run, or \"auto\" ({} on CUDA, 1 on the CPU)",
+                        "{}: 1 to 64 tiles per run, or \"auto\" ({} on CUDA, 1 on the CPU)",
+                        as_written(other),
                         crate::io::onnx::CUDA_BATCH
                     ),
                 );
@@ -446,4 +452,21 @@ pub(crate) fn resolve_models(
         );
     }
     models
+}
+
+/// A TOML value the way a config file writes it (`0`, `"big"`), for a problem that quotes it;
+/// a table or an array is named by its kind.
+fn as_written(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => format!("{text:?}"),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(x) => x.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(when) => when.to_string(),
+        other => format!(
+            "a{} {}",
+            if other.is_array() { "n" } else { "" },
+            other.type_str()
+        ),
+    }
 }
