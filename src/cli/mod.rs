@@ -679,7 +679,10 @@ fn parse_batch(text: &str) -> Result<usize, String> {
         n => n
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| format!("'{text}': 1 to 64 tiles per run, or auto")),
+            .filter(|n| (1..=darkroom::io::onnx::MAX_BATCH).contains(n))
+            .ok_or_else(|| {
+                let most = darkroom::io::onnx::MAX_BATCH;
+                format!("'{text}': 1 to {most} tiles per run, or auto")
+            }),
     }
 }

@@ -289,6 +289,9 @@ impl std::str::FromStr for ValueRange {
 /// CPU, where stacking gains nothing.
 pub const AUTO_BATCH: usize = 0;
 
+/// The most tiles per run a `batch` setting may ask for.
+pub const MAX_BATCH: usize = 64;
+
 /// Tiles per run that `AUTO_BATCH` gives on CUDA. Every tile window then has one shape,
 /// which ONNX Runtime and cuDNN set up once: 4.4x faster than one tile per run on images of
 /// many sizes on an H200 (docs/performance.md).

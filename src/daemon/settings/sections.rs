@@ -421,14 +421,19 @@ pub(crate) fn resolve_models(
             Some(toml::Value::String(text)) if text.trim().eq_ignore_ascii_case("auto") => {
                 crate::io::onnx::AUTO_BATCH
             }
-            Some(toml::Value::Integer(n)) if (1..=64).contains(n) => *n as usize,
+            Some(toml::Value::Integer(n))
+                if (1..=crate::io::onnx::MAX_BATCH as i64).contains(n) =>
+            {
+                *n as usize
+            }
             Some(other) => {
                 problems.push(
                     format!("{label}.batch"),
                     Some(line),
                     format!(
-                        "{}: 1 to 64 tiles per run, or \"auto\" ({} on CUDA, 1 on the CPU)",
+                        "{}: 1 to {} tiles per run, or \"auto\" ({} on CUDA, 1 on the CPU)",
                         as_written(other),
+                        crate::io::onnx::MAX_BATCH,
                         crate::io::onnx::CUDA_BATCH
                     ),
                 );
